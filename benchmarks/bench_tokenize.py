@@ -1,0 +1,76 @@
+"""Audio tokenization throughput: seconds of audio tokenized per wall-clock second.
+
+Run: ``python benchmarks/bench_tokenize.py [--seconds 60] [--encodec-seconds 20]``. Audio is
+generated (tone sweeps + noise, 2-8 s clips); EnCodec uses random weights (same compute as the
+pretrained model). Target for ``units``: >= 100x real time on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from zipper_pl.data.audio_tokenizers import (
+    AudioTokenizerConfig,
+    EncodecTokenizer,
+    UnitsTokenizer,
+    random_encodec_model,
+)
+
+
+def _clips(total_seconds: float, sr: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    clips, have = [], 0.0
+    while have < total_seconds:
+        n = int(rng.uniform(2.0, 8.0) * sr)
+        t = np.arange(n) / sr
+        f = rng.uniform(100, 400) * (1 + t)  # a rising tone, like a crude voiced sweep
+        x = 0.3 * np.sin(2 * np.pi * np.cumsum(f) / sr) + rng.normal(0, 0.02, n)
+        clips.append(x.astype(np.float32))
+        have += n / sr
+    return clips
+
+
+def _rate(tok, clips: list[np.ndarray]) -> tuple[float, float]:
+    tok.encode(clips[:1])  # warm-up: first-call allocations and kernel choices
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    tok.encode(clips)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    seconds = sum(len(c) for c in clips) / tok.sample_rate
+    return seconds, wall
+
+
+def run(seconds: float = 60.0, encodec_seconds: float = 20.0) -> dict[str, dict[str, float]]:
+    """Benchmark both tokenizers; returns {codec: {audio_s, wall_s, x_realtime}}."""
+    results: dict[str, dict[str, float]] = {}
+    units = UnitsTokenizer(AudioTokenizerConfig(units_k=256))
+    units.fit(_clips(30.0, units.sample_rate, seed=1))
+    enc = EncodecTokenizer(AudioTokenizerConfig(codec="encodec"), model=random_encodec_model(0))
+    for name, tok, secs in (("units", units, seconds), ("encodec", enc, encodec_seconds)):
+        audio_s, wall = _rate(tok, _clips(secs, tok.sample_rate))
+        results[name] = {"audio_s": audio_s, "wall_s": wall, "x_realtime": audio_s / wall}
+    device = "cuda" if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()}"
+    print(f"audio tokenization throughput ({device})")
+    print(f"{'codec':<8} {'audio s':>9} {'wall s':>8} {'x realtime':>11}")
+    for name, r in results.items():
+        print(f"{name:<8} {r['audio_s']:>9.1f} {r['wall_s']:>8.2f} {r['x_realtime']:>11.1f}")
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=60.0, help="audio for the units tokenizer")
+    p.add_argument("--encodec-seconds", type=float, default=20.0, help="audio for encodec")
+    args = p.parse_args()
+    run(args.seconds, args.encodec_seconds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny corpora and configs built once per session under a temp folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from zipper_pl.config import Config, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PYTHONHASHSEED", "0")
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """One tiny generated corpus + caches shared by every test that needs data."""
+    return tmp_path_factory.mktemp("data")
+
+
+def tiny_config(data_root: Path, runs: Path, experiment: str, *overrides: str) -> Config:
+    return load_config(
+        ROOT / "experiments" / "tiny" / experiment,
+        [
+            f"data.root={data_root}",
+            f"data.cache_dir={data_root / 'cache'}",
+            f"runs={runs}",
+            "train.accelerator=cpu",
+            *overrides,
+        ],
+    )

@@ -1,0 +1,84 @@
+"""Config schema: YAML + overrides, validation with suggestions, round trip, experiment files."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zipper_pl.config import Config, describe_schema, load_config, save_config
+from zipper_pl.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))
+
+
+def test_defaults_validate():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+
+
+def test_every_field_has_a_doc():
+    rows = describe_schema()
+    assert len(rows) > 40
+    assert all(doc for _, _, doc in rows)
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_experiment_file_loads(path):
+    cfg = load_config(path)
+    assert cfg.scale in path.parts[-2] or cfg.scale in path.stem or path.parent.name
+
+
+def test_overrides_and_types():
+    cfg = load_config(None, ["model.n_layers=3", "train.lr=5e-4", "data.train_splits=a,b"])
+    assert cfg.model.n_layers == 3
+    assert cfg.train.lr == pytest.approx(5e-4)
+    assert cfg.data.train_splits == ["a", "b"]
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(UserError) as e:
+        load_config(None, ["model.n_layrs=2"])
+    assert "model.n_layers" in str(e.value)
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(UserError) as e:
+        load_config(None, ["seed=abc", "no_such_key=1", "data.aligned_frac=1.5"])
+    msg = str(e.value)
+    assert "seed" in msg and "no_such_key" in msg and "data.aligned_frac" in msg
+
+
+@pytest.mark.parametrize("frac", ["0", "-0.1", "1.01"])
+def test_aligned_frac_range(frac):
+    with pytest.raises(UserError, match="aligned_frac"):
+        load_config(None, [f"data.aligned_frac={frac}"])
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["model.d_model=48", "seed=7", "zip.freeze=none"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert dataclasses.asdict(again) == dataclasses.asdict(cfg)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "zipper_pl", *args], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+def test_cli_typo_exits_without_traceback():
+    r = _cli("pretrain", "experiments/tiny/pretrain_text.yaml", "model.n_layrs=2")
+    assert r.returncode != 0
+    assert "model.n_layers" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_cli_bad_seed_names_key():
+    r = _cli("pretrain", "experiments/tiny/pretrain_text.yaml", "seed=abc")
+    assert r.returncode != 0 and "seed" in r.stderr and "Traceback" not in r.stderr

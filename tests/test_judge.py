@@ -1,0 +1,126 @@
+import random
+
+import pytest
+import torch
+
+from zipper_pl.errors import UserError
+from zipper_pl.metrics import corpus_cer
+from zipper_pl.models.judge import (
+    CHARS,
+    JudgeASR,
+    JudgeConfig,
+    ctc_greedy_decode,
+    ctc_min_frames,
+    prepare_items,
+    train_judge,
+)
+
+
+def _one_hot_log_probs(paths: list[list[int]], n_classes: int) -> torch.Tensor:
+    T = max(len(p) for p in paths)
+    lp = torch.full((len(paths), T, n_classes), -10.0)
+    for b, path in enumerate(paths):
+        for t, c in enumerate(path):
+            lp[b, t, c] = 0.0
+    return lp
+
+
+def test_char_vocab_roundtrip():
+    ids = CHARS.encode("Don't  Panic!")
+    assert CHARS.decode(ids) == "don't panic"
+    assert 0 not in ids and len(CHARS) == 29
+    assert CHARS.oov_chars("room 101") == {"1", "0"}
+
+
+def test_ctc_greedy_decode_collapses_then_removes_blanks():
+    a, b, blank = CHARS.index["a"], CHARS.index["b"], 0
+    # "aa-ab--b" -> collapse -> "a-ab-b" -> drop blanks -> "aabb"
+    p1 = [a, a, blank, a, b, blank, blank, b]
+    # "abb" with trailing frames beyond the length that must be ignored
+    p2 = [a, b, b, a, a, a, a, a]
+    lp = _one_hot_log_probs([p1, p2], len(CHARS))
+    assert ctc_greedy_decode(lp, torch.tensor([8, 3])) == ["aabb", "ab"]
+
+
+def test_ctc_min_frames():
+    assert ctc_min_frames(CHARS.encode("abc")) == 3
+    assert ctc_min_frames(CHARS.encode("book")) == 5  # blank between the two o's
+
+
+def test_prepare_items_counts_skips():
+    cfg = JudgeConfig(vocab=16, d_model=16, n_layers=1, n_heads=2, max_len=10, upsample=1)
+    items = [
+        ([1, 2, 3, 4], "ab"),  # fine
+        ([], "ab"),  # empty tokens
+        ([1, 2], "?!"),  # text empty after normalisation
+        (list(range(11)), "ab"),  # too long
+        ([1, 2, 3], "aab"),  # needs 4 frames, has 3
+        ([1, 2, 3], "a1"),  # kept, loses the digit
+    ]
+    kept, counts = prepare_items(items, cfg)
+    assert len(kept) == 2
+    assert counts["skip_empty_tokens"] == 1 and counts["skip_empty_text"] == 1
+    assert counts["skip_too_long"] == 1 and counts["skip_ctc_infeasible"] == 1
+    assert counts["oov_chars"] == 1
+    # Upsampling makes the short item feasible.
+    kept2, counts2 = prepare_items(items, JudgeConfig(vocab=16, max_len=10, upsample=2))
+    assert len(kept2) == 3 and counts2["skip_ctc_infeasible"] == 0
+    with pytest.raises(UserError, match=r"judge\.vocab"):
+        prepare_items([([1, 99], "a")], cfg)
+
+
+def test_upsampled_output_length_and_padding_invariance():
+    torch.manual_seed(0)
+    cfg = JudgeConfig(vocab=16, d_model=16, n_layers=1, n_heads=2, max_len=8, dropout=0.0)
+    cfg.upsample = 2
+    model = JudgeASR(cfg).eval()
+    x = torch.tensor([[1, 2, 3, 0, 0], [4, 5, 6, 7, 8]])
+    lp = model(x, torch.tensor([3, 5]))
+    assert lp.shape == (2, 10, len(CHARS))
+    # Padding must not leak into the valid frames of the short sequence.
+    alone = model(x[:1, :3], torch.tensor([3]))
+    torch.testing.assert_close(lp[0, :6], alone[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(UserError, match=r"judge\.max_len"):
+        model(torch.zeros(1, 9, dtype=torch.long), torch.tensor([9]))
+
+
+def _synthetic(n: int, rng: random.Random, code: dict[str, list[int]], vocab: int):
+    """Each character is a fixed run of 2-3 tokens; 10% of tokens replaced by noise."""
+    words = ["ab", "cab", "dee", "bad", "face", "fed", "ace", "bead"]
+    items = []
+    for _ in range(n):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 3)))
+        toks = [t for ch in text for t in code[ch]]
+        toks = [rng.randrange(vocab) if rng.random() < 0.1 else t for t in toks]
+        items.append((toks, text))
+    return items
+
+
+def test_judge_learns_synthetic_task():
+    torch.set_num_threads(1)
+    rng = random.Random(0)
+    vocab = 40
+    code = {ch: [rng.randrange(vocab) for _ in range(rng.choice([2, 3]))] for ch in " abcdef"}
+    train = _synthetic(30, rng, code, vocab)
+    valid = _synthetic(10, rng, code, vocab)
+    cfg = JudgeConfig(vocab=vocab, d_model=64, n_layers=2, n_heads=4, max_len=64, dropout=0.0)
+    torch.manual_seed(0)
+    model = JudgeASR(cfg)
+    untrained = corpus_cer([t for _, t in valid], model.transcribe([x for x, _ in valid]))
+    logs = []
+    metrics = train_judge(
+        model,
+        train,
+        valid,
+        steps=200,
+        lr=3e-3,
+        batch_size=10,
+        seed=0,
+        log_fn=lambda step, m: logs.append((step, m)),
+        log_every=50,
+    )
+    assert untrained > 0.8
+    assert metrics["valid_cer"] < 0.2, metrics
+    assert metrics["n_train"] == 30
+    assert [s for s, _ in logs[:4]] == [50, 100, 150, 200]
+    assert logs[-1][1]["train_loss"] < logs[0][1]["loss"]

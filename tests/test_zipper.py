@@ -1,0 +1,244 @@
+import dataclasses
+
+import pytest
+import torch
+
+from zipper_pl.errors import UserError
+from zipper_pl.models.sequences import (
+    IGNORE,
+    PAD_POS,
+    ModalitySpec,
+    Segment,
+    collate_segments,
+    zipper_loss,
+)
+from zipper_pl.models.tower import Tower, tower_config
+from zipper_pl.models.zipper import ZipperConfig, ZipperModel
+
+SPECS = {
+    "text": ModalitySpec("text", 40, bos_id=0, eos_id=1, pad_id=2),
+    "speech": ModalitySpec("speech", 30, bos_id=28, eos_id=29, pad_id=29),  # pad == eos
+}
+
+
+def towers(text_layers=4, speech_layers=2, seed=0):
+    torch.manual_seed(seed)
+    return {
+        "text": Tower(tower_config("tiny", 40, n_layers=text_layers)),
+        "speech": Tower(tower_config("tiny", 30, n_layers=speech_layers, d_model=48, d_ff=96)),
+    }
+
+
+def model(gate_init=0.0, seed=0, **cfg):
+    tw = towers(seed=seed)
+    m = ZipperModel.from_towers(tw, ZipperConfig(gate_init=gate_init, **cfg), SPECS).eval()
+    if gate_init:  # input projections active too, so every path is exercised
+        for p in m.input_proj.values():
+            if hasattr(p, "gamma"):
+                p.gamma.data.fill_(gate_init)
+    return m
+
+
+def seg(modality, n, gen):
+    hi = 26 if modality == "speech" else 38
+    return Segment(modality, torch.randint(3 if modality == "text" else 0, hi, (n,), generator=gen))
+
+
+def samples(pattern, lens, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [[seg(m, n, gen) for m, n in zip(pattern, ls, strict=True)] for ls in lens]
+
+
+def test_collate_orig_pos_and_targets():
+    s = [Segment("speech", torch.tensor([5, 6])), Segment("text", torch.tensor([7, 8, 9]))]
+    b = collate_segments([s, s[:1]], SPECS)
+    assert b["speech"]["ids"][0].tolist() == [28, 5, 6, 29]
+    assert b["speech"]["orig_pos"][0].tolist() == [0, 1, 2, 3]
+    assert b["text"]["ids"][0].tolist() == [0, 7, 8, 9, 1]
+    assert b["text"]["orig_pos"][0].tolist() == [4, 5, 6, 7, 8]
+    assert b["text"]["targets"][0].tolist() == [7, 8, 9, 1, IGNORE]
+    assert (b["speech"]["targets"][0] == IGNORE).all()  # input segment: no loss by default
+    assert b["speech"]["targets"][1].tolist() == [5, 6, 29, IGNORE]  # the last segment gets loss
+    assert not b["text"]["valid"][1].any() and (b["text"]["orig_pos"][1] == PAD_POS).all()
+    assert (collate_segments([s], SPECS, loss_on="all")["speech"]["targets"] != IGNORE).sum() == 3
+    with pytest.raises(UserError, match="token ids"):
+        collate_segments([[Segment("text", torch.tensor([40]))]], SPECS)
+
+
+def test_zero_gates_give_exactly_the_towers():
+    for mode in ("gated", "none"):
+        m = model(input_proj={"text": mode, "speech": mode})
+        batch = collate_segments(samples(["speech", "text"], [(5, 4), (3, 6)]), SPECS)
+        out = m(batch)
+        for t in ("text", "speech"):
+            assert torch.equal(out[t], m.towers[t](batch[t]["ids"]))
+
+
+def test_tower_state_dict_loads_unchanged():
+    m = model()
+    fresh = towers(seed=1)["text"]
+    m.towers["text"].load_state_dict(fresh.state_dict())
+    sub = {k.removeprefix("towers.text.") for k in m.state_dict() if k.startswith("towers.text.")}
+    assert sub == set(fresh.state_dict())
+    assert torch.equal(m.towers["text"].tok_emb.weight, fresh.tok_emb.weight)
+
+
+def test_masking_by_gradient():
+    m = model(gate_init=0.5)
+    batch = collate_segments(samples(["speech", "text", "speech"], [(3, 3, 3)]), SPECS)
+    # orig order: speech 0..4, text 5..9, speech 10..14 (speech stream indices 5..9)
+    h = {t: m.embed(t, batch[t]["ids"]).detach().requires_grad_(True) for t in m.names}
+    from zipper_pl.models.sequences import cross_mask
+
+    masks = {(a, b): cross_mask(batch[a], batch[b]) for a, b in m.dirs}
+    logits = m.zip_pass(dict(h), {t: {} for t in m.names}, masks, lambda d, n, kv: kv)
+
+    def grads(tower, i):
+        h["text"].grad = h["speech"].grad = None
+        logits[tower][0, i].sum().backward(retain_graph=True)
+        return h["text"].grad[0].abs().sum(-1), h["speech"].grad[0].abs().sum(-1)
+
+    g_text, g_speech = grads("text", 2)  # text at orig 7: sees speech 0..4 only
+    assert (g_speech[5:] == 0).all() and (g_speech[:5] > 0).all()
+    assert (g_text[3:] == 0).all() and (g_text[:3] > 0).all()
+    g_text, g_speech = grads("speech", 2)  # speech at orig 2: sees no text at all
+    assert (g_text == 0).all() and (g_speech[3:] == 0).all()
+    g_text, g_speech = grads("speech", 6)  # speech at orig 11: sees all text
+    assert (g_text > 0).all() and (g_speech[7:] == 0).all()
+
+
+def test_query_without_keys_is_finite():
+    m = model(gate_init=0.5, freeze="none").train()
+    batch = collate_segments(samples(["speech", "text"], [(4, 3), (2, 5)]), SPECS)
+    loss, per = zipper_loss(m(batch), batch)  # speech queries see no text key
+    loss.backward()
+    assert torch.isfinite(loss) and set(per) == {"text", "speech"}
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
+def test_frozen_tower_is_bit_identical_after_training():
+    m = model(gate_init=0.1, freeze="text")
+    m.train()
+    assert not m.towers["text"].training and m.towers["speech"].training
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    opt = torch.optim.Adam(m.trainable_parameters(), lr=1e-2)
+    batch = collate_segments(samples(["speech", "text"], [(4, 3), (2, 5)]), SPECS, loss_on="all")
+    for _ in range(3):
+        opt.zero_grad()
+        zipper_loss(m(batch), batch)[0].backward()
+        opt.step()
+    after = m.state_dict()
+    for k, v in before.items():
+        if k.startswith("towers.text."):
+            assert torch.equal(v, after[k]), k
+    assert not torch.equal(
+        before["fusion.text_from_speech.0.xattn.q.weight"],
+        after["fusion.text_from_speech.0.xattn.q.weight"],
+    )
+    assert not torch.equal(
+        before["towers.speech.blocks.0.mlp.proj.weight"],
+        after["towers.speech.blocks.0.mlp.proj.weight"],
+    )
+
+
+CASES = {
+    "asr": (["speech"], ["text"]),
+    "tts": (["text"], ["speech"]),
+    "two_outputs": (["speech"], ["text", "speech"]),
+}
+
+
+def sharpen(m):
+    """Random towers at the 0.02 init emit one token forever: larger weights vary the output."""
+    g = torch.Generator().manual_seed(0)
+    for name, p in m.named_parameters():
+        if p.dim() >= 2:
+            p.data.normal_(0, 0.1 if "tok_emb" in name else 0.5, generator=g)
+    return m
+
+
+def vary_stops(m, xs, outputs, **kw):
+    """Re-declare each output modality's eos as a generated token whose first occurrence differs
+    most across samples, so samples end their segment at different steps."""
+    for i, o in enumerate(outputs):
+        segs = [r[i].tokens.tolist() for r in m.generate(xs, outputs, **kw)]
+        first = {t: {s.index(t) if t in s else -1 for s in segs} for s in segs for t in s}
+        if first:
+            eos = max(sorted(first), key=lambda t: len(first[t]))
+            m.specs[o] = dataclasses.replace(m.specs[o], eos_id=eos)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_cached_generation_equals_uncached(case, temperature):
+    m = sharpen(model(gate_init=0.7, seed=3))
+    inputs, outputs = CASES[case]
+    xs = samples(inputs, [(5,), (2,), (7,)], seed=1)
+    kw = dict(max_new_tokens=6, temperature=temperature, top_k=12, seed=0)
+    vary_stops(m, xs, outputs, **kw)
+    cached = m.generate(xs, outputs, **kw)
+    ref = m.generate_uncached(xs, outputs, **kw)
+    assert [[s.modality for s in r] for r in cached] == [outputs] * 3
+    assert len({len(r[0].tokens) for r in cached}) > 1  # samples stopped at different steps
+    for c, r in zip(cached, ref, strict=True):
+        for sc, sr in zip(c, r, strict=True):
+            assert torch.equal(sc.tokens, sr.tokens)
+            assert len(sc.tokens) <= 6
+
+
+def test_ragged_batch_equals_each_sample_alone():
+    m = sharpen(model(gate_init=0.7, seed=4))
+    xs = samples(["speech", "text"], [(6, 2), (2, 5), (4, 1)], seed=2)
+    batched = m.generate(xs, ["speech", "text"], max_new_tokens={"text": 5, "speech": 4})
+    for x, out in zip(xs, batched, strict=True):
+        alone = m.generate([x], ["speech", "text"], max_new_tokens={"text": 5, "speech": 4})[0]
+        assert [s.tokens.tolist() for s in alone] == [s.tokens.tolist() for s in out]
+
+
+def test_budget_and_sampling_seed():
+    m = model(gate_init=0.7)
+    xs = samples(["text"], [(4,)])
+    a = m.generate(xs, ["speech"], max_new_tokens=3, temperature=1.0, seed=5)
+    b = m.generate(xs, ["speech"], max_new_tokens=3, temperature=1.0, seed=5)
+    assert torch.equal(a[0][0].tokens, b[0][0].tokens) and len(a[0][0].tokens) <= 3
+    assert m.generate(xs, ["speech"], max_new_tokens=0)[0][0].tokens.numel() == 0
+    with pytest.raises(UserError, match="max_seq_len"):
+        m.generate(xs, ["speech"], max_new_tokens=500)
+    with pytest.raises(UserError, match="output modality"):
+        m.generate(xs, ["video"], max_new_tokens=2)
+
+
+def test_placement_for_different_depths():
+    assert model().stops == {"text": [1, 2], "speech": [1, 2]}
+    assert model(intervals={"text": 2, "speech": 1}).stops == {"text": [2, 4], "speech": [1, 2]}
+    m = model(layers={"text": [3, 4], "speech": [1, 2]})
+    assert m.stops == {"text": [3, 4], "speech": [1, 2]} and len(m.fusion["text_from_speech"]) == 2
+    with pytest.raises(UserError, match="intervals"):
+        model(intervals={"text": 8, "speech": 1})
+    with pytest.raises(UserError, match="layers"):
+        model(layers={"text": [3, 4], "speech": [2]})
+    with pytest.raises(UserError, match="direction"):
+        model(directions=["text<-video"])
+    # one direction only, generation still exact
+    m = model(gate_init=0.5, intervals={"text": 2, "speech": 1}, directions=["text<-speech"])
+    xs = samples(["speech"], [(4,), (6,)])
+    assert [s.tokens.tolist() for r in m.generate(xs, ["text"], max_new_tokens=4) for s in r] == [
+        s.tokens.tolist() for r in m.generate_uncached(xs, ["text"], max_new_tokens=4) for s in r
+    ]
+
+
+def test_three_towers():
+    torch.manual_seed(0)
+    tw = {**towers(), "image": Tower(tower_config("tiny", 20))}
+    specs = {**SPECS, "image": ModalitySpec("image", 20, 0, 1, 1)}
+    cfg = ZipperConfig(
+        towers=["text", "speech", "image"],
+        intervals={"text": 1, "speech": 1, "image": 1},
+        directions=["text<-speech", "text<-image", "speech<-text", "image<-text"],
+        input_proj={},
+        gate_init=0.5,
+    )
+    m = ZipperModel(cfg, tw, specs).eval()
+    xs = [[Segment("image", torch.tensor([3, 4, 5])), Segment("speech", torch.tensor([1, 2]))]]
+    cached = m.generate(xs, ["text"], max_new_tokens=5)
+    assert torch.equal(cached[0][0].tokens, m.generate_uncached(xs, ["text"], 5)[0][0].tokens)

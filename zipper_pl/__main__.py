@@ -1,0 +1,91 @@
+"""``python -m zipper_pl STAGE [config.yaml] [key=value ...]``
+
+User errors (bad keys, values, missing artefacts, bad data) print one short message, no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from zipper_pl.errors import UserError
+
+USAGE = """usage: python -m zipper_pl STAGE [config.yaml] [key=value ...]
+
+stages:
+  data        prepare the corpus, tokenizers and token caches only
+  pretrain    unimodal pretraining of a tower (modality=text|speech)
+  zip         zip the pretrained towers and fine-tune on aligned pairs (arch=zipper|single)
+  finetune    continue from a zipped stage folder (inputs.init=...)
+  judge       train the judge ASR used to score TTS
+  evaluate    ASR/TTS WER, text retention, paper-style tables
+  ablation    aligned-fraction sweep (table + plots)
+  path KIND   print the stage folder a config resolves to (KIND: pretrain|zip|finetune|judge)
+  keys        list every config key with its default and doc
+"""
+
+
+def _stage(name: str) -> Callable:
+    from zipper_pl import stages
+
+    table = {
+        "pretrain": stages.pretrain,
+        "data": getattr(stages, "prepare_data", None),
+        "zip": getattr(stages, "zip_stage", None),
+        "finetune": getattr(stages, "finetune", None),
+        "judge": getattr(stages, "judge", None),
+        "evaluate": getattr(stages, "evaluate", None),
+        "ablation": getattr(stages, "ablation", None),
+    }
+    fn = table.get(name)
+    if fn is None:
+        raise UserError(f"unknown stage {name!r}\n\n{USAGE}")
+    return fn
+
+
+def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """The optional YAML path comes first; everything else is key=value."""
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return None, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    try:
+        from zipper_pl.config import describe_schema, load_config
+
+        stage, rest = argv[0], argv[1:]
+        if stage == "keys":
+            for key, default, doc in describe_schema():
+                print(f"{key:36s} {default!s:>14s}  {doc}")
+            return 0
+        kind = None
+        if stage == "path":
+            if not rest:
+                raise UserError(
+                    "usage: python -m zipper_pl path KIND [config.yaml] [key=value ...]"
+                )
+            kind, rest = rest[0], rest[1:]
+        path, overrides = _split_args(rest)
+        cfg = load_config(path, overrides)
+        if kind is not None:
+            from zipper_pl.stages import stage_dir
+
+            print(stage_dir(cfg, kind))
+            return 0
+        _stage(stage)(cfg)
+        return 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume from last.ckpt", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

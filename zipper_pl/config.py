@@ -1,0 +1,405 @@
+"""The configuration schema: dataclasses with a doc per field, YAML + ``key=value`` overrides.
+
+A run's config is built as: schema defaults <- YAML file (``experiments/...``) <- ``key=value``
+overrides (the Makefile turns its variables into such overrides). Everything is validated at
+once and every problem is reported in one ``UserError`` that names the key: unknown keys get the
+closest valid key as a suggestion, wrong types and out-of-range values say what is allowed.
+The fully resolved config is saved as ``config.yaml`` in each stage folder and can be fed back
+alone to re-run that stage.
+
+Sub-configs live next to the code they configure (``TowerConfig``-like fields in ``ModelConfig``
+here, ``AudioTokenizerConfig`` in ``data/audio_tokenizers.py``, ...); this module only nests them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from zipper_pl.data.audio_tokenizers import AudioTokenizerConfig
+from zipper_pl.data.embedded import EmbeddedCorpusConfig
+from zipper_pl.errors import UserError
+from zipper_pl.models.zipper import ZipperConfig
+from zipper_pl.schema import F
+
+SCALES = ("tiny", "demo", "s", "l")
+
+
+@dataclass
+class ModelConfig:
+    """The decoder tower: a registered size, optionally with individual fields overridden."""
+
+    size: str = F("tiny", "registered tower size (registry.TOWER_PRESETS)", choices=SCALES)
+    n_layers: int = F(0, "transformer blocks; 0 = the size's preset", ge=0)
+    n_heads: int = F(0, "attention heads; 0 = the size's preset", ge=0)
+    d_model: int = F(0, "residual width; 0 = the size's preset", ge=0)
+    d_ff: int = F(0, "SwiGLU hidden width; 0 = the size's preset", ge=0)
+    max_seq_len: int = F(0, "longest sequence (RoPE table, KV cache); 0 = the size's preset", ge=0)
+    dropout: float = F(0.0, "dropout on attention output and MLP", ge=0.0, lt=1.0)
+    activation_checkpointing: bool = F(False, "recompute block activations in backward (for l)")
+
+
+@dataclass
+class TextTokenizerConfig:
+    """SentencePiece model trained on the text training pool."""
+
+    vocab_size: int = F(1024, "SentencePiece vocabulary size (incl. unk/bos/eos/pad)", ge=16)
+    model_type: str = F("unigram", "SentencePiece algorithm", choices=("unigram", "bpe"))
+    max_sentences: int = F(200_000, "sentences sampled to train SentencePiece", ge=100)
+
+
+@dataclass
+class DataConfig:
+    """Where utterances come from and how they are batched."""
+
+    corpus: str = F(
+        "embedded",
+        "corpus: embedded (generated) | librispeech | libritts | librilight | jsonl | textfile",
+        choices=("embedded", "librispeech", "libritts", "librilight", "jsonl", "textfile"),
+    )
+    root: str = F("data", "corpus root directory (DATA_ROOT); generated corpora are written here")
+    cache_dir: str = F(
+        "data/cache", "token caches (sharded memmaps) live here, keyed by content hash"
+    )
+    text_file: str = F("", "plain-text corpus, one utterance per line (corpus=textfile or text LM)")
+    train_splits: list[str] = F(
+        None, "corpus splits for training (real corpora)", factory=lambda: ["train-clean-100"]
+    )
+    valid_splits: list[str] = F(None, "splits for validation", factory=lambda: ["dev-clean"])
+    test_splits: list[str] = F(None, "splits for testing", factory=lambda: ["test-clean"])
+    embedded: EmbeddedCorpusConfig = F(
+        None, "size of the generated offline corpus", factory=EmbeddedCorpusConfig
+    )
+    seq_len: int = F(256, "tokens per packed pretraining sequence", ge=8)
+    batch_size: int = F(16, "sequences (or pairs) per device per micro-batch", ge=1)
+    num_workers: int = F(0, "DataLoader worker processes", ge=0)
+    valid_batches: int = F(8, "batches per validation pass (fixed subset, same every time)", ge=1)
+    max_bad_share: float = F(
+        0.05, "stop when more than this share of audio files is bad", ge=0, le=1
+    )
+    aligned_frac: float = F(
+        1.0, "share of aligned training pairs used for fine-tuning (nested subsets)", gt=0.0, le=1.0
+    )
+    task: str = F("asr", "fine-tuning task", choices=("asr", "tts", "mix"))
+    asr_tts_ratio: float = F(0.8, "ASR:TTS sample ratio for task=mix (paper: 1:1.26)", gt=0.0)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the Lightning Trainer."""
+
+    max_steps: int = F(100, "optimizer steps", ge=1)
+    lr: float = F(1e-3, "peak learning rate (AdamW)", gt=0.0)
+    min_lr_ratio: float = F(0.1, "cosine floor as a share of the peak", ge=0.0, le=1.0)
+    warmup_steps: int = F(20, "linear warm-up steps", ge=0)
+    weight_decay: float = F(0.1, "AdamW decoupled weight decay (not on norms/biases/gates)", ge=0.0)
+    beta1: float = F(0.9, "AdamW beta1", ge=0.0, lt=1.0)
+    beta2: float = F(0.99, "AdamW beta2 (paper: 0.99)", ge=0.0, lt=1.0)
+    grad_clip: float = F(1.0, "gradient norm clip; 0 = off", ge=0.0)
+    accumulate: int = F(1, "micro-batches per optimizer step", ge=1)
+    val_every: int = F(50, "validate every N optimizer steps", ge=1)
+    ckpt_every: int = F(50, "write last.ckpt every N optimizer steps", ge=1)
+    log_every: int = F(10, "log training scalars every N optimizer steps", ge=1)
+    accelerator: str = F(
+        "auto", "Lightning accelerator", choices=("auto", "cpu", "gpu", "cuda", "mps")
+    )
+    devices: str = F("1", "devices per node: a count, 'auto' or a list like '0,1'")
+    num_nodes: int = F(1, "nodes (SLURM/torchrun set the rest)", ge=1)
+    strategy: str = F("auto", "Lightning strategy", choices=("auto", "ddp", "ddp_spawn", "fsdp"))
+    precision: str = F(
+        "auto",
+        "numeric precision; auto = bf16-mixed on GPU, 32-true on CPU",
+        choices=("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"),
+    )
+    compile: bool = F(False, "torch.compile the model")
+    threads: int = F(0, "CPU threads for torch; 0 = torch's default", ge=0)
+
+
+@dataclass
+class StageInputs:
+    """Earlier stage folders a stage reads (the Makefile fills these in)."""
+
+    text: str = F("", "stage folder of the pretrained text tower")
+    speech: str = F("", "stage folder of the pretrained speech tower")
+    init: str = F("", "zipped stage folder to continue from (finetune)")
+    judge: str = F("", "stage folder of the judge ASR (evaluation)")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of trained stages."""
+
+    stages: list[str] = F(None, "stage folders to evaluate; empty = this config's", factory=list)
+    max_utterances: int = F(0, "evaluate at most N test utterances; 0 = all", ge=0)
+    tts_seeds: int = F(3, "sampling seeds per utterance for TTS best-of-N (paper: 3)", ge=1)
+    temperature: float = F(0.8, "sampling temperature for TTS best-of-N", gt=0.0)
+    top_k: int = F(0, "top-k for sampling; 0 = off", ge=0)
+    batch_size: int = F(32, "utterances per generation batch", ge=1)
+    max_new_text: int = F(96, "token budget for generated text", ge=1)
+    max_new_speech_per_word: float = F(40.0, "speech-token budget per input word", gt=0.0)
+
+
+@dataclass
+class Config:
+    """Root of every run's configuration."""
+
+    seed: int = F(0, "global seed: data order, init, subsets")
+    scale: str = F(
+        "tiny", "scale preset this config belongs to (names stage folders)", choices=SCALES
+    )
+    runs: str = F("runs", "root folder for stage folders (RUNS)")
+    out: str = F("", "this stage's folder; empty = derived from the config (see stage_dir)")
+    modality: str = F("text", "what a pretraining stage models", choices=("text", "speech"))
+    arch: str = F("zipper", "fine-tuned model", choices=("zipper", "single"))
+    model: ModelConfig = F(None, "decoder tower", factory=ModelConfig)
+    text_tokenizer: TextTokenizerConfig = F(None, "text tokenizer", factory=TextTokenizerConfig)
+    audio: AudioTokenizerConfig = F(None, "audio tokenizer", factory=AudioTokenizerConfig)
+    data: DataConfig = F(None, "corpus and batching", factory=DataConfig)
+    train: TrainConfig = F(None, "optimisation and Trainer", factory=TrainConfig)
+    zip: ZipperConfig = F(None, "Zipper fusion", factory=ZipperConfig)
+    inputs: StageInputs = F(None, "earlier stage folders", factory=StageInputs)
+    eval: EvalConfig = F(None, "evaluation", factory=EvalConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overriding, validating
+
+
+def _field_paths(cls: type, prefix: str = "") -> dict[str, dataclasses.Field]:
+    """Every leaf key of a dataclass schema as a dotted path."""
+    paths: dict[str, dataclasses.Field] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            paths.update(_field_paths(tp, path + "."))
+        else:
+            paths[path] = f
+    return paths
+
+
+def _leaf_types(cls: type, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.update(_leaf_types(tp, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = tp
+    return out
+
+
+def _is_dict_type(tp: Any) -> bool:
+    return typing.get_origin(tp) is dict
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Convert a YAML/CLI value to the declared type; raise ValueError with a short reason."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0])
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ValueError(f"expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ValueError(f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"expected a string, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"expected a list, got {value!r}")
+        return [_coerce(v, item_tp) for v in value]
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if isinstance(value, str):
+            # "text:1,speech:2" on the command line
+            pairs = [p.split(":", 1) for p in value.replace(" ", ",").split(",") if p]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError(f"expected name:value pairs like 'text:1,speech:2', got {value!r}")
+            value = dict(pairs)
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping, got {value!r}")
+        return {_coerce(k, key_tp): _coerce(v, val_tp) for k, v in value.items()}
+    return value
+
+
+def _check_range(value: Any, meta: dict) -> str | None:
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        return f"must be one of {', '.join(map(str, meta['choices']))}; got {value!r}"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        for key, ok, word in (
+            ("ge", lambda v, b: v >= b, ">="),
+            ("gt", lambda v, b: v > b, ">"),
+            ("le", lambda v, b: v <= b, "<="),
+            ("lt", lambda v, b: v < b, "<"),
+        ):
+            bound = meta.get(key)
+            if bound is not None and not ok(value, bound):
+                return f"must be {word} {bound}; got {value!r}"
+    return None
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """``["a.b=1", "c=x"]`` -> ``{"a.b": "1", "c": "x"}``; a malformed item is a UserError."""
+    out: dict[str, str] = {}
+    bad = [a for a in args if "=" not in a or a.startswith("=")]
+    if bad:
+        raise UserError(
+            f"overrides must look like key=value; got {', '.join(repr(b) for b in bad)}"
+        )
+    for a in args:
+        k, v = a.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def _set_path(tree: dict, path: str, value: Any) -> None:
+    node = tree
+    parts = path.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise UserError(f"config key {path!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, values, f"{prefix}{f.name}.")
+        elif f"{prefix}{f.name}" in values:
+            kwargs[f.name] = values[f"{prefix}{f.name}"]
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Schema defaults <- YAML file <- ``key=value`` overrides, validated all at once."""
+    tree: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file {str(p)!r} not found (see experiments/ for examples)")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"config file {str(p)!r} must hold a mapping of keys")
+        tree = loaded
+    leaf_types = _leaf_types(Config)
+    flat = _flatten_with_types(tree, leaf_types)
+    for k, v in parse_overrides(overrides or []).items():
+        flat[k] = yaml.safe_load(v) if v != "" else ""
+    return _validate(flat, leaf_types)
+
+
+def _flatten_with_types(tree: dict, leaf_types: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested YAML, keeping dict-typed leaves (e.g. ``zip.intervals``) whole."""
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and not _is_dict_type(leaf_types.get(path)):
+            flat.update(_flatten_with_types(v, leaf_types, path + "."))
+        else:
+            flat[path] = v
+    return flat
+
+
+def _validate(flat: dict[str, Any], leaf_types: dict[str, Any]) -> Config:
+    fields = _field_paths(Config)
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for key, raw in flat.items():
+        if key not in leaf_types:
+            close = difflib.get_close_matches(key, list(leaf_types), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(f"unknown config key {key!r}{hint}")
+            continue
+        try:
+            value = _coerce(raw, leaf_types[key])
+        except ValueError as e:
+            problems.append(f"{key}: {e}")
+            continue
+        reason = _check_range(value, fields[key].metadata)
+        if reason:
+            problems.append(f"{key}: {reason}")
+            continue
+        values[key] = value
+    if problems:
+        raise UserError("invalid configuration:\n  " + "\n  ".join(problems))
+    try:
+        return _build(Config, values)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"invalid configuration: {e}") from None
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain nested dict of a config (for YAML, hyper-parameter logging, hashing)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the fully resolved config as YAML, atomically."""
+    from zipper_pl.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def describe_schema(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(key, default, doc) for every leaf key; used by ``python -m zipper_pl keys``."""
+    rows = []
+    defaults = cls()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows += describe_schema(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", getattr(defaults, f.name), f.metadata["doc"]))
+    return rows

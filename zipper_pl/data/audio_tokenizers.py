@@ -1,0 +1,385 @@
+"""Audio tokenizers behind one interface, registered by name: ``units`` and ``encodec``.
+
+``units``: HuBERT-iteration-1-style "semantic" units: MFCC or log-mel frames at 50/s, normalised
+per utterance, quantised by k-means fitted on the speech training pool. Needs no downloaded weights
+(the offline default), cannot be turned back into audio.
+``encodec``: the 24 kHz EnCodec codec; the first K residual codebooks flattened time-major with
+per-codebook id offsets (frame t -> tokens ``c_0(t), 1024 + c_1(t), ...``); decodes to audio.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torchaudio.functional as TAF
+import torchaudio.transforms as T
+
+from zipper_pl.data.store import atomic_write_bytes, atomic_write_json
+from zipper_pl.errors import UserError
+from zipper_pl.schema import F
+
+SAMPLE_RATES = {"units": 16000, "encodec": 24000}
+ENCODEC_CHECKPOINT = "encodec_24khz-d7cc33bc.th"  # the file name encodec's loader asks for
+ENCODEC_BINS = 1024
+ENCODEC_HOP = 320  # samples per frame at 24 kHz: 75 frames/s
+ENCODEC_MIN_FRAMES = 8  # > the 6-frame reflect padding of the encoder's last conv
+
+
+@dataclass
+class AudioTokenizerConfig:
+    codec: str = F("units", "audio tokenizer", choices=("units", "encodec"))
+    units_k: int = F(256, "k-means entries (= speech vocabulary) of the units tokenizer", ge=2)
+    units_features: str = F("mfcc", "units frame features", choices=("mfcc", "logmel"))
+    units_deltas: bool = F(True, "stack first and second time deltas onto the unit features")
+    units_dedup: bool = F(False, "collapse runs of identical units into one (loses durations)")
+    units_fit_max_frames: int = F(200_000, "most feature frames k-means is fitted on", ge=1)
+    seed: int = F(0, "seed of the k-means fit and of its frame subsample")
+    encodec_bandwidth: float = F(
+        1.5,
+        "EnCodec kbps: picks the codebooks (1.5=2 ... 24=32)",
+        choices=(1.5, 3.0, 6.0, 12.0, 24.0),
+    )
+    encodec_codebooks: int = F(0, "first K EnCodec codebooks kept; 0 = all for the bandwidth", ge=0)
+    encodec_weights_dir: str = F(
+        "", f"folder holding {ENCODEC_CHECKPOINT}; '' = torch hub cache or download"
+    )
+    batch_seconds: float = F(60.0, "audio seconds per encode batch (padding included)", gt=0)
+    max_seconds: float = F(30.0, "longer files are skipped as too_long; 0 = no limit", ge=0)
+    device: str = F("auto", "where encodec runs: auto (cuda when present), cpu, cuda")
+
+    @property
+    def sample_rate(self) -> int:
+        return SAMPLE_RATES[self.codec]
+
+
+class AudioTokenizer:
+    """Interface: waves (mono float32 at ``sample_rate``) <-> 1-D integer token arrays."""
+
+    name: ClassVar[str]
+    sample_rate: ClassVar[int]
+    vocab_size: int
+    frame_rate: float  # tokens per second of audio (before any de-duplication)
+    needs_fit: ClassVar[bool] = False
+    identity_fields: ClassVar[tuple[str, ...]] = ()  # config fields that change the tokens
+
+    def __init__(self, cfg: AudioTokenizerConfig) -> None:
+        self.cfg = cfg
+
+    def fit(self, waves: list[np.ndarray]) -> None:
+        """Learn state from the speech training pool (no-op for pretrained codecs)."""
+
+    def encode(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _state_bytes(self) -> bytes:
+        return b""
+
+    def fingerprint(self) -> str:
+        """Changes whenever the tokens would: config fields in use + fitted/loaded state."""
+        h = hashlib.sha256(json.dumps(self._identity(), sort_keys=True).encode())
+        h.update(self._state_bytes())
+        return h.hexdigest()[:16]
+
+    def _identity(self) -> dict[str, Any]:
+        return {k: getattr(self.cfg, k) for k in ("codec", *self.identity_fields)}
+
+    def save(self, dir: str | os.PathLike) -> None:
+        d = Path(dir)
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(d / "audio_tokenizer.json", asdict(self.cfg))
+
+    @classmethod
+    def load(cls, dir: str | os.PathLike) -> AudioTokenizer:
+        path = Path(dir) / "audio_tokenizer.json"
+        if not path.is_file():
+            raise UserError(f"no audio tokenizer saved in {dir}: run the stage that fits it first")
+        cfg = AudioTokenizerConfig(**json.loads(path.read_text()))
+        return AUDIO_TOKENIZERS[cfg.codec]._load(cfg, Path(dir))
+
+    @classmethod
+    def _load(cls, cfg: AudioTokenizerConfig, dir: Path) -> AudioTokenizer:
+        return cls(cfg)
+
+
+def _dedup(units: np.ndarray) -> np.ndarray:
+    if units.size == 0:
+        return units
+    keep = np.ones(units.size, dtype=bool)
+    keep[1:] = units[1:] != units[:-1]
+    return units[keep]
+
+
+class UnitsTokenizer(AudioTokenizer):
+    name = "units"
+    sample_rate = 16000
+    needs_fit = True
+    identity_fields = ("units_k", "units_features", "units_deltas", "units_dedup")
+    hop = 320  # 20 ms at 16 kHz: 50 frames/s
+
+    def __init__(self, cfg: AudioTokenizerConfig, centroids: np.ndarray | None = None) -> None:
+        super().__init__(cfg)
+        self.vocab_size = cfg.units_k
+        self.frame_rate = self.sample_rate / self.hop
+        mel = {"n_fft": 512, "win_length": 400, "hop_length": self.hop, "center": True}
+        if cfg.units_features == "mfcc":
+            self._feat = T.MFCC(self.sample_rate, n_mfcc=13, melkwargs={**mel, "n_mels": 40})
+        else:
+            self._feat = T.MelSpectrogram(self.sample_rate, n_mels=80, **mel)
+        self.centroids: torch.Tensor | None = None  # [K, D]
+        if centroids is not None:
+            self._set_centroids(centroids)
+
+    def _set_centroids(self, c: np.ndarray) -> None:
+        if c.shape[0] != self.cfg.units_k:
+            raise UserError(
+                f"saved units model has {c.shape[0]} entries but audio.units_k={self.cfg.units_k}"
+            )
+        self.centroids = torch.from_numpy(np.ascontiguousarray(c, dtype=np.float32))
+
+    @torch.no_grad()
+    def features(self, wave: np.ndarray) -> torch.Tensor:
+        """[T, D] normalised frames, T = len(wave) // 320 + 1."""
+        n_frames = len(wave) // self.hop + 1
+        x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+        if len(x) <= 256:  # centre padding reflects n_fft/2 samples: very short clips need zeros
+            x = torch.nn.functional.pad(x, (0, 257 - len(x)))
+        x = self._feat(x)[:, :n_frames]  # [C, T]
+        if self.cfg.units_features == "logmel":
+            x = torch.log(x + 1e-6)
+        if self.cfg.units_deltas:
+            d1 = TAF.compute_deltas(x)
+            x = torch.cat([x, d1, TAF.compute_deltas(d1)], dim=0)  # [3C, T]
+        # per-utterance mean/variance normalisation removes channel and loudness differences
+        x = (x - x.mean(dim=1, keepdim=True)) / (x.std(dim=1, keepdim=True, unbiased=False) + 1e-5)
+        return x.T.contiguous()
+
+    def fit(self, waves: list[np.ndarray]) -> None:
+        from sklearn.cluster import MiniBatchKMeans
+
+        feats = torch.cat([self.features(w) for w in waves]).numpy()  # [N, D]
+        if feats.shape[0] < self.cfg.units_k:
+            raise UserError(
+                f"k-means needs at least audio.units_k={self.cfg.units_k} frames, the speech pool "
+                f"gave {feats.shape[0]}: add audio or lower audio.units_k"
+            )
+        rng = np.random.default_rng(self.cfg.seed)
+        if feats.shape[0] > self.cfg.units_fit_max_frames:
+            keep = np.sort(rng.choice(feats.shape[0], self.cfg.units_fit_max_frames, replace=False))
+            feats = feats[keep]
+        km = MiniBatchKMeans(
+            n_clusters=self.cfg.units_k,
+            batch_size=max(4096, 4 * self.cfg.units_k),
+            n_init=3,
+            max_no_improvement=20,
+            random_state=self.cfg.seed,
+        )
+        km.fit(feats)
+        self._set_centroids(km.cluster_centers_)
+
+    @torch.no_grad()
+    def encode(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        if self.centroids is None:
+            raise UserError("the units tokenizer is not fitted: run its fit step (or load it)")
+        feats = [self.features(w) for w in waves]
+        if not feats:
+            return []
+        x = torch.cat(feats)  # [N, D] all frames of the batch at once
+        c = self.centroids
+        # argmin |x - c|^2 = argmin (|c|^2 - 2 x.c): one matmul, no per-frame Python
+        units = ((c * c).sum(1) - 2 * x @ c.T).argmin(dim=1).numpy()  # [N]
+        dtype = np.uint16 if self.vocab_size <= 65536 else np.int32
+        out = [a.astype(dtype) for a in np.split(units, np.cumsum([len(f) for f in feats])[:-1])]
+        return [_dedup(a) for a in out] if self.cfg.units_dedup else out
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        raise UserError(
+            "units tokens cannot be turned back into audio: use audio.codec=encodec to listen"
+        )
+
+    def _state_bytes(self) -> bytes:
+        return b"" if self.centroids is None else self.centroids.numpy().tobytes()
+
+    def save(self, dir: str | os.PathLike) -> None:
+        if self.centroids is None:
+            raise RuntimeError("fit the units tokenizer before saving it")
+        d = Path(dir)
+        d.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(buf, centroids=self.centroids.numpy())
+        atomic_write_bytes(d / "units_kmeans.npz", buf.getvalue())
+        super().save(d)  # the config last: its presence marks a complete artefact
+
+    @classmethod
+    def _load(cls, cfg: AudioTokenizerConfig, dir: Path) -> UnitsTokenizer:
+        with np.load(dir / "units_kmeans.npz", allow_pickle=False) as z:
+            return cls(cfg, centroids=z["centroids"])
+
+
+def _encodec_model(weights_dir: str) -> torch.nn.Module:
+    """The pretrained 24 kHz model from ``weights_dir`` or the torch hub cache/download."""
+    from encodec import EncodecModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # weight_norm deprecation inside encodec
+        if weights_dir:
+            d = Path(weights_dir).expanduser()
+            if not (d / ENCODEC_CHECKPOINT).is_file():
+                raise UserError(
+                    f"{d / ENCODEC_CHECKPOINT} not found: put the EnCodec checkpoint there or fix "
+                    f"audio.encodec_weights_dir"
+                )
+            try:
+                return EncodecModel.encodec_model_24khz(pretrained=True, repository=d)
+            except Exception as e:  # checksum mismatch, truncated or foreign file
+                raise UserError(
+                    f"{d / ENCODEC_CHECKPOINT} does not load ({type(e).__name__}: {e}): download "
+                    f"it again or fix audio.encodec_weights_dir"
+                ) from None
+        try:
+            return EncodecModel.encodec_model_24khz(pretrained=True)
+        except Exception as e:  # no network, proxy, bad cache: the same advice in every case
+            cache = Path(torch.hub.get_dir()) / "checkpoints" / ENCODEC_CHECKPOINT
+            raise UserError(
+                f"cannot load the EnCodec weights ({type(e).__name__}: {e}); they are not in the "
+                f"torch hub cache ({cache}) and could not be downloaded. Download "
+                f"{ENCODEC_CHECKPOINT} and set audio.encodec_weights_dir to its folder, or use "
+                f"audio.codec=units (no weights needed)"
+            ) from None
+
+
+@torch.no_grad()
+def random_encodec_model(seed: int = 0) -> torch.nn.Module:
+    """An untrained 24 kHz EnCodec whose codebooks are drawn from its own encoder outputs.
+
+    For tests and throughput benchmarks only: an untrained model with its default all-zero
+    codebooks would emit a single code, this one emits varied (but meaningless) codes.
+    """
+    from encodec import EncodecModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model = EncodecModel.encodec_model_24khz(pretrained=False)
+    g = torch.Generator().manual_seed(seed)
+    res = model.encoder(0.1 * torch.randn(1, 1, 4 * 24000, generator=g))[0].T  # [T, D]
+    for layer in model.quantizer.vq.layers:
+        cb = layer._codebook
+        pick = torch.randint(0, res.shape[0], (cb.embed.shape[0],), generator=g)
+        noise = 0.01 * res.std() * torch.randn(cb.embed.shape, generator=g)
+        cb.embed.copy_(res[pick] + noise)
+        cb.inited.fill_(1)
+        res = res - cb.embed[torch.cdist(res, cb.embed).argmin(1)]  # next layer sees residuals
+    return model.eval()
+
+
+class EncodecTokenizer(AudioTokenizer):
+    name = "encodec"
+    sample_rate = 24000
+    identity_fields = ("encodec_bandwidth", "encodec_codebooks")
+
+    def __init__(self, cfg: AudioTokenizerConfig, model: torch.nn.Module | None = None) -> None:
+        super().__init__(cfg)
+        n_q = int(cfg.encodec_bandwidth * 1000 // (75 * math.log2(ENCODEC_BINS)))
+        if cfg.encodec_codebooks > n_q:
+            raise UserError(
+                f"audio.encodec_codebooks={cfg.encodec_codebooks} exceeds the {n_q} codebooks of "
+                f"audio.encodec_bandwidth={cfg.encodec_bandwidth}: lower one or raise the other"
+            )
+        self.codebooks = cfg.encodec_codebooks or n_q
+        self.vocab_size = self.codebooks * ENCODEC_BINS
+        self.frame_rate = 75.0 * self.codebooks  # tokens per second: K per 75 Hz frame
+        model = model if model is not None else _encodec_model(cfg.encodec_weights_dir)
+        model.set_target_bandwidth(cfg.encodec_bandwidth)
+        h = hashlib.sha256()
+        for k, v in sorted(model.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        self._weights_hash = h.digest()
+        dev = (
+            cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        )
+        self.device = torch.device(dev)
+        self.model = model.eval().to(self.device)
+
+    def _state_bytes(self) -> bytes:
+        return self._weights_hash
+
+    @torch.no_grad()
+    def _codes(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L] waves -> [B, K, ceil(L / 320)] codes of the first K codebooks."""
+        emb = self.model.encoder(x[:, None, :].to(self.device))
+        codes = self.model.quantizer.encode(emb, self.model.frame_rate, self.model.bandwidth)
+        return codes[: self.codebooks].transpose(0, 1).cpu()  # [n_q, B, T] -> [B, K, T]
+
+    def encode(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        chunk = max(1, int(self.cfg.batch_seconds * self.sample_rate) // ENCODEC_HOP) * ENCODEC_HOP
+        # long files are cut into chunks of whole frames, so chunk codes concatenate exactly
+        pieces: list[tuple[int, np.ndarray]] = []
+        for i, w in enumerate(waves):
+            pieces += [(i, w[s : s + chunk]) for s in range(0, max(len(w), 1), chunk)]
+        order = sorted(range(len(pieces)), key=lambda j: -len(pieces[j][1]))
+        codes: list[torch.Tensor | None] = [None] * len(pieces)
+        budget = self.cfg.batch_seconds * self.sample_rate
+        start = 0
+        while start < len(order):
+            longest = max(len(pieces[order[start]][1]), 1)
+            n = max(1, int(budget // longest))
+            batch = order[start : start + n]
+            # pieces are zero-padded to whole frames (a multiple of the total stride 320) and to at
+            # least ENCODEC_MIN_FRAMES: the encoder's convs then add no right-edge padding and
+            # their left reflect padding never reaches past the end, so the encoder is causal and
+            # the batch padding behind a piece cannot change its codes
+            longest = max(-(-longest // ENCODEC_HOP), ENCODEC_MIN_FRAMES) * ENCODEC_HOP
+            x = torch.zeros(len(batch), longest)
+            for b, j in enumerate(batch):
+                x[b, : len(pieces[j][1])] = torch.from_numpy(np.asarray(pieces[j][1], np.float32))
+            c = self._codes(x)  # [B, K, T]
+            for b, j in enumerate(batch):
+                codes[j] = c[b, :, : math.ceil(len(pieces[j][1]) / ENCODEC_HOP)]
+            start += n
+        offsets = torch.arange(self.codebooks)[:, None] * ENCODEC_BINS  # [K, 1]
+        out: list[list[np.ndarray]] = [[] for _ in waves]
+        for (i, _), c in zip(pieces, codes, strict=True):
+            out[i].append((c + offsets).T.reshape(-1).numpy().astype(np.uint16))  # time-major
+        return [np.concatenate(parts) for parts in out]
+
+    @torch.no_grad()
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        """Flat time-major tokens -> 24 kHz mono float32 waveform."""
+        t = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+        if t.ndim != 1 or t.numel() % self.codebooks:
+            raise ValueError(
+                f"need a 1-D multiple of {self.codebooks} tokens, got {tuple(t.shape)}"
+            )
+        codes = t.view(-1, self.codebooks) - torch.arange(self.codebooks) * ENCODEC_BINS  # [T, K]
+        if codes.numel() and (codes.min() < 0 or codes.max() >= ENCODEC_BINS):
+            raise ValueError("token ids do not match their codebook slot (time-major order?)")
+        wav = self.model.decode([(codes.T[None].to(self.device), None)])  # [1, 1, T * 320]
+        return wav[0, 0].float().cpu().numpy()
+
+    @classmethod
+    def _load(cls, cfg: AudioTokenizerConfig, dir: Path) -> EncodecTokenizer:
+        return cls(cfg)
+
+
+AUDIO_TOKENIZERS: dict[str, type[AudioTokenizer]] = {
+    "units": UnitsTokenizer,
+    "encodec": EncodecTokenizer,
+}
+
+
+def build_audio_tokenizer(cfg: AudioTokenizerConfig) -> AudioTokenizer:
+    """A fresh tokenizer for ``cfg.codec`` (units still need ``fit``)."""
+    return AUDIO_TOKENIZERS[cfg.codec](cfg)

@@ -1,0 +1,214 @@
+"""Data preparation shared by every stage: corpus -> manifests -> tokenizers -> token stores.
+
+Every artefact is keyed by a hash of what produced it and written atomically, so a second run
+finds it and does nothing, and several processes (DDP ranks, sweep cells) can share one cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from zipper_pl.config import Config
+from zipper_pl.data.lm_datamodule import LMData
+from zipper_pl.data.manifest import Record, read_manifest, write_manifest
+from zipper_pl.data.store import ShardedTokenWriter, TokenStore, token_dtype
+from zipper_pl.data.text import TextTokenizer, read_text_file
+from zipper_pl.errors import UserError
+
+POOLS = ("text", "speech", "aligned_train", "valid", "test")
+
+
+def _digest(obj: object, n: int = 12) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def cache_root(cfg: Config) -> Path:
+    return Path(cfg.data.cache_dir)
+
+
+# ---- corpora -> manifests ------------------------------------------------------------------
+
+
+def corpus_manifests(cfg: Config) -> dict[str, Path]:
+    """Manifest path per pool (text, speech, aligned_train, valid, test) for the configured corpus.
+
+    The embedded corpus is generated on first use; real corpora are read from ``data.root``
+    (LibriSpeech / LibriTTS / LibriLight trees, or a JSONL manifest).
+    """
+    d = cfg.data
+    if d.corpus == "embedded":
+        from zipper_pl.data.embedded import build_embedded_corpus
+
+        return build_embedded_corpus(Path(d.root) / "embedded", d.embedded)
+    if d.corpus == "textfile":
+        raise UserError("data.corpus=textfile only provides text: use it with modality=text")
+    from zipper_pl.data.readers import CORPUS_READERS
+
+    reader = CORPUS_READERS[d.corpus]
+    key = _digest(
+        [d.corpus, str(Path(d.root).resolve()), d.train_splits, d.valid_splits, d.test_splits]
+    )
+    folder = cache_root(cfg) / "manifests" / f"{d.corpus}-{key}"
+    out = {p: folder / f"{p}.jsonl" for p in ("speech", "aligned_train", "valid", "test")}
+    if all(p.is_file() for p in out.values()):
+        return out
+    train = reader(d.root, d.train_splits)
+    valid = reader(d.root, d.valid_splits) if d.valid_splits else []
+    test = reader(d.root, d.test_splits) if d.test_splits else []
+    write_manifest(out["speech"], train)
+    write_manifest(out["aligned_train"], [r for r in train if r.text])
+    write_manifest(out["valid"], valid)
+    write_manifest(out["test"], test)
+    return out
+
+
+def text_lines(cfg: Config, pool: str) -> list[str]:
+    """Sentences of a text pool: ``data.text_file`` for training if set, else manifest text."""
+    if pool == "text" and cfg.data.text_file:
+        return read_text_file(cfg.data.text_file)
+    if cfg.data.corpus == "embedded":
+        from zipper_pl.data.embedded import split_pools
+
+        # sentences are known without synthesising any audio: text pretraining stays fast
+        return split_pools(cfg.data.embedded)[pool]
+    manifests = corpus_manifests(cfg)
+    source = pool if pool in manifests else "aligned_train"
+    lines = [r.text for r in read_manifest(manifests[source]) if r.text]
+    if not lines:
+        raise UserError(f"the {pool!r} text pool of data.corpus={cfg.data.corpus} is empty")
+    return lines
+
+
+# ---- text ----------------------------------------------------------------------------------
+
+
+def text_tokenizer(cfg: Config) -> TextTokenizer:
+    """SentencePiece trained on the text training pool (cached by content hash)."""
+    lines = text_lines(cfg, "text")
+    key = _digest([asdict(cfg.text_tokenizer), _digest(lines, 16)])
+    path = cache_root(cfg) / "text_tokenizer" / key / "text_tokenizer.model"
+    if path.is_file():
+        return TextTokenizer(path)
+    t = cfg.text_tokenizer
+    return TextTokenizer.train(lines, path, t.vocab_size, t.model_type, t.max_sentences)
+
+
+def text_store(cfg: Config, tok: TextTokenizer, pool: str, lines: list[str] | None = None) -> Path:
+    """Token store of a text pool (one item per sentence)."""
+    lines = text_lines(cfg, pool) if lines is None else lines
+    key = _digest([hashlib.sha256(tok.path.read_bytes()).hexdigest(), _digest(lines, 16)])
+    folder = cache_root(cfg) / "text_tokens" / f"{pool}-{key}"
+    if TokenStore.exists(folder):
+        return folder
+    writer = ShardedTokenWriter(folder, token_dtype(tok.vocab_size), items_per_shard=50_000)
+    done = writer.completed_shards()
+    per = 50_000
+    n_shards = (len(lines) + per - 1) // per
+    for k in range(n_shards):
+        if k in done:
+            continue
+        chunk = lines[k * per : (k + 1) * per]
+        writer.write_shard(
+            k, [f"{pool}-{k * per + i}" for i in range(len(chunk))], tok.encode(chunk)
+        )
+    writer.finalize({"vocab_size": tok.vocab_size, "pool": pool}, num_shards=n_shards)
+    return folder
+
+
+# ---- speech --------------------------------------------------------------------------------
+
+
+def _records(cfg: Config, pool: str) -> list[Record]:
+    return read_manifest(corpus_manifests(cfg)[pool])
+
+
+def audio_tokenizer(cfg: Config):
+    """The configured audio tokenizer; ``units`` is fitted on the speech pool once and cached."""
+    from zipper_pl.data.audio import load_audio
+    from zipper_pl.data.audio_tokenizers import AudioTokenizer, build_audio_tokenizer
+
+    a = cfg.audio
+    if a.codec != "units":
+        return build_audio_tokenizer(a)
+    records = _records(cfg, "speech")
+    key = _digest([asdict(a), _digest([asdict(r) for r in records], 16)])
+    folder = cache_root(cfg) / "audio_tokenizer" / f"{a.codec}-{key}"
+    if (folder / "config.json").is_file():
+        return AudioTokenizer.load(folder)
+    tok = build_audio_tokenizer(a)
+    waves = []
+    # k-means needs a sample, not the whole pool: spread the budget over utterances
+    budget_s = a.units_fit_max_frames / 50.0
+    total = 0.0
+    rng_order = sorted(range(len(records)), key=lambda i: _digest([cfg.seed, i], 8))
+    for i in rng_order:
+        r = records[i]
+        try:
+            waves.append(load_audio(r.audio, a.sample_rate, a.max_seconds))
+        except Exception:  # bad files are counted by the token cache; fitting just skips them
+            continue
+        total += r.duration
+        if total >= budget_s:
+            break
+    if not waves:
+        raise UserError("no readable audio in the speech pool to fit the units tokenizer")
+    tok.fit(waves)
+    tok.save(folder)
+    return AudioTokenizer.load(folder)
+
+
+def audio_store(cfg: Config, tok, pool: str, need_transcript: bool = False) -> Path:
+    """Token store of an audio pool (resumable, bad files skipped and counted)."""
+    from zipper_pl.data.audio_cache import tokenize_manifest
+
+    return tokenize_manifest(
+        corpus_manifests(cfg)[pool],
+        tok,
+        cache_root(cfg) / "audio_tokens",
+        max_bad_share=cfg.data.max_bad_share,
+        need_transcript=need_transcript,
+    )
+
+
+# ---- what the pretraining stage needs --------------------------------------------------------
+
+
+def prepare_pretraining(cfg: Config) -> LMData:
+    if cfg.modality == "text":
+        tok = text_tokenizer(cfg)
+        train = text_store(cfg, tok, "text")
+        valid = text_store(cfg, tok, "valid")
+        n_train = len(TokenStore(train))
+        return LMData(
+            vocab_size=tok.vocab_size,
+            bos_id=tok.bos_id,
+            eos_id=tok.eos_id,
+            train_store=train,
+            valid_store=valid,
+            artefacts=[tok.path],
+            info={"train_utterances": n_train, "train_tokens": TokenStore(train).total_tokens},
+        )
+    tok = audio_tokenizer(cfg)
+    train = audio_store(cfg, tok, "speech")
+    valid = audio_store(cfg, tok, "valid")
+    k = tok.vocab_size
+    folder = cache_root(cfg) / "audio_tokenizer_export" / tok.fingerprint() / "audio_tokenizer"
+    if not (folder / "config.json").is_file():
+        tok.save(folder)
+    return LMData(
+        vocab_size=k + 2,  # + begin/end-of-audio
+        bos_id=k,
+        eos_id=k + 1,
+        train_store=train,
+        valid_store=valid,
+        artefacts=[folder],
+        info={
+            "train_utterances": len(TokenStore(train)),
+            "train_tokens": TokenStore(train).total_tokens,
+            "audio_vocab": k,
+            "frame_rate": tok.frame_rate,
+        },
+    )

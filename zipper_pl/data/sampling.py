@@ -1,0 +1,78 @@
+"""Resumable, rank-sharded batch order: a pure function of (seed, step, rank).
+
+Lightning restores loop state but not a sampler's position, so a resumed run would replay the
+first batches of an epoch. Here the index stream is an endless chain of seeded permutations and
+micro-batch ``s`` of the run is always the same slice of it, so a resume at step ``s`` continues
+exactly where the run stopped. Each global micro-batch is split across ranks, so every sample is
+seen once per epoch across all ranks (exact sharding, no padding with repeats).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Yields this rank's micro-batches from ``start_batch`` on, forever.
+
+    With ``lengths`` given, each window of ``bucket_batches`` global batches is sorted by length
+    before being cut into batches (then the batches are shuffled), so padding stays small while
+    the data order stays random at the window scale.
+    """
+
+    def __init__(
+        self,
+        n_items: int,
+        batch_size: int,
+        *,
+        seed: int,
+        start_batch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        lengths: np.ndarray | None = None,
+        bucket_batches: int = 32,
+    ) -> None:
+        if n_items < batch_size * world_size:
+            raise ValueError(
+                f"{n_items} items cannot fill one global batch of {batch_size} x {world_size}"
+            )
+        self.n_items = n_items
+        self.batch_size = batch_size
+        self.global_batch = batch_size * world_size
+        self.seed = seed
+        self.start_batch = start_batch
+        self.rank = rank
+        self.world_size = world_size
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.bucket_batches = bucket_batches
+        # whole global batches per epoch; the remainder is dropped (a different one each epoch)
+        self.batches_per_epoch = n_items // self.global_batch
+
+    def _epoch_batches(self, epoch: int) -> np.ndarray:
+        """[batches_per_epoch, global_batch] item indices of one epoch."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(self.n_items)[: self.batches_per_epoch * self.global_batch]
+        if self.lengths is not None:
+            window = self.bucket_batches * self.global_batch
+            for lo in range(0, len(order), window):
+                chunk = order[lo : lo + window]
+                order[lo : lo + window] = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches = order.reshape(self.batches_per_epoch, self.global_batch)
+            return batches[rng.permutation(self.batches_per_epoch)]
+        return order.reshape(self.batches_per_epoch, self.global_batch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, offset = divmod(self.start_batch, self.batches_per_epoch)
+        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        while True:
+            batches = self._epoch_batches(epoch)
+            for b in range(offset, self.batches_per_epoch):
+                yield batches[b, lo:hi].tolist()
+            epoch, offset = epoch + 1, 0
+
+    def __len__(self) -> int:
+        # Lightning treats the loader as endless (max_steps ends training)
+        return 10**12

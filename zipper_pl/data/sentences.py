@@ -1,0 +1,399 @@
+"""Deterministic English sentence generator for the embedded corpus, and the shared text normaliser.
+
+A small hand-written grammar (declaratives in several tenses, questions, relative clauses,
+subordinate and complement clauses, coordination, passives, existentials, imperatives) over a
+lexicon of about 1,750 word forms. Output is already normalised (lowercase a-z, apostrophes, single
+spaces) so espeak-ng can speak it and WER can score it without further cleaning. No downloads.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import unicodedata
+
+from zipper_pl.errors import UserError
+
+# --- normaliser ---------------------------------------------------------------------------------
+
+_NOT_ALLOWED = re.compile(r"[^a-z' ]+")
+_LONE_APOSTROPHE = re.compile(r"(?<![a-z])'|'(?![a-z])")
+_SPACES = re.compile(r" +")
+
+
+def normalize_text(s: str) -> str:
+    """Lowercase a-z, apostrophes only inside words, single spaces; everything else is a space.
+
+    Accents are folded (cafe), curly apostrophes become straight ones, digits are dropped (spell
+    them out upstream if they matter): the same rule serves generated and real transcripts.
+    """
+    s = s.replace("\u2019", "'").replace("\u2018", "'").replace("`", "'")
+    s = unicodedata.normalize("NFKD", s).encode("ascii", "ignore").decode("ascii").lower()
+    s = _NOT_ALLOWED.sub(" ", s)
+    s = _LONE_APOSTROPHE.sub(" ", s)  # quotes and trailing possessives like "boys'" lose it
+    return _SPACES.sub(" ", s).strip()
+
+
+# --- lexicon ------------------------------------------------------------------------------------
+# Nouns are "singular" or "singular/plural"; verbs are "base" or "base/past/participle[/ing]".
+
+
+def _w(block: str, sep: str | None = None) -> list[str]:
+    return [w.strip() for w in block.replace("\n", " ").split(sep)]
+
+
+_PEOPLE = """teacher doctor farmer student baker nurse pilot driver writer painter singer dancer
+sailor soldier captain king queen prince princess child/children woman/women man/men girl boy
+friend neighbor brother sister mother father uncle aunt cousin baby/babies lawyer judge officer
+engineer scientist artist poet musician player coach manager clerk waiter cook guard hunter
+fisherman/fishermen gardener builder carpenter merchant traveler stranger visitor guest tourist
+priest monk knight wizard witch/witches giant thief/thieves miner shepherd tailor barber banker
+pianist actor author editor reporter professor librarian mechanic plumber porter servant pupil
+scholar chef surgeon dentist detective inspector mayor general sergeant grandmother grandfather
+nephew niece husband wife/wives farmhand shopkeeper fireman/firemen postman/postmen architect"""
+_ANIMALS = """dog cat horse cow sheep/sheep goat pig rabbit fox/foxes wolf/wolves bear lion tiger
+mouse/mice bird owl eagle duck goose/geese hen crow sparrow frog snake monkey donkey squirrel bee
+spider elephant camel whale dolphin turtle parrot pony/ponies puppy/puppies kitten calf/calves"""
+_THINGS = """book letter key box/boxes table chair door window lamp cup glass/glasses plate bottle
+basket bag coat hat shoe shirt dress/dresses ring watch/watches clock bell map picture photograph
+painting song story/stories poem newspaper message card ticket coin bicycle car truck boat ship
+train bus/buses plane wagon ladder rope stone rock apple orange pear cherry/cherries lemon
+potato/potatoes tomato/tomatoes carrot onion loaf/loaves cake pie sandwich/sandwiches bowl spoon
+knife/knives fork candle pencil pen notebook blanket pillow mirror umbrella wallet piano guitar
+violin drum flute trumpet radio computer phone camera kettle bucket hammer nail shovel
+brush/brushes broom towel carpet curtain fence gate idea plan question answer problem secret
+promise mistake dream lesson puzzle gift present prize reward meal dinner breakfast lunch/lunches
+report envelope parcel package jar sack barrel scarf/scarves glove sock jacket sweater
+necklace bracelet diary/diaries album calendar compass lantern torch/torches saddle engine wheel
+button feather pebble shell flower rose tulip seed leaf/leaves branch/branches log recipe"""
+_PLACES = """house/houses cottage castle barn shed tent cabin church/churches school library
+hospital museum market shop station office factory garden field forest river lake hill
+mountain valley island beach/beaches road street path village town city farm park harbor
+kitchen bedroom cellar attic roof hall bakery theater stadium airport bank tunnel
+meadow orchard pond cave desert jungle palace bridge tower square corner shore cliff stable"""
+NAMES = _w("""alice bob carol david emma frank grace henry isabel jack julia kevin laura michael
+nina oliver paul rachel samuel sarah thomas victoria william anna peter maria john james mary robert
+linda daniel lucy george helen edward charlotte arthur margaret harry sophie oscar ruby walter
+clara simon eva martin irene victor hugo ada felix nora leo iris max hannah ben molly kate jane
+rosa elena ivan omar yusuf priya ravi mei chen kenji hana lars ingrid pablo carmen diego fatima""")
+ADJECTIVES = _w("""old young big small tall short long little large tiny huge heavy light dark
+bright quiet loud happy sad angry tired hungry thirsty brave clever kind gentle proud shy calm busy
+lazy rich poor strong weak fast slow warm cold hot cool wet dry clean dirty new ancient modern empty
+full broken strange curious famous friendly lonely lucky careful careless honest polite rude wise
+foolish silly funny serious simple difficult easy soft hard smooth rough sharp sweet bitter sour
+fresh rotten green red blue yellow white black brown grey purple golden silver wooden narrow wide
+deep shallow thin thick round square beautiful pretty ugly handsome lovely pleasant terrible
+wonderful excellent perfect useful useless expensive cheap precious rare common noisy peaceful
+dangerous safe hidden open closed distant foreign local northern southern eastern western wild
+tame patient nervous worried excited surprised frightened delighted cheerful grumpy sleepy
+mysterious ordinary elegant clumsy fierce gloomy shiny dusty muddy rusty sticky tidy messy
+crowded cozy graceful hopeful jealous magnificent nasty odd plain sturdy tender velvet""")
+ADVERBS = _w("""quickly slowly carefully quietly loudly happily sadly suddenly finally gently
+eagerly easily rarely often always never sometimes usually probably certainly really almost nearly
+already soon later again together alone everywhere secretly proudly bravely calmly politely
+patiently angrily nervously cheerfully gladly kindly badly barely softly silently warmly
+wisely foolishly carelessly honestly openly seriously briefly gradually immediately""")
+_TRANSITIVE = """see/saw/seen find/found/found take/took/taken bring/brought/brought
+buy/bought/bought sell/sold/sold build/built/built make/made/made break/broke/broken carry
+hold/held/held keep/kept/kept lose/lost/lost paint open close clean wash fix move push pull lift
+drop/dropped/dropped/dropping hide/hid/hidden steal/stole/stolen borrow lend/lent/lent
+send/sent/sent write/wrote/written read/read/read draw/drew/drawn cook bake eat/ate/eaten
+drink/drank/drunk watch want need choose/chose/chosen throw/threw/thrown kick fold
+cut/cut/cut/cutting sweep/swept/swept deliver repair collect count measure describe discover
+notice admire wear/wore/worn pack fill check examine order prepare plant pick climb cross reach
+forget/forgot/forgotten/forgetting remember destroy protect polish sharpen share
+wrap/wrapped/wrapped/wrapping hang/hung/hung ring/rang/rung bend/bent/bent shake/shook/shaken
+grab/grabbed/grabbed/grabbing"""
+_PERSON_VERBS = """meet/met/met help call follow chase visit thank invite teach/taught/taught
+greet warn trust blame forgive/forgave/forgiven/forgiving tease praise rescue admire answer ask
+hug/hugged/hugged/hugging miss guide carry watch hear/heard/heard"""
+_INTRANSITIVE = """sleep/slept/slept laugh cry smile sing/sang/sung dance run/ran/run/running walk
+swim/swam/swum/swimming arrive wait work rest shout whisper jump fall/fell/fallen
+sit/sat/sat/sitting stand/stood/stood wander travel listen play cough sneeze yawn shiver hurry
+return appear disappear fly/flew/flown snore complain agree stay fight/fought/fought
+win/won/won/winning relax pray hide/hid/hidden kneel/knelt/knelt sigh giggle"""
+_CLAUSE_VERBS = """think/thought/thought say/said/said know/knew/known believe hope hear/heard/heard
+notice feel/felt/felt suspect discover remember forget/forgot/forgotten/forgetting explain realize
+guess dream imagine understand/understood/understood admit/admitted/admitted/admitting fear worry
+doubt"""
+_INFINITIVE_VERBS = """want decide try plan/planned/planned/planning hope promise refuse need
+agree offer forget/forgot/forgotten/forgetting learn/learned/learned
+prefer/preferred/preferred/preferring"""
+PREPS = _w("in near behind beside under above inside outside across through past by")
+NUMBERS = _w("""two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen
+sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety""")
+_TIMES = """yesterday|today|tomorrow|tonight|last night|this morning|this afternoon|every day|
+this evening|every morning|last week|next week|last year|next summer|at noon|at midnight|
+in the morning|in the evening|after dinner|before breakfast"""
+TIMES = _w(_TIMES, "|")
+DAYS = _w("monday tuesday wednesday thursday friday saturday sunday")
+MONTHS = _w("january february march april may june july august september october november december")
+FREQ_ADVERBS = _w("always never often sometimes usually rarely")
+
+
+def _plural(word: str) -> str:
+    if word.endswith(("s", "x", "z", "ch", "sh")):
+        return word + "es"
+    if word.endswith("y") and word[-2] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + "s"
+
+
+def _nouns(block: str) -> list[tuple[str, str]]:
+    return [(sg, pl or _plural(sg)) for sg, _, pl in (e.partition("/") for e in _w(block))]
+
+
+def _verbs(block: str) -> list[dict[str, str]]:
+    out = []
+    for entry in _w(block):
+        base, *irr = entry.split("/")
+        regular = base + "d" if base.endswith("e") else re.sub(r"([^aeiou])y$", r"\1i", base) + "ed"
+        past, pp = irr[:2] if irr else (regular, regular)
+        ing = irr[2] if len(irr) == 3 else re.sub(r"(?<![eyo])e$", "", base) + "ing"
+        s3 = base + "es" if base.endswith("o") else _plural(base)
+        out.append({"base": base, "s3": s3, "past": past, "pp": pp, "ing": ing})
+    return out
+
+
+PEOPLE, ANIMALS, THINGS, PLACES = (_nouns(b) for b in (_PEOPLE, _ANIMALS, _THINGS, _PLACES))
+TRANSITIVE, PERSON_VERBS, INTRANSITIVE = map(_verbs, (_TRANSITIVE, _PERSON_VERBS, _INTRANSITIVE))
+CLAUSE_VERBS, INFINITIVE_VERBS = _verbs(_CLAUSE_VERBS), _verbs(_INFINITIVE_VERBS)
+ANIMATE = PEOPLE + ANIMALS
+
+
+def lexicon() -> set[str]:
+    """Every word form in the lexicon (a superset of what the grammar emits; for sizing)."""
+    words: set[str] = set()
+    for sg, pl in PEOPLE + ANIMALS + THINGS + PLACES:
+        words.update((sg, pl))
+    for v in TRANSITIVE + PERSON_VERBS + INTRANSITIVE + CLAUSE_VERBS + INFINITIVE_VERBS:
+        words.update(v.values())
+    words.update(NAMES + ADJECTIVES + ADVERBS + PREPS + NUMBERS + DAYS + MONTHS)
+    return words
+
+
+# --- grammar ------------------------------------------------------------------------------------
+# Agreement codes: "1s" (i), "2" (you), "3s" (he, the dog), "1p" (we), "3p" (they, the dogs).
+
+_SUBJECT_PRONOUNS = {"1s": "i", "2": "you", "1p": "we", "3p": "they"}
+_OBJECT_PRONOUNS = _w("me you him her us them")
+_BE = {"present": {"1s": "am", "3s": "is"}, "past": {"1s": "was", "3s": "was"}}
+_MODALS = _w("can/can't|could/couldn't|should/shouldn't|might/might not|must/must not", "|")
+_SUBORDINATORS = _w("when because although before after while since until once")
+_DET_SG = _w("the the the a my your his her our this that every their")
+_DET_PL = _w("the|the|some|these|those|many|our|their|all the|a few", "|")
+_TENSES = _w("present past past past future prog past_prog perfect past_perfect modal")
+
+
+def _article(word: str) -> str:
+    vowel = word[0] in "aeiou" and not word.startswith(("uni", "use", "usu", "one", "eu"))
+    return "an" if vowel or word.startswith(("hour", "honest")) else "a"
+
+
+def _be(agr: str, form: str) -> str:
+    return _BE[form].get(agr, "were" if form == "past" else "are")
+
+
+class _Grammar:
+    """Random phrase builders; every method returns a list of words (some hold spaces)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.r = rng
+
+    def pick(self, seq):
+        return seq[self.r.randrange(len(seq))]
+
+    def chance(self, p: float) -> bool:
+        return self.r.random() < p
+
+    def noun_group(self, nouns, plural: bool, adj_p: float = 0.4) -> list[str]:
+        sg, pl = self.pick(nouns)
+        noun = pl if plural else sg
+        words = [self.pick(ADJECTIVES), noun] if self.chance(adj_p) else [noun]
+        if len(words) == 2 and self.chance(0.15):
+            words.insert(0, self.pick(["very", "rather", "quite", self.pick(ADJECTIVES)]))
+        if plural:
+            return [self.pick([*_DET_PL, self.pick(NUMBERS)]), *words]
+        det = self.pick(_DET_SG)
+        return [_article(words[0]) if det == "a" else det, *words]
+
+    def subject(self, depth: int = 0) -> tuple[list[str], str]:
+        roll = self.r.random()
+        if roll < 0.18:
+            agr = self.pick(["1s", "2", "1p", "3p", "3s", "3s"])
+            return [_SUBJECT_PRONOUNS.get(agr) or self.pick(["he", "she"])], agr
+        if roll < 0.38:
+            if self.chance(0.15):
+                return [self.pick(NAMES), "and", self.pick(NAMES)], "3p"
+            return [self.pick(NAMES)], "3s"
+        plural = self.chance(0.3)
+        words = self.noun_group(ANIMATE, plural)
+        if not plural and self.chance(0.08):  # possessive: "the teacher's dog"
+            words = [*words[:-1], words[-1] + "'s", self.pick(ANIMATE)[0]]
+        if depth == 0 and self.chance(0.12):
+            words += self.relative_clause()
+        return words, "3p" if plural else "3s"
+
+    def obj(self, person: bool = False, depth: int = 0) -> list[str]:
+        if person:
+            if self.chance(0.25):
+                return [self.pick(_OBJECT_PRONOUNS)]
+            if self.chance(0.3):
+                return [self.pick(NAMES)]
+            return self.noun_group(ANIMATE, self.chance(0.3))
+        words = self.noun_group(THINGS, self.chance(0.3))
+        if depth == 0 and self.chance(0.08):
+            words += ["with", *self.noun_group(THINGS, False, adj_p=0.7)]
+        elif depth == 0 and self.chance(0.06):
+            words += self.relative_clause(for_thing=True)
+        return words
+
+    def relative_clause(self, for_thing: bool = False) -> list[str]:
+        if for_thing:  # object relative: "that the farmer sold"
+            return ["that", *self.subject(depth=1)[0], self.pick(TRANSITIVE)["past"]]
+        rel = self.pick(["who", "that"])
+        if self.chance(0.5):
+            return [rel, self.pick(TRANSITIVE)["past"], *self.obj(depth=1)]
+        return [rel, self.pick(INTRANSITIVE)["past"], *self.place_pp()]
+
+    def place_pp(self) -> list[str]:
+        noun = [self.pick(ADJECTIVES)] if self.chance(0.3) else []
+        noun.append(self.pick(PLACES)[0])
+        det = self.pick(["the", "the", "our", "that", "a"])
+        return [self.pick(PREPS), _article(noun[0]) if det == "a" else det, *noun]
+
+    def time_expr(self) -> list[str]:
+        roll = self.r.random()
+        if roll < 0.6:
+            return [self.pick(TIMES)]
+        return ["on", self.pick(DAYS)] if roll < 0.85 else ["in", self.pick(MONTHS)]
+
+    def modifiers(self, tense: str) -> list[str]:
+        out = self.place_pp() if self.chance(0.35) else []
+        if self.chance(0.25):
+            out.append(self.pick(ADVERBS))
+        if tense in ("past", "future") and self.chance(0.2):
+            out += self.time_expr()
+        return out
+
+    def verb(self, v: dict[str, str], agr: str, tense: str, neg: bool) -> list[str]:
+        if tense == "present":
+            if neg:
+                return ["doesn't" if agr == "3s" else "don't", v["base"]]
+            freq = [self.pick(FREQ_ADVERBS)] if self.chance(0.2) else []
+            return [*freq, v["s3"] if agr == "3s" else v["base"]]
+        if tense == "past":
+            return ["didn't", v["base"]] if neg else [v["past"]]
+        if tense in ("prog", "past_prog"):
+            be = _be(agr, "past" if tense == "past_prog" else "present")
+            return [be, "not", v["ing"]] if neg else [be, v["ing"]]
+        if tense == "perfect":
+            adv = "never" if neg else self.pick(["just", "already", "finally"])
+            return ["has" if agr == "3s" else "have", adv, v["pp"]]
+        if tense == "past_perfect":
+            return ["had", "not", v["pp"]] if neg else ["had", v["pp"]]
+        modal, negated = self.pick(_MODALS).split("/") if tense == "modal" else ("will", "won't")
+        return [negated if neg else modal, v["base"]]
+
+    def clause(self, tense: str | None = None, depth: int = 0) -> list[str]:
+        tense = tense or self.pick(_TENSES)
+        subj, agr = self.subject(depth)
+        neg = self.chance(0.12)
+        roll = self.r.random()
+        if roll < 0.45:
+            rest = self.verb(self.pick(TRANSITIVE), agr, tense, neg) + self.obj(depth=depth)
+        elif roll < 0.65:
+            rest = self.verb(self.pick(PERSON_VERBS), agr, tense, neg) + self.obj(True, depth)
+        elif roll < 0.85:
+            rest = self.verb(self.pick(INTRANSITIVE), agr, tense, neg)
+        else:  # copula: "the soup was cold", "my aunt is a famous pianist"
+            form = "past" if tense.startswith("past") else "present"
+            be = [_be(agr, form), "not"] if neg else [_be(agr, form)]
+            if self.chance(0.7) or agr not in ("3s", "1s"):
+                degree = self.pick([[], [], ["very"], ["quite"], ["so"]])
+                return [*subj, *be, *degree, self.pick(ADJECTIVES)]
+            return [*subj, *be, *self.noun_group(PEOPLE, False, adj_p=0.6)]
+        return subj + rest + self.modifiers(tense)
+
+    def question(self) -> list[str]:
+        subj, agr = self.subject(depth=1)
+        v = self.pick(TRANSITIVE)
+        roll = self.r.random()
+        if roll < 0.3:  # yes/no: "did the baker sell the old cart"
+            do, have = ("does", "has") if agr == "3s" else ("do", "have")
+            aux, form = self.pick([("did", "base"), ("will", "base"), ("can", "base"),
+                                   (do, "base"), (have, "pp")])  # fmt: skip
+            return [aux, *subj, v[form], *self.obj(), *self.modifiers("past")[:3]]
+        if roll < 0.55:  # "why does the cat open the box"
+            wh = self.pick(["where", "why", "when", "how"])
+            aux = self.pick(["did", "will", "should", "does" if agr == "3s" else "do"])
+            return [wh, aux, *subj, v["base"], *self.obj(depth=1)]
+        if roll < 0.7:  # object question: "how many apples did she count"
+            what = self.pick([["what"], ["which", self.pick(THINGS)[0]],
+                              ["how many", self.pick(THINGS)[1]]])  # fmt: skip
+            aux = self.pick(["did", "will", "could"])
+            return [*what, aux, *subj, v["base"], *self.modifiers("past")]
+        if roll < 0.85:  # subject question: "who broke the window"
+            who = self.pick(["who", "who", "which " + self.pick(PEOPLE)[0]])
+            return [who, v["past"], *self.obj(), *self.modifiers("past")]
+        be = _be(agr, self.pick(["present", "past"]))
+        return [be, *subj, *self.pick([[], ["really"], ["still"]]), self.pick(ADJECTIVES)]
+
+    def sentence(self) -> list[str]:
+        roll = self.r.random()
+        if roll < 0.30:
+            return self.clause()
+        if roll < 0.47:
+            return self.question()
+        if roll < 0.57:  # coordination
+            tense = self.pick(["past", "present", "future", "modal"])
+            conj = self.pick(["and", "but", "so", "or"])
+            return [*self.clause(tense, 1), conj, *self.clause(tense, 1)]
+        if roll < 0.69:  # subordinate clause first or second
+            tense = self.pick(["past", "past", "present"])
+            sub = [self.pick(_SUBORDINATORS), *self.clause(tense, 1)]
+            main = self.clause(tense, 1)
+            return sub + main if self.chance(0.5) else main + sub
+        if roll < 0.74:  # conditional
+            return ["if", *self.clause("present", 1), *self.clause("future", 1)]
+        if roll < 0.82:  # complement clause: "she said that the train was late"
+            subj, agr = self.subject(1)
+            verb = self.verb(self.pick(CLAUSE_VERBS), agr, self.pick(["past", "present"]), False)
+            that = ["that"] if self.chance(0.6) else []
+            return [*subj, *verb, *that, *self.clause(depth=1)]
+        if roll < 0.88:  # infinitive: "the farmer wanted to sell the horse"
+            subj, agr = self.subject()
+            tense = self.pick(["past", "present"])
+            verb = self.verb(self.pick(INFINITIVE_VERBS), agr, tense, self.chance(0.15))
+            obj = [self.pick(TRANSITIVE)["base"], *self.obj(), *self.modifiers("")]
+            return [*subj, *verb, "to", *obj]
+        if roll < 0.93:  # passive
+            agent = ["by", *self.obj(True, 1)] if self.chance(0.6) else []
+            aux = self.pick(["was", "will be", "has been"])
+            head = self.noun_group(THINGS, False)
+            return [*head, aux, self.pick(TRANSITIVE)["pp"], *agent, *self.modifiers("past")]
+        if roll < 0.97:  # existential
+            plural = self.chance(0.5)
+            be = _be("3p" if plural else "3s", self.pick(["present", "past"]))
+            return ["there", be, *self.noun_group(THINGS + ANIMALS, plural), *self.place_pp()]
+        head = self.pick([["please"], ["don't"], ["let's"], []])  # imperative
+        return [*head, self.pick(TRANSITIVE)["base"], *self.obj(), *self.modifiers("")]
+
+
+def generate_sentences(n: int, seed: int, min_words: int = 4, max_words: int = 25) -> list[str]:
+    """``n`` normalised English sentences of ``min_words``..``max_words`` words, set by ``seed``."""
+    if n < 0:
+        raise UserError(f"cannot generate {n} sentences: the sentence count must be >= 0")
+    if max_words < 6 or not 1 <= min_words <= max_words:
+        raise UserError(
+            f"sentence length range {min_words}..{max_words} is unusable: "
+            "set max_words >= 6 and 1 <= min_words <= max_words"
+        )
+    g = _Grammar(random.Random(f"zipper-sentences-{seed}"))
+    out: list[str] = []
+    while len(out) < n:
+        # Multi-word lexicon entries ("last night") are re-split by the normaliser.
+        text = normalize_text(" ".join(g.sentence()))
+        if min_words <= text.count(" ") + 1 <= max_words:
+            out.append(text)
+    return out

@@ -1,0 +1,77 @@
+"""Atomic file writes and safetensors weights: nothing half-written is ever mistaken for done."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from zipper_pl.errors import UserError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """Export weights as safetensors (tied tensors stored once), atomically."""
+    path = Path(path)
+    seen: dict[int, str] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for name, t in state_dict.items():
+        key = t.untyped_storage().data_ptr() if t.numel() else id(t)
+        if key in seen and t.shape == state_dict[seen[key]].shape:
+            continue  # tied weight (embedding == softmax): restored by the module's tying
+        seen[key] = name
+        tensors[name] = t.detach().to("cpu").contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_weights(module: torch.nn.Module, path: Path, *, strict: bool = True) -> None:
+    """Load safetensors weights into ``module``; tied weights may be absent from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights {str(path)!r} not found: run the stage that produces it first")
+    state = load_file(str(path))
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    tied = {n for n, p in module.named_parameters(remove_duplicate=False)} - {
+        n for n, p in module.named_parameters()
+    }
+    missing = [m for m in missing if m not in tied]
+    if strict and (missing or unexpected):
+        raise UserError(
+            f"weights {str(path)!r} do not match the model: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]} (was the stage trained with another model size?)"
+        )
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())

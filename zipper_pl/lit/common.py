@@ -1,0 +1,128 @@
+"""What every training LightningModule here shares: AdamW + warm-up/cosine, throughput and
+gradient-norm logging, and a validation pass at step 0 (the "before" of every learning curve)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+
+import lightning as L
+import torch
+from torch import nn
+
+from zipper_pl.config import TrainConfig
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to the peak, then cosine decay to ``min_lr_ratio`` of it at max_steps."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine
+
+
+def adamw(named_params: Iterable[tuple[str, nn.Parameter]], cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; matrices decay, vectors and scalars (norms, biases, tanh gates) do not."""
+    decay, no_decay = [], []
+    for _, p in named_params:
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    on_cuda = any(p.is_cuda for p in decay + no_decay)
+    # fused kernels exist for CUDA; on CPU the foreach (multi-tensor) path is the fast one
+    return torch.optim.AdamW(
+        groups,
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        fused=on_cuda or None,
+        foreach=None if on_cuda else True,
+    )
+
+
+class TrainModule(L.LightningModule):
+    """Base for the LM and fine-tuning modules; subclasses define the steps."""
+
+    train_cfg: TrainConfig
+
+    def __init__(self, train_cfg: TrainConfig) -> None:
+        super().__init__()
+        self.train_cfg = train_cfg
+        self._t_last: float | None = None
+        self.initial_val: dict[str, float] = {}
+
+    # -- optimisation ---------------------------------------------------------------------
+    def trainable_named_parameters(self) -> Iterable[tuple[str, nn.Parameter]]:
+        return self.named_parameters()
+
+    def configure_optimizers(self):
+        opt = adamw(self.trainable_named_parameters(), self.train_cfg)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, self.train_cfg))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.global_step % self.train_cfg.log_every == 0:
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            if grads:
+                norm = torch.linalg.vector_norm(
+                    torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+                )
+                self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+            self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    def log_throughput(self, n_tokens: int) -> None:
+        """Tokens/s over all ranks, measured between consecutive training batches."""
+        now = time.perf_counter()
+        if self._t_last is not None and self.global_step % self.train_cfg.log_every == 0:
+            dt = max(now - self._t_last, 1e-9)
+            self.log("train/tokens_per_s", n_tokens * self.trainer.world_size / dt, on_step=True)
+        self._t_last = now
+
+    # -- step-0 validation ------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        if self.global_step == 0 and not self.initial_val:
+            self.initial_val = self.run_validation_pass()
+            for k, v in self.initial_val.items():
+                self.logger_experiment_scalar(f"{k}", v, 0)
+
+    def run_validation_pass(self) -> dict[str, float]:
+        """Validation metrics of the current weights, outside Lightning's loop (step 0)."""
+        loader = self.trainer.datamodule.val_dataloader()
+        was_training = self.training
+        self.eval()
+        totals: dict[str, float] = {}
+        with torch.no_grad():
+            for i, batch in enumerate(loader):
+                batch = self.transfer_batch_to_device(batch, self.device, 0)
+                for k, v in self.validation_sums(batch).items():
+                    totals[k] = totals.get(k, 0.0) + float(v)
+                if i + 1 >= self.trainer.datamodule.valid_batches:
+                    break
+        self.train(was_training)
+        # every rank saw its own shard of the validation subset: sum over ranks
+        keys = sorted(totals)
+        summed = self.all_gather(torch.tensor([totals[k] for k in keys], dtype=torch.float64))
+        if summed.dim() == 2:
+            summed = summed.sum(0)
+        return self.reduce_validation_sums(dict(zip(keys, summed.tolist(), strict=True)))
+
+    def validation_sums(self, batch) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def reduce_validation_sums(self, totals: dict[str, float]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def logger_experiment_scalar(self, name: str, value: float, step: int) -> None:
+        if self.trainer.is_global_zero and self.logger is not None:
+            self.logger.experiment.add_scalar(name, value, step)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["initial_val"] = dict(self.initial_val)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.initial_val = dict(checkpoint.get("initial_val", {}))

@@ -1,0 +1,167 @@
+"""The batch contract between data and the Zipper: interleaved segments -> per-tower tensors.
+
+A sample is an ordered list of ``Segment``s, e.g. ASR = [speech, text]. Each tower receives only
+its own segments, each wrapped in ``bos .. eos`` and right-padded, plus for every token its
+position in the ORIGINAL interleaved order (``orig_pos``). Cross-attention uses ``orig_pos`` for
+the paper's auto-regressive masking (section 3.1): a query at original position p sees the other
+modality's valid keys at original positions < p.
+
+Batch layout (all tensors [B,T] per tower; every tower in ``specs`` is present, with at least one
+column, so a fused model always has something to run):
+    batch[tower] = {"ids": Long, "orig_pos": Long, "valid": Bool, "targets": Long (-100 = no loss)}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F_
+from torch import Tensor
+
+from zipper_pl.errors import UserError
+
+IGNORE = -100  # target id without loss (cross_entropy's ignore_index)
+PAD_POS = 1 << 30  # orig_pos of padding: larger than any real position, so pads never leak as keys
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """One modality's vocabulary and special ids (bos/eos/pad are ids inside vocab_size)."""
+
+    name: str
+    vocab_size: int
+    bos_id: int
+    eos_id: int
+    pad_id: int
+
+    def __post_init__(self) -> None:
+        ids = {"bos_id": self.bos_id, "eos_id": self.eos_id, "pad_id": self.pad_id}
+        for key, i in ids.items():
+            if not 0 <= i < self.vocab_size:
+                raise UserError(
+                    f"{self.name} {key}={i} is outside its vocabulary [0, {self.vocab_size}): "
+                    "fix the tokenizer's special ids or the tower's vocab_size"
+                )
+        if self.bos_id == self.eos_id:
+            raise UserError(f"{self.name}: bos_id and eos_id must differ (both {self.bos_id})")
+
+
+@dataclass
+class Segment:
+    """A run of one modality's tokens [L], WITHOUT bos/eos.
+
+    ``loss``: whether this segment gets next-token targets; None = decided by ``loss_on``.
+    """
+
+    modality: str
+    tokens: Tensor
+    loss: bool | None = None
+
+
+# A raw stream piece: (modality, token ids INCLUDING bos/eos or an open end, gets loss)
+Piece = tuple[str, Sequence[int] | Tensor, bool]
+
+
+def wrap(seg: Segment, spec: ModalitySpec) -> Tensor:
+    """bos + tokens + eos, after checking the ids."""
+    tok = torch.as_tensor(seg.tokens, dtype=torch.long).reshape(-1).cpu()
+    if tok.numel() and (int(tok.min()) < 0 or int(tok.max()) >= spec.vocab_size):
+        raise UserError(
+            f"{seg.modality} token ids must be in [0, {spec.vocab_size}), got "
+            f"[{int(tok.min())}, {int(tok.max())}]: rebuild the token cache with the current "
+            "tokenizer, or fix the tower's vocab_size"
+        )
+    return torch.cat([tok.new_tensor([spec.bos_id]), tok, tok.new_tensor([spec.eos_id])])
+
+
+def collate_streams(samples: Sequence[Sequence[Piece]], specs: Mapping[str, ModalitySpec]) -> dict:
+    """Raw pieces (specials already in place) -> per-tower batch tensors (see module doc).
+
+    Targets are next-token within each piece; the last token of a piece has no target (an eos
+    does not predict the next segment's bos: segment switches are chosen by the caller).
+    """
+    B = len(samples)
+    per: dict[str, list[list[tuple[Tensor, int, bool]]]] = {
+        t: [[] for _ in range(B)] for t in specs
+    }
+    for b, pieces in enumerate(samples):
+        pos = 0
+        for modality, ids, loss in pieces:
+            if modality not in specs:
+                raise UserError(
+                    f"segment modality {modality!r} has no tower: known {list(specs)} "
+                    "(model towers / data modalities)"
+                )
+            ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1).cpu()
+            per[modality][b].append((ids, pos, loss))
+            pos += ids.numel()
+    batch = {}
+    for t, spec in specs.items():
+        T = max(1, max(sum(p[0].numel() for p in row) for row in per[t]))
+        ids = torch.full((B, T), spec.pad_id, dtype=torch.long)
+        orig = torch.full((B, T), PAD_POS, dtype=torch.long)
+        valid = torch.zeros(B, T, dtype=torch.bool)
+        targets = torch.full((B, T), IGNORE, dtype=torch.long)
+        for b, row in enumerate(per[t]):
+            i = 0
+            for piece, pos, loss in row:
+                n = piece.numel()
+                ids[b, i : i + n] = piece
+                orig[b, i : i + n] = torch.arange(pos, pos + n)
+                valid[b, i : i + n] = True
+                if loss and n > 1:
+                    targets[b, i : i + n - 1] = piece[1:]
+                i += n
+        batch[t] = {"ids": ids, "orig_pos": orig, "valid": valid, "targets": targets}
+    return batch
+
+
+def collate_segments(
+    samples: Sequence[Sequence[Segment]],
+    specs: Mapping[str, ModalitySpec],
+    loss_on: str = "last",
+) -> dict:
+    """Samples of segments -> per-tower batch. loss_on: "last" (the output segment) or "all"."""
+    if loss_on not in ("last", "all"):
+        raise UserError(f"loss_on must be 'last' or 'all', got {loss_on!r}")
+    streams = []
+    for sample in samples:
+        pieces = []
+        for j, seg in enumerate(sample):
+            if seg.modality not in specs:
+                raise UserError(
+                    f"segment modality {seg.modality!r} has no tower: known {list(specs)} "
+                    "(model towers / data modalities)"
+                )
+            loss = seg.loss if seg.loss is not None else (loss_on == "all" or j == len(sample) - 1)
+            pieces.append((seg.modality, wrap(seg, specs[seg.modality]), loss))
+        streams.append(pieces)
+    return collate_streams(streams, specs)
+
+
+def cross_mask(query: Mapping[str, Tensor], key: Mapping[str, Tensor]) -> Tensor:
+    """Boolean mask [B,1,Tq,Tk]: key valid and earlier than the query in the original order."""
+    earlier = key["orig_pos"][:, None, :] < query["orig_pos"][:, :, None]  # [B,Tq,Tk]
+    return (earlier & key["valid"][:, None, :])[:, None]
+
+
+def zipper_loss(logits: Mapping[str, Tensor], batch: Mapping[str, dict]) -> tuple[Tensor, dict]:
+    """Token-weighted mean cross-entropy over every tower's targets, and the per-tower means.
+
+    A tower without targets in this batch reports 0 and adds nothing to the total.
+    """
+    sums, counts = {}, {}
+    for t, lg in logits.items():
+        tgt = batch[t]["targets"]
+        sums[t] = F_.cross_entropy(
+            lg.float().reshape(-1, lg.size(-1)),
+            tgt.reshape(-1),
+            ignore_index=IGNORE,
+            reduction="sum",
+        )
+        counts[t] = (tgt != IGNORE).sum()
+    total = sum(sums.values()) / sum(counts.values()).clamp(min=1)
+    per_tower = {t: sums[t] / counts[t].clamp(min=1) for t in sums}
+    return total, per_tower

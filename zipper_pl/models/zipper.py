@@ -1,0 +1,261 @@
+"""Zipper (PAPER.md section 3): pretrained towers run in lockstep, joined by gated cross-attention.
+
+The towers stay unchanged ``Tower`` modules under ``towers.<name>`` (a tower's exported
+state_dict loads into ``model.towers[name]`` as is). After the n-th zipped block of every tower,
+each direction "a<-b" lets tower a read ReLU(g(m_b)) of tower b through a ``FusionLayer``; all
+directions read the PRE-update states of that zipped layer, then all updates are applied.
+N > 2 towers work the same way (a tower reading several sources applies them in config order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from zipper_pl.errors import UserError
+from zipper_pl.models.fusion import FusionLayer, InputProjection
+from zipper_pl.models.generation import CachedRunner, UncachedRunner, run_generation
+from zipper_pl.models.sequences import ModalitySpec, Segment, cross_mask
+from zipper_pl.models.tower import Tower
+from zipper_pl.schema import F
+
+
+@dataclass
+class ZipperConfig:
+    towers: list[str] = F(  # noqa: RUF009
+        None, "ordered tower (modality) names", factory=lambda: ["text", "speech"]
+    )
+    intervals: dict[str, int] = F(  # noqa: RUF009
+        None,
+        "tower -> i: a zipped layer after every i-th block (n-th of each tower paired)",
+        factory=lambda: {"text": 1, "speech": 1},
+    )
+    layers: dict[str, list[int]] = F(  # noqa: RUF009
+        None,
+        "tower -> 1-based block indices followed by a zipped layer (same count per tower); "
+        "overrides intervals when set",
+        factory=dict,
+    )
+    directions: list[str] = F(  # noqa: RUF009
+        None,
+        "cross-attention directions 'dst<-src' (dst reads src)",
+        factory=lambda: ["text<-speech", "speech<-text"],
+    )
+    proj_layers: int = F(3, "layers of every MLP projection (paper: 3)", ge=1)
+    proj_hidden: int = F(0, "hidden width of the MLP projections; 0 = the larger tower width", ge=0)
+    gate_init: float = F(0.0, "initial tanh-gate value of cross-attention and its feed-forward")
+    xattn_heads: int = F(0, "cross-attention heads; 0 = the query tower's n_heads", ge=0)
+    xattn_d_ff: int = F(0, "cross-attention feed-forward width; 0 = 4 x query width", ge=0)
+    input_proj: dict[str, str] = F(  # noqa: RUF009
+        None,
+        "tower -> 'gated' (emb + tanh(gamma)*ReLU(MLP(emb)), gamma=0: starts exactly as the "
+        "towers) | 'paper' (ReLU(MLP(emb))) | 'none'",
+        factory=lambda: {"text": "gated", "speech": "gated"},
+    )
+    freeze: str = F(
+        "text", "frozen towers: a tower name, comma-separated names, 'none', or 'both'/'all'"
+    )
+    dropout: float = F(0.0, "dropout inside the fusion layers", ge=0.0, lt=1.0)
+
+
+class ZipperModel(nn.Module):
+    def __init__(
+        self, cfg: ZipperConfig, towers: Mapping[str, Tower], specs: Mapping[str, ModalitySpec]
+    ) -> None:
+        super().__init__()
+        self.cfg, self.names = cfg, list(cfg.towers)
+        for t in self.names:
+            if t not in towers or t not in specs:
+                raise UserError(f"zipper tower {t!r} needs a Tower and a ModalitySpec (towers key)")
+            if specs[t].vocab_size != towers[t].cfg.vocab_size:
+                raise UserError(
+                    f"{t}: tokenizer vocab {specs[t].vocab_size} != tower vocab "
+                    f"{towers[t].cfg.vocab_size}: use the tokenizer the tower was pretrained with"
+                )
+        self.towers = nn.ModuleDict({t: towers[t] for t in self.names})
+        self.specs = {t: specs[t] for t in self.names}
+        self.stops = self._placement()  # tower -> block index after which zipped layer n sits
+        self.n_zipped = len(self.stops[self.names[0]])
+        self.dirs = self._directions()  # [(dst, src)]
+        self.input_proj = nn.ModuleDict()
+        for t in self.names:
+            mode = cfg.input_proj.get(t, "gated")
+            self.input_proj[t] = InputProjection(towers[t].d_model, mode, cfg.proj_layers)
+        self.fusion = nn.ModuleDict()
+        for dst, src in self.dirs:
+            td, ts = towers[dst], towers[src]
+            heads = cfg.xattn_heads or td.cfg.n_heads
+            self.fusion[f"{dst}_from_{src}"] = nn.ModuleList(
+                FusionLayer(
+                    td.d_model,
+                    ts.d_model,
+                    cfg.proj_layers,
+                    cfg.proj_hidden,
+                    heads,
+                    cfg.xattn_d_ff,
+                    cfg.gate_init,
+                    td.cfg.norm_eps,
+                    cfg.dropout,
+                )
+                for _ in range(self.n_zipped)
+            )
+        self.frozen = self._frozen_names()
+        self.freeze_towers()
+
+    @classmethod
+    def from_towers(
+        cls, towers: Mapping[str, Tower], cfg: ZipperConfig, specials: Mapping[str, ModalitySpec]
+    ) -> ZipperModel:
+        return cls(cfg, towers, specials)
+
+    # ---- construction helpers -------------------------------------------------------------
+    def _placement(self) -> dict[str, list[int]]:
+        depth = {t: self.towers[t].n_layers for t in self.names}
+        if self.cfg.layers:
+            stops = {t: sorted(int(i) for i in self.cfg.layers.get(t, [])) for t in self.names}
+            counts = {len(s) for s in stops.values()}
+            for t, s in stops.items():
+                if len(set(s)) != len(s) or (s and not 1 <= s[0] <= s[-1] <= depth[t]):
+                    raise UserError(
+                        f"zipper layers.{t}={s}: need distinct indices in 1..{depth[t]}"
+                    )
+            if len(counts) != 1:
+                raise UserError(f"zipper layers must list as many blocks per tower: {stops}")
+            return stops
+        iv = {t: int(self.cfg.intervals.get(t, 1)) for t in self.names}
+        if min(iv.values()) < 1:
+            raise UserError(f"zipper intervals must be >= 1, got {iv}")
+        n = min(depth[t] // iv[t] for t in self.names)
+        if n == 0:
+            raise UserError(f"no zipped layer fits towers of depth {depth}: lower zipper intervals")
+        return {t: [k * iv[t] for k in range(1, n + 1)] for t in self.names}
+
+    def _directions(self) -> list[tuple[str, str]]:
+        dirs = []
+        for d in self.cfg.directions:
+            dst, sep, src = str(d).partition("<-")
+            dst, src = dst.strip(), src.strip()
+            if not sep or dst not in self.names or src not in self.names or dst == src:
+                raise UserError(
+                    f"zipper direction {d!r} must be 'dst<-src' with towers {self.names}"
+                )
+            dirs.append((dst, src))
+        return dirs
+
+    def _frozen_names(self) -> set[str]:
+        f = str(self.cfg.freeze).strip()
+        if f == "none":
+            return set()
+        if f in ("both", "all"):
+            return set(self.names)
+        names = {s.strip() for s in f.split(",") if s.strip()}
+        if not names <= set(self.names):
+            raise UserError(f"zipper freeze={f!r}: use none, both, all or names from {self.names}")
+        return names
+
+    # ---- freezing -----------------------------------------------------------------------------
+    def freeze_towers(self) -> None:
+        """Frozen towers: no gradients, and always in eval mode (no dropout)."""
+        for t in self.names:
+            for p in self.towers[t].parameters():
+                p.requires_grad_(t not in self.frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> ZipperModel:
+        super().train(mode)
+        for t in getattr(self, "frozen", ()):
+            self.towers[t].eval()  # Lightning calls train() every epoch: keep frozen towers in eval
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # ---- the lockstep pass ----------------------------------------------------------------------
+    def zip_pass(
+        self,
+        h: dict[str, Tensor],
+        run_kw: Mapping[str, dict],
+        masks: Mapping[tuple[str, str], Tensor],
+        kv_fn: Callable[
+            [tuple[str, str], int, tuple[Tensor, Tensor] | None], tuple[Tensor, Tensor]
+        ],
+    ) -> dict[str, Tensor]:
+        """Run the towers that have new inputs h[t] [B,T,D] through all blocks and zipped layers.
+
+        run_kw[t]: run_blocks kwargs (positions / key_valid / cache); masks[(dst, src)] [B,1,Tq,Tk].
+        kv_fn(direction, n, new_kv or None) -> all keys/values the direction may read (a cache
+        appends new_kv and returns everything; training just returns new_kv). Returns logits.
+        """
+        start = dict.fromkeys(h, 0)
+        for n in range(self.n_zipped):
+            for t in h:
+                stop = self.stops[t][n]
+                h[t] = self.towers[t].run_blocks(h[t], start[t], stop, **run_kw[t])
+                start[t] = stop
+            kv = {}
+            for d in self.dirs:  # every direction reads the pre-update states
+                layer = self.fusion[f"{d[0]}_from_{d[1]}"][n]
+                kv[d] = kv_fn(d, n, layer.project_kv(h[d[1]]) if d[1] in h else None)
+            for d in self.dirs:
+                if d[0] in h:
+                    h[d[0]] = self.fusion[f"{d[0]}_from_{d[1]}"][n](h[d[0]], *kv[d], masks[d])
+        out = {}
+        for t in h:
+            tower = self.towers[t]
+            out[t] = tower.head(tower.run_blocks(h[t], start[t], tower.n_layers, **run_kw[t]))
+        return out
+
+    def embed(self, t: str, ids: Tensor) -> Tensor:
+        return self.input_proj[t](self.towers[t].embed(ids))
+
+    def forward(self, batch: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        """Batch from ``collate_segments`` -> {tower: logits [B,T,V]} (right-padded streams)."""
+        h = {t: self.embed(t, batch[t]["ids"]) for t in self.names}
+        masks = {(a, b): cross_mask(batch[a], batch[b]) for a, b in self.dirs}
+        return self.zip_pass(h, {t: {} for t in self.names}, masks, lambda d, n, kv: kv)
+
+    # ---- generation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: list[list[Segment]],
+        output_modalities: list[str],
+        max_new_tokens: dict[str, int] | int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+    ) -> list[list[Segment]]:
+        """Continue each sample's input segments with one segment per output modality, in order.
+
+        Greedy when temperature == 0. Per-tower KV caches and cached cross-attention keys/values:
+        each new token is one incremental step of its tower. See ``run_generation``.
+        """
+        return run_generation(
+            self, CachedRunner, inputs, output_modalities, max_new_tokens, temperature, top_k, seed
+        )
+
+    @torch.no_grad()
+    def generate_uncached(
+        self,
+        inputs: list[list[Segment]],
+        output_modalities: list[str],
+        max_new_tokens: dict[str, int] | int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+    ) -> list[list[Segment]]:
+        """Same tokens as ``generate``, recomputing the whole prefix each step (reference)."""
+        return run_generation(
+            self,
+            UncachedRunner,
+            inputs,
+            output_modalities,
+            max_new_tokens,
+            temperature,
+            top_k,
+            seed,
+        )

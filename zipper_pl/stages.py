@@ -1,0 +1,186 @@
+"""Stage entry points. Each stage reads only earlier stage folders and writes its own:
+``model.safetensors``, ``config.yaml`` (fully resolved), ``metrics.json``, tokenizer artefacts,
+``last.ckpt`` (resume) and TensorBoard events under ``tb/``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import filelock
+import lightning as L
+import torch
+
+from zipper_pl.config import Config, save_config, to_dict
+from zipper_pl.errors import UserError
+from zipper_pl.io import atomic_write_json, load_weights, read_json, save_weights
+from zipper_pl.models.tower import Tower, TowerConfig
+from zipper_pl.trainer import LAST_CKPT, make_trainer
+
+WEIGHTS, CONFIG, METRICS, TOWER_JSON = (
+    "model.safetensors",
+    "config.yaml",
+    "metrics.json",
+    "tower.json",
+)
+
+
+def _frac_tag(frac: float) -> str:
+    return f"{frac:g}".replace(".", "p")
+
+
+def stage_dir(cfg: Config, kind: str) -> Path:
+    """The folder of a stage: everything that distinguishes runs is in its name (no timestamps)."""
+    if cfg.out:
+        return Path(cfg.out)
+    group = Path(cfg.runs) / f"{cfg.scale}-{cfg.data.corpus}"
+    codec = cfg.audio.codec
+    if kind == "pretrain":
+        name = "pretrain-text" if cfg.modality == "text" else f"pretrain-speech-{codec}"
+        return group / f"{name}-s{cfg.seed}"
+    if kind == "judge":
+        return group / f"judge-{codec}-s{cfg.seed}"
+    if kind in ("zip", "finetune"):
+        freeze = cfg.zip.freeze if cfg.arch == "zipper" else "none"
+        name = (
+            f"{cfg.arch}-{cfg.data.task}-{codec}-frac{_frac_tag(cfg.data.aligned_frac)}"
+            f"-freeze_{freeze}-s{cfg.seed}"
+        )
+        return group / (name if kind == "zip" else f"{name}-ft")
+    raise ValueError(f"unknown stage kind {kind!r}")
+
+
+def is_finished(out: Path) -> bool:
+    """A stage is done when its weights and metrics are exported (written last, atomically)."""
+    return (out / WEIGHTS).is_file() and (out / METRICS).is_file()
+
+
+def require_stage(folder: str | Path, what: str, key: str) -> Path:
+    """Check an earlier stage's artefacts before using them (audiocraft-style)."""
+    p = Path(folder)
+    if not is_finished(p):
+        raise UserError(
+            f"{what} stage folder {str(p)!r} is missing or unfinished (no {WEIGHTS}/{METRICS}): "
+            f"run that stage first or set {key}"
+        )
+    return p
+
+
+def load_tower(folder: str | Path) -> Tower:
+    """Rebuild a pretrained tower from its stage folder alone."""
+    p = Path(folder)
+    tower = Tower(TowerConfig(**read_json(p / TOWER_JSON)))
+    load_weights(tower, p / WEIGHTS)
+    return tower
+
+
+def _fit(cfg: Config, out: Path, module: L.LightningModule, dm: L.LightningDataModule) -> dict:
+    """Train with resume from ``last.ckpt``; returns wall-clock figures."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    trainer = make_trainer(cfg, out)
+    ckpt = out / LAST_CKPT
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.is_file() else None)
+    return {
+        "trainer": trainer,
+        "wall_s": time.perf_counter() - t0,
+        "resumed": ckpt.is_file(),
+    }
+
+
+def _final_metrics(trainer: L.Trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
+def _log_hparams(trainer: L.Trainer, cfg: Config, metrics: dict) -> None:
+    """HParams tab: the flat config next to the final metrics, so sweep cells compare."""
+    if trainer.logger is None or not trainer.is_global_zero:
+        return
+    flat = {}
+
+    def walk(d: dict, prefix: str = "") -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[f"{prefix}{k}"] = v if isinstance(v, int | float | str | bool) else str(v)
+
+    walk(to_dict(cfg))
+    hp_metrics = {f"hp/{k}": v for k, v in metrics.items() if isinstance(v, int | float)}
+    trainer.logger.log_hyperparams(flat, hp_metrics)
+
+
+def pretrain(cfg: Config) -> Path:
+    """Unimodal next-token pretraining of a text or speech tower."""
+    from zipper_pl.data.lm_datamodule import LMDataModule
+    from zipper_pl.data.prepare import prepare_pretraining
+    from zipper_pl.lit.lm import LMModule
+    from zipper_pl.registry import resolve_tower_config
+
+    out = stage_dir(cfg, "pretrain")
+    if is_finished(out):
+        print(f"[pretrain-{cfg.modality}] already finished: {out}")
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    dm = LMDataModule(cfg, prepare_pretraining)
+    with filelock.FileLock(str(Path(cfg.data.cache_dir).with_suffix(".lock"))):
+        dm.prepare_data()  # once here (other ranks wait on the lock, then find the cache)
+    data = dm.lm_data
+    tower_cfg = resolve_tower_config(cfg.model, data.vocab_size)
+    # the saved config is self-contained: the preset's values are written out
+    for f in dataclasses.fields(cfg.model):
+        if hasattr(tower_cfg, f.name):
+            setattr(cfg.model, f.name, getattr(tower_cfg, f.name))
+    save_config(cfg, out / CONFIG)
+    module = LMModule(tower_cfg, cfg.train)
+    module.tower.activation_checkpointing = cfg.model.activation_checkpointing
+    run = _fit(cfg, out, module, dm)
+    trainer = run["trainer"]
+    final = {**_final_metrics(trainer), **module.run_validation_pass()}
+    if trainer.is_global_zero:
+        n_params = module.tower.num_params()
+        metrics = {
+            "stage": f"pretrain-{cfg.modality}",
+            "steps": trainer.global_step,
+            "params": n_params,
+            "val_loss_step0": module.initial_val.get("val/loss"),
+            "val_ppl_step0": module.initial_val.get("val/ppl"),
+            "val_loss": final.get("val/loss"),
+            "val_ppl": final.get("val/ppl"),
+            "train_loss": final.get("train/loss"),
+            "tokens_per_s": final.get("train/tokens_per_s"),
+            "fit_wall_s": run["wall_s"],
+            **data.info,
+        }
+        for a in data.artefacts:
+            _copy_artefact(a, out)
+        atomic_write_json(out / TOWER_JSON, module.tower.config_dict())
+        save_weights(module.tower.state_dict(), out / WEIGHTS)
+        _log_hparams(trainer, cfg, metrics)
+        atomic_write_json(out / METRICS, metrics)  # last: marks the stage finished
+        print(f"[pretrain-{cfg.modality}] {out}\n{json.dumps(metrics, indent=2)}")
+    return out
+
+
+def _copy_artefact(src: Path, out: Path) -> None:
+    import shutil
+
+    src = Path(src)
+    dst = out / src.name
+    if src.is_dir():
+        tmp = out / f".{src.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.replace(dst)
+    else:
+        tmp = out / f".{src.name}.tmp"
+        shutil.copyfile(src, tmp)
+        tmp.replace(dst)
+
+
+def torch_load_checkpoint(path: Path) -> dict:
+    """Checkpoints are loaded with ``weights_only=True``: no pickled code runs."""
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,76 @@
+"""One place builds the Lightning Trainer, from the config's ``train.*`` keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from zipper_pl.config import Config
+from zipper_pl.errors import UserError
+
+LAST_CKPT = "last.ckpt"
+
+
+def resolve_devices(devices: str) -> int | str | list[int]:
+    d = devices.strip()
+    if d == "auto":
+        return "auto"
+    if "," in d:
+        return [int(x) for x in d.split(",") if x]
+    if d.lstrip("-").isdigit():
+        return int(d)
+    raise UserError(f"train.devices={devices!r}: use a count, 'auto' or a list like '0,1'")
+
+
+def resolve_precision(cfg: Config) -> str:
+    """bf16-mixed on GPUs, full fp32 on CPU (CPU autocast to bf16 is slower there)."""
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    gpu = cfg.train.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu else "32-true"
+
+
+def make_trainer(cfg: Config, out: Path, *, progress: bool = True) -> L.Trainer:
+    """Trainer writing TensorBoard events and ``last.ckpt`` into the stage folder ``out``."""
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    checkpoint = ModelCheckpoint(
+        dirpath=out,
+        filename="step{step}",
+        save_top_k=0,
+        save_last=True,
+        every_n_train_steps=t.ckpt_every,
+        save_on_train_epoch_end=False,
+    )
+    strategy = t.strategy
+    if strategy == "ddp" and cfg.train.accelerator == "cpu":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(process_group_backend="gloo")
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=resolve_devices(t.devices),
+        num_nodes=t.num_nodes,
+        strategy=strategy,
+        precision=resolve_precision(cfg),
+        max_steps=t.max_steps,
+        accumulate_grad_batches=t.accumulate,
+        gradient_clip_val=t.grad_clip or None,
+        val_check_interval=t.val_every * t.accumulate,
+        check_val_every_n_epoch=None,
+        limit_val_batches=cfg.data.valid_batches,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every,
+        logger=TensorBoardLogger(save_dir=str(out), name="tb", version="", default_hp_metric=False),
+        callbacks=[checkpoint],
+        # our StepBatchSampler shards by rank itself, exactly and resumably
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        default_root_dir=str(out),
+    )
