@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import soundfile as sf
 from test_audio import plant_audio, sine
 
 import zipper_pl.data.audio_cache as audio_cache
@@ -118,8 +119,6 @@ def test_fit_once_then_reuse(tmp_path, monkeypatch):
     recs = []
     for i, f in enumerate((200, 400, 800, 1600)):
         p = tmp_path / f"{i}.wav"
-        import soundfile as sf
-
         sf.write(p, sine(0.5, 16000, f), 16000)
         recs.append(Record(str(i), str(p), None, 0.5, "s"))
     recs.append(Record("bad", str(tmp_path / "missing.wav"), None, 0.5, "s"))
@@ -127,5 +126,9 @@ def test_fit_once_then_reuse(tmp_path, monkeypatch):
     fitted = fit_audio_tokenizer(recs, UnitsTokenizer(cfg), tmp_path / "tok", progress=False)
     assert fitted.centroids is not None and (tmp_path / "tok" / "units_kmeans.npz").is_file()
     monkeypatch.setattr(audio_cache, "load_audio", lambda *a: pytest.fail("refitted"))
+    cfg.batch_seconds = 5.0  # does not change the units: no refit
     again = fit_audio_tokenizer(recs, UnitsTokenizer(cfg), tmp_path / "tok", progress=False)
-    assert again.fingerprint() == fitted.fingerprint()
+    assert again.fingerprint() == fitted.fingerprint() and again.cfg.batch_seconds == 5.0
+    cfg.units_k = 3  # does: refit
+    with pytest.raises(pytest.fail.Exception, match="refitted"):
+        fit_audio_tokenizer(recs, UnitsTokenizer(cfg), tmp_path / "tok", progress=False)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from zipper_pl.errors import UserError
+from zipper_pl.models.generation import CachedRunner, UncachedRunner
 from zipper_pl.models.sequences import (
     IGNORE,
     PAD_POS,
@@ -141,6 +142,7 @@ def test_frozen_tower_is_bit_identical_after_training():
     )
 
 
+RUNNERS = (CachedRunner, UncachedRunner)
 CASES = {
     "asr": (["speech"], ["text"]),
     "tts": (["text"], ["speech"]),
@@ -184,6 +186,24 @@ def test_cached_generation_equals_uncached(case, temperature):
         for sc, sr in zip(c, r, strict=True):
             assert torch.equal(sc.tokens, sr.tokens)
             assert len(sc.tokens) <= 6
+
+
+@pytest.mark.parametrize("pattern", [("speech", "text"), ("text",)])
+def test_cached_step_logits_match_uncached(pattern):
+    """Teacher-forced: the same ragged feeds (padding included) through both runners."""
+    m = sharpen(model(gate_init=0.7, seed=3))
+    xs = samples(pattern, [(5, 2), (2, 6), (7, 1)] if len(pattern) == 2 else [(4,), (1,), (6,)])
+    outputs, budget = ["speech", "text"], 3
+    runners = [R(m, xs, outputs, dict.fromkeys(outputs, budget), "cpu") for R in RUNNERS]
+    g = torch.Generator().manual_seed(0)
+    for o in outputs:
+        live = torch.ones(3, dtype=torch.bool)
+        tok = torch.full((3,), m.specs[o].bos_id)
+        for step in range(budget + 2):
+            out = [r.feed(o, tok, live, step == 0) for r in runners]
+            torch.testing.assert_close(out[0][live], out[1][live], atol=1e-5, rtol=0)
+            live = live & (torch.rand(3, generator=g) < 0.7)  # samples drop out at random
+            tok = torch.randint(3, 26, (3,), generator=g)
 
 
 def test_ragged_batch_equals_each_sample_alone():

@@ -184,3 +184,167 @@ def _copy_artefact(src: Path, out: Path) -> None:
 def torch_load_checkpoint(path: Path) -> dict:
     """Checkpoints are loaded with ``weights_only=True``: no pickled code runs."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---- zipping and fine-tuning ---------------------------------------------------------------
+
+
+def pretrain_dir(cfg: Config, modality: str) -> Path:
+    """Default folder of the pretraining stage this config's later stages read."""
+    return stage_dir(dataclasses.replace(cfg, modality=modality, out=""), "pretrain")
+
+
+def _zip_inputs(cfg: Config) -> tuple[Path, Path]:
+    text = require_stage(cfg.inputs.text or pretrain_dir(cfg, "text"), "text tower", "inputs.text")
+    speech = require_stage(
+        cfg.inputs.speech or pretrain_dir(cfg, "speech"), "speech tower", "inputs.speech"
+    )
+    return text, speech
+
+
+def _asr_test(ft, pairs, cfg: Config) -> dict:
+    from zipper_pl.metrics import corpus_cer, corpus_wer
+
+    if cfg.eval.max_utterances:
+        pairs = pairs[: cfg.eval.max_utterances]
+    hyps = ft.transcribe(
+        [p.speech_tokens for p in pairs], cfg.eval.batch_size, cfg.eval.max_new_text
+    )
+    refs = [p.text for p in pairs]
+    return {
+        "test_wer": corpus_wer(refs, hyps),
+        "test_cer": corpus_cer(refs, hyps),
+        "test_utterances": len(pairs),
+    }
+
+
+def _teacher_forced(module, dm) -> dict:
+    """Token accuracy / perplexity of the output segments on the test split."""
+    from zipper_pl.data.aligned import PairTasks, collate_with_meta
+
+    tasks = ["asr", "tts"] if module.cfg.data.task == "mix" else [module.cfg.data.task]
+    res = {}
+    for task in tasks:
+        ds = PairTasks(dm.test_pairs, [(i, task) for i in range(len(dm.test_pairs))])
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=module.cfg.eval.batch_size, collate_fn=dm.collate
+        )
+        totals: dict[str, float] = {}
+        module.eval()
+        with torch.no_grad():
+            for batch in loader:
+                batch = module.transfer_batch_to_device(batch, module.device, 0)
+                for k, v in module.validation_sums(batch).items():
+                    totals[k] = totals.get(k, 0.0) + float(v)
+        r = module.reduce_validation_sums(totals)
+        res[f"test_{task}_token_acc"] = r.get("val/token_acc")
+        res[f"test_{task}_ppl"] = r.get("val/ppl")
+    _ = collate_with_meta
+    return res
+
+
+def _train_finetune(
+    cfg: Config, out: Path, towers_from: dict[str, Path], init: Path | None
+) -> Path:
+    """Shared by zip (fresh from pretrained towers) and finetune (from a zipped stage)."""
+    from zipper_pl.data.aligned import AlignedDataModule
+    from zipper_pl.data.audio_tokenizers import AudioTokenizer
+    from zipper_pl.data.prepare import prepare_aligned
+    from zipper_pl.data.text import TOKENIZER_FILE, TextTokenizer
+    from zipper_pl.finetuned import (
+        AUDIO_TOKENIZER_DIR,
+        Finetuned,
+        build_model,
+        collate_fn,
+        modality_specs,
+        save_towers_json,
+    )
+    from zipper_pl.lit.finetune import FinetuneModule
+
+    text_tok = TextTokenizer(towers_from["text"] / TOKENIZER_FILE)
+    audio_tok = AudioTokenizer.load(towers_from["speech"] / AUDIO_TOKENIZER_DIR)
+    specs = modality_specs(text_tok, audio_tok)
+    if init is None:
+        towers = {
+            "text": load_tower(towers_from["text"]),
+            "speech": load_tower(towers_from["speech"]),
+        }
+    else:
+        tower_cfgs = read_json(init / "towers.json")
+        towers = {t: Tower(TowerConfig(**c)) for t, c in tower_cfgs.items()}
+    tower_cfg_dicts = {t: towers[t].config_dict() for t in towers}
+    model = build_model(cfg, towers, specs)
+    if init is not None:
+        load_weights(model, init / WEIGHTS)
+        if cfg.arch == "zipper":
+            model.frozen = model._frozen_names()
+            for p in model.parameters():
+                p.requires_grad_(True)
+            model.freeze_towers()
+    max_total = min(c["max_seq_len"] for c in tower_cfg_dicts.values())
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / CONFIG)
+
+    def prepare(c: Config) -> dict:
+        return prepare_aligned(c, text_tok, audio_tok, max_total)
+
+    dm = AlignedDataModule(cfg, prepare, collate_fn(cfg, model, specs))
+    with filelock.FileLock(str(Path(cfg.data.cache_dir).with_suffix(".lock"))):
+        dm.prepare_data()
+    module = FinetuneModule(model, cfg, text_tok.decode)
+    run = _fit(cfg, out, module, dm)
+    trainer = run["trainer"]
+    final = {**_final_metrics(trainer), **module.run_validation_pass()}
+    if not trainer.is_global_zero:
+        return out
+    dm.setup("test")
+    model.eval()
+    ft = Finetuned(model, cfg, specs, text_tok, audio_tok, out)
+    metrics: dict = {
+        "stage": f"{'zip' if init is None else 'finetune'}-{cfg.data.task}",
+        "arch": cfg.arch,
+        "aligned_frac": cfg.data.aligned_frac,
+        "freeze": cfg.zip.freeze if cfg.arch == "zipper" else "none",
+        "steps": trainer.global_step,
+        "params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "val_loss_step0": module.initial_val.get("val/loss"),
+        "val_loss": final.get("val/loss"),
+        "val_wer": final.get("val/wer"),
+        "val_token_acc": final.get("val/token_acc"),
+        "fit_wall_s": run["wall_s"],
+        **dm.info,
+    }
+    if cfg.data.task in ("asr", "mix"):
+        metrics.update(_asr_test(ft, dm.test_pairs, cfg))
+    metrics.update(_teacher_forced(module, dm))
+    text_tok.copy_to(out)
+    _copy_artefact(towers_from["speech"] / AUDIO_TOKENIZER_DIR, out)
+    save_towers_json(out, towers)
+    save_weights(model.state_dict(), out / WEIGHTS)
+    _log_hparams(trainer, cfg, metrics)
+    atomic_write_json(out / METRICS, metrics)
+    print(f"[{metrics['stage']}] {out}\n{json.dumps(metrics, indent=2)}")
+    return out
+
+
+def zip_stage(cfg: Config) -> Path:
+    """Zip the pretrained towers (or extend the text tower: arch=single) and fine-tune them."""
+    out = stage_dir(cfg, "zip")
+    if is_finished(out):
+        print(f"[zip] already finished: {out}")
+        return out
+    text, speech = _zip_inputs(cfg)
+    return _train_finetune(cfg, out, {"text": text, "speech": speech}, init=None)
+
+
+def finetune(cfg: Config) -> Path:
+    """Continue training a zipped stage (e.g. task=mix, or zip.freeze=none to unfreeze speech)."""
+    if not cfg.inputs.init:
+        raise UserError("finetune needs the zipped stage folder to continue from: set inputs.init")
+    init = require_stage(cfg.inputs.init, "zipped", "inputs.init")
+    out = stage_dir(cfg, "finetune")
+    if is_finished(out):
+        print(f"[finetune] already finished: {out}")
+        return out
+    return _train_finetune(cfg, out, {"text": init, "speech": init}, init=init)

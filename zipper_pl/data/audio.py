@@ -125,13 +125,6 @@ class SkipCounter:
     def add_bad(self, item_id: str, err: BadAudio) -> None:
         self.add(item_id, err.reason, err.detail)
 
-    def merge(self, other: SkipCounter) -> None:
-        for reason, ids in other.examples.items():
-            room = self.max_examples - len(self.examples.setdefault(reason, []))
-            self.examples[reason].extend(ids[: max(room, 0)])
-            self.details.update({i: other.details[i] for i in ids[: max(room, 0)]})
-        self.counts.update(other.counts)
-
     @property
     def total(self) -> int:
         return sum(self.counts.values())

@@ -5,10 +5,12 @@ needed. Output is 16-bit mono PCM at 22,050 Hz.
 
 Why a helper process: libespeak-ng keeps synthesis state in C statics (glottal phase, flutter
 index) that survive between utterances and cannot be reset through its API, so the same text
-spoken twice in one process gives different samples. A small helper process (plain Python +
+spoken twice in one process gives different samples; and breathy variants (f2, f3, f5, ...) mix in
+noise from a generator seeded by the clock at start-up. A small helper process (plain Python +
 ctypes, no numpy or torch) initialises the library once and then forks a fresh child per
-utterance: every utterance starts from the same pristine state, so the same text and speaker
-always give identical samples, whatever was spoken before and in whichever process.
+utterance, which reseeds that generator: every utterance starts from the same pristine state, so
+the same text and speaker always give identical samples, whatever was spoken before, in whichever
+process, at whatever time.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import ctypes, json, os, struct, sys
 lib = ctypes.CDLL(sys.argv[1])
 lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
 lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
 lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
                              ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
 inp, out = sys.stdin.buffer, sys.stdout.buffer
@@ -52,6 +55,7 @@ CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes
                             ctypes.c_void_p)(collect)
 lib.espeak_SetSynthCallback(CALLBACK)
 def speak(req):
+    lib.espeak_ng_SetRandSeed(0)  # breathy variants add noise from a generator seeded by the clock
     if lib.espeak_SetVoiceByName(req["voice"].encode()) != 0:
         return struct.pack("<i", -2)
     for param, value in ((1, req["rate"]), (3, req["pitch"]), (2, 100)):

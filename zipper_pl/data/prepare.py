@@ -126,38 +126,14 @@ def _records(cfg: Config, pool: str) -> list[Record]:
 
 
 def audio_tokenizer(cfg: Config):
-    """The configured audio tokenizer; ``units`` is fitted on the speech pool once and cached."""
-    from zipper_pl.data.audio import load_audio
-    from zipper_pl.data.audio_tokenizers import AudioTokenizer, build_audio_tokenizer
+    """(tokenizer, its saved folder); ``units`` is fitted on the speech pool once and cached."""
+    from zipper_pl.data.audio_cache import fit_audio_tokenizer
+    from zipper_pl.data.audio_tokenizers import build_audio_tokenizer
 
-    a = cfg.audio
-    if a.codec != "units":
-        return build_audio_tokenizer(a)
     records = _records(cfg, "speech")
-    key = _digest([asdict(a), _digest([asdict(r) for r in records], 16)])
-    folder = cache_root(cfg) / "audio_tokenizer" / f"{a.codec}-{key}"
-    if (folder / "config.json").is_file():
-        return AudioTokenizer.load(folder)
-    tok = build_audio_tokenizer(a)
-    waves = []
-    # k-means needs a sample, not the whole pool: spread the budget over utterances
-    budget_s = a.units_fit_max_frames / 50.0
-    total = 0.0
-    rng_order = sorted(range(len(records)), key=lambda i: _digest([cfg.seed, i], 8))
-    for i in rng_order:
-        r = records[i]
-        try:
-            waves.append(load_audio(r.audio, a.sample_rate, a.max_seconds))
-        except Exception:  # bad files are counted by the token cache; fitting just skips them
-            continue
-        total += r.duration
-        if total >= budget_s:
-            break
-    if not waves:
-        raise UserError("no readable audio in the speech pool to fit the units tokenizer")
-    tok.fit(waves)
-    tok.save(folder)
-    return AudioTokenizer.load(folder)
+    key = _digest([asdict(cfg.audio), _digest([asdict(r) for r in records], 16)])
+    folder = cache_root(cfg) / "audio_tokenizer" / f"{cfg.audio.codec}-{key}" / "audio_tokenizer"
+    return fit_audio_tokenizer(records, build_audio_tokenizer(cfg.audio), folder), folder
 
 
 def audio_store(cfg: Config, tok, pool: str, need_transcript: bool = False) -> Path:
@@ -191,13 +167,10 @@ def prepare_pretraining(cfg: Config) -> LMData:
             artefacts=[tok.path],
             info={"train_utterances": n_train, "train_tokens": TokenStore(train).total_tokens},
         )
-    tok = audio_tokenizer(cfg)
+    tok, folder = audio_tokenizer(cfg)
     train = audio_store(cfg, tok, "speech")
     valid = audio_store(cfg, tok, "valid")
     k = tok.vocab_size
-    folder = cache_root(cfg) / "audio_tokenizer_export" / tok.fingerprint() / "audio_tokenizer"
-    if not (folder / "config.json").is_file():
-        tok.save(folder)
     return LMData(
         vocab_size=k + 2,  # + begin/end-of-audio
         bos_id=k,
@@ -212,3 +185,25 @@ def prepare_pretraining(cfg: Config) -> LMData:
             "frame_rate": tok.frame_rate,
         },
     )
+
+
+# ---- what fine-tuning needs ------------------------------------------------------------------
+
+
+def prepare_aligned(cfg: Config, text_tok: TextTokenizer, audio_tok, max_total: int) -> dict:
+    """Aligned pairs (transcript tokens + cached speech tokens) of train / valid / test."""
+    from zipper_pl.data.aligned import load_pairs
+
+    manifests = corpus_manifests(cfg)
+    pairs, skipped = {}, {}
+    for pool in ("aligned_train", "valid", "test"):
+        store = audio_store(cfg, audio_tok, pool, need_transcript=True)
+        pairs[pool], skip = load_pairs(manifests[pool], store, text_tok.encode, max_total)
+        for k, v in skip.items():
+            skipped[f"{pool}_{k}"] = v
+        if not pairs[pool]:
+            raise UserError(
+                f"no usable aligned pairs in the {pool!r} pool (skipped: {skip}); "
+                "check data.corpus / data.*_splits or raise model.max_seq_len"
+            )
+    return {"pairs": pairs, "skipped": skipped}

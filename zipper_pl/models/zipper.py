@@ -26,21 +26,21 @@ from zipper_pl.schema import F
 
 @dataclass
 class ZipperConfig:
-    towers: list[str] = F(  # noqa: RUF009
+    towers: list[str] = F(
         None, "ordered tower (modality) names", factory=lambda: ["text", "speech"]
     )
-    intervals: dict[str, int] = F(  # noqa: RUF009
+    intervals: dict[str, int] = F(
         None,
         "tower -> i: a zipped layer after every i-th block (n-th of each tower paired)",
         factory=lambda: {"text": 1, "speech": 1},
     )
-    layers: dict[str, list[int]] = F(  # noqa: RUF009
+    layers: dict[str, list[int]] = F(
         None,
         "tower -> 1-based block indices followed by a zipped layer (same count per tower); "
         "overrides intervals when set",
         factory=dict,
     )
-    directions: list[str] = F(  # noqa: RUF009
+    directions: list[str] = F(
         None,
         "cross-attention directions 'dst<-src' (dst reads src)",
         factory=lambda: ["text<-speech", "speech<-text"],
@@ -50,7 +50,7 @@ class ZipperConfig:
     gate_init: float = F(0.0, "initial tanh-gate value of cross-attention and its feed-forward")
     xattn_heads: int = F(0, "cross-attention heads; 0 = the query tower's n_heads", ge=0)
     xattn_d_ff: int = F(0, "cross-attention feed-forward width; 0 = 4 x query width", ge=0)
-    input_proj: dict[str, str] = F(  # noqa: RUF009
+    input_proj: dict[str, str] = F(
         None,
         "tower -> 'gated' (emb + tanh(gamma)*ReLU(MLP(emb)), gamma=0: starts exactly as the "
         "towers) | 'paper' (ReLU(MLP(emb))) | 'none'",

@@ -1,0 +1,190 @@
+"""Aligned (speech, transcript) pairs for fine-tuning: nested ``aligned_frac`` subsets, tasks.
+
+A sample is an ordered list of segments: ASR = [speech, text], TTS = [text, speech]. The model
+decides how segments become tensors (``collate``); this module only decides which pairs, which
+tasks and in which order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from zipper_pl.config import Config
+from zipper_pl.data.manifest import read_manifest
+from zipper_pl.data.sampling import StepBatchSampler
+from zipper_pl.data.store import TokenStore
+from zipper_pl.errors import UserError
+from zipper_pl.models.sequences import Segment
+
+TASK_OUTPUT = {"asr": "text", "tts": "speech"}
+TASK_INPUT = {"asr": "speech", "tts": "text"}
+
+
+@dataclass
+class Pair:
+    id: str
+    text: str
+    text_tokens: np.ndarray
+    speech_tokens: np.ndarray
+
+
+def nested_subset(n: int, frac: float, seed: int) -> np.ndarray:
+    """Indices of the ``frac`` subset: a prefix of one seeded permutation, so smaller fractions
+    are always inside larger ones (the 1% pairs are among the 10% pairs)."""
+    order = np.random.default_rng([seed, 1_000_003]).permutation(n)
+    return np.sort(order[: max(1, math.ceil(frac * n))])
+
+
+def task_items(n_pairs: int, task: str, asr_tts_ratio: float) -> list[tuple[int, str]]:
+    """(pair, task) items; ``mix`` keeps ASR:TTS at ``asr_tts_ratio`` using every pair once for
+    the larger task and the first pairs again for the smaller one."""
+    if task in ("asr", "tts"):
+        return [(i, task) for i in range(n_pairs)]
+    if asr_tts_ratio <= 1.0:
+        n_asr, n_tts = round(asr_tts_ratio * n_pairs), n_pairs
+    else:
+        n_asr, n_tts = n_pairs, round(n_pairs / asr_tts_ratio)
+    return [(i, "asr") for i in range(n_asr)] + [(i, "tts") for i in range(n_tts)]
+
+
+def make_sample(pair: Pair, task: str) -> list[Segment]:
+    speech = Segment("speech", torch.from_numpy(pair.speech_tokens.astype(np.int64)))
+    text = Segment("text", torch.from_numpy(pair.text_tokens.astype(np.int64)))
+    return [speech, text] if task == "asr" else [text, speech]
+
+
+class PairTasks(Dataset):
+    """Item = {"segments", "task", "id", "text"}; collation is the model's business."""
+
+    def __init__(self, pairs: Sequence[Pair], items: Sequence[tuple[int, str]]) -> None:
+        self.pairs, self.items = pairs, list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def lengths(self) -> np.ndarray:
+        return np.array(
+            [len(self.pairs[i].text_tokens) + len(self.pairs[i].speech_tokens) for i, _ in self.items]
+        )
+
+    def __getitem__(self, k: int) -> dict:
+        i, task = self.items[k]
+        p = self.pairs[i]
+        return {"segments": make_sample(p, task), "task": task, "id": p.id, "text": p.text}
+
+
+def load_pairs(
+    manifest_path, speech_store_dir, encode_text: Callable[[list[str]], list[np.ndarray]],
+    max_total: int,
+) -> tuple[list[Pair], dict[str, int]]:
+    """Join manifest transcripts with cached speech tokens by utterance id; count what is dropped.
+
+    ``max_total``: longest speech + text + 4 specials kept (the single decoder's one sequence).
+    """
+    store = TokenStore(speech_store_dir)
+    by_id = {uid: j for j, uid in enumerate(store.ids)}
+    records = [r for r in read_manifest(manifest_path) if r.id in by_id and r.text]
+    skipped = {"no_audio_tokens": len(read_manifest(manifest_path)) - len(records)}
+    text_tokens = encode_text([r.text for r in records])
+    pairs, too_long = [], 0
+    for r, tt in zip(records, text_tokens, strict=True):
+        st = np.array(store[by_id[r.id]])  # a copy: memmap views are read-only
+        # one limit for both layouts, so the Zipper and the single decoder see the same pairs
+        if len(st) + len(tt) + 4 > max_total or len(st) == 0 or len(tt) == 0:
+            too_long += 1
+            continue
+        pairs.append(Pair(r.id, r.text, tt, st))
+    skipped["too_long_or_empty"] = too_long
+    return pairs, skipped
+
+
+def collate_with_meta(collate: Callable) -> Callable[[list[dict]], dict]:
+    def fn(items: list[dict]) -> dict:
+        return {
+            "model": collate([it["segments"] for it in items]),
+            "tasks": [it["task"] for it in items],
+            "ids": [it["id"] for it in items],
+            "texts": [it["text"] for it in items],
+            "segments": [it["segments"] for it in items],
+        }
+
+    return fn
+
+
+class AlignedDataModule(L.LightningDataModule):
+    """Train on the ``aligned_frac`` subset; validate/test on the fixed splits."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        prepare: Callable[[Config], dict],
+        collate: Callable[[list[list[Segment]]], dict],
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self._prepare = prepare
+        self.collate = collate_with_meta(collate)
+        self.valid_batches = cfg.data.valid_batches
+        self.prepared: dict | None = None
+
+    def prepare_data(self) -> None:
+        self.prepared = self._prepare(self.cfg)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.prepared is None:
+            self.prepared = self._prepare(self.cfg)
+        p, d = self.prepared, self.cfg.data
+        all_train = p["pairs"]["aligned_train"]
+        chosen = nested_subset(len(all_train), d.aligned_frac, self.cfg.seed)
+        self.train_pairs = [all_train[i] for i in chosen]
+        self.train_set = PairTasks(self.train_pairs, task_items(len(chosen), d.task, d.asr_tts_ratio))
+        tasks = ["asr", "tts"] if d.task == "mix" else [d.task]
+        self.valid_set = PairTasks(
+            p["pairs"]["valid"], [(i, t) for i in range(len(p["pairs"]["valid"])) for t in tasks]
+        )
+        self.test_pairs = p["pairs"]["test"]
+        self.info = {
+            "aligned_pairs_total": len(all_train),
+            "aligned_pairs_used": len(self.train_pairs),
+            "train_items": len(self.train_set),
+            **{f"skipped_{k}": v for k, v in p["skipped"].items()},
+        }
+        world = self.trainer.world_size if self.trainer else 1
+        if len(self.train_set) < d.batch_size * world:
+            raise UserError(
+                f"data.aligned_frac={d.aligned_frac} keeps {len(self.train_pairs)} of "
+                f"{len(all_train)} aligned pairs, fewer than one batch of data.batch_size="
+                f"{d.batch_size} x {world} devices: raise aligned_frac or lower data.batch_size"
+            )
+
+    def train_dataloader(self) -> DataLoader:
+        t = self.trainer
+        sampler = StepBatchSampler(
+            len(self.train_set),
+            self.cfg.data.batch_size,
+            seed=self.cfg.seed,
+            start_batch=(t.global_step * self.cfg.train.accumulate) if t else 0,
+            rank=t.global_rank if t else 0,
+            world_size=t.world_size if t else 1,
+            lengths=self.train_set.lengths(),
+        )
+        return DataLoader(
+            self.train_set, batch_sampler=sampler, collate_fn=self.collate,
+            num_workers=self.cfg.data.num_workers,
+            persistent_workers=self.cfg.data.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        t = self.trainer
+        world, rank = (t.world_size, t.global_rank) if t else (1, 0)
+        bs = self.cfg.data.batch_size
+        n = min(len(self.valid_set), bs * self.valid_batches * world)
+        subset = torch.utils.data.Subset(self.valid_set, list(range(rank, n, world)))
+        return DataLoader(subset, batch_size=bs, shuffle=False, collate_fn=self.collate)

@@ -1,0 +1,156 @@
+"""Build, save and load fine-tuned models (Zipper or single decoder) and their stage folders.
+
+A zipped stage folder holds everything needed to use the model: ``model.safetensors``,
+``config.yaml``, ``towers.json`` (tower configs), ``text_tokenizer.model`` and ``audio_tokenizer/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from zipper_pl.config import Config, load_config
+from zipper_pl.data.audio_tokenizers import AudioTokenizer
+from zipper_pl.data.text import TOKENIZER_FILE, TextTokenizer
+from zipper_pl.errors import UserError
+from zipper_pl.io import load_weights, read_json
+from zipper_pl.models.sequences import ModalitySpec, Segment, collate_segments
+from zipper_pl.models.single import SingleDecoder
+from zipper_pl.models.tower import Tower, TowerConfig
+from zipper_pl.models.zipper import ZipperModel
+
+AUDIO_TOKENIZER_DIR = "audio_tokenizer"
+TOWERS_JSON = "towers.json"
+
+
+def modality_specs(text_tok: TextTokenizer, audio_tok: AudioTokenizer) -> dict[str, ModalitySpec]:
+    """Text keeps SentencePiece's ids; speech = K codec tokens + begin/end-of-audio."""
+    k = audio_tok.vocab_size
+    return {
+        "text": ModalitySpec(
+            "text", text_tok.vocab_size, text_tok.bos_id, text_tok.eos_id, text_tok.pad_id
+        ),
+        "speech": ModalitySpec("speech", k + 2, k, k + 1, k + 1),
+    }
+
+
+def build_model(cfg: Config, towers: dict[str, Tower], specs: dict[str, ModalitySpec]) -> nn.Module:
+    if cfg.arch == "zipper":
+        return ZipperModel(cfg.zip, towers, specs)
+    return SingleDecoder.from_text_tower(towers["text"], [specs["text"], specs["speech"]], cfg.seed)
+
+
+def collate_fn(cfg: Config, model: nn.Module, specs: dict[str, ModalitySpec]) -> Callable:
+    if cfg.arch == "zipper":
+        return functools.partial(collate_segments, specs=specs, loss_on="last")
+    return functools.partial(model.collate, loss_on="last")
+
+
+@dataclass
+class Finetuned:
+    """A loaded fine-tuned stage: model + tokenizers + config."""
+
+    model: nn.Module
+    cfg: Config
+    specs: dict[str, ModalitySpec]
+    text_tok: TextTokenizer
+    audio_tok: AudioTokenizer
+    folder: Path
+
+    @property
+    def arch(self) -> str:
+        return self.cfg.arch
+
+    def decode_text(self, ids: list[int]) -> str:
+        return self.text_tok.decode(ids)
+
+    @torch.no_grad()
+    def transcribe(
+        self, speech: list[np.ndarray], batch_size: int = 32, max_new: int = 96
+    ) -> list[str]:
+        """Greedy ASR of speech-token arrays (batched, KV-cached)."""
+        out: list[str] = []
+        device = next(self.model.parameters()).device
+        for lo in range(0, len(speech), batch_size):
+            inputs = [
+                [Segment("speech", torch.as_tensor(s, dtype=torch.long, device=device))]
+                for s in speech[lo : lo + batch_size]
+            ]
+            gen = self.model.generate(inputs, ["text"], max_new_tokens=max_new)
+            out += [self.text_tok.decode(g[-1].tokens.tolist()) for g in gen]
+        return out
+
+    @torch.no_grad()
+    def speak(
+        self,
+        texts: list[str],
+        max_new: list[int],
+        batch_size: int = 32,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+    ) -> list[np.ndarray]:
+        """TTS: speech-token arrays generated from transcripts (batched, KV-cached)."""
+        out: list[np.ndarray] = []
+        device = next(self.model.parameters()).device
+        ids = self.text_tok.encode(texts)
+        for lo in range(0, len(texts), batch_size):
+            inputs = [
+                [Segment("text", torch.as_tensor(t, dtype=torch.long, device=device))]
+                for t in ids[lo : lo + batch_size]
+            ]
+            budget = max(max_new[lo : lo + batch_size])
+            gen = self.model.generate(
+                inputs,
+                ["speech"],
+                max_new_tokens=budget,
+                temperature=temperature,
+                top_k=top_k,
+                seed=None if seed is None else seed + lo,
+            )
+            out += [g[-1].tokens.cpu().numpy() for g in gen]
+        return out
+
+
+def save_towers_json(folder: Path, towers: dict[str, Tower]) -> None:
+    from zipper_pl.io import atomic_write_json
+
+    atomic_write_json(folder / TOWERS_JSON, {t: towers[t].config_dict() for t in towers})
+
+
+def load_finetuned(folder: str | Path, device: str | torch.device = "cpu") -> Finetuned:
+    """Rebuild a zipped / single-decoder stage from its folder alone."""
+    from zipper_pl.stages import WEIGHTS, require_stage
+
+    folder = require_stage(folder, "fine-tuned", "eval.stages / inputs.init")
+    cfg = load_config(folder / "config.yaml")
+    text_tok = TextTokenizer(folder / TOKENIZER_FILE)
+    audio_tok = AudioTokenizer.load(folder / AUDIO_TOKENIZER_DIR)
+    specs = modality_specs(text_tok, audio_tok)
+    tower_cfgs = read_json(folder / TOWERS_JSON)
+    towers = {t: Tower(TowerConfig(**c)) for t, c in tower_cfgs.items()}
+    model = build_model(cfg, towers, specs)
+    load_weights(model, folder / WEIGHTS)
+    model.to(device).eval()
+    return Finetuned(model, cfg, specs, text_tok, audio_tok, folder)
+
+
+def with_arch(cfg: Config, **changes) -> Config:
+    return dataclasses.replace(cfg, **changes)
+
+
+__all__ = [
+    "Finetuned",
+    "UserError",
+    "build_model",
+    "collate_fn",
+    "load_finetuned",
+    "modality_specs",
+]

@@ -1,0 +1,189 @@
+"""Fine-tuning on aligned pairs, for the Zipper and the single-decoder baseline alike.
+
+Both models produce per-stream logits with next-token targets (-100 = no loss); this module turns
+them into the training loss (token mean), per-tower and per-task losses, validation WER on a small
+fixed subset (torchmetrics, so it is synchronised across DDP ranks) and, for the Zipper, the tanh
+gate value of every zipped layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.text import CharErrorRate, WordErrorRate
+
+from zipper_pl.config import Config
+from zipper_pl.data.aligned import TASK_INPUT, TASK_OUTPUT
+from zipper_pl.lit.common import TrainModule
+from zipper_pl.models.sequences import IGNORE, Segment
+
+
+def stream_logits(model: nn.Module, arch: str, batch: dict) -> dict[str, tuple]:
+    """{stream: (logits [B,T,V], targets [B,T])}: one stream per tower (Zipper) or one (single)."""
+    if arch == "zipper":
+        logits = model(batch)
+        return {t: (logits[t], batch[t]["targets"]) for t in logits}
+    return {"single": (model(batch["ids"]), batch["targets"])}
+
+
+class FinetuneModule(TrainModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: Config,
+        decode_text: Callable[[list[int]], str],
+        wer_batches: int = 2,
+    ) -> None:
+        super().__init__(cfg.train)
+        self.model = model
+        self.arch = cfg.arch
+        self.cfg = cfg
+        self.decode_text = decode_text
+        self.wer_batches = wer_batches
+        self.val_wer = WordErrorRate()
+        self.val_cer = CharErrorRate()
+        self._val: dict[str, torch.Tensor] = {}
+        self._examples: list[str] = []
+
+    def trainable_named_parameters(self):
+        return ((n, p) for n, p in self.named_parameters() if p.requires_grad)
+
+    # ---- loss -----------------------------------------------------------------------------
+    def _losses(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
+        """Token-mean loss, plus summed losses/counts per stream and per task (for logging)."""
+        streams = stream_logits(self.model, self.arch, batch["model"])
+        total, count = 0.0, 0
+        sums: dict[str, torch.Tensor] = {}
+        tasks = batch["tasks"]
+        for name, (logits, targets) in streams.items():
+            ce = F.cross_entropy(
+                logits.float().flatten(0, 1),
+                targets.flatten(),
+                ignore_index=IGNORE,
+                reduction="none",
+            ).view_as(targets)  # [B,T]
+            mask = targets != IGNORE
+            per_sample = (ce * mask).sum(1)  # [B]
+            n_sample = mask.sum(1)
+            total = total + per_sample.sum()
+            count = count + n_sample.sum()
+            if n_sample.sum() > 0:
+                sums[f"loss_{name}"] = torch.stack([per_sample.sum(), n_sample.sum().float()])
+            for task in set(tasks):
+                sel = torch.tensor([t == task for t in tasks], device=ce.device)
+                key = f"loss_{task}"
+                part = torch.stack([per_sample[sel].sum(), n_sample[sel].sum().float()])
+                sums[key] = sums.get(key, 0) + part
+        loss = total / torch.clamp(torch.as_tensor(count, device=self.device), min=1)
+        return loss, sums, streams
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, sums, _ = self._losses(batch)
+        bs = len(batch["tasks"])
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=bs)
+        if self.global_step % self.train_cfg.log_every == 0:
+            for k, (s, n) in sums.items():
+                if n > 0:
+                    self.log(f"train/{k}", s / n, on_step=True, batch_size=bs)
+            self.log_gates()
+        n_tokens = (
+            sum(int(v["valid"].sum()) for v in batch["model"].values())
+            if (self.arch == "zipper")
+            else int(batch["model"]["valid"].sum())
+        )
+        self.log_throughput(n_tokens)
+        return loss
+
+    def log_gates(self) -> None:
+        """tanh(alpha) (cross-attention) and tanh(beta) (feed-forward) of every zipped layer."""
+        fusion = getattr(self.model, "fusion", None)
+        if fusion is None:
+            return
+        for direction, layers in fusion.items():
+            for n, layer in enumerate(layers):
+                x = layer.xattn
+                self.log(f"gates/{direction}/{n}_attn", torch.tanh(x.alpha.detach()), on_step=True)
+                self.log(f"gates/{direction}/{n}_ffw", torch.tanh(x.beta.detach()), on_step=True)
+
+    # ---- validation -------------------------------------------------------------------------
+    def validation_sums(self, batch: dict) -> dict[str, torch.Tensor]:
+        _, sums, streams = self._losses(batch)
+        out = {}
+        for k, v in sums.items():
+            out[f"{k}_sum"], out[f"{k}_n"] = v[0].detach(), v[1].detach()
+        # teacher-forced next-token accuracy on the output segments
+        hit = n = 0
+        for logits, targets in streams.values():
+            mask = targets != IGNORE
+            hit = hit + ((logits.argmax(-1) == targets) & mask).sum()
+            n = n + mask.sum()
+        out["acc_hit"], out["acc_n"] = torch.as_tensor(hit).float(), torch.as_tensor(n).float()
+        return out
+
+    def reduce_validation_sums(self, totals: dict[str, float]) -> dict[str, float]:
+        res: dict[str, float] = {}
+        for key in totals:
+            if key.endswith("_sum"):
+                base = key[: -len("_sum")]
+                n = totals.get(f"{base}_n", 0.0)
+                if n > 0:
+                    res[f"val/{base}"] = totals[key] / n
+        tasks_n = sum(totals.get(f"loss_{t}_n", 0.0) for t in ("asr", "tts"))
+        tasks_s = sum(totals.get(f"loss_{t}_sum", 0.0) for t in ("asr", "tts"))
+        if tasks_n:
+            res["val/loss"] = tasks_s / tasks_n
+            res["val/ppl"] = math.exp(min(res["val/loss"], 50.0))
+        if totals.get("acc_n"):
+            res["val/token_acc"] = totals["acc_hit"] / totals["acc_n"]
+        return res
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = {}
+        self._examples = []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        for k, v in self.validation_sums(batch).items():
+            self._val[k] = self._val.get(k, 0) + v.to(self.device)
+        if batch_idx < self.wer_batches:
+            asr = [i for i, t in enumerate(batch["tasks"]) if t == "asr"]
+            if asr:
+                hyps = self.transcribe([batch["segments"][i][0] for i in asr])
+                refs = [batch["texts"][i] for i in asr]
+                self.val_wer.update(hyps, refs)
+                self.val_cer.update(hyps, refs)
+                if batch_idx == 0:
+                    self._examples += [f"REF: {r}  \nHYP: {h}" for r, h in zip(refs, hyps)][:4]
+
+    def on_validation_epoch_end(self) -> None:
+        keys = sorted(self._val)
+        if keys:
+            gathered = self.all_gather(torch.stack([self._val[k].float() for k in keys]))
+            if gathered.dim() == 2:
+                gathered = gathered.sum(0)
+            metrics = self.reduce_validation_sums(dict(zip(keys, gathered.tolist(), strict=True)))
+            for k, v in metrics.items():
+                self.log(k, v, prog_bar=k == "val/loss", rank_zero_only=True)
+        if self.val_wer.total > 0 or self.val_wer.errors > 0:
+            self.log("val/wer", self.val_wer.compute(), prog_bar=True)
+            self.log("val/cer", self.val_cer.compute())
+            self.val_wer.reset()
+            self.val_cer.reset()
+        if self._examples and self.trainer.is_global_zero and self.logger is not None:
+            self.logger.experiment.add_text(
+                "val/asr_examples", "\n\n".join(self._examples), self.global_step
+            )
+
+    # ---- inference helpers -------------------------------------------------------------------
+    @torch.no_grad()
+    def transcribe(self, speech: list[Segment], max_new: int | None = None) -> list[str]:
+        """Greedy ASR of speech segments -> normalised-free decoded strings."""
+        max_new = max_new or self.cfg.eval.max_new_text
+        outs = self.model.generate([[s] for s in speech], ["text"], max_new_tokens=max_new)
+        return [self.decode_text(o[-1].tokens.tolist()) for o in outs]
+
+
+__all__ = ["TASK_INPUT", "TASK_OUTPUT", "FinetuneModule", "stream_logits"]
