@@ -32,3 +32,27 @@ def tiny_config(data_root: Path, runs: Path, experiment: str, *overrides: str) -
             *overrides,
         ],
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_towers(data_root, tmp_path_factory) -> dict[str, Path]:
+    """Tiny pretrained text and speech stage folders (a few steps each), shared by the session."""
+    from zipper_pl.stages import pretrain
+
+    runs = tmp_path_factory.mktemp("runs")
+    common = ("train.max_steps=3", "train.val_every=3", "train.ckpt_every=3")
+    text = pretrain(tiny_config(data_root, runs, "pretrain_text.yaml", *common))
+    speech = pretrain(tiny_config(data_root, runs, "pretrain_speech.yaml", *common))
+    return {"text": text, "speech": speech, "runs": runs}
+
+
+def zip_config(data_root: Path, towers: dict[str, Path], out: Path, *overrides: str) -> Config:
+    return tiny_config(
+        data_root,
+        towers["runs"],
+        "zip_asr.yaml",
+        f"inputs.text={towers['text']}",
+        f"inputs.speech={towers['speech']}",
+        f"out={out}",
+        *overrides,
+    )

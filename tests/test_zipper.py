@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from zipper_pl.errors import UserError
+from zipper_pl.models.fusion import GatedCrossAttention
 from zipper_pl.models.generation import CachedRunner, UncachedRunner
 from zipper_pl.models.sequences import (
     IGNORE,
@@ -64,6 +65,19 @@ def test_collate_orig_pos_and_targets():
     assert (collate_segments([s], SPECS, loss_on="all")["speech"]["targets"] != IGNORE).sum() == 3
     with pytest.raises(UserError, match="token ids"):
         collate_segments([[Segment("text", torch.tensor([40]))]], SPECS)
+
+
+def test_cross_attention_row_without_keys_is_exactly_zero():
+    torch.manual_seed(0)
+    layer = GatedCrossAttention(16, 16, 2, gate_init=0.0)
+    layer.alpha.data.fill_(1.0)  # attention on, feed-forward gate off
+    x = torch.randn(2, 3, 16)
+    k, v = layer.project_kv(torch.randn(2, 4, 16))
+    mask = torch.ones(2, 1, 3, 4, dtype=torch.bool)
+    mask[0, :, 1] = False  # sample 0, query 1 sees nothing
+    y = layer(x, k, v, mask)
+    assert torch.equal(y[0, 1], x[0, 1]) and not torch.equal(y[1, 1], x[1, 1])
+    assert torch.equal(layer(x, k[:, :, :0], v[:, :, :0], mask[..., :0]), x)  # no keys at all
 
 
 def test_zero_gates_give_exactly_the_towers():
@@ -226,6 +240,8 @@ def test_budget_and_sampling_seed():
         m.generate(xs, ["speech"], max_new_tokens=500)
     with pytest.raises(UserError, match="output modality"):
         m.generate(xs, ["video"], max_new_tokens=2)
+    with pytest.raises(UserError, match="input modality"):
+        m.generate([[Segment("video", torch.tensor([1]))]], ["text"], max_new_tokens=2)
 
 
 def test_placement_for_different_depths():

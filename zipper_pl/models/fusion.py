@@ -83,8 +83,8 @@ class GatedCrossAttention(nn.Module):
         else:
             q = self.q(self.norm_attn(x)).view(B, Tq, self.n_heads, self.head_dim).transpose(1, 2)
             has_key = mask.any(dim=-1, keepdim=True)  # [B,1,Tq,1]
-            y = F_.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            pass
+            y = F_.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~has_key)
+            y = y * has_key  # [B,H,Tq,hd]
             attn = self.proj(y.transpose(1, 2).reshape(B, Tq, D))
         x = x + torch.tanh(self.alpha) * self.drop(attn)
         return x + torch.tanh(self.beta) * self.drop(self.ffw(self.norm_ffw(x)))

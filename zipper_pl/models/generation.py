@@ -179,6 +179,10 @@ def run_generation(
     for m in outputs:
         if m not in model.specs:
             raise UserError(f"output modality {m!r} is not a tower: choose from {model.names}")
+    for x in inputs:
+        for s in x:
+            if s.modality not in model.specs:
+                raise UserError(f"input modality {s.modality!r} is not a tower: use {model.names}")
     if temperature < 0:
         raise UserError(f"temperature must be >= 0, got {temperature}")
     if isinstance(max_new_tokens, int):

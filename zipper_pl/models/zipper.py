@@ -70,7 +70,9 @@ class ZipperModel(nn.Module):
         self.cfg, self.names = cfg, list(cfg.towers)
         for t in self.names:
             if t not in towers or t not in specs:
-                raise UserError(f"zipper tower {t!r} needs a Tower and a ModalitySpec (towers key)")
+                raise UserError(
+                    f"zipper tower {t!r} needs a Tower and a ModalitySpec: fix zipper.towers"
+                )
             if specs[t].vocab_size != towers[t].cfg.vocab_size:
                 raise UserError(
                     f"{t}: tokenizer vocab {specs[t].vocab_size} != tower vocab "
