@@ -21,6 +21,10 @@ RUNS         ?= runs#      root of all stage folders
 ARGS         ?=#           any extra key=value overrides, e.g. ARGS="train.lr=5e-4"
 EXP          ?= experiments/$(strip $(SCALE))#  folder of the experiment YAML files
 
+ABLATION_FRACS ?= 0.01 0.03 0.1 0.3 1.0#  aligned fractions of `make ablation`
+ABLATION_SEEDS ?= 0#       seeds of `make ablation`
+ABLATION_FREEZE ?= text both#  `make ablation` FREEZE values (text = speech tower trained, both = frozen)
+
 PY    := .venv/bin/python
 STAMP := .venv/.installed
 ZPL   := $(PY) -m zipper_pl
@@ -30,25 +34,47 @@ COMMON = scale=$(strip $(SCALE)) seed=$(strip $(SEED)) runs=$(strip $(RUNS)) \
   train.accelerator=$(strip $(ACCELERATOR)) train.strategy=$(strip $(STRATEGY)) \
   train.precision=$(strip $(PRECISION)) $(if $(strip $(MAX_STEPS)),train.max_steps=$(strip $(MAX_STEPS))) \
   $(ARGS)
+ZIPVARS = arch=$(strip $(MODEL)) zip.freeze=$(strip $(FREEZE)) data.aligned_frac=$(strip $(ALIGNED_FRAC))
 
-.PHONY: help setup test lint format pretrain-text pretrain-speech tensorboard clean-runs
+# ---- stage folders: computed once per make run by the same code that names them -----------
+# (only once the venv exists; the chain targets re-enter make after `setup` for that reason)
+ifneq ($(wildcard $(STAMP)),)
+ifneq ($(MAKELEVEL),0)
+PATHS := $(shell $(ZPL) paths $(EXP)/zip_asr.yaml $(COMMON) $(ZIPVARS) 2>/dev/null)
+path_of = $(patsubst $(1)=%,%,$(filter $(1)=%,$(PATHS)))
+TEXT_DIR       := $(call path_of,TEXT_DIR)
+SPEECH_DIR     := $(call path_of,SPEECH_DIR)
+ZIPPER_ASR_DIR := $(call path_of,ZIPPER_ASR_DIR)
+ZIPPER_TTS_DIR := $(call path_of,ZIPPER_TTS_DIR)
+SINGLE_ASR_DIR := $(call path_of,SINGLE_ASR_DIR)
+SINGLE_TTS_DIR := $(call path_of,SINGLE_TTS_DIR)
+JUDGE_DIR      := $(call path_of,JUDGE_DIR)
+EVAL_DIR       := $(call path_of,EVAL_DIR)
+endif
+endif
+W := model.safetensors
+ASR_DIR = $(if $(filter single,$(strip $(MODEL))),$(SINGLE_ASR_DIR),$(ZIPPER_ASR_DIR))
+TTS_DIR = $(if $(filter single,$(strip $(MODEL))),$(SINGLE_TTS_DIR),$(ZIPPER_TTS_DIR))
+
+.PHONY: help setup test lint format data pretrain-text pretrain-speech zip-asr zip-tts finetune \
+  judge evaluate demo ablation bench tensorboard clean-runs _check-paths
 
 help: ## list targets and variables
 	@echo "zipper_pl: make TARGET [VAR=value ...]"; echo; echo "targets:"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-18s %s\n", $$1, $$2}'
 	@echo; echo "variables (default):"
 	@grep -E '^[A-Z_]+ +\?=' $(MAKEFILE_LIST) | sed -E 's/ +\?= */\t/; s/# +/\t/' | \
-	  awk -F'\t' '{printf "  %-13s %-12s %s\n", $$1, ($$2==""?"(empty)":$$2), $$3}'
+	  awk -F'\t' '{printf "  %-15s %-22s %s\n", $$1, ($$2==""?"(empty)":$$2), $$3}'
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
-	.venv/bin/pip install --upgrade --quiet pip
+	.venv/bin/pip install --quiet --upgrade pip
 	.venv/bin/pip install --quiet -e ".[dev]"
 	touch $@
 
 setup: $(STAMP) ## create .venv and install the project (once)
 
-test: $(STAMP) ## run the test suite (CPU, tiny configs)
+test: $(STAMP) ## run the test suite (CPU, tiny configs, < 10 min)
 	$(PY) -m pytest -q
 
 lint: $(STAMP) ## ruff check + format check
@@ -57,11 +83,68 @@ lint: $(STAMP) ## ruff check + format check
 format: $(STAMP) ## ruff format + autofix
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
 
-pretrain-text: $(STAMP) ## pretrain the text tower (next-token LM)
-	$(ZPL) pretrain $(EXP)/pretrain_text.yaml $(COMMON)
+# Each public target re-enters make once the venv exists, so stage paths can be computed.
+_check-paths:
+	@test -n "$(TEXT_DIR)" || { $(ZPL) paths $(EXP)/zip_asr.yaml $(COMMON) $(ZIPVARS); exit 2; }
 
+data: $(STAMP) ## prepare corpus, tokenizers and token caches (DATA, DATA_ROOT, CODEC)
+	$(ZPL) data $(EXP)/pretrain_speech.yaml $(COMMON)
+
+pretrain-text: $(STAMP) ## pretrain the text tower (next-token LM)
+	@$(MAKE) --no-print-directory _check-paths _pretrain-text
 pretrain-speech: $(STAMP) ## pretrain the speech-token tower
-	$(ZPL) pretrain $(EXP)/pretrain_speech.yaml $(COMMON)
+	@$(MAKE) --no-print-directory _check-paths _pretrain-speech
+zip-asr: $(STAMP) ## zip the towers, fine-tune on ASR pairs (MODEL=single: the baseline)
+	@$(MAKE) --no-print-directory _check-paths _zip-asr
+zip-tts: $(STAMP) ## zip the towers, fine-tune on TTS pairs (MODEL=single: the baseline)
+	@$(MAKE) --no-print-directory _check-paths _zip-tts
+judge: $(STAMP) ## train the judge ASR that scores TTS output
+	@$(MAKE) --no-print-directory _check-paths _judge
+evaluate: $(STAMP) ## Zipper vs Single Decoder: ASR/TTS WER, text retention, tables
+	@$(MAKE) --no-print-directory _check-paths _evaluate
+finetune: $(STAMP) ## continue a zipped stage: INIT=<stage folder> (e.g. ARGS="data.task=mix")
+	$(ZPL) finetune $(EXP)/zip_asr.yaml $(COMMON) $(ZIPVARS) inputs.init=$(INIT)
+
+.PHONY: _pretrain-text _pretrain-speech _zip-asr _zip-tts _judge _evaluate
+_pretrain-text: $(TEXT_DIR)/$(W)
+_pretrain-speech: $(SPEECH_DIR)/$(W)
+_zip-asr: $(ASR_DIR)/$(W)
+_zip-tts: $(TTS_DIR)/$(W)
+_judge: $(JUDGE_DIR)/$(W)
+_evaluate: $(EVAL_DIR)/results.json
+	@cat $(EVAL_DIR)/results.md
+
+ifneq ($(TEXT_DIR),)
+$(TEXT_DIR)/$(W):
+	$(ZPL) pretrain $(EXP)/pretrain_text.yaml $(COMMON) out=$(TEXT_DIR)
+$(SPEECH_DIR)/$(W):
+	$(ZPL) pretrain $(EXP)/pretrain_speech.yaml $(COMMON) out=$(SPEECH_DIR)
+$(ZIPPER_ASR_DIR)/$(W) $(SINGLE_ASR_DIR)/$(W): $(TEXT_DIR)/$(W) $(SPEECH_DIR)/$(W)
+	$(ZPL) zip $(EXP)/zip_asr.yaml $(COMMON) $(ZIPVARS) out=$(@D) \
+	  arch=$(if $(findstring /single-,$@),single,zipper) inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR)
+$(ZIPPER_TTS_DIR)/$(W) $(SINGLE_TTS_DIR)/$(W): $(TEXT_DIR)/$(W) $(SPEECH_DIR)/$(W)
+	$(ZPL) zip $(EXP)/zip_tts.yaml $(COMMON) $(ZIPVARS) out=$(@D) \
+	  arch=$(if $(findstring /single-,$@),single,zipper) inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR)
+$(JUDGE_DIR)/$(W): $(SPEECH_DIR)/$(W)
+	$(ZPL) judge $(EXP)/judge.yaml $(COMMON) out=$(JUDGE_DIR) inputs.speech=$(SPEECH_DIR) inputs.text=$(TEXT_DIR)
+$(EVAL_DIR)/results.json: $(ZIPPER_ASR_DIR)/$(W) $(ZIPPER_TTS_DIR)/$(W) $(SINGLE_ASR_DIR)/$(W) \
+  $(SINGLE_TTS_DIR)/$(W) $(JUDGE_DIR)/$(W)
+	$(ZPL) evaluate $(EXP)/evaluate.yaml $(COMMON) $(ZIPVARS) out=$(EVAL_DIR) \
+	  inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR) inputs.judge=$(JUDGE_DIR)
+endif
+
+demo: $(STAMP) ## the whole chain on the embedded corpus at SCALE=demo, ending with the results table
+	@$(MAKE) --no-print-directory evaluate SCALE=demo
+
+ablation: $(STAMP) ## aligned-fraction sweep: ABLATION_FRACS x zipper/single x ABLATION_FREEZE x ABLATION_SEEDS
+	$(ZPL) ablation $(EXP)/zip_asr.yaml $(COMMON) "ablation.fracs=$(ABLATION_FRACS)" \
+	  "ablation.seeds=$(ABLATION_SEEDS)" "ablation.freeze=$(ABLATION_FREEZE)"
+
+bench: $(STAMP) ## benchmarks: matmul roofline, training, generation, tokenization, data loading
+	$(PY) -m benchmarks
 
 tensorboard: $(STAMP) ## serve TensorBoard over $(RUNS)
 	.venv/bin/tensorboard --logdir $(strip $(RUNS)) --bind_all
+
+clean-runs: ## delete $(RUNS) (stage folders; the data caches stay)
+	rm -rf $(strip $(RUNS))

@@ -21,6 +21,7 @@ stages:
   evaluate    ASR/TTS WER, text retention, paper-style tables
   ablation    aligned-fraction sweep (table + plots)
   path KIND   print the stage folder a config resolves to (KIND: pretrain|zip|finetune|judge)
+  paths       print every stage folder of the chain as NAME=path (used by the Makefile)
   keys        list every config key with its default and doc
 """
 
@@ -29,18 +30,18 @@ def _stage(name: str) -> Callable:
     from zipper_pl import stages
 
     table = {
-        "pretrain": stages.pretrain,
-        "data": getattr(stages, "prepare_data", None),
-        "zip": getattr(stages, "zip_stage", None),
-        "finetune": getattr(stages, "finetune", None),
-        "judge": getattr(stages, "judge", None),
-        "evaluate": getattr(stages, "evaluate", None),
-        "ablation": getattr(stages, "ablation", None),
+        "pretrain": lambda: stages.pretrain,
+        "data": lambda: stages.prepare_data,
+        "zip": lambda: stages.zip_stage,
+        "finetune": lambda: stages.finetune,
+        "judge": lambda: __import__("zipper_pl.evaluate", fromlist=["x"]).judge_stage,
+        "evaluate": lambda: __import__("zipper_pl.evaluate", fromlist=["x"]).evaluate_stage,
+        "ablation": lambda: __import__("zipper_pl.ablation", fromlist=["x"]).ablation_stage,
     }
     fn = table.get(name)
     if fn is None:
         raise UserError(f"unknown stage {name!r}\n\n{USAGE}")
-    return fn
+    return fn()
 
 
 def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -76,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
             from zipper_pl.stages import stage_dir
 
             print(stage_dir(cfg, kind))
+            return 0
+        if stage == "paths":
+            from zipper_pl.stages import chain_paths
+
+            print(" ".join(f"{k}={v}" for k, v in chain_paths(cfg).items()))
             return 0
         _stage(stage)(cfg)
         return 0

@@ -26,6 +26,7 @@ import yaml
 from zipper_pl.data.audio_tokenizers import AudioTokenizerConfig
 from zipper_pl.data.embedded import EmbeddedCorpusConfig
 from zipper_pl.errors import UserError
+from zipper_pl.models.judge import JudgeConfig
 from zipper_pl.models.zipper import ZipperConfig
 from zipper_pl.schema import F
 
@@ -166,6 +167,7 @@ class Config:
     zip: ZipperConfig = F(None, "Zipper fusion", factory=ZipperConfig)
     inputs: StageInputs = F(None, "earlier stage folders", factory=StageInputs)
     eval: EvalConfig = F(None, "evaluation", factory=EvalConfig)
+    judge: JudgeConfig = F(None, "judge ASR (scores TTS output)", factory=JudgeConfig)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,6 +42,11 @@ def stage_dir(cfg: Config, kind: str) -> Path:
         return group / f"{name}-s{cfg.seed}"
     if kind == "judge":
         return group / f"judge-{codec}-s{cfg.seed}"
+    if kind == "eval":
+        freeze = cfg.zip.freeze
+        return group / (
+            f"eval-{codec}-frac{_frac_tag(cfg.data.aligned_frac)}-freeze_{freeze}-s{cfg.seed}"
+        )
     if kind in ("zip", "finetune"):
         freeze = cfg.zip.freeze if cfg.arch == "zipper" else "none"
         name = (
@@ -53,7 +58,8 @@ def stage_dir(cfg: Config, kind: str) -> Path:
 
 
 def is_finished(out: Path) -> bool:
-    """A stage is done when its weights and metrics are exported (written last, atomically)."""
+    """A stage is done when its metrics and then its weights are exported (atomically, weights
+    last: the Makefile's file targets are the weights)."""
     return (out / WEIGHTS).is_file() and (out / METRICS).is_file()
 
 
@@ -157,9 +163,9 @@ def pretrain(cfg: Config) -> Path:
         for a in data.artefacts:
             _copy_artefact(a, out)
         atomic_write_json(out / TOWER_JSON, module.tower.config_dict())
-        save_weights(module.tower.state_dict(), out / WEIGHTS)
         _log_hparams(trainer, cfg, metrics)
-        atomic_write_json(out / METRICS, metrics)  # last: marks the stage finished
+        atomic_write_json(out / METRICS, metrics)
+        save_weights(module.tower.state_dict(), out / WEIGHTS)  # last: marks the stage finished
         print(f"[pretrain-{cfg.modality}] {out}\n{json.dumps(metrics, indent=2)}")
     return out
 
@@ -321,9 +327,9 @@ def _train_finetune(
     text_tok.copy_to(out)
     _copy_artefact(towers_from["speech"] / AUDIO_TOKENIZER_DIR, out)
     save_towers_json(out, towers)
-    save_weights(model.state_dict(), out / WEIGHTS)
     _log_hparams(trainer, cfg, metrics)
     atomic_write_json(out / METRICS, metrics)
+    save_weights(model.state_dict(), out / WEIGHTS)  # last: marks the stage finished
     print(f"[{metrics['stage']}] {out}\n{json.dumps(metrics, indent=2)}")
     return out
 
@@ -348,3 +354,42 @@ def finetune(cfg: Config) -> Path:
         print(f"[finetune] already finished: {out}")
         return out
     return _train_finetune(cfg, out, {"text": init, "speech": init}, init=init)
+
+
+def prepare_data(cfg: Config) -> Path:
+    """``make data``: corpus manifests, text tokenizer, audio tokenizer and every token cache."""
+    from zipper_pl.data.manifest import read_manifest
+    from zipper_pl.data.prepare import audio_store, audio_tokenizer, corpus_manifests, text_tokenizer
+
+    with filelock.FileLock(str(Path(cfg.data.cache_dir).with_suffix(".lock"))):
+        manifests = corpus_manifests(cfg)
+        for pool, path in manifests.items():
+            print(f"[data] {pool:14s} {len(read_manifest(path)):7d} records  {path}")
+        tok = text_tokenizer(cfg)
+        print(f"[data] text tokenizer: {tok.vocab_size} pieces  {tok.path}")
+        atok, folder = audio_tokenizer(cfg)
+        print(f"[data] audio tokenizer: {atok.vocab_size} tokens  {folder}")
+        for pool in ("speech", "aligned_train", "valid", "test"):
+            store = audio_store(cfg, atok, pool, need_transcript=pool != "speech")
+            print(f"[data] {pool:14s} tokens cached in {store}")
+    return Path(cfg.data.cache_dir)
+
+
+def chain_paths(cfg: Config) -> dict[str, Path]:
+    """Every stage folder of this configuration's chain (for the Makefile's file targets)."""
+    zipper = dataclasses.replace(cfg, arch="zipper", out="")
+    single = dataclasses.replace(cfg, arch="single", out="")
+
+    def task(c: Config, t: str) -> Config:
+        return dataclasses.replace(c, data=dataclasses.replace(c.data, task=t))
+
+    return {
+        "TEXT_DIR": pretrain_dir(cfg, "text"),
+        "SPEECH_DIR": pretrain_dir(cfg, "speech"),
+        "ZIPPER_ASR_DIR": stage_dir(task(zipper, "asr"), "zip"),
+        "ZIPPER_TTS_DIR": stage_dir(task(zipper, "tts"), "zip"),
+        "SINGLE_ASR_DIR": stage_dir(task(single, "asr"), "zip"),
+        "SINGLE_TTS_DIR": stage_dir(task(single, "tts"), "zip"),
+        "JUDGE_DIR": stage_dir(dataclasses.replace(cfg, out=""), "judge"),
+        "EVAL_DIR": stage_dir(dataclasses.replace(cfg, out=""), "eval"),
+    }
