@@ -34,8 +34,14 @@ def test_mix_ratio():
 
 def test_zip_asr_trains_exports_and_reloads(data_root, tiny_towers, tmp_path):
     out = zip_stage(zip_config(data_root, tiny_towers, tmp_path / "z", "train.max_steps=4"))
-    for name in ("model.safetensors", "config.yaml", "metrics.json", "towers.json",
-                 "text_tokenizer.model", "audio_tokenizer"):
+    for name in (
+        "model.safetensors",
+        "config.yaml",
+        "metrics.json",
+        "towers.json",
+        "text_tokenizer.model",
+        "audio_tokenizer",
+    ):
         assert (out / name).exists(), name
     zipped = load_file(str(out / "model.safetensors"))
     text = load_file(str(tiny_towers["text"] / "model.safetensors"))
@@ -50,8 +56,10 @@ def test_zip_asr_trains_exports_and_reloads(data_root, tiny_towers, tmp_path):
     tokens = [np.arange(5) % 30, np.arange(9) % 30]
     from zipper_pl.models.sequences import Segment
 
-    samples = [[Segment("speech", torch.as_tensor(t)), Segment("text", torch.tensor([5, 6]))]
-               for t in tokens]
+    samples = [
+        [Segment("speech", torch.as_tensor(t)), Segment("text", torch.tensor([5, 6]))]
+        for t in tokens
+    ]
     batch = collate_segments(samples, ft.specs)
     a, b = ft.model(batch), again.model(batch)
     for t in a:
@@ -66,15 +74,23 @@ def test_single_decoder_and_finetune_from_zipped(data_root, tiny_towers, tmp_pat
     assert load_finetuned(single).arch == "single"
     zipped = zip_stage(zip_config(data_root, tiny_towers, tmp_path / "z2", "train.max_steps=2"))
     cont = finetune(
-        zip_config(data_root, tiny_towers, tmp_path / "ft", f"inputs.init={zipped}",
-                   "data.task=mix", "zip.freeze=none", "train.max_steps=2")
+        zip_config(
+            data_root,
+            tiny_towers,
+            tmp_path / "ft",
+            f"inputs.init={zipped}",
+            "data.task=mix",
+            "zip.freeze=none",
+            "train.max_steps=2",
+        )
     )
     assert (cont / "metrics.json").is_file()
 
 
 def test_aligned_frac_smaller_than_a_batch_is_a_clear_error(data_root, tiny_towers, tmp_path):
-    cfg = zip_config(data_root, tiny_towers, tmp_path / "e", "data.aligned_frac=0.01",
-                     "data.batch_size=8")
+    cfg = zip_config(
+        data_root, tiny_towers, tmp_path / "e", "data.aligned_frac=0.01", "data.batch_size=8"
+    )
     with pytest.raises(UserError, match="aligned_frac"):
         zip_stage(cfg)
 
@@ -87,8 +103,16 @@ def test_missing_pretrained_stage_names_the_key(data_root, tiny_towers, tmp_path
 
 def test_cli_aligned_frac_out_of_range_no_traceback():
     r = subprocess.run(
-        [sys.executable, "-m", "zipper_pl", "zip", "experiments/tiny/zip_asr.yaml",
-         "data.aligned_frac=1.5"],
-        capture_output=True, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "zipper_pl",
+            "zip",
+            "experiments/tiny/zip_asr.yaml",
+            "data.aligned_frac=1.5",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert r.returncode != 0 and "aligned_frac" in r.stderr and "Traceback" not in r.stderr

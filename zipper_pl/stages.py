@@ -359,7 +359,12 @@ def finetune(cfg: Config) -> Path:
 def prepare_data(cfg: Config) -> Path:
     """``make data``: corpus manifests, text tokenizer, audio tokenizer and every token cache."""
     from zipper_pl.data.manifest import read_manifest
-    from zipper_pl.data.prepare import audio_store, audio_tokenizer, corpus_manifests, text_tokenizer
+    from zipper_pl.data.prepare import (
+        audio_store,
+        audio_tokenizer,
+        corpus_manifests,
+        text_tokenizer,
+    )
 
     with filelock.FileLock(str(Path(cfg.data.cache_dir).with_suffix(".lock"))):
         manifests = corpus_manifests(cfg)

@@ -132,6 +132,7 @@ class AlignedDataModule(L.LightningDataModule):
         self._prepare = prepare
         self.collate = collate_with_meta(collate)
         self.valid_batches = cfg.data.valid_batches
+        self.batch_size = cfg.data.batch_size
         self.prepared: dict | None = None
 
     def prepare_data(self) -> None:
@@ -157,6 +158,11 @@ class AlignedDataModule(L.LightningDataModule):
             **{f"skipped_{k}": v for k, v in p["skipped"].items()},
         }
         world = self.trainer.world_size if self.trainer else 1
+        if not self.trainer or self.trainer.is_global_zero:
+            print(
+                f"[data] aligned_frac={d.aligned_frac}: {len(self.train_pairs)} of "
+                f"{len(all_train)} aligned pairs, {len(self.train_set)} {d.task} items"
+            )
         if len(self.train_set) < d.batch_size * world:
             raise UserError(
                 f"data.aligned_frac={d.aligned_frac} keeps {len(self.train_pairs)} of "

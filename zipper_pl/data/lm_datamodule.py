@@ -70,6 +70,7 @@ class LMDataModule(L.LightningDataModule):
         self._prepare = prepare
         self.lm_data: LMData | None = None
         self.valid_batches = cfg.data.valid_batches
+        self.batch_size = cfg.data.batch_size
 
     def prepare_data(self) -> None:
         self.lm_data = self._prepare(self.cfg)

@@ -85,6 +85,17 @@ class TrainModule(L.LightningModule):
 
     # -- step-0 validation ------------------------------------------------------------------
     def on_train_start(self) -> None:
+        t, c = self.trainer, self.train_cfg
+        batch = getattr(t.datamodule, "batch_size", None)
+        if batch and t.is_global_zero:
+            # global batch = per-device batch x devices x nodes x accumulation
+            global_batch = batch * t.world_size * c.accumulate
+            print(
+                f"[train] global batch {global_batch} = {batch} per device x {t.world_size} "
+                f"processes x {c.accumulate} accumulation; peak lr {c.lr:g}"
+            )
+            self.logger_experiment_scalar("train/global_batch", global_batch, 0)
+            self.logger_experiment_scalar("train/peak_lr", c.lr, 0)
         if self.global_step == 0 and not self.initial_val:
             self.initial_val = self.run_validation_pass()
             for k, v in self.initial_val.items():

@@ -1,0 +1,156 @@
+"""Training-step throughput: forward + backward + clip + AdamW step (the project's optimizer).
+
+Cases per scale: text tower and speech tower alone (packed pretraining windows), Zipper ASR with
+the text tower frozen, Zipper all unfrozen, the single-decoder baseline, and the two towers alone
+on exactly the Zipper batch's streams (the denominator of the Zipper overhead ratio).
+Plain PyTorch, no Lightning loop: this is the model's cost, not the trainer's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F_
+
+from benchmarks import flops as fl
+from benchmarks import synthetic as syn
+from benchmarks.common import Env, peak_memory, time_fn
+from zipper_pl.config import TrainConfig
+from zipper_pl.lit.common import adamw
+from zipper_pl.models.sequences import IGNORE, collate_segments, zipper_loss
+from zipper_pl.models.tower import Tower
+
+
+def _to(x, device: torch.device):
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    if isinstance(x, tuple):
+        return tuple(_to(v, device) for v in x)
+    return x.to(device)
+
+
+def make_step(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], env: Env):
+    """One optimizer step as Lightning would run it (zero_grad, loss, backward, clip, step)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    opt = adamw(named, TrainConfig(lr=1e-5, warmup_steps=0))  # tiny lr: weights stay sane
+    params = [p for _, p in named]
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with env.autocast():
+            loss = loss_fn()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+        opt.step()
+
+    return step
+
+
+def _lm_loss(tower: Tower, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = tower(x)  # [B,T,V]
+    return F_.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+
+
+def _measure(name, model, loss_fn, tokens, flops, env, reps, extra=None) -> dict:
+    model.to(env.device).train()
+    step = make_step(model, loss_fn, env)
+    with peak_memory(env) as mem:
+        t = time_fn(step, env, warmup=1, reps=reps)
+    sec = t["median_s"]
+    return {
+        "case": name,
+        "step_s": sec,
+        "tokens": tokens,
+        "tokens_per_s": tokens / sec,
+        "model_flops": flops,
+        "flops_per_s": flops / sec,
+        "peak_mb": mem["peak_mb"],
+        "peak_scope": mem["peak_scope"],
+        "reps": t["reps"],
+        **(extra or {}),
+    }
+
+
+def _stream_lengths(batch: dict) -> dict[str, list[int]]:
+    return {t: batch[t]["valid"].sum(1).tolist() for t in batch}
+
+
+def _padding(batch: dict) -> float:
+    real = sum(int(b["valid"].sum()) for b in batch.values())
+    total = sum(b["valid"].numel() for b in batch.values())
+    return 1.0 - real / total
+
+
+def run_size(size: str, env: Env, reps: int) -> list[dict]:
+    """All training cases at one scale; each row has tokens/s, FLOPs, peak memory."""
+    dev, w, sp = env.device, syn.WORKLOADS[size], syn.specs()
+    rows = []
+    # -- the towers alone on their pretraining windows (packed: no padding) --
+    for t, seq in (("text", w.text_seq), ("speech", w.speech_seq)):
+        tower = syn.towers(size)[t]
+        x, y = _to(syn.lm_batch(sp[t].vocab_size, w.lm_batch, seq, seed=1), dev)
+        lengths = [seq] * w.lm_batch
+        f = fl.tower_flops(tower.cfg, lengths)
+        rows.append(
+            _measure(f"{t} tower LM", tower, lambda tw=tower, x=x, y=y: _lm_loss(tw, x, y),
+                     x.numel(), f, env, reps, {"batch": f"{w.lm_batch}x{seq}", "padding": 0.0})
+        )
+        del tower
+    # -- the fine-tuning batch: ASR pairs --
+    samples = syn.task_samples(syn.pairs(size), "asr")
+    batch = collate_segments(samples, sp, loss_on="last")
+    lengths = _stream_lengths(batch)
+    has_targets = {t: bool((batch[t]["targets"] != IGNORE).any()) for t in batch}
+    zb = _to(batch, dev)
+    pad = _padding(batch)
+    shape = "x".join(str(batch[t]["ids"].size(1)) for t in ("speech", "text"))
+    info = {"batch": f"{len(samples)} pairs (speech x text cols {shape})", "padding": pad}
+    n_tok = sum(sum(v) for v in lengths.values())
+    for freeze, label in (("text", "zipper ASR, text frozen"), ("none", "zipper ASR, unfrozen")):
+        model = syn.zipper(size, freeze)
+        f = fl.zipper_flops(model, lengths, has_targets)
+        rows.append(
+            _measure(label, model, lambda m=model: zipper_loss(m(zb), zb)[0], n_tok, f, env,
+                     reps, info)
+        )
+        del model
+    # -- the towers alone on exactly the Zipper's streams (the overhead ratio's denominator) --
+    same = {}
+    for t in ("text", "speech"):
+        tower = syn.towers(size)[t]
+        x = zb[t]["ids"]
+        y = torch.where(zb[t]["valid"], torch.roll(zb[t]["ids"], -1, 1), IGNORE)
+        f = fl.tower_flops(tower.cfg, lengths[t])
+        same[t] = _measure(f"{t} tower on zipper stream", tower,
+                           lambda tw=tower, x=x, y=y: _lm_loss(tw, x, y),
+                           sum(lengths[t]), f, env, reps, info)
+        rows.append(same[t])
+        del tower
+    base = same["text"]["step_s"] + same["speech"]["step_s"]
+    for r in rows:
+        if r["case"].startswith("zipper"):
+            r["vs_towers"] = r["step_s"] / base
+    # -- single decoder on the same pairs, one stream --
+    model = syn.single(size)
+    sb = _to(model.collate(samples, loss_on="last"), dev)
+    s_len = sb["valid"].sum(1).tolist()
+    f = fl.tower_flops(model.tower.cfg, s_len)
+    s_info = {"batch": f"{len(samples)} pairs ({sb['ids'].size(1)} cols)",
+              "padding": 1.0 - sum(s_len) / sb["valid"].numel()}
+    rows.append(
+        _measure("single decoder ASR", model, lambda m=model: m.loss(sb)[0], sum(s_len), f, env,
+                 reps, s_info)
+    )
+    for r in rows:
+        r["size"] = size
+    return rows
+
+
+def run(env: Env, sizes: list[str], reps: int, matmul_flops: float) -> list[dict]:
+    rows = []
+    for size in sizes:
+        rows += run_size(size, env, reps)
+    for r in rows:
+        r["utilisation"] = r["flops_per_s"] / matmul_flops
+    return rows
