@@ -97,7 +97,7 @@ def test_aligned_frac_smaller_than_a_batch_is_a_clear_error(data_root, tiny_towe
 
 def test_missing_pretrained_stage_names_the_key(data_root, tiny_towers, tmp_path):
     cfg = zip_config(data_root, tiny_towers, tmp_path / "m", f"inputs.text={tmp_path / 'nope'}")
-    with pytest.raises(UserError, match="inputs.text"):
+    with pytest.raises(UserError, match=r"inputs\.text"):
         zip_stage(cfg)
 
 

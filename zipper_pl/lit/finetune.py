@@ -156,7 +156,8 @@ class FinetuneModule(TrainModule):
                 self.val_wer.update(hyps, refs)
                 self.val_cer.update(hyps, refs)
                 if batch_idx == 0:
-                    self._examples += [f"REF: {r}  \nHYP: {h}" for r, h in zip(refs, hyps)][:4]
+                    pairs = zip(refs, hyps, strict=True)
+                    self._examples += [f"REF: {r}  \nHYP: {h}" for r, h in pairs][:4]
 
     def on_validation_epoch_end(self) -> None:
         keys = sorted(self._val)
