@@ -1,5 +1,8 @@
 """The configuration schema: dataclasses with a doc per field, YAML + ``key=value`` overrides.
 
+OmegaConf reads the YAML files (so they may interpolate ``${...}``); validation is our own so that
+every problem is reported at once, with the closest valid key for a typo.
+
 A run's config is built as: schema defaults <- YAML file (``experiments/...``) <- ``key=value``
 overrides (the Makefile turns its variables into such overrides). Everything is validated at
 once and every problem is reported in one ``UserError`` that names the key: unknown keys get the
@@ -22,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from zipper_pl.data.audio_tokenizers import AudioTokenizerConfig
 from zipper_pl.data.embedded import EmbeddedCorpusConfig
@@ -31,6 +36,26 @@ from zipper_pl.models.zipper import ZipperConfig
 from zipper_pl.schema import F
 
 SCALES = ("tiny", "demo", "s", "l")
+
+
+@dataclass
+class AblationConfig:
+    """Which cells the aligned-fraction sweep (``ablation`` stage) runs."""
+
+    fracs: list[float] = F(
+        None, "aligned fractions (x axis)", factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0]
+    )
+    seeds: list[int] = F(None, "seeds per cell (mean and spread over them)", factory=lambda: [0])
+    freeze: list[str] = F(
+        None,
+        "Zipper freeze settings: text = speech tower trained, both = frozen",
+        factory=lambda: ["text", "both"],
+    )
+    models: list[str] = F(
+        None, "systems: zipper and/or single", factory=lambda: ["zipper", "single"]
+    )
+    tts: bool = F(True, "also train TTS cells and score them with the judge")
+    shard: str = F("", "run only cells i, i+n, ... as 'i/n' (parallel GPUs); empty = all")
 
 
 @dataclass
@@ -168,6 +193,7 @@ class Config:
     inputs: StageInputs = F(None, "earlier stage folders", factory=StageInputs)
     eval: EvalConfig = F(None, "evaluation", factory=EvalConfig)
     judge: JudgeConfig = F(None, "judge ASR (scores TTS output)", factory=JudgeConfig)
+    ablation: AblationConfig = F(None, "aligned-fraction sweep", factory=AblationConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,9 +355,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise UserError(f"config file {str(p)!r} not found (see experiments/ for examples)")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+            # OmegaConf reads the YAML so files may use ${...} interpolation between keys
+            loaded = OmegaConf.to_container(OmegaConf.load(p), resolve=True) or {}
+        except (yaml.YAMLError, OmegaConfBaseException) as e:
+            raise UserError(f"config file {str(p)!r} is not valid: {e}") from None
         if not isinstance(loaded, dict):
             raise UserError(f"config file {str(p)!r} must hold a mapping of keys")
         tree = loaded

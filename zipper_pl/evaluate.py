@@ -9,7 +9,7 @@ missing), or exactly the stage folders in ``eval.stages``, on the same test utte
   best of ``eval.tts_seeds`` sampling seeds per utterance (the seed is chosen by the gold WER and
   the target WER is of that same sample), Table 2 with the judge's Oracle row.
 - Text retention: text-only perplexity of the text tower before zipping and after fine-tuning
-  (see ``zipper_pl.retention``); with a frozen text tower both are bit-identical.
+  (``text_retention``); with a frozen text tower both are bit-identical.
 - Wilcoxon signed-rank between every pair of systems on per-utterance errors.
 
 Outputs in ``stage_dir(cfg, "eval")``: ``results.json``, ``results.md``, per-utterance JSONL under
@@ -24,20 +24,30 @@ import io
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as Fn
 
 from zipper_pl.config import Config, load_config, to_dict
 from zipper_pl.errors import UserError
 from zipper_pl.finetuned import TOWERS_JSON, Finetuned, load_finetuned
 from zipper_pl.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
-from zipper_pl.judging import Utterance, gold_utterances, judge_stage, load_judge, oracle_scores
-from zipper_pl.metrics import best_of, error_rows, wilcoxon_paired
-from zipper_pl.report import render_markdown
-from zipper_pl.retention import text_retention
+from zipper_pl.judging import (
+    Utterance,
+    eval_asr,
+    eval_tts,
+    gold_utterances,
+    judge_stage,
+    load_judge,
+    oracle_scores,
+    significance,
+)
+from zipper_pl.models.sequences import IGNORE, ModalitySpec, Segment, collate_segments
+from zipper_pl.models.tower import Tower
 
 __all__ = ["evaluate_stage", "judge_stage", "resolve_systems"]
 
@@ -109,181 +119,93 @@ def _test_set(cfg: Config, systems: list[System], judge_tok) -> tuple[list[Utter
     for folder in {f for s in systems for f in s.folders.values()}:
         max_total = min(c["max_seq_len"] for c in read_json(folder / TOWERS_JSON).values())
         text_ids = TextTokenizer(folder / TOKENIZER_FILE).encode([u.text for u in utts])
-        keep &= [len(u.tokens) + len(t) + 4 <= max_total for u, t in zip(utts, text_ids)]
+        keep &= [
+            len(u.tokens) + len(t) + 4 <= max_total for u, t in zip(utts, text_ids, strict=True)
+        ]
     return [u for u, k in zip(utts, keep, strict=True) if k], int((~keep).sum())
 
 
-# ---- generation ------------------------------------------------------------------------------
+# ---- text retention --------------------------------------------------------------------------
 
 
-def _chunks(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices sorted by length, in batches: similar lengths pad less and share one budget."""
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    return [order[lo : lo + batch_size] for lo in range(0, len(order), batch_size)]
+@torch.no_grad()
+def _nll(step: Callable, seqs: list[np.ndarray], batch_size: int) -> tuple[float, int]:
+    """Summed next-token NLL and target count; ``step(seqs) -> (logits [B,T,V], targets [B,T])``.
 
-
-def _budget_cap(ft: Finetuned, out_mod: str, longest_input: int) -> int:
-    """Largest generation budget the model's max_seq_len allows after the longest prompt."""
-    if ft.arch == "zipper":  # the output tower holds only bos + generated + eos
-        return ft.model.towers[out_mod].cfg.max_seq_len - 2
-    return ft.model.tower.cfg.max_seq_len - (longest_input + 3) - 2  # one shared sequence
-
-
-def generate_asr(ft: Finetuned, utts: list[Utterance], cfg: Config) -> tuple[list[str], int]:
-    """Greedy transcripts (batched, KV-cached) and how many batches had their budget clipped."""
-    hyps, clipped = [""] * len(utts), 0
-    for idx in _chunks([len(u.tokens) for u in utts], cfg.eval.batch_size):
-        cap = _budget_cap(ft, "text", max(len(utts[i].tokens) for i in idx))
-        clipped += cap < cfg.eval.max_new_text
-        out = ft.transcribe(
-            [utts[i].tokens for i in idx], len(idx), min(cfg.eval.max_new_text, cap)
+    The same batches in the same order for every model: equal weights give bit-equal sums."""
+    total, count = 0.0, 0
+    for lo in range(0, len(seqs), batch_size):
+        logits, targets = step(seqs[lo : lo + batch_size])
+        nll = Fn.cross_entropy(
+            logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
         )
-        for i, h in zip(idx, out, strict=True):
-            hyps[i] = h
-    return hyps, clipped
+        total += float(nll)
+        count += int((targets != IGNORE).sum())
+    return total, count
 
 
-def generate_tts(
-    ft: Finetuned, utts: list[Utterance], cfg: Config, temperature: float, seed: int | None
-) -> tuple[list[np.ndarray], int]:
-    """Speech tokens per transcript; budget = eval.max_new_speech_per_word x words (per batch)."""
-    text_len = [len(t) for t in ft.text_tok.encode([u.text for u in utts])]
-    want = [math.ceil(cfg.eval.max_new_speech_per_word * max(1, len(u.text.split()))) for u in utts]
-    out: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(utts)
-    clipped = 0
-    for k, idx in enumerate(_chunks(want, cfg.eval.batch_size)):
-        cap = _budget_cap(ft, "speech", max(text_len[i] for i in idx))
-        budget = min(max(want[i] for i in idx), cap)
-        clipped += budget < max(want[i] for i in idx)
-        gen = ft.speak(
-            [utts[i].text for i in idx],
-            [budget] * len(idx),
-            batch_size=len(idx),
-            temperature=temperature,
-            top_k=cfg.eval.top_k or None,
-            seed=None if seed is None else seed * 100_003 + k,
-        )
-        for i, g in zip(idx, gen, strict=True):
-            out[i] = g
-    return out, clipped
+def _tower_step(tower: Tower, spec: ModalitySpec) -> Callable:
+    """A tower run standalone on ``bos text eos`` (right-padded; causal, so pads cannot leak)."""
+
+    def step(seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [torch.as_tensor(np.r_[spec.bos_id, s, spec.eos_id], dtype=torch.long) for s in seqs]
+        ids = torch.full((len(rows), max(map(len, rows))), spec.pad_id, dtype=torch.long)
+        targets = torch.full_like(ids, IGNORE)  # (B, T)
+        for b, r in enumerate(rows):
+            ids[b, : len(r)], targets[b, : len(r) - 1] = r, r[1:]
+        return tower(ids), targets
+
+    return step
 
 
-# ---- scoring ---------------------------------------------------------------------------------
+def _zipped_step(ft: Finetuned) -> Callable:
+    """The whole Zipper on text alone: input projection and fusion layers with no speech keys."""
+
+    def step(seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        samples = [[Segment("text", torch.as_tensor(s, dtype=torch.long), loss=True)] for s in seqs]
+        batch = collate_segments(samples, ft.specs)
+        return ft.model(batch)["text"], batch["text"]["targets"]
+
+    return step
 
 
-def _rate(rows: list[dict]) -> float | None:
-    """Corpus rate, or None when no reference has a unit (e.g. a judge that outputs nothing)."""
-    units = sum(r["ref_units"] for r in rows)
-    return sum(r["errors"] for r in rows) / units if units else None
+def text_retention(ft: Finetuned, cfg: Config) -> dict:
+    """Text perplexity on held-out text: pretrained text tower (before) vs the fine-tuned model's
+    text tower run standalone (after; the single decoder's extended tower, over its full
+    vocabulary) and, for the Zipper, the zipped model on text only."""
+    from zipper_pl.data.prepare import text_lines
+    from zipper_pl.stages import is_finished, load_tower, pretrain_dir
 
-
-def eval_asr(ft: Finetuned, utts: list[Utterance], cfg: Config) -> tuple[dict, list[dict]]:
-    t0 = time.perf_counter()
-    hyps, clipped = generate_asr(ft, utts, cfg)
-    refs, ids = [u.text for u in utts], [u.id for u in utts]
-    words = error_rows(refs, hyps, ids, unit="word")
-    chars = error_rows(refs, hyps, ids, unit="char")
-    rows = [
-        {
-            **w,
-            "wer": w["rate"],
-            "char_errors": c["errors"],
-            "ref_chars": c["ref_units"],
-            "cer": c["rate"],
-        }
-        for w, c in zip(words, chars, strict=True)
-    ]
-    for r in rows:
-        del r["rate"]
-    summary = {
-        "wer": _rate(words),
-        "cer": _rate(chars),
-        "n": len(rows),
-        "budget_clipped_batches": clipped,
-        "wall_s": time.perf_counter() - t0,
+    zipper = ft.arch == "zipper"
+    after = ft.model.towers["text"] if zipper else ft.model.tower
+    lines = text_lines(cfg, "valid")[: cfg.eval.max_utterances or None]
+    seqs = [s[: after.cfg.max_seq_len - 2] for s in ft.text_tok.encode(lines) if len(s)]
+    spec, bs = ft.specs["text"], cfg.eval.batch_size
+    nll_after, n = _nll(_tower_step(after, spec), seqs, bs)
+    res: dict = {
+        "folder": str(ft.folder),
+        "sentences": len(seqs),
+        "tokens": n,
+        "ppl_after": math.exp(nll_after / n),
+        "ppl_before": None,
+        "identical": None,
+        "frozen_text": zipper and "text" in ft.model.frozen,
     }
-    return summary, rows
-
-
-def eval_tts(
-    ft: Finetuned, judge, utts: list[Utterance], targets: list[str], cfg: Config
-) -> tuple[dict, list[dict], list[np.ndarray]]:
-    """Greedy + best-of-N TTS scored by the judge; returns (summary, rows, greedy tokens)."""
-    t0 = time.perf_counter()
-    ids, golds = [u.id for u in utts], [u.text for u in utts]
-    runs = [("greedy", 0.0, None)] + [
-        (f"seed{s}", cfg.eval.temperature, cfg.seed + s) for s in range(cfg.eval.tts_seeds)
-    ]
-    scored, clipped, truncated = {}, 0, {}
-    for name, temperature, seed in runs:
-        tokens, c = generate_tts(ft, utts, cfg, temperature, seed)
-        clipped += c
-        hyps = judge.transcribe(tokens, cfg.eval.batch_size, stats=truncated)
-        scored[name] = {
-            "tokens": tokens,
-            "gold": error_rows(golds, hyps, ids, unit="word"),
-            "target": error_rows(targets, hyps, ids, unit="word"),
-        }
-    seeds = [f"seed{s}" for s in range(cfg.eval.tts_seeds)]
-    best = best_of([scored[s]["gold"] for s in seeds])  # per utterance, by errors vs gold
-    best_target = [scored[seeds[b["seed"]]]["target"][i] for i, b in enumerate(best)]
-    greedy = scored["greedy"]
-    rows = []
-    for i, u in enumerate(utts):
-        rows.append(
-            {
-                "id": u.id,
-                "ref": greedy["gold"][i]["ref"],
-                "target": greedy["target"][i]["ref"],
-                "gold_tokens": len(u.tokens),
-                "greedy_tokens": len(greedy["tokens"][i]),
-                "greedy_hyp": greedy["gold"][i]["hyp"],
-                "greedy_errors_gold": greedy["gold"][i]["errors"],
-                "greedy_errors_target": greedy["target"][i]["errors"],
-                "best_seed": best[i]["seed"],
-                "best_hyp": best[i]["hyp"],
-                "best_errors_gold": best[i]["errors"],
-                "best_errors_target": best_target[i]["errors"],
-                "ref_words": best[i]["ref_units"],
-                "target_words": best_target[i]["ref_units"],
-                "seed_hyps": [scored[s]["gold"][i]["hyp"] for s in seeds],
-            }
-        )
-    summary = {
-        "greedy": {"wer_gold": _rate(greedy["gold"]), "wer_target": _rate(greedy["target"])},
-        "best_of_n": {"wer_gold": _rate(best), "wer_target": _rate(best_target)},
-        "seeds": cfg.eval.tts_seeds,
-        "temperature": cfg.eval.temperature,
-        "top_k": cfg.eval.top_k,
-        "n": len(rows),
-        "budget_clipped_batches": clipped,
-        "judge_truncated": truncated.get("truncated", 0),
-        "wall_s": time.perf_counter() - t0,
-    }
-    return summary, rows, greedy["tokens"]
-
-
-def significance(per_system: dict[str, dict[str, list[float]]]) -> list[dict]:
-    """Wilcoxon signed-rank for every pair of systems on every error list both have."""
-    out, names = [], list(per_system)
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            for task in per_system[a]:
-                if task not in per_system[b]:
-                    continue
-                ea, eb = per_system[a][task], per_system[b][task]
-                res = wilcoxon_paired(ea, eb)
-                out.append(
-                    {
-                        "task": task,
-                        "a": a,
-                        "b": b,
-                        "mean_errors_a": float(np.mean(ea)),
-                        "mean_errors_b": float(np.mean(eb)),
-                        **res,
-                    }
-                )
-    return out
+    before_dir = Path(ft.cfg.inputs.text) if ft.cfg.inputs.text else pretrain_dir(ft.cfg, "text")
+    if is_finished(before_dir):
+        before = load_tower(before_dir).eval()
+        nll_before, _ = _nll(_tower_step(before, spec), seqs, bs)
+        res |= {"ppl_before": math.exp(nll_before / n), "identical": nll_before == nll_after}
+        if zipper:
+            a, b = before.state_dict(), after.state_dict()
+            res["weights_identical"] = a.keys() == b.keys() and all(
+                torch.equal(a[k], b[k]) for k in a
+            )
+    else:
+        res["before_missing"] = f"pretrained text stage {before_dir} not found"
+    if zipper:
+        res["ppl_zipped_text_only"] = math.exp(_nll(_zipped_step(ft), seqs, bs)[0] / n)
+    return res
 
 
 # ---- outputs ---------------------------------------------------------------------------------
@@ -414,3 +336,112 @@ def _flat_scalars(entry: dict, prefix: str = "") -> list[tuple[str, float]]:
         elif isinstance(v, float) and k not in ("aligned_frac", "wall_s", "temperature"):
             out.append((f"{prefix}{k}", v))
     return out
+
+
+# ---- the report ------------------------------------------------------------------------------
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}"
+
+
+def _ppl(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def render_markdown(r: dict) -> str:
+    """results.json -> results.md: Table 1 (ASR), Table 2 (TTS), text retention, significance."""
+    systems, n = r["systems"], r["eval"]["tts_seeds"]
+    lines = [
+        f"# Evaluation: scale {r['scale']}, corpus {r['corpus']}, codec {r['codec']}, "
+        f"seed {r['seed']}",
+        "",
+        f"{r['test_utterances']} test utterances ({r['skipped_too_long']} too long for the "
+        f"models skipped). Judge: `{r['judge']['folder']}`. Scores are computed after "
+        "`normalize_for_scoring` (NFKC, lowercase, punctuation to spaces, in-word apostrophes "
+        "kept) on reference and hypothesis alike.",
+        "",
+        "## Table 1: ASR (greedy), WER / CER %",
+        "",
+        "| Model | frozen | aligned frac | WER | CER | utterances |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for s in systems.values():
+        if "asr" in s:
+            a = s["asr"]
+            lines.append(
+                f"| {s['label']} | {s['freeze']} | {s['aligned_frac']:g} | "
+                f"{_pct(a['wer'])} | {_pct(a['cer'])} | {a['n']} |"
+            )
+    oracle = _pct(r["judge"]["oracle_wer"])
+    lines += [
+        "",
+        "## Table 2: TTS, WER % of the judge ASR on the generated speech tokens",
+        "",
+        "gold = against the transcript; target = against the judge's transcript of the gold "
+        f"tokens. Best of {n} sampling seeds per utterance (T={r['eval']['temperature']:g}, "
+        f"top-k {r['eval']['top_k'] or 'off'}), and greedy.",
+        "",
+        f"| Model | frozen | aligned frac | gold, best of {n} | target, best of {n} "
+        "| gold, greedy | target, greedy |",
+        "|---|---|---:|---:|---:|---:|---:|",
+        f"| Oracle (judge on gold tokens) | - | - | {oracle} | - | {oracle} | - |",
+    ]
+    for s in systems.values():
+        if "tts" in s:
+            b, g = s["tts"]["best_of_n"], s["tts"]["greedy"]
+            lines.append(
+                f"| {s['label']} | {s['freeze']} | {s['aligned_frac']:g} | "
+                f"{_pct(b['wer_gold'])} | {_pct(b['wer_target'])} | {_pct(g['wer_gold'])} | "
+                f"{_pct(g['wer_target'])} |"
+            )
+    lines += [
+        "",
+        "## Text retention: text-only perplexity on held-out text",
+        "",
+        "| Model | tasks | before (pretrained tower) | after (text tower alone) | identical "
+        "| zipped, text only |",
+        "|---|---|---:|---:|---|---:|",
+    ]
+    notes = []
+    for t in r["retention"]:
+        same = "n/a" if t["identical"] is None else ("yes" if t["identical"] else "no")
+        lines.append(
+            f"| {t['label']} | {'+'.join(t['tasks'])} | {_ppl(t['ppl_before'])} | "
+            f"{_ppl(t['ppl_after'])} | {same} | {_ppl(t.get('ppl_zipped_text_only'))} |"
+        )
+        if t["frozen_text"] and t["identical"]:
+            notes.append(
+                f"- {t['label']} ({'+'.join(t['tasks'])}): the text tower is frozen and "
+                "its perplexity before and after fine-tuning is bit-identical "
+                f"({t['ppl_before']!r} == {t['ppl_after']!r})."
+            )
+        elif t["frozen_text"] and t["identical"] is False:
+            notes.append(
+                f"- WARNING {t['label']}: the text tower is frozen but its perplexity "
+                "changed: the frozen weights were modified."
+            )
+        elif t["frozen_text"] is False and t["identical"] is not None:
+            what = "every parameter is" if "single" in t["label"].lower() else "the text tower is"
+            notes.append(
+                f"- {t['label']} ({'+'.join(t['tasks'])}): {what} fine-tuned, so the "
+                "text perplexity may change (the single decoder's over its full "
+                "extended vocabulary)."
+            )
+    lines += [
+        "",
+        *notes,
+        "",
+        "## Significance: Wilcoxon signed-rank on per-utterance errors",
+        "",
+        "| task | A | B | mean errors A | mean errors B | W | p-value | pairs (non-zero) |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for s in r["significance"]:
+        lines.append(
+            f"| {s['task']} | {s['a']} | {s['b']} | {s['mean_errors_a']:.3f} | "
+            f"{s['mean_errors_b']:.3f} | {s['statistic']:g} | {s['p_value']:.3g} | "
+            f"{s['n']} ({s['n_nonzero']}) |"
+        )
+    lines += ["", f"Evaluation wall time: {r.get('wall_s', 0):.0f} s.", ""]
+    return "\n".join(lines)

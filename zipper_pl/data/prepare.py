@@ -130,10 +130,11 @@ def audio_tokenizer(cfg: Config):
     from zipper_pl.data.audio_cache import fit_audio_tokenizer
     from zipper_pl.data.audio_tokenizers import build_audio_tokenizer
 
+    tok = build_audio_tokenizer(cfg.audio)  # first: a codec without weights fails before any work
     records = _records(cfg, "speech")
     key = _digest([asdict(cfg.audio), _digest([asdict(r) for r in records], 16)])
     folder = cache_root(cfg) / "audio_tokenizer" / f"{cfg.audio.codec}-{key}" / "audio_tokenizer"
-    return fit_audio_tokenizer(records, build_audio_tokenizer(cfg.audio), folder), folder
+    return fit_audio_tokenizer(records, tok, folder), folder
 
 
 def audio_store(cfg: Config, tok, pool: str, need_transcript: bool = False) -> Path:

@@ -1,0 +1,121 @@
+"""Judge stage and evaluation stage at tiny scale: artefacts, tables, retention, eval.stages."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import tiny_config
+from zipper_pl.errors import UserError
+from zipper_pl.evaluate import evaluate_stage, render_markdown
+from zipper_pl.finetuned import load_finetuned
+from zipper_pl.judging import generate_tts, judge_stage, load_judge, significance
+from zipper_pl.stages import is_finished
+
+
+def _inputs(towers) -> list[str]:
+    return [f"inputs.text={towers['text']}", f"inputs.speech={towers['speech']}"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(data_root, tiny_towers, tmp_path_factory):
+    """One default-mode evaluation: trains zipper/single x asr/tts and the judge, 2 steps each."""
+    runs = tmp_path_factory.mktemp("eval_runs")
+    cfg = tiny_config(
+        data_root, runs, "evaluate.yaml", *_inputs(tiny_towers),
+        "train.max_steps=2", "eval.max_utterances=4",
+    )
+    return cfg, evaluate_stage(cfg)
+
+
+def test_judge_stage_trains_reports_oracle_and_is_reused(data_root, tiny_towers, tmp_path):
+    cfg = tiny_config(
+        data_root, tmp_path, "judge.yaml", *_inputs(tiny_towers),
+        f"out={tmp_path / 'judge'}", "train.max_steps=4",
+    )
+    out = judge_stage(cfg)
+    assert is_finished(out) and (out / "judge.json").is_file() and (out / "tb").is_dir()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["oracle_wer"] and 0.0 <= metrics["oracle_cer"]
+    assert metrics["test_utterances"] == 12 and metrics["steps"] == 4
+    judge, tok = load_judge(out)
+    assert judge.cfg.vocab == tok.vocab_size == 32  # taken from the audio tokenizer
+    stamp = (out / "metrics.json").stat().st_mtime_ns
+    assert judge_stage(cfg) == out and (out / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_evaluate_end_to_end_tables_rows_and_retention(evaluated):
+    cfg, out = evaluated
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["systems"]) == {"zipper", "single"} and res["test_utterances"] == 4
+    for name, s in res["systems"].items():
+        assert s["asr"]["n"] == 4 and 0.0 <= s["asr"]["wer"] and 0.0 <= s["asr"]["cer"]
+        assert s["tts"]["seeds"] == 2 and s["tts"]["best_of_n"]["wer_gold"] >= 0.0
+        # best of N can only improve on every single seed
+        rows = [json.loads(x) for x in (out / "utterances" / f"{name}.tts.jsonl").open()]
+        assert len(rows) == 4 and all(len(r["seed_hyps"]) == 2 for r in rows)
+        asr_rows = [json.loads(x) for x in (out / "utterances" / f"{name}.asr.jsonl").open()]
+        assert {"id", "ref", "hyp", "errors", "wer", "cer"} <= set(asr_rows[0])
+    assert 0.0 <= res["judge"]["oracle_wer"]
+    ret = {r["system"]: r for r in res["retention"]}
+    zipper_rows = [r for r in res["retention"] if r["system"] == "zipper"]
+    assert len(zipper_rows) == 2  # one per stage folder (asr, tts)
+    for r in zipper_rows:  # frozen text tower: bit-identical before / after
+        assert r["frozen_text"] and r["identical"] and r["weights_identical"]
+        assert r["ppl_before"] == r["ppl_after"] and r["ppl_zipped_text_only"] > 1.0
+    assert ret["single"]["frozen_text"] is False and ret["single"]["ppl_before"] > 1.0
+    assert {(s["task"], s["a"], s["b"]) for s in res["significance"]} == {
+        ("asr", "zipper", "single"), ("tts_best", "zipper", "single"),
+        ("tts_greedy", "zipper", "single"),
+    }
+    md = (out / "results.md").read_text()
+    assert md == render_markdown(res)
+    for needle in ("Table 1", "Table 2", "Oracle", "| Zipper |", "| Single Decoder |",
+                   "bit-identical", "Wilcoxon"):
+        assert needle in md, needle
+    assert (out / "tb").is_dir() and not (out / "audio").exists()  # units cannot be decoded
+    assert res["systems"]["zipper"]["audio"].startswith("no audio")
+
+
+def test_evaluate_listed_stages(evaluated, tmp_path):
+    cfg, out = evaluated
+    res = json.loads((out / "results.json").read_text())
+    asr = res["systems"]["zipper"]["folders"]["asr"]
+    tts = res["systems"]["single"]["folders"]["tts"]
+    listed = tiny_config(
+        cfg.data.root, tmp_path, "evaluate.yaml", f"eval.stages={asr},{tts}",
+        f"inputs.judge={res['judge']['folder']}", f"out={tmp_path / 'ev'}",
+        "eval.max_utterances=3", "eval.tts_seeds=1",
+    )
+    got = json.loads((evaluate_stage(listed) / "results.json").read_text())
+    names = list(got["systems"])
+    assert len(names) == 2 and "asr" in got["systems"][names[0]]
+    assert "tts" not in got["systems"][names[0]] and "tts" in got["systems"][names[1]]
+    assert got["significance"] == []  # no task in common
+    assert got["systems"][names[1]]["tts"]["n"] == 3
+
+
+def test_missing_listed_stage_names_the_key(data_root, tmp_path):
+    cfg = tiny_config(data_root, tmp_path, "evaluate.yaml", f"eval.stages={tmp_path / 'nope'}")
+    with pytest.raises(UserError, match="eval.stages"):
+        evaluate_stage(cfg)
+
+
+def test_tts_budget_is_clipped_to_the_single_decoders_length(evaluated):
+    cfg, out = evaluated
+    res = json.loads((out / "results.json").read_text())
+    ft = load_finetuned(res["systems"]["single"]["folders"]["tts"])
+    ft.model.tower.cfg.max_seq_len = 40  # a short model: 20 words x 12 tokens would not fit
+    from zipper_pl.judging import Utterance
+
+    utts = [Utterance("a", " ".join(["word"] * 20), np.zeros(3, dtype=np.int64))]
+    tokens, clipped = generate_tts(ft, utts, cfg, 0.0, None)
+    assert clipped == 1 and len(tokens[0]) <= 40
+
+
+def test_significance_pairs_systems_on_shared_tasks():
+    res = significance({"a": {"asr": [0, 1, 2, 3]}, "b": {"asr": [1, 2, 3, 4], "tts": [1]}})
+    assert len(res) == 1 and res[0]["task"] == "asr" and 0.0 < res[0]["p_value"] <= 1.0
+    assert res[0]["mean_errors_a"] == 1.5 and res[0]["n_nonzero"] == 4

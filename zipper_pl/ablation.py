@@ -1,0 +1,207 @@
+"""Aligned-data ablation (the paper's Fig. 3): WER against the share of aligned pairs.
+
+Cells = fractions x models (zipper, single) x speech-tower freezing x seeds. Every cell is an
+ordinary zip stage (so finished cells are skipped and interrupted ones resume) sharing the same
+pretrained towers; the sweep only collects their test metrics into a CSV, a markdown table and
+plots. ``ablation.shard=i/n`` runs every n-th cell, so n processes (one per GPU, e.g. with
+``CUDA_VISIBLE_DEVICES=i``) split a sweep; any of them (or a last plain run) writes the tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import statistics
+from pathlib import Path
+
+from zipper_pl.config import Config
+from zipper_pl.errors import UserError
+from zipper_pl.io import atomic_write_bytes, atomic_write_text, read_json
+from zipper_pl.stages import METRICS, is_finished, pretrain_dir, require_stage, stage_dir, zip_stage
+
+
+def _cells(cfg: Config) -> list[dict]:
+    a = cfg.ablation
+    cells = []
+    for frac in a.fracs:
+        if not 0 < frac <= 1:
+            raise UserError(f"ablation.fracs: {frac} is outside (0, 1] (as data.aligned_frac)")
+        for model in a.models:
+            for freeze in a.freeze if model == "zipper" else ["none"]:
+                for seed in a.seeds:
+                    cells.append({"frac": frac, "model": model, "freeze": freeze, "seed": seed})
+    return cells
+
+
+def _system(cell: dict) -> str:
+    if cell["model"] == "single":
+        return "Single Decoder"
+    return "Zipper (speech frozen)" if cell["freeze"] in ("both", "all") else "Zipper"
+
+
+def _cell_config(cfg: Config, cell: dict, task: str) -> Config:
+    data = dataclasses.replace(cfg.data, aligned_frac=cell["frac"], task=task)
+    zcfg = dataclasses.replace(
+        cfg.zip, freeze=cell["freeze"] if cell["model"] == "zipper" else "text"
+    )
+    inputs = dataclasses.replace(
+        cfg.inputs,
+        text=cfg.inputs.text or str(pretrain_dir(cfg, "text")),
+        speech=cfg.inputs.speech or str(pretrain_dir(cfg, "speech")),
+    )
+    return dataclasses.replace(
+        cfg, arch=cell["model"], seed=cell["seed"], data=data, zip=zcfg, inputs=inputs, out=""
+    )
+
+
+def _shard(spec: str) -> tuple[int, int]:
+    if not spec:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise UserError(f"ablation.shard={spec!r}: write it as i/n, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise UserError(f"ablation.shard={spec!r}: need 0 <= i < n")
+    return i, n
+
+
+def ablation_stage(cfg: Config) -> Path:
+    """Run (or resume) every cell, then write ablation.csv / .md and the WER plots."""
+    out = (
+        Path(cfg.out) if cfg.out else stage_dir(cfg, "eval").parent / f"ablation-{cfg.audio.codec}"
+    )
+    cells = _cells(cfg)
+    i, n = _shard(cfg.ablation.shard)
+    judge = None
+    if cfg.ablation.tts:
+        from zipper_pl.evaluate import judge_stage
+
+        judge = (
+            Path(cfg.inputs.judge)
+            if cfg.inputs.judge
+            else judge_stage(dataclasses.replace(cfg, out=""))
+        )
+    for k, cell in enumerate(cells):
+        if k % n != i:
+            continue
+        for task in ("asr", "tts") if cfg.ablation.tts else ("asr",):
+            print(f"[ablation] cell {k + 1}/{len(cells)} {task}: {cell}")
+            folder = zip_stage(_cell_config(cfg, cell, task))
+            if task == "tts":
+                _tts_score(folder, judge, cfg)
+    rows = _collect(cfg, cells)
+    if rows is None:
+        print("[ablation] some cells are not finished yet (other shards?): tables not written")
+        return out
+    write_tables(out, rows)
+    print((out / "ablation.md").read_text())
+    return out
+
+
+def _tts_score(folder: Path, judge: Path, cfg: Config) -> dict:
+    """TTS WER of one TTS cell through the judge, cached next to the stage's metrics."""
+    from zipper_pl.evaluate import tts_cell_metrics
+
+    cache = folder / "tts_eval.json"
+    if cache.is_file():
+        return read_json(cache)
+    res = tts_cell_metrics(folder, require_stage(judge, "judge", "inputs.judge"), cfg)
+    from zipper_pl.io import atomic_write_json
+
+    atomic_write_json(cache, res)
+    return res
+
+
+def _collect(cfg: Config, cells: list[dict]) -> list[dict] | None:
+    rows = []
+    for cell in cells:
+        asr = stage_dir(_cell_config(cfg, cell, "asr"), "zip")
+        if not is_finished(asr):
+            return None
+        m = read_json(asr / METRICS)
+        row = {
+            "system": _system(cell),
+            **cell,
+            "aligned_pairs": m.get("aligned_pairs_used"),
+            "asr_wer": m.get("test_wer"),
+            "asr_cer": m.get("test_cer"),
+            "tts_wer": None,
+        }
+        if cfg.ablation.tts:
+            tts = stage_dir(_cell_config(cfg, cell, "tts"), "zip")
+            if not (tts / "tts_eval.json").is_file():
+                return None
+            row["tts_wer"] = read_json(tts / "tts_eval.json").get("tts_wer_gold")
+        rows.append(row)
+    return rows
+
+
+def _mean(values: list) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def write_tables(out: Path, rows: list[dict]) -> None:
+    """ablation.csv (one row per cell), ablation.md (mean over seeds) and two PNG plots."""
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "ablation.csv", buf.getvalue())
+
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    fracs = sorted({r["frac"] for r in rows})
+    lines = ["# Aligned-data ablation (test WER %, mean over seeds)", ""]
+    for metric, title in (("asr_wer", "ASR WER"), ("tts_wer", "TTS WER (judge, vs gold)")):
+        if all(r[metric] is None for r in rows):
+            continue
+        lines += [
+            f"## {title}",
+            "",
+            "| system | " + " | ".join(f"{f:g}" for f in fracs) + " |",
+            "|---|" + "---|" * len(fracs),
+        ]
+        for s in systems:
+            cells = []
+            for f in fracs:
+                m = _mean([r[metric] for r in rows if r["system"] == s and r["frac"] == f])
+                cells.append("-" if m is None else f"{100 * m:.1f}")
+            lines.append(f"| {s} | " + " | ".join(cells) + " |")
+        lines.append("")
+        _plot(out / f"{metric}.png", rows, systems, metric, title)
+    atomic_write_text(out / "ablation.md", "\n".join(lines) + "\n")
+
+
+def _plot(path: Path, rows: list[dict], systems: list[str], metric: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for s in systems:
+        pts = sorted({r["frac"] for r in rows if r["system"] == s})
+        means, spread = [], []
+        for f in pts:
+            vals = [
+                100 * r[metric]
+                for r in rows
+                if r["system"] == s and r["frac"] == f and r[metric] is not None
+            ]
+            means.append(statistics.fmean(vals) if vals else float("nan"))
+            spread.append(statistics.pstdev(vals) if len(vals) > 1 else 0.0)
+        ax.errorbar([100 * f for f in pts], means, yerr=spread, marker="o", capsize=3, label=s)
+    ax.set_xscale("log")
+    ax.set_xlabel("aligned training data (%)")
+    ax.set_ylabel(f"{title} (%)")
+    ax.set_title(f"{title} vs aligned data")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
