@@ -24,16 +24,24 @@ def evaluated(data_root, tiny_towers, tmp_path_factory):
     """One default-mode evaluation: trains zipper/single x asr/tts and the judge, 2 steps each."""
     runs = tmp_path_factory.mktemp("eval_runs")
     cfg = tiny_config(
-        data_root, runs, "evaluate.yaml", *_inputs(tiny_towers),
-        "train.max_steps=2", "eval.max_utterances=4",
+        data_root,
+        runs,
+        "evaluate.yaml",
+        *_inputs(tiny_towers),
+        "train.max_steps=2",
+        "eval.max_utterances=4",
     )
     return cfg, evaluate_stage(cfg)
 
 
 def test_judge_stage_trains_reports_oracle_and_is_reused(data_root, tiny_towers, tmp_path):
     cfg = tiny_config(
-        data_root, tmp_path, "judge.yaml", *_inputs(tiny_towers),
-        f"out={tmp_path / 'judge'}", "train.max_steps=4",
+        data_root,
+        tmp_path,
+        "judge.yaml",
+        *_inputs(tiny_towers),
+        f"out={tmp_path / 'judge'}",
+        "train.max_steps=4",
     )
     out = judge_stage(cfg)
     assert is_finished(out) and (out / "judge.json").is_file() and (out / "tb").is_dir()
@@ -67,13 +75,21 @@ def test_evaluate_end_to_end_tables_rows_and_retention(evaluated):
         assert r["ppl_before"] == r["ppl_after"] and r["ppl_zipped_text_only"] > 1.0
     assert ret["single"]["frozen_text"] is False and ret["single"]["ppl_before"] > 1.0
     assert {(s["task"], s["a"], s["b"]) for s in res["significance"]} == {
-        ("asr", "zipper", "single"), ("tts_best", "zipper", "single"),
+        ("asr", "zipper", "single"),
+        ("tts_best", "zipper", "single"),
         ("tts_greedy", "zipper", "single"),
     }
     md = (out / "results.md").read_text()
     assert md == render_markdown(res)
-    for needle in ("Table 1", "Table 2", "Oracle", "| Zipper |", "| Single Decoder |",
-                   "bit-identical", "Wilcoxon"):
+    for needle in (
+        "Table 1",
+        "Table 2",
+        "Oracle",
+        "| Zipper |",
+        "| Single Decoder |",
+        "bit-identical",
+        "Wilcoxon",
+    ):
         assert needle in md, needle
     assert (out / "tb").is_dir() and not (out / "audio").exists()  # units cannot be decoded
     assert res["systems"]["zipper"]["audio"].startswith("no audio")
@@ -85,9 +101,14 @@ def test_evaluate_listed_stages(evaluated, tmp_path):
     asr = res["systems"]["zipper"]["folders"]["asr"]
     tts = res["systems"]["single"]["folders"]["tts"]
     listed = tiny_config(
-        cfg.data.root, tmp_path, "evaluate.yaml", f"eval.stages={asr},{tts}",
-        f"inputs.judge={res['judge']['folder']}", f"out={tmp_path / 'ev'}",
-        "eval.max_utterances=3", "eval.tts_seeds=1",
+        cfg.data.root,
+        tmp_path,
+        "evaluate.yaml",
+        f"eval.stages={asr},{tts}",
+        f"inputs.judge={res['judge']['folder']}",
+        f"out={tmp_path / 'ev'}",
+        "eval.max_utterances=3",
+        "eval.tts_seeds=1",
     )
     got = json.loads((evaluate_stage(listed) / "results.json").read_text())
     names = list(got["systems"])

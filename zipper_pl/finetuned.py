@@ -6,7 +6,6 @@ A zipped stage folder holds everything needed to use the model: ``model.safetens
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,10 +139,6 @@ def load_finetuned(folder: str | Path, device: str | torch.device = "cpu") -> Fi
     load_weights(model, folder / WEIGHTS)
     model.to(device).eval()
     return Finetuned(model, cfg, specs, text_tok, audio_tok, folder)
-
-
-def with_arch(cfg: Config, **changes) -> Config:
-    return dataclasses.replace(cfg, **changes)
 
 
 __all__ = [

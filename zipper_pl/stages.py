@@ -187,11 +187,6 @@ def _copy_artefact(src: Path, out: Path) -> None:
         tmp.replace(dst)
 
 
-def torch_load_checkpoint(path: Path) -> dict:
-    """Checkpoints are loaded with ``weights_only=True``: no pickled code runs."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 # ---- zipping and fine-tuning ---------------------------------------------------------------
 
 
@@ -226,7 +221,7 @@ def _asr_test(ft, pairs, cfg: Config) -> dict:
 
 def _teacher_forced(module, dm) -> dict:
     """Token accuracy / perplexity of the output segments on the test split."""
-    from zipper_pl.data.aligned import PairTasks, collate_with_meta
+    from zipper_pl.data.aligned import PairTasks
 
     tasks = ["asr", "tts"] if module.cfg.data.task == "mix" else [module.cfg.data.task]
     res = {}
@@ -245,7 +240,6 @@ def _teacher_forced(module, dm) -> dict:
         r = module.reduce_validation_sums(totals)
         res[f"test_{task}_token_acc"] = r.get("val/token_acc")
         res[f"test_{task}_ppl"] = r.get("val/ppl")
-    _ = collate_with_meta
     return res
 
 
