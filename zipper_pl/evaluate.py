@@ -351,7 +351,8 @@ def _ppl(x: float | None) -> str:
 
 def render_markdown(r: dict) -> str:
     """results.json -> results.md: Table 1 (ASR), Table 2 (TTS), text retention, significance."""
-    systems, n = r["systems"], r["eval"]["tts_seeds"]
+    # by name (single < zipper, the paper's order); results.json stores its keys sorted anyway
+    systems, n = dict(sorted(r["systems"].items())), r["eval"]["tts_seeds"]
     lines = [
         f"# Evaluation: scale {r['scale']}, corpus {r['corpus']}, codec {r['codec']}, "
         f"seed {r['seed']}",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import random
@@ -28,6 +29,7 @@ from zipper_pl.data.espeak import SAMPLE_RATE, Speaker, Synthesizer
 from zipper_pl.data.manifest import Record, write_manifest
 from zipper_pl.data.sentences import generate_sentences
 from zipper_pl.errors import UserError
+from zipper_pl.io import atomic_write_bytes, atomic_write_text
 from zipper_pl.schema import F
 
 # Bump when the grammar, the voice table or the layout changes: old corpora are then rebuilt.
@@ -134,13 +136,9 @@ def split_pools(cfg: EmbeddedCorpusConfig) -> dict[str, list[str]]:
 
 
 def _write_wav(path: Path, samples) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        sf.write(str(tmp), samples, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    sf.write(buf, samples, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _synthesize_all(jobs: list[tuple[Path, str, Speaker]], workers: int) -> list[float]:
@@ -219,6 +217,4 @@ def build_embedded_corpus(root: str | os.PathLike, cfg: EmbeddedCorpusConfig) ->
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)

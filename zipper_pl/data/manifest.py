@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from zipper_pl.errors import UserError
+from zipper_pl.io import atomic_write_text
 
 
 @dataclasses.dataclass
@@ -76,13 +77,4 @@ def write_manifest(path: str | os.PathLike, records: Iterable[Record]) -> None:
             if os.path.commonpath([audio, base]) == base:
                 row["audio"] = Path(os.path.relpath(audio, base)).as_posix()
         lines.append(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, "".join(lines))

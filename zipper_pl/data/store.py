@@ -16,6 +16,7 @@ never sees half a file; stray temp files of a killed writer are removed on the n
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -25,10 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from zipper_pl.io import TMP_MARK, atomic_write_bytes, atomic_write_json
+
 INDEX_JSON = "index.json"
 INDEX_NPY = "index.npy"
 WRITER_JSON = "writer.json"
-TMP_MARK = ".tmp-"
 _SHARD_RE = re.compile(r"^shard_(\d{5,})\.json$")
 
 
@@ -41,26 +43,10 @@ def _shard_name(k: int, ext: str) -> str:
     return f"shard_{k:05d}.{ext}"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode())
-
-
 def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 class ShardedTokenWriter:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import sentencepiece as spm
 
 from zipper_pl.data.sentences import normalize_text
 from zipper_pl.errors import UserError
+from zipper_pl.io import atomic_write_bytes
 
 TOKENIZER_FILE = "text_tokenizer.model"
 
@@ -73,8 +73,6 @@ class TextTokenizer:
             shuffle_input_sentence=False,
             minloglevel=2,
         )
-        from zipper_pl.io import atomic_write_bytes
-
         atomic_write_bytes(Path(out_path), model.getvalue())
         return cls(out_path)
 
@@ -93,8 +91,5 @@ class TextTokenizer:
     def copy_to(self, folder: Path) -> Path:
         dst = Path(folder) / TOKENIZER_FILE
         if dst.resolve() != self.path.resolve():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(f".{dst.name}.tmp")
-            shutil.copyfile(self.path, tmp)
-            tmp.replace(dst)
+            atomic_write_bytes(dst, self.path.read_bytes())
         return dst
