@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,7 +102,7 @@ def test_evaluate_listed_stages(evaluated, tmp_path):
     asr = res["systems"]["zipper"]["folders"]["asr"]
     tts = res["systems"]["single"]["folders"]["tts"]
     listed = tiny_config(
-        cfg.data.root,
+        Path(cfg.data.root),
         tmp_path,
         "evaluate.yaml",
         f"eval.stages={asr},{tts}",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -13,6 +15,18 @@ from zipper_pl.config import Config
 from zipper_pl.errors import UserError
 
 LAST_CKPT = "last.ckpt"
+
+
+class _DropAdvert(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+# Noise that is expected here: frozen towers are in eval mode on purpose, the pytree deprecation
+# is Lightning's own, and the cloud-logging advert is not a message about this run.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvert())
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def resolve_devices(devices: str) -> int | str | list[int]:

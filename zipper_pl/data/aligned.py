@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from zipper_pl.config import Config
 from zipper_pl.data.manifest import read_manifest
-from zipper_pl.data.sampling import StepBatchSampler
+from zipper_pl.data.sampling import StepBatchSampler, StepDataLoader
 from zipper_pl.data.store import TokenStore
 from zipper_pl.errors import UserError
 from zipper_pl.models.sequences import Segment
@@ -181,7 +181,7 @@ class AlignedDataModule(L.LightningDataModule):
             world_size=t.world_size if t else 1,
             lengths=self.train_set.lengths(),
         )
-        return DataLoader(
+        return StepDataLoader(
             self.train_set, batch_sampler=sampler, collate_fn=self.collate,
             num_workers=self.cfg.data.num_workers,
             persistent_workers=self.cfg.data.num_workers > 0,

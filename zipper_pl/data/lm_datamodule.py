@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from zipper_pl.config import Config
-from zipper_pl.data.sampling import StepBatchSampler
+from zipper_pl.data.sampling import StepBatchSampler, StepDataLoader
 from zipper_pl.data.store import TokenStore
 from zipper_pl.errors import UserError
 
@@ -107,7 +107,7 @@ class LMDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world,
         )
-        return DataLoader(
+        return StepDataLoader(
             self.train_set,
             batch_sampler=sampler,
             num_workers=self.cfg.data.num_workers,

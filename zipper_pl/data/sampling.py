@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 
 class StepBatchSampler(Sampler[list[int]]):
@@ -76,3 +76,16 @@ class StepBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         # Lightning treats the loader as endless (max_steps ends training)
         return 10**12
+
+
+class StepDataLoader(DataLoader):
+    """A DataLoader over a ``StepBatchSampler``: its position is a function of the global step,
+    which Lightning restores, so it is resumable by construction (Lightning's ``_Stateful``
+    protocol tells the trainer so; loading needs no state of its own)."""
+
+    def state_dict(self) -> dict:
+        sampler = self.batch_sampler
+        return {"start_batch": getattr(sampler, "start_batch", 0)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore: the sampler was built from the restored global step."""
