@@ -2,39 +2,40 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-# ---- variables (forwarded to the config as key=value overrides) -------------------------------
+# ---- variables ------------------------------------------------------------------------------
+# Empty ones take the experiment file's value; set ones are forwarded as key=value overrides.
 SCALE        ?= demo#      tower + corpus size preset: tiny | demo | s | l
-DATA         ?= embedded#  corpus: embedded | librispeech | libritts | librilight | jsonl | textfile
-DATA_ROOT    ?= data#      corpus root (generated corpora are written here)
-CODEC        ?= units#     audio tokenizer: units (offline k-means) | encodec (pretrained weights)
-ALIGNED_FRAC ?= 0.1#       share of aligned pairs for fine-tuning, in (0, 1]
-MODEL        ?= zipper#    fine-tuned model: zipper | single (the single-decoder baseline)
-FREEZE       ?= text#      frozen towers when zipping: text | speech | none | both
-DEVICES      ?= 1#         devices per node (a count, auto, or 0,1)
-NUM_NODES    ?= 1#         nodes
-ACCELERATOR  ?= auto#      auto | cpu | gpu
-STRATEGY     ?= auto#      auto | ddp | fsdp
-PRECISION    ?= auto#      auto (bf16-mixed on GPU, fp32 on CPU) | 32-true | bf16-mixed
-MAX_STEPS    ?=#           optimizer steps (empty = the experiment file's)
-SEED         ?= 0#         seed for data order, init and subsets
+DATA         ?=#           corpus: embedded | librispeech | libritts | librilight | jsonl | textfile
+DATA_ROOT    ?=#           corpus root (generated corpora are written under it)
+CODEC        ?=#           audio tokenizer: units (offline k-means) | encodec (pretrained weights)
+ALIGNED_FRAC ?=#           share of aligned pairs for fine-tuning, in (0, 1]
+MODEL        ?=#           fine-tuned model: zipper | single (the single-decoder baseline)
+FREEZE       ?=#           frozen towers when zipping: text | speech | none | both
+DEVICES      ?=#           devices per node (a count, auto, or 0,1)
+NUM_NODES    ?=#           nodes
+ACCELERATOR  ?=#           auto | cpu | gpu
+STRATEGY     ?=#           auto | ddp | fsdp
+PRECISION    ?=#           auto (bf16-mixed on GPU, fp32 on CPU) | 32-true | bf16-mixed
+MAX_STEPS    ?=#           optimizer steps
+SEED         ?=#           seed for data order, init and subsets
 RUNS         ?= runs#      root of all stage folders
 ARGS         ?=#           any extra key=value overrides, e.g. ARGS="train.lr=5e-4"
 EXP          ?= experiments/$(strip $(SCALE))#  folder of the experiment YAML files
-
 ABLATION_FRACS ?= 0.01 0.03 0.1 0.3 1.0#  aligned fractions of `make ablation`
 ABLATION_SEEDS ?= 0#       seeds of `make ablation`
 ABLATION_FREEZE ?= text both#  `make ablation` FREEZE values (text = speech tower trained, both = frozen)
 
+fwd = $(if $(strip $($(1))),$(2)=$(strip $($(1))))
+COMMON = runs=$(strip $(RUNS)) $(call fwd,SEED,seed) $(call fwd,DATA,data.corpus) \
+  $(call fwd,DATA_ROOT,data.root) $(call fwd,CODEC,audio.codec) $(call fwd,DEVICES,train.devices) \
+  $(call fwd,NUM_NODES,train.num_nodes) $(call fwd,ACCELERATOR,train.accelerator) \
+  $(call fwd,STRATEGY,train.strategy) $(call fwd,PRECISION,train.precision) \
+  $(call fwd,MAX_STEPS,train.max_steps) $(ARGS)
+ZIPVARS = $(call fwd,MODEL,arch) $(call fwd,FREEZE,zip.freeze) $(call fwd,ALIGNED_FRAC,data.aligned_frac)
+
 PY    := .venv/bin/python
 STAMP := .venv/.installed
 ZPL   := $(PY) -m zipper_pl
-COMMON = scale=$(strip $(SCALE)) seed=$(strip $(SEED)) runs=$(strip $(RUNS)) \
-  data.corpus=$(strip $(DATA)) data.root=$(strip $(DATA_ROOT)) audio.codec=$(strip $(CODEC)) \
-  train.devices=$(strip $(DEVICES)) train.num_nodes=$(strip $(NUM_NODES)) \
-  train.accelerator=$(strip $(ACCELERATOR)) train.strategy=$(strip $(STRATEGY)) \
-  train.precision=$(strip $(PRECISION)) $(if $(strip $(MAX_STEPS)),train.max_steps=$(strip $(MAX_STEPS))) \
-  $(ARGS)
-ZIPVARS = arch=$(strip $(MODEL)) zip.freeze=$(strip $(FREEZE)) data.aligned_frac=$(strip $(ALIGNED_FRAC))
 
 # ---- stage folders: computed once per make run by the same code that names them -----------
 # (only once the venv exists; the chain targets re-enter make after `setup` for that reason)
@@ -64,7 +65,7 @@ help: ## list targets and variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-18s %s\n", $$1, $$2}'
 	@echo; echo "variables (default):"
 	@grep -E '^[A-Z_]+ +\?=' $(MAKEFILE_LIST) | sed -E 's/ +\?= */\t/; s/# +/\t/' | \
-	  awk -F'\t' '{printf "  %-15s %-22s %s\n", $$1, ($$2==""?"(empty)":$$2), $$3}'
+	  awk -F'\t' '{printf "  %-15s %-22s %s\n", $$1, ($$2==""?"(experiment file)":$$2), $$3}'
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv

@@ -93,8 +93,16 @@ def run_size(size: str, env: Env, reps: int) -> list[dict]:
         lengths = [seq] * w.lm_batch
         f = fl.tower_flops(tower.cfg, lengths)
         rows.append(
-            _measure(f"{t} tower LM", tower, lambda tw=tower, x=x, y=y: _lm_loss(tw, x, y),
-                     x.numel(), f, env, reps, {"batch": f"{w.lm_batch}x{seq}", "padding": 0.0})
+            _measure(
+                f"{t} tower LM",
+                tower,
+                lambda tw=tower, x=x, y=y: _lm_loss(tw, x, y),
+                x.numel(),
+                f,
+                env,
+                reps,
+                {"batch": f"{w.lm_batch}x{seq}", "padding": 0.0},
+            )
         )
         del tower
     # -- the fine-tuning batch: ASR pairs --
@@ -111,8 +119,9 @@ def run_size(size: str, env: Env, reps: int) -> list[dict]:
         model = syn.zipper(size, freeze)
         f = fl.zipper_flops(model, lengths, has_targets)
         rows.append(
-            _measure(label, model, lambda m=model: zipper_loss(m(zb), zb)[0], n_tok, f, env,
-                     reps, info)
+            _measure(
+                label, model, lambda m=model: zipper_loss(m(zb), zb)[0], n_tok, f, env, reps, info
+            )
         )
         del model
     # -- the towers alone on exactly the Zipper's streams (the overhead ratio's denominator) --
@@ -122,9 +131,16 @@ def run_size(size: str, env: Env, reps: int) -> list[dict]:
         x = zb[t]["ids"]
         y = torch.where(zb[t]["valid"], torch.roll(zb[t]["ids"], -1, 1), IGNORE)
         f = fl.tower_flops(tower.cfg, lengths[t])
-        same[t] = _measure(f"{t} tower on zipper stream", tower,
-                           lambda tw=tower, x=x, y=y: _lm_loss(tw, x, y),
-                           sum(lengths[t]), f, env, reps, info)
+        same[t] = _measure(
+            f"{t} tower on zipper stream",
+            tower,
+            lambda tw=tower, x=x, y=y: _lm_loss(tw, x, y),
+            sum(lengths[t]),
+            f,
+            env,
+            reps,
+            info,
+        )
         rows.append(same[t])
         del tower
     base = same["text"]["step_s"] + same["speech"]["step_s"]
@@ -136,11 +152,21 @@ def run_size(size: str, env: Env, reps: int) -> list[dict]:
     sb = _to(model.collate(samples, loss_on="last"), dev)
     s_len = sb["valid"].sum(1).tolist()
     f = fl.tower_flops(model.tower.cfg, s_len)
-    s_info = {"batch": f"{len(samples)} pairs ({sb['ids'].size(1)} cols)",
-              "padding": 1.0 - sum(s_len) / sb["valid"].numel()}
+    s_info = {
+        "batch": f"{len(samples)} pairs ({sb['ids'].size(1)} cols)",
+        "padding": 1.0 - sum(s_len) / sb["valid"].numel(),
+    }
     rows.append(
-        _measure("single decoder ASR", model, lambda m=model: m.loss(sb)[0], sum(s_len), f, env,
-                 reps, s_info)
+        _measure(
+            "single decoder ASR",
+            model,
+            lambda m=model: m.loss(sb)[0],
+            sum(s_len),
+            f,
+            env,
+            reps,
+            s_info,
+        )
     )
     for r in rows:
         r["size"] = size

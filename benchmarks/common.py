@@ -107,7 +107,11 @@ def peak_memory(env: Env) -> Iterator[dict]:
             peak = torch.cuda.max_memory_allocated()
         else:
             hwm = _vm_hwm_bytes() if scope == "block" else None
-            peak = hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            peak = (
+                hwm
+                if hwm is not None
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            )
             scope = scope if hwm is not None else "process"
         out["peak_mb"] = peak / 2**20
         out["peak_scope"] = "gpu-allocated" if env.cuda else f"rss-{scope}"

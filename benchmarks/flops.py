@@ -58,7 +58,9 @@ def tower_flops(
 
 def _linear_weights(module) -> int:
     """Matmul weights (not biases, norms or gates) of a module."""
-    return sum(p.numel() for n, p in module.named_parameters() if n.endswith("weight") and p.dim() == 2)
+    return sum(
+        p.numel() for n, p in module.named_parameters() if n.endswith("weight") and p.dim() == 2
+    )
 
 
 def zipper_flops(
@@ -68,7 +70,8 @@ def zipper_flops(
 
     Activation gradients flow through every tower (the gated input projections and the fusion
     layers are trainable and sit at the bottom / between blocks), so frozen towers cost 4x
-    their weights per token, trainable ones 6x.
+    their weights per token, trainable ones 6x. Only the first layer of a frozen tower's input
+    projection skips dX (its input, the frozen embedding, needs no gradient).
     """
     total = 0.0
     for t in model.names:
@@ -79,7 +82,10 @@ def zipper_flops(
         )
         proj = model.input_proj[t]
         if proj.mode != "none":
-            total += 6 * _linear_weights(proj.mlp) * sum(lengths[t])
+            w = 6 * _linear_weights(proj.mlp)
+            if not trainable:  # a frozen embedding needs no gradient: no dX in the first layer
+                w -= 2 * proj.mlp.net[0].weight.numel()
+            total += w * sum(lengths[t])
     for dst, src in model.dirs:
         for layer in model.fusion[f"{dst}_from_{src}"]:
             x = layer.xattn

@@ -63,7 +63,9 @@ def zipper(size: str, freeze: str, seed: int = 0) -> ZipperModel:
 
 def single(size: str, seed: int = 0) -> SingleDecoder:
     sp = specs()
-    return SingleDecoder.from_text_tower(towers(size, seed)["text"], [sp["text"], sp["speech"]], seed)
+    return SingleDecoder.from_text_tower(
+        towers(size, seed)["text"], [sp["text"], sp["speech"]], seed
+    )
 
 
 def lm_batch(vocab: int, batch: int, seq: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -82,7 +82,7 @@ def resolve_systems(cfg: Config) -> list[System]:
             tasks = _tasks_of(scfg.data.task)
             systems.append(System(name, scfg.arch, dict.fromkeys(tasks, folder), scfg))
         return systems
-    for arch in ("zipper", "single"):
+    for arch in ("single", "zipper"):  # the paper's table order
         system = System(arch, arch)
         for task in ["mix"] if cfg.data.task == "mix" else ["asr", "tts"]:
             scfg = dataclasses.replace(
@@ -266,13 +266,14 @@ def evaluate_stage(cfg: Config) -> Path:
             "oracle_wer": oracle["wer"],
             "oracle_cer": oracle["cer"],
         },
-        "systems": {},
+        "systems": [],  # a list: results.json sorts mapping keys, the tables keep this order
         "retention": [],
     }
     errors: dict[str, dict[str, list[float]]] = {}
     for system in systems:
         label = LABELS.get(system.name, system.name)
         entry = {
+            "name": system.name,
             "label": label,
             "arch": system.arch,
             "freeze": system.cfg.zip.freeze if system.arch == "zipper" else "none",
@@ -313,9 +314,10 @@ def evaluate_stage(cfg: Config) -> Path:
                     **ret,
                 }
             )
-        results["systems"][system.name] = entry
+        results["systems"].append(entry)
     results["significance"] = significance(errors)
-    for name, entry in results["systems"].items():
+    for entry in results["systems"]:
+        name = entry["name"]
         for key, value in _flat_scalars(entry):
             writer.add_scalar(f"{name}/{key}", value, 0)
     writer.close()
@@ -351,8 +353,7 @@ def _ppl(x: float | None) -> str:
 
 def render_markdown(r: dict) -> str:
     """results.json -> results.md: Table 1 (ASR), Table 2 (TTS), text retention, significance."""
-    # by name (single < zipper, the paper's order); results.json stores its keys sorted anyway
-    systems, n = dict(sorted(r["systems"].items())), r["eval"]["tts_seeds"]
+    systems, n = r["systems"], r["eval"]["tts_seeds"]
     lines = [
         f"# Evaluation: scale {r['scale']}, corpus {r['corpus']}, codec {r['codec']}, "
         f"seed {r['seed']}",
@@ -367,7 +368,7 @@ def render_markdown(r: dict) -> str:
         "| Model | frozen | aligned frac | WER | CER | utterances |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    for s in systems.values():
+    for s in systems:
         if "asr" in s:
             a = s["asr"]
             lines.append(
@@ -388,7 +389,7 @@ def render_markdown(r: dict) -> str:
         "|---|---|---:|---:|---:|---:|---:|",
         f"| Oracle (judge on gold tokens) | - | - | {oracle} | - | {oracle} | - |",
     ]
-    for s in systems.values():
+    for s in systems:
         if "tts" in s:
             b, g = s["tts"]["best_of_n"], s["tts"]["greedy"]
             lines.append(

@@ -54,6 +54,7 @@ class TrainModule(L.LightningModule):
         super().__init__()
         self.train_cfg = train_cfg
         self._t_last: float | None = None
+        self._tokens = 0
         self.initial_val: dict[str, float] = {}
 
     # -- optimisation ---------------------------------------------------------------------
@@ -76,12 +77,20 @@ class TrainModule(L.LightningModule):
             self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
 
     def log_throughput(self, n_tokens: int) -> None:
-        """Tokens/s over all ranks, measured between consecutive training batches."""
+        """Tokens/s over all ranks, averaged over the training batches since the last log
+        (validation time excluded: the clock restarts after each validation pass)."""
         now = time.perf_counter()
-        if self._t_last is not None and self.global_step % self.train_cfg.log_every == 0:
-            dt = max(now - self._t_last, 1e-9)
-            self.log("train/tokens_per_s", n_tokens * self.trainer.world_size / dt, on_step=True)
-        self._t_last = now
+        if self._t_last is None:
+            self._t_last, self._tokens = now, 0
+            return
+        self._tokens += n_tokens
+        if self.global_step % self.train_cfg.log_every == 0:
+            rate = self._tokens * self.trainer.world_size / max(now - self._t_last, 1e-9)
+            self.log("train/tokens_per_s", rate, on_step=True)
+            self._t_last, self._tokens = now, 0
+
+    def on_validation_end(self) -> None:
+        self._t_last = None
 
     # -- step-0 validation ------------------------------------------------------------------
     def on_train_start(self) -> None:

@@ -1,0 +1,148 @@
+"""The suite's verdicts (issue 7's targets, each with its measured value) and markdown tables."""
+
+from __future__ import annotations
+
+DATA_CONSUMER = {  # loader -> training case whose step consumes its batches
+    "text windows": ("text tower LM", "lm"),
+    "speech windows": ("speech tower LM", "lm"),
+    "ASR pairs (zipper collate)": ("zipper ASR, unfrozen", "pairs"),
+    "ASR pairs (single collate)": ("single decoder ASR", "pairs"),
+}
+
+
+def _row(rows: list[dict], case: str, size: str) -> dict | None:
+    return next((r for r in rows if r["case"] == case and r["size"] == size), None)
+
+
+def data_ratios(res: dict) -> dict[str, float]:
+    """Loader samples/s over the samples/s its training step consumes (same size)."""
+    size, out = res["sizes"][0], {}
+    for loader, (case, _) in DATA_CONSUMER.items():
+        r, d = _row(res["train"], case, size), res["data"].get(loader)
+        if r and d:
+            per_step = int(r["batch"].split("x")[0].split()[0])  # "32x128" / "16 pairs (...)"
+            out[loader] = d["samples_per_s"] / (per_step / r["step_s"])
+    return out
+
+
+def targets(res: dict) -> list[dict]:
+    """[{target, value, goal, ok}] for every issue-7 target this run can measure."""
+    out = []
+
+    def add(name: str, value: float | None, goal: str, ok: bool | None) -> None:
+        out.append({"target": name, "value": value, "goal": goal, "ok": ok})
+
+    train, cpu = res["train"], res["device"] == "cpu"
+    size = "demo" if "demo" in res["sizes"] else res["sizes"][0]
+    if cpu and (r := _row(train, "text tower LM", size)):
+        add(
+            f"text tower utilisation ({size}, CPU)",
+            r["utilisation"],
+            ">= 0.50",
+            r["utilisation"] >= 0.5,
+        )
+    for case in ("zipper ASR, text frozen", "zipper ASR, unfrozen"):
+        if r := _row(train, case, size):
+            add(
+                f"{case}: step / (text + speech steps) ({size})",
+                r["vs_towers"],
+                "<= 1.3",
+                r["vs_towers"] <= 1.3,
+            )
+    gen = [g for g in res["generate"] if g["batch"] == 1 and "speedup" in g]
+    if gen:
+        n = max(g["new_tokens"] for g in gen)
+        for g in (g for g in gen if g["new_tokens"] == n):
+            add(
+                f"{g['task']} cached / uncached speed, {n} new tokens, batch 1",
+                g["speedup"],
+                ">= 5, identical tokens",
+                g["speedup"] >= 5 and g["identical"],
+            )
+    if "units" in res["tokenize"]:
+        x = res["tokenize"]["units"]["x_realtime"]
+        add("units tokenization, x real time", x, ">= 100", x >= 100)
+    ratios = data_ratios(res)
+    if ratios:
+        worst = min(ratios, key=ratios.get)
+        add(
+            f"data loading / training consumption (worst: {worst})",
+            ratios[worst],
+            ">= 20",
+            ratios[worst] >= 20,
+        )
+    demo = [r["peak_mb"] for r in train if r["size"] == "demo"]
+    if demo:
+        add(
+            "peak memory of demo training steps, MB (proxy for make demo)",
+            max(demo),
+            "<= 4096",
+            max(demo) <= 4096,
+        )
+    if not cpu and (r := _row(train, "zipper ASR, text frozen", "s")):
+        add(
+            "zipper s bf16 utilisation (GPU)", r["utilisation"], ">= 0.35", r["utilisation"] >= 0.35
+        )
+    return out
+
+
+def _f(x: float | None, digits: int = 2) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.{digits}f}" if abs(x) < 1e4 else f"{x:,.0f}"
+
+
+def markdown(res: dict) -> str:
+    mm = res["matmul"]
+    lines = [
+        f"## Benchmarks: {res['machine']}",
+        "",
+        f"torch {res['torch']}, python {res['python']}; wall time {res.get('wall_s', 0):.0f} s. "
+        f"Matmul reference ({mm['dtype']}, {mm['n']}^3): "
+        f"**{mm['flops_per_s'] / 1e9:,.1f} GFLOP/s** (the utilisation denominator).",
+        *[f"- note: {n}" for n in res["notes"]],
+        "",
+        "### Targets",
+        "",
+        "| target | measured | goal | met |",
+        "|---|---:|---|:---:|",
+    ]
+    for t in res["targets"]:
+        ok = "-" if t["ok"] is None else ("yes" if t["ok"] else "**no**")
+        lines.append(f"| {t['target']} | {_f(t['value'])} | {t['goal']} | {ok} |")
+    lines += [
+        "",
+        "### Training step (forward + backward + clip + AdamW)",
+        "",
+        "| size | case | batch | pad | step s | tokens/s | GFLOP/step | util | peak MB "
+        "| vs towers |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["train"]:
+        lines.append(
+            f"| {r['size']} | {r['case']} | {r['batch']} | {r['padding']:.1%} | "
+            f"{_f(r['step_s'], 3)} | {_f(r['tokens_per_s'], 0)} | {_f(r['model_flops'] / 1e9)} | "
+            f"{r['utilisation']:.1%} | {_f(r['peak_mb'], 0)} | {_f(r.get('vs_towers'))} |"
+        )
+    lines += [
+        "",
+        f"### Generation ({res['gen_size']} Zipper, greedy, length forced)",
+        "",
+        "| task | batch | new tokens | cached tok/s | uncached tok/s | speed-up | identical |",
+        "|---|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for g in res["generate"]:
+        same = {True: "yes", False: "**no**", None: "-"}[g.get("identical")]
+        lines.append(
+            f"| {g['task']} ({g['out']} out) | {g['batch']} | {g['new_tokens']} | "
+            f"{_f(g['cached_tok_s'], 1)} | {_f(g.get('uncached_tok_s'), 1)} | "
+            f"{_f(g.get('speedup'), 1)} | {same} |"
+        )
+    lines += ["", "### Tokenization and data loading", "", "| what | figure |", "|---|---:|"]
+    for codec, r in res["tokenize"].items():
+        lines.append(f"| {codec} tokenization | {r['x_realtime']:.1f}x real time |")
+    ratios = data_ratios(res)
+    for name, d in res["data"].items():
+        ratio = f" ({ratios[name]:.0f}x training)" if name in ratios else ""
+        lines.append(f"| {name}, {d['batch']} | {d['samples_per_s']:,.0f} samples/s{ratio} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,121 @@
+"""The benchmark suite: ``python -m benchmarks [--quick] [--out DIR] [--sizes demo,s]``.
+
+Measures, side by side in one process (shared machines drift; ratios hold): the dense matmul
+reference, training steps, generation, tokenization and data loading; writes ``bench.json`` and
+``bench.md`` (a markdown table) into ``--out`` (default: the repository root) and prints the table.
+CUDA when available (bf16 autocast), else CPU fp32; the report names the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python benchmarks/run.py`: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from benchmarks import bench_data, bench_generate, bench_tokenize, bench_train
+from benchmarks.common import detect, matmul_reference, write_atomic
+from benchmarks.report import markdown, targets
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def plan(env, sizes: list[str] | None) -> dict:
+    """What to run: sizes, repetitions and generation grid for this device (see README notes)."""
+    if env.quick:
+        return {
+            "sizes": sizes or ["tiny"],
+            "reps": 1,
+            "gen": {"lengths": [8, 16], "batches": [1, 2], "uncached_batches": [1, 2], "reps": 1},
+            "tokenize": (3.0, 2.0),
+            "data_batches": 3,
+            "notes": ["--quick: tiny sizes and 1 repetition; not a measurement"],
+        }
+    notes = []
+    if env.cuda:
+        sizes = sizes or ["demo", "s"]
+        gen = {"lengths": [256, 512], "batches": [1, 16], "uncached_batches": [1, 16], "reps": 3}
+    else:
+        sizes = sizes or ["demo"]
+        if "s" not in sizes:
+            notes.append("CPU: SCALE=s training skipped (minutes per step); pass --sizes demo,s")
+        gen = {"lengths": [256, 512], "batches": [1, 16], "uncached_batches": [1], "reps": 1}
+        notes.append(
+            "CPU: uncached generation timed at batch 1 only (batch 16 costs 16x; run on GPU)"
+        )
+    return {
+        "sizes": sizes,
+        "reps": 3,
+        "gen": gen,
+        "tokenize": (60.0, 20.0),
+        "data_batches": 30,
+        "notes": notes,
+    }
+
+
+def run(quick: bool = False, out: Path = REPO, sizes: list[str] | None = None) -> dict:
+    """Run the whole suite; writes out/bench.json and out/bench.md; returns the results."""
+    t_start = time.perf_counter()
+    env = detect(quick)
+    p = plan(env, sizes)
+    print(f"benchmarks on {env.name}; sizes {p['sizes']}", flush=True)
+    mm = matmul_reference(env)
+    print(f"matmul reference: {mm['flops_per_s'] / 1e9:.1f} GFLOP/s ({mm['dtype']})", flush=True)
+    train = bench_train.run(env, p["sizes"], p["reps"], mm["flops_per_s"])
+    print(f"training: {len(train)} cases done", flush=True)
+    g = p["gen"]
+    gen = bench_generate.run(
+        env, p["sizes"][-1], g["lengths"], g["batches"], g["uncached_batches"], g["reps"]
+    )
+    print(f"generation: {len(gen)} cases done", flush=True)
+    tok = bench_tokenize.run(*p["tokenize"])
+    data = bench_data.run(p["sizes"][0], p["data_batches"])
+    results = {
+        "machine": env.name,
+        "device": env.device.type,
+        "dtype": str(env.dtype).replace("torch.", ""),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "quick": quick,
+        "sizes": p["sizes"],
+        "gen_size": p["sizes"][-1],
+        "notes": p["notes"],
+        "matmul": mm,
+        "train": train,
+        "generate": gen,
+        "tokenize": tok,
+        "data": data,
+    }
+    results["targets"] = targets(results)
+    results["wall_s"] = time.perf_counter() - t_start
+    md = markdown(results)
+    write_atomic(out / "bench.json", json.dumps(results, indent=1) + "\n")
+    write_atomic(out / "bench.md", md)
+    print(md)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, 1 repetition (smoke test)")
+    ap.add_argument("--out", type=Path, default=REPO, help="folder for bench.json and bench.md")
+    ap.add_argument("--sizes", default="", help="training scales, comma-separated (tiny, demo, s)")
+    args = ap.parse_args(argv)
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()] or None
+    for s in sizes or []:
+        if s not in bench_train.syn.WORKLOADS:
+            ap.error(
+                f"--sizes: unknown scale {s!r}; choose from {sorted(bench_train.syn.WORKLOADS)}"
+            )
+    run(args.quick, args.out, sizes)
+
+
+if __name__ == "__main__":
+    main()

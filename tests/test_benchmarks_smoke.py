@@ -1,0 +1,88 @@
+"""The benchmark suite runs end to end at tiny scale, and its analytic FLOP counts agree with
+PyTorch's own matmul FLOP counter (no timing is asserted: timings are the suite's business)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks import bench_train
+from benchmarks import flops as fl
+from benchmarks import synthetic as syn
+from benchmarks.run import run
+from zipper_pl.models.sequences import collate_segments, zipper_loss
+
+
+@pytest.fixture
+def one_thread():
+    # the suite's tiny ops on a shared 2-core machine: one thread avoids OpenMP spin contention
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_quick_suite_writes_complete_report(tmp_path, one_thread):
+    res = run(quick=True, out=tmp_path)
+    on_disk = json.loads((tmp_path / "bench.json").read_text())
+    assert on_disk["targets"] == res["targets"] and on_disk["device"] in ("cpu", "cuda")
+    md = (tmp_path / "bench.md").read_text()
+    assert res["machine"] in md and "### Targets" in md
+
+    cases = {r["case"] for r in res["train"]}
+    assert {"text tower LM", "speech tower LM", "zipper ASR, text frozen"} <= cases
+    assert {"zipper ASR, unfrozen", "single decoder ASR"} <= cases
+    for r in res["train"]:
+        for k in ("step_s", "tokens_per_s", "model_flops", "utilisation", "peak_mb"):
+            assert math.isfinite(r[k]) and r[k] > 0, (r["case"], k)
+    assert all(r["vs_towers"] > 0 for r in res["train"] if r["case"].startswith("zipper"))
+
+    assert len(res["generate"]) == 2 * 2 * 2  # tasks x batches x lengths
+    for g in res["generate"]:
+        assert g["generated"] == g["batch"] * g["new_tokens"]  # the length really was forced
+        assert g["identical"] is True  # cached == uncached, token for token
+    assert {"units", "encodec"} <= set(res["tokenize"])
+    assert len(res["data"]) == 4 and all(d["samples_per_s"] > 0 for d in res["data"].values())
+    names = " ".join(t["target"] for t in res["targets"])
+    assert "cached / uncached" in names and "data loading" in names
+
+
+def _matmul_flops(loss_fn) -> int:
+    with FlopCounterMode(display=False) as fc:
+        loss_fn().backward()
+    return fc.get_total_flops()  # mm/addmm only: CPU SDPA is not counted by PyTorch
+
+
+def test_analytic_flops_match_pytorch_counter(one_thread):
+    tower = syn.towers("tiny")["text"]
+    x, y = syn.lm_batch(syn.TEXT_VOCAB, 2, 16, seed=0)
+    c = tower.cfg
+    attn = 3 * c.n_layers * 4 * c.d_model * 2 * 16 * 16
+    assert _matmul_flops(lambda: bench_train._lm_loss(tower, x, y)) == (
+        fl.tower_flops(c, [16, 16]) - attn
+    )
+
+    # unpadded pairs; the counter also sees the speech head, which has no targets in ASR
+    prs = [(np.arange(10) % syn.SPEECH_K, np.arange(5) + 4) for _ in range(2)]
+    batch = collate_segments(syn.task_samples(prs, "asr"), syn.specs())
+    lengths = {t: batch[t]["valid"].sum(1).tolist() for t in batch}
+    for freeze in ("text", "none"):
+        m = syn.zipper("tiny", freeze)
+        attn = sum(
+            3 * m.towers[t].cfg.n_layers * 4 * m.towers[t].cfg.d_model * sum(n * n for n in ln)
+            for t, ln in lengths.items()
+        )
+        for dst, src in m.dirs:
+            for layer in m.fusion[f"{dst}_from_{src}"]:
+                pairs = sum(a * b for a, b in zip(lengths[dst], lengths[src], strict=True))
+                attn += 3 * 4 * layer.xattn.n_heads * layer.xattn.head_dim * pairs
+        sc = m.towers["speech"].cfg
+        unused_head = 6 * sc.vocab_size * sc.d_model * sum(lengths["speech"])
+        analytic = fl.zipper_flops(m, lengths, {"text": True, "speech": False})
+        counted = _matmul_flops(lambda m=m: zipper_loss(m(batch), batch)[0])
+        assert counted == analytic - attn + unused_head, freeze
