@@ -144,9 +144,11 @@ def run_size(size: str, env: Env, reps: int) -> list[dict]:
         rows.append(same[t])
         del tower
     base = same["text"]["step_s"] + same["speech"]["step_s"]
+    base_flops = same["text"]["model_flops"] + same["speech"]["model_flops"]
     for r in rows:
         if r["case"].startswith("zipper"):
             r["vs_towers"] = r["step_s"] / base
+            r["flops_vs_towers"] = r["model_flops"] / base_flops  # noise-free: what fusion adds
     # -- single decoder on the same pairs, one stream --
     model = syn.single(size)
     sb = _to(model.collate(samples, loss_on="last"), dev)

@@ -44,7 +44,8 @@ def targets(res: dict) -> list[dict]:
     for case in ("zipper ASR, text frozen", "zipper ASR, unfrozen"):
         if r := _row(train, case, size):
             add(
-                f"{case}: step / (text + speech steps) ({size})",
+                f"{case}: step / (text + speech steps) ({size}; FLOP ratio "
+                f"{r['flops_vs_towers']:.2f})",
                 r["vs_towers"],
                 "<= 1.3",
                 r["vs_towers"] <= 1.3,
@@ -101,6 +102,7 @@ def markdown(res: dict) -> str:
         f"Matmul reference ({mm['dtype']}, {mm['n']}^3): "
         f"**{mm['flops_per_s'] / 1e9:,.1f} GFLOP/s** (the utilisation denominator).",
         *[f"- note: {n}" for n in res["notes"]],
+        "- phases: " + ", ".join(f"{k} {v:.0f} s" for k, v in res.get("phase_s", {}).items()),
         "",
         "### Targets",
         "",
@@ -115,14 +117,15 @@ def markdown(res: dict) -> str:
         "### Training step (forward + backward + clip + AdamW)",
         "",
         "| size | case | batch | pad | step s | tokens/s | GFLOP/step | util | peak MB "
-        "| vs towers |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| time vs towers | FLOPs vs towers |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["train"]:
         lines.append(
             f"| {r['size']} | {r['case']} | {r['batch']} | {r['padding']:.1%} | "
             f"{_f(r['step_s'], 3)} | {_f(r['tokens_per_s'], 0)} | {_f(r['model_flops'] / 1e9)} | "
-            f"{r['utilisation']:.1%} | {_f(r['peak_mb'], 0)} | {_f(r.get('vs_towers'))} |"
+            f"{r['utilisation']:.1%} | {_f(r['peak_mb'], 0)} | {_f(r.get('vs_towers'))} | "
+            f"{_f(r.get('flops_vs_towers'))} |"
         )
     lines += [
         "",

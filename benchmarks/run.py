@@ -66,17 +66,23 @@ def run(quick: bool = False, out: Path = REPO, sizes: list[str] | None = None) -
     env = detect(quick)
     p = plan(env, sizes)
     print(f"benchmarks on {env.name}; sizes {p['sizes']}", flush=True)
-    mm = matmul_reference(env)
+    phase_s: dict[str, float] = {}
+
+    def phase(name: str, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        phase_s[name] = time.perf_counter() - t0
+        print(f"{name}: done in {phase_s[name]:.0f} s", flush=True)
+        return out
+
+    mm = phase("matmul reference", matmul_reference, env)
     print(f"matmul reference: {mm['flops_per_s'] / 1e9:.1f} GFLOP/s ({mm['dtype']})", flush=True)
-    train = bench_train.run(env, p["sizes"], p["reps"], mm["flops_per_s"])
-    print(f"training: {len(train)} cases done", flush=True)
+    train = phase("training", bench_train.run, env, p["sizes"], p["reps"], mm["flops_per_s"])
     g = p["gen"]
-    gen = bench_generate.run(
-        env, p["sizes"][-1], g["lengths"], g["batches"], g["uncached_batches"], g["reps"]
-    )
-    print(f"generation: {len(gen)} cases done", flush=True)
-    tok = bench_tokenize.run(*p["tokenize"])
-    data = bench_data.run(p["sizes"][0], p["data_batches"])
+    gen_args = (p["sizes"][-1], g["lengths"], g["batches"], g["uncached_batches"], g["reps"])
+    gen = phase("generation", bench_generate.run, env, *gen_args)
+    tok = phase("tokenization", bench_tokenize.run, *p["tokenize"])
+    data = phase("data loading", bench_data.run, p["sizes"][0], p["data_batches"])
     results = {
         "machine": env.name,
         "device": env.device.type,
@@ -92,6 +98,7 @@ def run(quick: bool = False, out: Path = REPO, sizes: list[str] | None = None) -
         "generate": gen,
         "tokenize": tok,
         "data": data,
+        "phase_s": phase_s,
     }
     results["targets"] = targets(results)
     results["wall_s"] = time.perf_counter() - t_start
@@ -107,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="tiny sizes, 1 repetition (smoke test)")
     ap.add_argument("--out", type=Path, default=REPO, help="folder for bench.json and bench.md")
     ap.add_argument("--sizes", default="", help="training scales, comma-separated (tiny, demo, s)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch default")
     args = ap.parse_args(argv)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()] or None
     for s in sizes or []:
@@ -114,6 +122,10 @@ def main(argv: list[str] | None = None) -> None:
             ap.error(
                 f"--sizes: unknown scale {s!r}; choose from {sorted(bench_train.syn.WORKLOADS)}"
             )
+    if args.threads < 0:
+        ap.error("--threads must be >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     run(args.quick, args.out, sizes)
 
 

@@ -240,6 +240,8 @@ def evaluate_stage(cfg: Config) -> Path:
     from zipper_pl.stages import stage_dir
 
     t_start = time.perf_counter()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     out = stage_dir(cfg, "eval")
     systems = resolve_systems(cfg)
     judge_dir = _judge_folder(cfg)

@@ -130,9 +130,11 @@ def judge_stage(cfg: Config) -> Path:
     writer = SummaryWriter(str(out / "tb"))
 
     def log(step: int, values: dict) -> None:
-        for k, v in values.items():
-            if isinstance(v, int | float) and np.isfinite(v):
-                writer.add_scalar(f"judge/{k}", v, step)
+        scalars = {k: v for k, v in values.items() if isinstance(v, int | float) and np.isfinite(v)}
+        for k, v in scalars.items():
+            writer.add_scalar(f"judge/{k}", v, step)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in scalars.items() if k in ("loss", "lr"))
+        print(f"[judge] step {step}/{cfg.train.max_steps}: {shown or scalars}", flush=True)
 
     t0 = time.perf_counter()
     metrics = train_judge(
