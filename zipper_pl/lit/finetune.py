@@ -22,10 +22,16 @@ from zipper_pl.lit.common import TrainModule
 from zipper_pl.models.sequences import IGNORE, Segment
 
 
-def stream_logits(model: nn.Module, arch: str, batch: dict) -> dict[str, tuple]:
-    """{stream: (logits [B,T,V], targets [B,T])}: one stream per tower (Zipper) or one (single)."""
+def stream_logits(
+    model: nn.Module, arch: str, batch: dict, tasks: list[str] | None = None
+) -> dict[str, tuple]:
+    """{stream: (logits [B,T,V], targets [B,T])}: one stream per tower (Zipper) or one (single).
+
+    ``tasks`` name the output towers, so the Zipper skips the softmax of towers without loss.
+    """
     if arch == "zipper":
-        logits = model(batch)
+        outputs = None if tasks is None else {TASK_OUTPUT[t] for t in tasks}
+        logits = model(batch, outputs=outputs)
         return {t: (logits[t], batch[t]["targets"]) for t in logits}
     return {"single": (model(batch["ids"]), batch["targets"])}
 
@@ -55,7 +61,7 @@ class FinetuneModule(TrainModule):
     # ---- loss -----------------------------------------------------------------------------
     def _losses(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
         """Token-mean loss, plus summed losses/counts per stream and per task (for logging)."""
-        streams = stream_logits(self.model, self.arch, batch["model"])
+        streams = stream_logits(self.model, self.arch, batch["model"], batch["tasks"])
         total, count = 0.0, 0
         sums: dict[str, torch.Tensor] = {}
         tasks = batch["tasks"]

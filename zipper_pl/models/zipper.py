@@ -9,7 +9,7 @@ N > 2 towers work the same way (a tower reading several sources applies them in 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -185,6 +185,7 @@ class ZipperModel(nn.Module):
         kv_fn: Callable[
             [tuple[str, str], int, tuple[Tensor, Tensor] | None], tuple[Tensor, Tensor]
         ],
+        outputs: Collection[str] | None = None,
     ) -> dict[str, Tensor]:
         """Run the towers that have new inputs h[t] [B,T,D] through all blocks and zipped layers.
 
@@ -207,6 +208,8 @@ class ZipperModel(nn.Module):
                     h[d[0]] = self.fusion[f"{d[0]}_from_{d[1]}"][n](h[d[0]], *kv[d], masks[d])
         out = {}
         for t in h:
+            if outputs is not None and t not in outputs:
+                continue  # no loss on this tower: its last blocks and softmax would be wasted
             tower = self.towers[t]
             out[t] = tower.head(tower.run_blocks(h[t], start[t], tower.n_layers, **run_kw[t]))
         return out
@@ -214,11 +217,19 @@ class ZipperModel(nn.Module):
     def embed(self, t: str, ids: Tensor) -> Tensor:
         return self.input_proj[t](self.towers[t].embed(ids))
 
-    def forward(self, batch: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor]:
-        """Batch from ``collate_segments`` -> {tower: logits [B,T,V]} (right-padded streams)."""
+    def forward(
+        self, batch: Mapping[str, Mapping[str, Tensor]], outputs: Collection[str] | None = None
+    ) -> dict[str, Tensor]:
+        """Batch from ``collate_segments`` -> {tower: logits [B,T,V]} (right-padded streams).
+
+        outputs: towers whose logits are needed (default all); the others skip their blocks after
+        the last zipped layer and their softmax.
+        """
         h = {t: self.embed(t, batch[t]["ids"]) for t in self.names}
         masks = {(a, b): cross_mask(batch[a], batch[b]) for a, b in self.dirs}
-        return self.zip_pass(h, {t: {} for t in self.names}, masks, lambda d, n, kv: kv)
+        return self.zip_pass(
+            h, {t: {} for t in self.names}, masks, lambda d, n, kv: kv, outputs=outputs
+        )
 
     # ---- generation ---------------------------------------------------------------------------
     @torch.no_grad()
