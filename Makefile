@@ -77,7 +77,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) ## create .venv and install the project (once)
 
 test: $(STAMP) ## run the test suite (CPU, tiny configs, < 10 min)
-	$(PY) -m pytest -q
+	$(PY) -m pytest
 
 lint: $(STAMP) ## ruff check + format check
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
