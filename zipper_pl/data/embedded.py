@@ -18,6 +18,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
@@ -54,8 +55,12 @@ class EmbeddedCorpusConfig:
     n_aligned_train: int = F(3_000, "aligned (speech, transcript) training pairs", ge=0)
     n_valid: int = F(200, "aligned validation pairs", ge=0)
     n_test: int = F(200, "aligned test pairs", ge=0)
-    n_speakers: int = F(8, "synthetic speakers (espeak voice/variant, rate, pitch)", ge=1,
-                        le=len(VOICES))  # fmt: skip
+    n_speakers: int = F(8, "synthetic speakers (espeak voice/variant, rate, pitch)", ge=1)
+    voices: list[str] = F(
+        None,
+        "espeak voice+variant of speaker slot k (cycled); accents and sexes differ a lot in units",
+        factory=lambda: list(VOICES),
+    )
     min_words: int = F(4, "shortest sentence, in words", ge=1)
     max_words: int = F(25, "longest sentence, in words", ge=6)
     workers: int = F(2, "threads driving espeak helper processes (output is identical)", ge=1)
@@ -83,14 +88,16 @@ EMBEDDED_PRESETS: dict[str, dict[str, int]] = {
 }
 
 
-def embedded_speakers(n: int) -> list[Speaker]:
-    """The first ``n`` speakers; speaker k is the same in every corpus (independent of the seed)."""
-    if not 1 <= n <= len(VOICES):
-        raise UserError(f"data.embedded.n_speakers={n} is outside 1..{len(VOICES)}")
+def embedded_speakers(n: int, voices: Sequence[str] = VOICES) -> list[Speaker]:
+    """The first ``n`` speakers; speaker k is the same in every corpus (independent of the seed):
+    voice ``voices[k % len(voices)]`` with slot k's own rate and pitch."""
+    if n < 1 or not voices:
+        raise UserError("data.embedded.n_speakers must be >= 1 and data.embedded.voices non-empty")
     out = []
     for k in range(n):
         rng = random.Random(f"embedded-speaker-{k}")
-        out.append(Speaker(VOICES[k], rate=rng.randrange(140, 201, 5), pitch=rng.randrange(30, 71)))
+        voice = voices[k % len(voices)]
+        out.append(Speaker(voice, rate=rng.randrange(140, 201, 5), pitch=rng.randrange(30, 71)))
     return out
 
 
@@ -184,7 +191,7 @@ def build_embedded_corpus(root: str | os.PathLike, cfg: EmbeddedCorpusConfig) ->
     if cfg.min_words > cfg.max_words:
         raise UserError("data.embedded.min_words must not exceed data.embedded.max_words")
     t0 = time.time()
-    speakers = embedded_speakers(cfg.n_speakers)
+    speakers = embedded_speakers(cfg.n_speakers, cfg.voices)
     pools = split_pools(cfg)
     records: dict[str, list[Record]] = {}
     jobs: list[tuple[Path, str, Speaker]] = []
