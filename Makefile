@@ -139,8 +139,13 @@ demo: $(STAMP) ## the whole chain on the embedded corpus at SCALE=demo, ending w
 	@$(MAKE) --no-print-directory evaluate SCALE=demo
 
 ablation: $(STAMP) ## aligned-fraction sweep: ABLATION_FRACS x zipper/single x ABLATION_FREEZE x ABLATION_SEEDS
+	@$(MAKE) --no-print-directory _check-paths _ablation
+
+.PHONY: _ablation
+_ablation: $(TEXT_DIR)/$(W) $(SPEECH_DIR)/$(W) $(JUDGE_DIR)/$(W)
 	$(ZPL) ablation $(EXP)/zip_asr.yaml $(COMMON) "ablation.fracs=$(ABLATION_FRACS)" \
-	  "ablation.seeds=$(ABLATION_SEEDS)" "ablation.freeze=$(ABLATION_FREEZE)"
+	  "ablation.seeds=$(ABLATION_SEEDS)" "ablation.freeze=$(ABLATION_FREEZE)" \
+	  inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR) inputs.judge=$(JUDGE_DIR)
 
 bench: $(STAMP) ## benchmarks: matmul roofline, training, generation, tokenization, data loading
 	$(PY) -m benchmarks $(BENCH_ARGS)

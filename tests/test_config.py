@@ -38,6 +38,8 @@ def test_overrides_and_types():
     assert cfg.model.n_layers == 3
     assert cfg.train.lr == pytest.approx(5e-4)
     assert cfg.data.train_splits == ["a", "b"]
+    one = load_config(None, ["ablation.seeds=0", "ablation.fracs=0.5 1.0"])
+    assert one.ablation.seeds == [0] and one.ablation.fracs == [0.5, 1.0]
 
 
 def test_unknown_key_suggests_closest():

@@ -278,6 +278,8 @@ def _coerce(value: Any, tp: Any) -> Any:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, str):
             value = [v for v in value.replace(",", " ").split() if v]
+        elif isinstance(value, int | float | bool):
+            value = [value]  # `seeds=0` on the command line means [0]
         if not isinstance(value, list | tuple):
             raise ValueError(f"expected a list, got {value!r}")
         return [_coerce(v, item_tp) for v in value]

@@ -449,3 +449,27 @@ def render_markdown(r: dict) -> str:
         )
     lines += ["", f"Evaluation wall time: {r.get('wall_s', 0):.0f} s.", ""]
     return "\n".join(lines)
+
+
+def tts_cell_metrics(folder: Path, judge_dir: Path, cfg: Config) -> dict:
+    """TTS WER of one TTS stage through the judge (best of N and greedy): an ablation cell."""
+    from zipper_pl.finetuned import load_finetuned
+
+    judge, judge_tok = load_judge(judge_dir)
+    ft = load_finetuned(folder)
+    utts = gold_utterances(cfg, judge_tok, "test")
+    if cfg.eval.max_utterances:
+        utts = utts[: cfg.eval.max_utterances]
+    max_total = min(c["max_seq_len"] for c in read_json(folder / TOWERS_JSON).values())
+    text_ids = ft.text_tok.encode([u.text for u in utts])
+    utts = [
+        u for u, t in zip(utts, text_ids, strict=True) if len(u.tokens) + len(t) + 4 <= max_total
+    ]
+    targets = oracle_scores(judge, utts, cfg.eval.batch_size)["hyps"]
+    summary, _, _ = eval_tts(ft, judge, utts, targets, cfg)
+    return {
+        "tts_wer_gold": summary["best_of_n"]["wer_gold"],
+        "tts_wer_target": summary["best_of_n"]["wer_target"],
+        "tts_wer_gold_greedy": summary["greedy"]["wer_gold"],
+        "n": summary["n"],
+    }
