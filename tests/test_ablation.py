@@ -1,0 +1,55 @@
+"""Ablation bookkeeping: cells, tables and plots (the stages are tested elsewhere)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from tests.conftest import tiny_config
+from zipper_pl.ablation import _cells, write_tables
+from zipper_pl.errors import UserError
+
+
+def test_cells_cover_systems_without_duplicate_single_rows(data_root, tmp_path):
+    cfg = tiny_config(
+        data_root,
+        tmp_path,
+        "zip_asr.yaml",
+        "ablation.fracs=0.1,1.0",
+        "ablation.seeds=0,1",
+        "ablation.freeze=text,both",
+    )
+    cells = _cells(cfg)
+    # zipper: 2 fracs x 2 freeze x 2 seeds; single: 2 fracs x 2 seeds (freezing does not apply)
+    assert len(cells) == 8 + 4
+    assert {c["freeze"] for c in cells if c["model"] == "single"} == {"none"}
+    bad = tiny_config(data_root, tmp_path, "zip_asr.yaml", "ablation.fracs=0,1")
+    with pytest.raises(UserError, match="ablation.fracs"):
+        _cells(bad)
+
+
+def test_tables_and_plots(tmp_path):
+    rows = []
+    for system, wers in (("Zipper", (0.9, 0.3)), ("Single Decoder", (1.0, 0.5))):
+        for frac, wer in zip((0.1, 1.0), wers, strict=True):
+            for seed in (0, 1):
+                rows.append(
+                    {
+                        "system": system,
+                        "frac": frac,
+                        "model": "m",
+                        "freeze": "text",
+                        "seed": seed,
+                        "aligned_pairs": 10,
+                        "asr_wer": wer + 0.01 * seed,
+                        "asr_cer": wer / 2,
+                        "tts_wer": None,
+                    }
+                )
+    write_tables(tmp_path, rows)
+    assert len(list(csv.DictReader((tmp_path / "ablation.csv").open()))) == 8
+    md = (tmp_path / "ablation.md").read_text()
+    assert "| Zipper | 90.5 | 30.5 |" in md and "TTS" not in md  # mean over seeds, in %
+    png = (tmp_path / "asr_wer.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "tts_wer.png").exists()
