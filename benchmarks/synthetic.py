@@ -3,11 +3,14 @@ tokenizer or pretrained weights needed, so the suite runs anywhere in seconds.""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from zipper_pl.config import load_config
 from zipper_pl.models.sequences import ModalitySpec, Segment
 from zipper_pl.models.single import SingleDecoder
 from zipper_pl.models.tower import Tower, tower_config
@@ -57,8 +60,15 @@ def towers(size: str, seed: int = 0) -> dict[str, Tower]:
     }
 
 
+def zip_config(size: str, freeze: str) -> ZipperConfig:
+    """The fusion layout the scale's experiment file trains (the schema default if it has none)."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / size / "zip_asr.yaml"
+    base = load_config(path).zip if path.is_file() else ZipperConfig()
+    return dataclasses.replace(base, freeze=freeze)
+
+
 def zipper(size: str, freeze: str, seed: int = 0) -> ZipperModel:
-    return ZipperModel(ZipperConfig(freeze=freeze), towers(size, seed), specs())
+    return ZipperModel(zip_config(size, freeze), towers(size, seed), specs())
 
 
 def single(size: str, seed: int = 0) -> SingleDecoder:
