@@ -116,3 +116,20 @@ def test_cli_aligned_frac_out_of_range_no_traceback():
         cwd=ROOT,
     )
     assert r.returncode != 0 and "aligned_frac" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_exported_weights_are_the_best_validation_checkpoint(data_root, tiny_towers, tmp_path):
+    out = zip_stage(
+        zip_config(
+            data_root,
+            tiny_towers,
+            tmp_path / "b",
+            "train.max_steps=6",
+            "train.val_every=2",
+            "train.lr=3e-2",
+        )
+    )
+    best = torch.load(out / "best.ckpt", map_location="cpu", weights_only=True)
+    exported = load_file(str(out / "model.safetensors"))
+    for k, v in exported.items():
+        assert torch.equal(best["state_dict"][f"model.{k}"], v), k

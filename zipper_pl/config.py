@@ -145,6 +145,9 @@ class TrainConfig:
         choices=("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"),
     )
     compile: bool = F(False, "torch.compile the model")
+    select_best: bool = F(
+        True, "fine-tuning exports the weights of the best validation loss (paper: model selection)"
+    )
     threads: int = F(0, "CPU threads for torch; 0 = torch's default", ge=0)
 
 

@@ -17,7 +17,7 @@ from zipper_pl.config import Config, save_config, to_dict
 from zipper_pl.errors import UserError
 from zipper_pl.io import atomic_write_json, load_weights, read_json, save_weights
 from zipper_pl.models.tower import Tower, TowerConfig
-from zipper_pl.trainer import LAST_CKPT, make_trainer
+from zipper_pl.trainer import BEST_CKPT, LAST_CKPT, make_trainer
 
 WEIGHTS, CONFIG, METRICS, TOWER_JSON = (
     "model.safetensors",
@@ -82,13 +82,25 @@ def load_tower(folder: str | Path) -> Tower:
     return tower
 
 
-def _fit(cfg: Config, out: Path, module: L.LightningModule, dm: L.LightningDataModule) -> dict:
-    """Train with resume from ``last.ckpt``; returns wall-clock figures."""
+def _fit(
+    cfg: Config,
+    out: Path,
+    module: L.LightningModule,
+    dm: L.LightningDataModule,
+    select_best: bool = False,
+) -> dict:
+    """Train with resume from ``last.ckpt``; returns wall-clock figures. With ``select_best``
+    the module ends with the weights of its lowest validation loss (``best.ckpt``)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    trainer = make_trainer(cfg, out)
+    trainer = make_trainer(cfg, out, select_best=select_best)
     ckpt = out / LAST_CKPT
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.is_file() else None)
+    best = out / BEST_CKPT
+    if select_best and best.is_file():
+        state = torch.load(best, map_location="cpu", weights_only=True)
+        module.load_state_dict(state["state_dict"])
+        print(f"[select] weights of step {state.get('global_step')}: best validation loss")
     return {
         "trainer": trainer,
         "wall_s": time.perf_counter() - t0,
@@ -292,7 +304,7 @@ def _train_finetune(
     with filelock.FileLock(str(Path(cfg.data.cache_dir).with_suffix(".lock"))):
         dm.prepare_data()
     module = FinetuneModule(model, cfg, text_tok.decode)
-    run = _fit(cfg, out, module, dm)
+    run = _fit(cfg, out, module, dm, select_best=cfg.train.select_best)
     trainer = run["trainer"]
     final = {**_final_metrics(trainer), **module.run_validation_pass()}
     if not trainer.is_global_zero:

@@ -15,6 +15,7 @@ from zipper_pl.config import Config
 from zipper_pl.errors import UserError
 
 LAST_CKPT = "last.ckpt"
+BEST_CKPT = "best.ckpt"
 
 
 class _DropAdvert(logging.Filter):
@@ -48,8 +49,11 @@ def resolve_precision(cfg: Config) -> str:
     return "bf16-mixed" if gpu else "32-true"
 
 
-def make_trainer(cfg: Config, out: Path, *, progress: bool = True) -> L.Trainer:
-    """Trainer writing TensorBoard events and ``last.ckpt`` into the stage folder ``out``."""
+def make_trainer(
+    cfg: Config, out: Path, *, progress: bool = True, select_best: bool = False
+) -> L.Trainer:
+    """Trainer writing TensorBoard events and ``last.ckpt`` into the stage folder ``out``;
+    with ``select_best`` also ``best.ckpt``, the weights of the lowest validation loss."""
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -81,10 +85,26 @@ def make_trainer(cfg: Config, out: Path, *, progress: bool = True) -> L.Trainer:
         num_sanity_val_steps=0,
         log_every_n_steps=t.log_every,
         logger=TensorBoardLogger(save_dir=str(out), name="tb", version="", default_hp_metric=False),
-        callbacks=[checkpoint],
+        callbacks=[checkpoint, *_best_checkpoint(out, select_best)],
         # our StepBatchSampler shards by rank itself, exactly and resumably
         use_distributed_sampler=False,
         enable_model_summary=False,
         enable_progress_bar=progress,
         default_root_dir=str(out),
     )
+
+
+def _best_checkpoint(out: Path, enabled: bool) -> list[ModelCheckpoint]:
+    if not enabled:
+        return []
+    return [
+        ModelCheckpoint(
+            dirpath=out,
+            filename=Path(BEST_CKPT).stem,
+            monitor="val/loss",
+            mode="min",
+            save_top_k=1,
+            save_last=False,
+            enable_version_counter=False,
+        )
+    ]
