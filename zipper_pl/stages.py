@@ -92,6 +92,10 @@ def _fit(
     """Train with resume from ``last.ckpt``; returns wall-clock figures. With ``select_best``
     the module ends with the weights of its lowest validation loss (``best.ckpt``)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.train.compile:
+        # compile the forward only: the module and its state_dict keys stay as they are
+        net = getattr(module, "tower", None) or module.model
+        net.forward = torch.compile(net.forward)
     trainer = make_trainer(cfg, out, select_best=select_best)
     ckpt = out / LAST_CKPT
     t0 = time.perf_counter()
