@@ -291,12 +291,8 @@ def _train_finetune(
     tower_cfg_dicts = {t: towers[t].config_dict() for t in towers}
     model = build_model(cfg, towers, specs)
     if init is not None:
+        # freezing follows this config (built above); loading weights leaves it untouched
         load_weights(model, init / WEIGHTS)
-        if cfg.arch == "zipper":
-            model.frozen = model._frozen_names()
-            for p in model.parameters():
-                p.requires_grad_(True)
-            model.freeze_towers()
     max_total = min(c["max_seq_len"] for c in tower_cfg_dicts.values())
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / CONFIG)
