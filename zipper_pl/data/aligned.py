@@ -90,8 +90,9 @@ def load_pairs(
     """
     store = TokenStore(speech_store_dir)
     by_id = {uid: j for j, uid in enumerate(store.ids)}
-    records = [r for r in read_manifest(manifest_path) if r.id in by_id and r.text]
-    skipped = {"no_audio_tokens": len(read_manifest(manifest_path)) - len(records)}
+    all_records = read_manifest(manifest_path)
+    records = [r for r in all_records if r.id in by_id and r.text]
+    skipped = {"no_audio_tokens": len(all_records) - len(records)}
     text_tokens = encode_text([r.text for r in records])
     pairs, too_long = [], 0
     for r, tt in zip(records, text_tokens, strict=True):

@@ -158,7 +158,7 @@ def prepare_pretraining(cfg: Config) -> LMData:
         tok = text_tokenizer(cfg)
         train = text_store(cfg, tok, "text")
         valid = text_store(cfg, tok, "valid")
-        n_train = len(TokenStore(train))
+        store = TokenStore(train)
         return LMData(
             vocab_size=tok.vocab_size,
             bos_id=tok.bos_id,
@@ -166,7 +166,7 @@ def prepare_pretraining(cfg: Config) -> LMData:
             train_store=train,
             valid_store=valid,
             artefacts=[tok.path],
-            info={"train_utterances": n_train, "train_tokens": TokenStore(train).total_tokens},
+            info={"train_utterances": len(store), "train_tokens": store.total_tokens},
         )
     tok, folder = audio_tokenizer(cfg)
     train = audio_store(cfg, tok, "speech")
@@ -180,8 +180,8 @@ def prepare_pretraining(cfg: Config) -> LMData:
         valid_store=valid,
         artefacts=[folder],
         info={
-            "train_utterances": len(TokenStore(train)),
-            "train_tokens": TokenStore(train).total_tokens,
+            "train_utterances": len(store := TokenStore(train)),
+            "train_tokens": store.total_tokens,
             "audio_vocab": k,
             "frame_rate": tok.frame_rate,
         },
