@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from zipper_pl.config import Config
 from zipper_pl.data.manifest import read_manifest
-from zipper_pl.data.sampling import StepBatchSampler, StepDataLoader
+from zipper_pl.data.sampling import train_loader, valid_loader
 from zipper_pl.data.store import TokenStore
 from zipper_pl.errors import UserError
 from zipper_pl.models.sequences import Segment
@@ -172,26 +172,10 @@ class AlignedDataModule(L.LightningDataModule):
             )
 
     def train_dataloader(self) -> DataLoader:
-        t = self.trainer
-        sampler = StepBatchSampler(
-            len(self.train_set),
-            self.cfg.data.batch_size,
-            seed=self.cfg.seed,
-            start_batch=(t.global_step * self.cfg.train.accumulate) if t else 0,
-            rank=t.global_rank if t else 0,
-            world_size=t.world_size if t else 1,
+        return train_loader(
+            self.train_set, self.cfg, self.trainer, collate_fn=self.collate,
             lengths=self.train_set.lengths(),
-        )
-        return StepDataLoader(
-            self.train_set, batch_sampler=sampler, collate_fn=self.collate,
-            num_workers=self.cfg.data.num_workers,
-            persistent_workers=self.cfg.data.num_workers > 0,
         )
 
     def val_dataloader(self) -> DataLoader:
-        t = self.trainer
-        world, rank = (t.world_size, t.global_rank) if t else (1, 0)
-        bs = self.cfg.data.batch_size
-        n = min(len(self.valid_set), bs * self.valid_batches * world)
-        subset = torch.utils.data.Subset(self.valid_set, list(range(rank, n, world)))
-        return DataLoader(subset, batch_size=bs, shuffle=False, collate_fn=self.collate)
+        return valid_loader(self.valid_set, self.cfg, self.trainer, collate_fn=self.collate)

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from zipper_pl.config import Config
-from zipper_pl.data.sampling import StepBatchSampler, StepDataLoader
+from zipper_pl.data.sampling import train_loader, valid_loader
 from zipper_pl.data.store import TokenStore
 from zipper_pl.errors import UserError
 
@@ -89,38 +89,14 @@ class LMDataModule(L.LightningDataModule):
             )
 
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        start = trainer.global_step * self.cfg.train.accumulate if trainer else 0
-        world = trainer.world_size if trainer else 1
-        rank = trainer.global_rank if trainer else 0
+        world = self.trainer.world_size if self.trainer else 1
         bs = self.cfg.data.batch_size
         if len(self.train_set) < bs * world:
             raise UserError(
                 f"{len(self.train_set)} training windows cannot fill one global batch of "
                 f"data.batch_size={bs} x {world} devices: lower data.batch_size or data.seq_len"
             )
-        sampler = StepBatchSampler(
-            len(self.train_set),
-            bs,
-            seed=self.cfg.seed,
-            start_batch=start,
-            rank=rank,
-            world_size=world,
-        )
-        return StepDataLoader(
-            self.train_set,
-            batch_sampler=sampler,
-            num_workers=self.cfg.data.num_workers,
-            persistent_workers=self.cfg.data.num_workers > 0,
-        )
+        return train_loader(self.train_set, self.cfg, self.trainer)
 
     def val_dataloader(self) -> DataLoader:
-        # a fixed subset (the first windows), sharded by rank without overlap
-        trainer = self.trainer
-        world = trainer.world_size if trainer else 1
-        rank = trainer.global_rank if trainer else 0
-        bs = self.cfg.data.batch_size
-        n = min(len(self.valid_set), bs * self.valid_batches * world)
-        idx = list(range(rank, n, world))
-        subset = torch.utils.data.Subset(self.valid_set, idx)
-        return DataLoader(subset, batch_size=bs, shuffle=False)
+        return valid_loader(self.valid_set, self.cfg, self.trainer)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, Subset
 
 
 class StepBatchSampler(Sampler[list[int]]):
@@ -89,3 +89,40 @@ class StepDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         """Nothing to restore: the sampler was built from the restored global step."""
+
+
+def _rank_world(trainer) -> tuple[int, int]:
+    return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+
+
+def train_loader(
+    dataset, cfg, trainer, *, collate_fn=None, lengths: np.ndarray | None = None
+) -> StepDataLoader:
+    """The training loader every DataModule uses: resumes at the trainer's global step and
+    shards each global batch exactly across ranks (``cfg`` is the root Config)."""
+    rank, world = _rank_world(trainer)
+    sampler = StepBatchSampler(
+        len(dataset),
+        cfg.data.batch_size,
+        seed=cfg.seed,
+        start_batch=trainer.global_step * cfg.train.accumulate if trainer else 0,
+        rank=rank,
+        world_size=world,
+        lengths=lengths,
+    )
+    return StepDataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate_fn,
+        num_workers=cfg.data.num_workers,
+        persistent_workers=cfg.data.num_workers > 0,
+    )
+
+
+def valid_loader(dataset, cfg, trainer, *, collate_fn=None) -> DataLoader:
+    """A fixed validation subset (the first items), split across ranks without overlap."""
+    rank, world = _rank_world(trainer)
+    bs = cfg.data.batch_size
+    n = min(len(dataset), bs * cfg.data.valid_batches * world)
+    subset = Subset(dataset, list(range(rank, n, world)))
+    return DataLoader(subset, batch_size=bs, shuffle=False, collate_fn=collate_fn)

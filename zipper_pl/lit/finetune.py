@@ -17,7 +17,7 @@ from torch import nn
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from zipper_pl.config import Config
-from zipper_pl.data.aligned import TASK_INPUT, TASK_OUTPUT
+from zipper_pl.data.aligned import TASK_OUTPUT
 from zipper_pl.lit.common import TrainModule
 from zipper_pl.models.sequences import IGNORE, Segment
 
@@ -193,4 +193,4 @@ class FinetuneModule(TrainModule):
         return [self.decode_text(o[-1].tokens.tolist()) for o in outs]
 
 
-__all__ = ["TASK_INPUT", "TASK_OUTPUT", "FinetuneModule", "stream_logits"]
+__all__ = ["FinetuneModule", "stream_logits"]
