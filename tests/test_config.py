@@ -42,6 +42,16 @@ def test_overrides_and_types():
     assert one.ablation.seeds == [0] and one.ablation.fracs == [0.5, 1.0]
 
 
+def test_override_one_entry_of_a_dict_key(tmp_path):
+    # regression: "zip.intervals.text=3" was rejected as an unknown key
+    cfg = load_config(None, ["zip.intervals.text=3", "zip.tokens_per_word.speech=5.5"])
+    assert cfg.zip.intervals == {"text": 3, "speech": 1}
+    assert cfg.zip.tokens_per_word == {"speech": 5.5}
+    path = tmp_path / "c.yaml"
+    path.write_text("zip: {intervals: {text: 2, speech: 4}}\n")
+    assert load_config(path, ["zip.intervals.speech=1"]).zip.intervals == {"text": 2, "speech": 1}
+
+
 def test_unknown_key_suggests_closest():
     with pytest.raises(UserError) as e:
         load_config(None, ["model.n_layrs=2"])

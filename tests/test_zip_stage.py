@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT, zip_config
+from zipper_pl.config import load_config
 from zipper_pl.data.aligned import nested_subset, task_items
 from zipper_pl.errors import UserError
 from zipper_pl.finetuned import load_finetuned
@@ -85,6 +86,32 @@ def test_single_decoder_and_finetune_from_zipped(data_root, tiny_towers, tmp_pat
         )
     )
     assert (cont / "metrics.json").is_file()
+
+
+def test_align_prior_measures_tokens_per_word_and_finetune_keeps_it(
+    data_root, tiny_towers, tmp_path
+):
+    out = zip_stage(
+        zip_config(
+            data_root, tiny_towers, tmp_path / "p", "zip.align_prior=true", "train.max_steps=2"
+        )
+    )
+    tpw = load_config(out / "config.yaml").zip.tokens_per_word
+    assert set(tpw) == {"text", "speech"} and all(v > 0 for v in tpw.values())
+    cont = finetune(
+        zip_config(
+            data_root,
+            tiny_towers,
+            tmp_path / "pf",
+            f"inputs.init={out}",
+            "zip.align_prior=true",
+            "train.max_steps=1",
+        )
+    )
+    assert load_config(cont / "config.yaml").zip.tokens_per_word == tpw
+    ft = load_finetuned(cont)
+    assert ft.model.cfg.tokens_per_word == tpw
+    assert len(ft.transcribe([np.arange(7) % 30])) == 1
 
 
 def test_aligned_frac_smaller_than_a_batch_is_a_clear_error(data_root, tiny_towers, tmp_path):

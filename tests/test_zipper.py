@@ -89,6 +89,21 @@ def test_zero_gates_give_exactly_the_towers():
             assert torch.equal(out[t], m.towers[t](batch[t]["ids"]))
 
 
+def test_align_prior_keeps_zero_gates_exact_and_biases_attention():
+    m = model(**PRIOR)
+    batch = collate_segments(samples(["speech", "text"], [(8, 4), (3, 6)]), SPECS)
+    out = m(batch)
+    for t in ("text", "speech"):
+        assert torch.equal(out[t], m.towers[t](batch[t]["ids"]))
+    d = m.distances(batch, batch)[("text", "speech")]  # [B,1,Tq,Tk] in words
+    assert d.shape == (2, 1, batch["text"]["ids"].size(1), batch["speech"]["ids"].size(1))
+    # text token 3 (3 / 1.5 = 2 words in) vs speech token 8 (8 / 4 = 2 words in): distance 0
+    assert batch["text"]["seg_pos"][0, 3] == 3 and batch["speech"]["seg_pos"][0, 8] == 8
+    assert d[0, 0, 3, 8] == 0 and d[0, 0, 3, 0] == pytest.approx(2.0)
+    with pytest.raises(UserError, match="tokens_per_word"):
+        ZipperModel.from_towers(towers(), ZipperConfig(align_prior=True), SPECS)
+
+
 def test_tower_state_dict_loads_unchanged():
     m = model()
     fresh = towers(seed=1)["text"]
@@ -184,10 +199,14 @@ def vary_stops(m, xs, outputs, **kw):
             m.specs[o] = dataclasses.replace(m.specs[o], eos_id=eos)
 
 
+PRIOR = {"align_prior": True, "tokens_per_word": {"text": 1.5, "speech": 4.0}}
+
+
+@pytest.mark.parametrize("prior", [False, True], ids=["content", "align_prior"])
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_cached_generation_equals_uncached(case, temperature):
-    m = sharpen(model(gate_init=0.7, seed=3))
+def test_cached_generation_equals_uncached(case, temperature, prior):
+    m = sharpen(model(gate_init=0.7, seed=3, **(PRIOR if prior else {})))
     inputs, outputs = CASES[case]
     xs = samples(inputs, [(5,), (2,), (7,)], seed=1)
     kw = dict(max_new_tokens=6, temperature=temperature, top_k=12, seed=0)
@@ -202,10 +221,11 @@ def test_cached_generation_equals_uncached(case, temperature):
             assert len(sc.tokens) <= 6
 
 
+@pytest.mark.parametrize("prior", [False, True], ids=["content", "align_prior"])
 @pytest.mark.parametrize("pattern", [("speech", "text"), ("text",)])
-def test_cached_step_logits_match_uncached(pattern):
+def test_cached_step_logits_match_uncached(pattern, prior):
     """Teacher-forced: the same ragged feeds (padding included) through both runners."""
-    m = sharpen(model(gate_init=0.7, seed=3))
+    m = sharpen(model(gate_init=0.7, seed=3, **(PRIOR if prior else {})))
     xs = samples(pattern, [(5, 2), (2, 6), (7, 1)] if len(pattern) == 2 else [(4,), (1,), (6,)])
     outputs, budget = ["speech", "text"], 3
     runners = [R(m, xs, outputs, dict.fromkeys(outputs, budget), "cpu") for R in RUNNERS]

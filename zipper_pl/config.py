@@ -370,8 +370,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     leaf_types = _leaf_types(Config)
     flat = _flatten_with_types(tree, leaf_types)
     for k, v in parse_overrides(overrides or []).items():
-        flat[k] = yaml.safe_load(v) if v != "" else ""
+        value = yaml.safe_load(v) if v != "" else ""
+        parent, _, entry = k.rpartition(".")
+        if k not in leaf_types and _is_dict_type(leaf_types.get(parent)):
+            # one entry of a dict-typed key: zip.intervals.text=2 keeps the other entries
+            base = flat.get(parent, _default_at(parent))
+            flat[parent] = {**(base if isinstance(base, dict) else {}), entry: value}
+        else:
+            flat[k] = value
     return _validate(flat, leaf_types)
+
+
+def _default_at(path: str) -> Any:
+    """The schema default of a dotted leaf key."""
+    node: Any = Config()
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def _flatten_with_types(tree: dict, leaf_types: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -13,7 +13,7 @@ import filelock
 import lightning as L
 import torch
 
-from zipper_pl.config import Config, save_config, to_dict
+from zipper_pl.config import Config, load_config, save_config, to_dict
 from zipper_pl.errors import UserError
 from zipper_pl.io import atomic_write_json, load_weights, read_json, save_weights
 from zipper_pl.models.tower import Tower, TowerConfig
@@ -259,6 +259,23 @@ def _teacher_forced(module, dm) -> dict:
     return res
 
 
+def _with_tokens_per_word(cfg: Config, prepared: dict, init: Path | None) -> Config:
+    """Fill zip.tokens_per_word for align_prior: from the zipped stage continued from, else
+    measured on this run's aligned training subset (the resolved value is saved with the stage)."""
+    from zipper_pl.data.aligned import nested_subset, tokens_per_word
+
+    if cfg.arch != "zipper" or not cfg.zip.align_prior or cfg.zip.tokens_per_word:
+        return cfg
+    if init is not None and load_config(init / CONFIG).zip.tokens_per_word:
+        tpw = dict(load_config(init / CONFIG).zip.tokens_per_word)
+    else:
+        pool = prepared["pairs"]["aligned_train"]
+        chosen = nested_subset(len(pool), cfg.data.aligned_frac, cfg.seed)
+        tpw = tokens_per_word([pool[i] for i in chosen])
+        print("[zip] tokens per word: " + ", ".join(f"{t} {v:.2f}" for t, v in tpw.items()))
+    return dataclasses.replace(cfg, zip=dataclasses.replace(cfg.zip, tokens_per_word=tpw))
+
+
 def _train_finetune(
     cfg: Config, out: Path, towers_from: dict[str, Path], init: Path | None
 ) -> Path:
@@ -289,20 +306,18 @@ def _train_finetune(
         tower_cfgs = read_json(init / "towers.json")
         towers = {t: Tower(TowerConfig(**c)) for t, c in tower_cfgs.items()}
     tower_cfg_dicts = {t: towers[t].config_dict() for t in towers}
+    max_total = min(c["max_seq_len"] for c in tower_cfg_dicts.values())
+    with filelock.FileLock(str(Path(cfg.data.cache_dir).with_suffix(".lock"))):
+        prepared = prepare_aligned(cfg, text_tok, audio_tok, max_total)
+    cfg = _with_tokens_per_word(cfg, prepared, init)
     model = build_model(cfg, towers, specs)
     if init is not None:
         # freezing follows this config (built above); loading weights leaves it untouched
         load_weights(model, init / WEIGHTS)
-    max_total = min(c["max_seq_len"] for c in tower_cfg_dicts.values())
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / CONFIG)
-
-    def prepare(c: Config) -> dict:
-        return prepare_aligned(c, text_tok, audio_tok, max_total)
-
-    dm = AlignedDataModule(cfg, prepare, collate_fn(cfg, model, specs))
-    with filelock.FileLock(str(Path(cfg.data.cache_dir).with_suffix(".lock"))):
-        dm.prepare_data()
+    dm = AlignedDataModule(cfg, lambda c: prepared, collate_fn(cfg, model, specs))
+    dm.prepare_data()
     module = FinetuneModule(model, cfg, text_tok.decode)
     run = _fit(cfg, out, module, dm, select_best=cfg.train.select_best)
     trainer = run["trainer"]

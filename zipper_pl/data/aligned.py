@@ -54,6 +54,17 @@ def task_items(n_pairs: int, task: str, asr_tts_ratio: float) -> list[tuple[int,
     return [(i, "asr") for i in range(n_asr)] + [(i, "tts") for i in range(n_tts)]
 
 
+def tokens_per_word(pairs: Sequence[Pair]) -> dict[str, float]:
+    """Mean text and speech tokens per transcript word over ``pairs`` (for zip.align_prior)."""
+    words = sum(len(p.text.split()) for p in pairs)
+    if not pairs or words == 0:
+        raise UserError("cannot measure tokens per word: no aligned pair has a transcript word")
+    return {
+        "text": sum(len(p.text_tokens) for p in pairs) / words,
+        "speech": sum(len(p.speech_tokens) for p in pairs) / words,
+    }
+
+
 def make_sample(pair: Pair, task: str) -> list[Segment]:
     speech = Segment("speech", torch.from_numpy(pair.speech_tokens.astype(np.int64)))
     text = Segment("text", torch.from_numpy(pair.text_tokens.astype(np.int64)))

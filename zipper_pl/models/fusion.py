@@ -46,6 +46,7 @@ class GatedCrossAttention(nn.Module):
         gate_init: float = 0.0,
         norm_eps: float = 1e-5,
         dropout: float = 0.0,
+        align_prior: bool = False,
     ) -> None:
         super().__init__()
         if d_query % n_heads:
@@ -64,6 +65,10 @@ class GatedCrossAttention(nn.Module):
         self.alpha = nn.Parameter(torch.tensor(float(gate_init)))
         self.beta = nn.Parameter(torch.tensor(float(gate_init)))
         self.drop = nn.Dropout(dropout)
+        if align_prior:
+            # ALiBi-like geometric slopes per head: head 0 looks about one word around the
+            # expected position, the last head almost anywhere; learned, so heads can drop it
+            self.prior_slopes = nn.Parameter(2.0 ** -torch.arange(n_heads, dtype=torch.float))
 
     def project_kv(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """Source states [B,Tk,d_kv] -> keys, values [B,H,Tk,hd]."""
@@ -71,11 +76,15 @@ class GatedCrossAttention(nn.Module):
         k, v = self.kv(h).view(B, Tk, 2, self.n_heads, self.head_dim).unbind(2)
         return k.transpose(1, 2), v.transpose(1, 2)
 
-    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor, distance: Tensor | None = None
+    ) -> Tensor:
         """x [B,Tq,D] attends to k, v [B,H,Tk,hd] where mask [B,1,Tq,Tk] is True.
 
-        A query row with no visible key gets an attention output of exactly zero (not NaN):
-        the row is unmasked for SDPA and its output multiplied by zero.
+        distance [B,1,Tq,Tk] (words between query and key, only with ``align_prior``) adds
+        -slope_h * distance to head h's attention logits. A query row with no visible key gets
+        an attention output of exactly zero (not NaN): the row is unmasked for SDPA and its
+        output multiplied by zero.
         """
         B, Tq, D = x.shape
         if k.size(2) == 0:
@@ -83,7 +92,11 @@ class GatedCrossAttention(nn.Module):
         else:
             q = self.q(self.norm_attn(x)).view(B, Tq, self.n_heads, self.head_dim).transpose(1, 2)
             has_key = mask.any(dim=-1, keepdim=True)  # [B,1,Tq,1]
-            y = F_.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~has_key)
+            allowed = mask | ~has_key
+            if distance is not None and hasattr(self, "prior_slopes"):
+                bias = -self.prior_slopes.view(1, -1, 1, 1).to(q.dtype) * distance.to(q.dtype)
+                allowed = bias.masked_fill(~allowed, float("-inf"))  # [B,H,Tq,Tk]
+            y = F_.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
             y = y * has_key  # [B,H,Tq,hd]
             attn = self.proj(y.transpose(1, 2).reshape(B, Tq, D))
         x = x + torch.tanh(self.alpha) * self.drop(attn)
@@ -104,17 +117,22 @@ class FusionLayer(nn.Module):
         gate_init: float,
         norm_eps: float = 1e-5,
         dropout: float = 0.0,
+        align_prior: bool = False,
     ) -> None:
         super().__init__()
         self.proj = MLP(d_src, proj_hidden or max(d_src, d_dst), d_dst, proj_layers)
-        self.xattn = GatedCrossAttention(d_dst, d_dst, n_heads, d_ff, gate_init, norm_eps, dropout)
+        self.xattn = GatedCrossAttention(
+            d_dst, d_dst, n_heads, d_ff, gate_init, norm_eps, dropout, align_prior
+        )
 
     def project_kv(self, h_src: Tensor) -> tuple[Tensor, Tensor]:
         """Source tower states [B,Tk,d_src] -> cacheable keys, values [B,H,Tk,hd]."""
         return self.xattn.project_kv(F_.relu(self.proj(h_src)))
 
-    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-        return self.xattn(x, k, v, mask)
+    def forward(
+        self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor, distance: Tensor | None = None
+    ) -> Tensor:
+        return self.xattn(x, k, v, mask, distance)
 
 
 class InputProjection(nn.Module):

@@ -51,6 +51,7 @@ class CachedRunner:
         self.cache = {t: model.towers[t].new_cache(B, cap[t]) for t in model.names}
         self.valid = {t: torch.zeros(B, cap[t], dtype=torch.bool, device=device) for t in cap}
         self.opos = {t: torch.full((B, cap[t]), PAD_POS, device=device) for t in cap}
+        self.spos = {t: torch.zeros(B, cap[t], dtype=torch.long, device=device) for t in cap}
         self.used = dict.fromkeys(model.names, 0)
         self.xkv = {}
         for dst, src in model.dirs:
@@ -68,6 +69,7 @@ class CachedRunner:
         self.advance(new)
         self.next_pos = {t: pre[t]["valid"].sum(1) for t in model.names}  # [B] RoPE position
         self.next_orig = sum(self.next_pos.values())  # [B] original-order position
+        self.next_seg = torch.zeros(B, dtype=torch.long, device=device)  # [B] in-segment index
 
     def advance(self, new: dict[str, dict]) -> dict[str, Tensor]:
         """Feed new[t] = {ids, valid, orig_pos, pos} [B,T] of the towers that get tokens."""
@@ -77,8 +79,13 @@ class CachedRunner:
             end[t] = s + T
             self.valid[t][:, s : end[t]] = x["valid"]
             self.opos[t][:, s : end[t]] = torch.where(x["valid"], x["orig_pos"], PAD_POS)
+            self.spos[t][:, s : end[t]] = x["seg_pos"]
         keys = {
-            t: {"orig_pos": self.opos[t][:, : end[t]], "valid": self.valid[t][:, : end[t]]}
+            t: {
+                "orig_pos": self.opos[t][:, : end[t]],
+                "seg_pos": self.spos[t][:, : end[t]],
+                "valid": self.valid[t][:, : end[t]],
+            }
             for t in end
         }
         masks = {
@@ -100,21 +107,26 @@ class CachedRunner:
             return K[:, :, : end[src]], V[:, :, : end[src]]
 
         h = {t: self.model.embed(t, x["ids"]) for t, x in new.items()}
-        logits = self.model.zip_pass(h, run_kw, masks, kv_fn)
+        distances = self.model.distances(new, keys)
+        logits = self.model.zip_pass(h, run_kw, masks, kv_fn, distances=distances)
         self.used = end
         return logits
 
     def feed(self, m: str, tok: Tensor, valid: Tensor, new_segment: bool) -> Tensor:
         """One token [B] of tower m (valid [B]: False = padding) -> next-token logits [B,V]."""
+        if new_segment:
+            self.next_seg = torch.zeros_like(self.next_seg)
         x = {
             "ids": tok[:, None],
             "valid": valid[:, None],
             "orig_pos": self.next_orig[:, None],
+            "seg_pos": self.next_seg[:, None],
             "pos": self.next_pos[m][:, None],
         }
         logits = self.advance({m: x})[m][:, 0]
         self.next_pos[m] = self.next_pos[m] + valid
         self.next_orig = self.next_orig + valid
+        self.next_seg = self.next_seg + valid
         return logits
 
 

@@ -8,7 +8,10 @@ modality's valid keys at original positions < p.
 
 Batch layout (all tensors [B,T] per tower; every tower in ``specs`` is present, with at least one
 column, so a fused model always has something to run):
-    batch[tower] = {"ids": Long, "orig_pos": Long, "valid": Bool, "targets": Long (-100 = no loss)}
+    batch[tower] = {"ids": Long, "orig_pos": Long, "seg_pos": Long, "valid": Bool,
+                    "targets": Long (-100 = no loss)}
+``seg_pos`` is the token's index inside its own segment (bos = 0): the optional alignment prior
+of the cross-attention compares query and key progress through their segments.
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ def collate_streams(samples: Sequence[Sequence[Piece]], specs: Mapping[str, Moda
         T = max(1, max(sum(p[0].numel() for p in row) for row in per[t]))
         ids = torch.full((B, T), spec.pad_id, dtype=torch.long)
         orig = torch.full((B, T), PAD_POS, dtype=torch.long)
+        seg_pos = torch.zeros(B, T, dtype=torch.long)
         valid = torch.zeros(B, T, dtype=torch.bool)
         targets = torch.full((B, T), IGNORE, dtype=torch.long)
         for b, row in enumerate(per[t]):
@@ -110,11 +114,18 @@ def collate_streams(samples: Sequence[Sequence[Piece]], specs: Mapping[str, Moda
                 n = piece.numel()
                 ids[b, i : i + n] = piece
                 orig[b, i : i + n] = torch.arange(pos, pos + n)
+                seg_pos[b, i : i + n] = torch.arange(n)
                 valid[b, i : i + n] = True
                 if loss and n > 1:
                     targets[b, i : i + n - 1] = piece[1:]
                 i += n
-        batch[t] = {"ids": ids, "orig_pos": orig, "valid": valid, "targets": targets}
+        batch[t] = {
+            "ids": ids,
+            "orig_pos": orig,
+            "seg_pos": seg_pos,
+            "valid": valid,
+            "targets": targets,
+        }
     return batch
 
 
@@ -145,6 +156,19 @@ def cross_mask(query: Mapping[str, Tensor], key: Mapping[str, Tensor]) -> Tensor
     """Boolean mask [B,1,Tq,Tk]: key valid and earlier than the query in the original order."""
     earlier = key["orig_pos"][:, None, :] < query["orig_pos"][:, :, None]  # [B,Tq,Tk]
     return (earlier & key["valid"][:, None, :])[:, None]
+
+
+def word_distance(
+    query: Mapping[str, Tensor],
+    key: Mapping[str, Tensor],
+    q_tokens_per_word: float,
+    k_tokens_per_word: float,
+) -> Tensor:
+    """[B,1,Tq,Tk] distance in words between a query's and a key's progress through their
+    segments: |k_seg_pos / k_tokens_per_word - q_seg_pos / q_tokens_per_word|."""
+    q = query["seg_pos"].float()[:, :, None] / q_tokens_per_word
+    k = key["seg_pos"].float()[:, None, :] / k_tokens_per_word
+    return (k - q).abs()[:, None]
 
 
 def zipper_loss(logits: Mapping[str, Tensor], batch: Mapping[str, dict]) -> tuple[Tensor, dict]:

@@ -19,7 +19,7 @@ from torch import Tensor
 from zipper_pl.errors import UserError
 from zipper_pl.models.fusion import FusionLayer, InputProjection
 from zipper_pl.models.generation import CachedRunner, UncachedRunner, run_generation
-from zipper_pl.models.sequences import ModalitySpec, Segment, cross_mask
+from zipper_pl.models.sequences import ModalitySpec, Segment, cross_mask, word_distance
 from zipper_pl.models.tower import Tower
 from zipper_pl.schema import F
 
@@ -60,6 +60,18 @@ class ZipperConfig:
         "text", "frozen towers: a tower name, comma-separated names, 'none', or 'both'/'all'"
     )
     dropout: float = F(0.0, "dropout inside the fusion layers", ge=0.0, lt=1.0)
+    align_prior: bool = F(
+        False,
+        "add -slope_h * |word distance| between a query's and a key's progress through their "
+        "segments to cross-attention logits (learned per-head slopes). Not in the paper: a "
+        "monotonic-alignment prior that lets small models learn ASR/TTS alignment in minutes",
+    )
+    tokens_per_word: dict[str, float] = F(
+        None,
+        "tower -> mean tokens per transcript word, converts segment positions to words for "
+        "align_prior; empty = measured on the aligned training pairs when the stage starts",
+        factory=dict,
+    )
 
 
 class ZipperModel(nn.Module):
@@ -102,9 +114,17 @@ class ZipperModel(nn.Module):
                     cfg.gate_init,
                     td.cfg.norm_eps,
                     cfg.dropout,
+                    cfg.align_prior,
                 )
                 for _ in range(self.n_zipped)
             )
+        if cfg.align_prior:
+            missing = [t for t in self.names if float(cfg.tokens_per_word.get(t, 0)) <= 0]
+            if missing:
+                raise UserError(
+                    f"zip.align_prior needs zip.tokens_per_word for {missing} (> 0): the zip "
+                    "stage measures it on the aligned data; set it when building a model by hand"
+                )
         self.frozen = self._frozen_names()
         self.freeze_towers()
 
@@ -176,6 +196,21 @@ class ZipperModel(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def distances(
+        self, query: Mapping[str, Mapping[str, Tensor]], key: Mapping[str, Mapping[str, Tensor]]
+    ) -> dict[tuple[str, str], Tensor]:
+        """(dst, src) -> word distance [B,1,Tq,Tk] for ``align_prior`` (empty when it is off).
+
+        query[dst] / key[src]: {"seg_pos": [B,T]} of the query and key tokens."""
+        if not self.cfg.align_prior:
+            return {}
+        tpw = {t: float(self.cfg.tokens_per_word[t]) for t in self.names}
+        return {
+            (a, b): word_distance(query[a], key[b], tpw[a], tpw[b])
+            for a, b in self.dirs
+            if a in query
+        }
+
     # ---- the lockstep pass ----------------------------------------------------------------------
     def zip_pass(
         self,
@@ -186,13 +221,16 @@ class ZipperModel(nn.Module):
             [tuple[str, str], int, tuple[Tensor, Tensor] | None], tuple[Tensor, Tensor]
         ],
         outputs: Collection[str] | None = None,
+        distances: Mapping[tuple[str, str], Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """Run the towers that have new inputs h[t] [B,T,D] through all blocks and zipped layers.
 
         run_kw[t]: run_blocks kwargs (positions / key_valid / cache); masks[(dst, src)] [B,1,Tq,Tk].
         kv_fn(direction, n, new_kv or None) -> all keys/values the direction may read (a cache
-        appends new_kv and returns everything; training just returns new_kv). Returns logits.
+        appends new_kv and returns everything; training just returns new_kv). distances: see
+        ``distances`` (align_prior only). Returns logits.
         """
+        distances = distances or {}
         start = dict.fromkeys(h, 0)
         for n in range(self.n_zipped):
             for t in h:
@@ -205,7 +243,8 @@ class ZipperModel(nn.Module):
                 kv[d] = kv_fn(d, n, layer.project_kv(h[d[1]]) if d[1] in h else None)
             for d in self.dirs:
                 if d[0] in h:
-                    h[d[0]] = self.fusion[f"{d[0]}_from_{d[1]}"][n](h[d[0]], *kv[d], masks[d])
+                    layer = self.fusion[f"{d[0]}_from_{d[1]}"][n]
+                    h[d[0]] = layer(h[d[0]], *kv[d], masks[d], distances.get(d))
         out = {}
         for t in h:
             if outputs is not None and t not in outputs:
@@ -228,7 +267,12 @@ class ZipperModel(nn.Module):
         h = {t: self.embed(t, batch[t]["ids"]) for t in self.names}
         masks = {(a, b): cross_mask(batch[a], batch[b]) for a, b in self.dirs}
         return self.zip_pass(
-            h, {t: {} for t in self.names}, masks, lambda d, n, kv: kv, outputs=outputs
+            h,
+            {t: {} for t in self.names},
+            masks,
+            lambda d, n, kv: kv,
+            outputs=outputs,
+            distances=self.distances(batch, batch),
         )
 
     # ---- generation ---------------------------------------------------------------------------
