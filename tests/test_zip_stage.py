@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -120,6 +121,22 @@ def test_aligned_frac_smaller_than_a_batch_is_a_clear_error(data_root, tiny_towe
     )
     with pytest.raises(UserError, match="aligned_frac"):
         zip_stage(cfg)
+
+
+def test_subset_smaller_than_a_batch_can_shrink_the_batch(data_root, tiny_towers, tmp_path):
+    # regression: the ablation's 1% cell stopped with the error above
+    cfg = zip_config(
+        data_root,
+        tiny_towers,
+        tmp_path / "sh",
+        "data.aligned_frac=0.01",
+        "data.batch_size=8",
+        "data.shrink_batch_to_subset=true",
+        "train.max_steps=1",
+    )
+    out = zip_stage(cfg)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["aligned_pairs_used"] < 8 and metrics["batch_size"] == metrics["train_items"]
 
 
 def test_missing_pretrained_stage_names_the_key(data_root, tiny_towers, tmp_path):

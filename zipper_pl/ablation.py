@@ -41,7 +41,10 @@ def _system(cell: dict) -> str:
 
 
 def _cell_config(cfg: Config, cell: dict, task: str) -> Config:
-    data = dataclasses.replace(cfg.data, aligned_frac=cell["frac"], task=task)
+    # the smallest fractions can hold fewer pairs than a batch: train on all of them per step
+    data = dataclasses.replace(
+        cfg.data, aligned_frac=cell["frac"], task=task, shrink_batch_to_subset=True
+    )
     zcfg = dataclasses.replace(
         cfg.zip, freeze=cell["freeze"] if cell["model"] == "zipper" else "text"
     )

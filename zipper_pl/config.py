@@ -115,6 +115,11 @@ class DataConfig:
     )
     task: str = F("asr", "fine-tuning task", choices=("asr", "tts", "mix"))
     asr_tts_ratio: float = F(0.8, "ASR:TTS sample ratio for task=mix (paper: 1:1.26)", gt=0.0)
+    shrink_batch_to_subset: bool = F(
+        False,
+        "when the aligned_frac subset is smaller than one batch, train on batches of the whole "
+        "subset instead of stopping with an error (the ablation's smallest fractions)",
+    )
 
 
 @dataclass

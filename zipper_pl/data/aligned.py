@@ -7,6 +7,8 @@ tasks and in which order.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -175,12 +177,22 @@ class AlignedDataModule(L.LightningDataModule):
                 f"[data] aligned_frac={d.aligned_frac}: {len(self.train_pairs)} of "
                 f"{len(all_train)} aligned pairs, {len(self.train_set)} {d.task} items"
             )
-        if len(self.train_set) < d.batch_size * world:
+        if len(self.train_set) < d.batch_size * world and d.shrink_batch_to_subset:
+            per_device = max(1, len(self.train_set) // world)
+            print(
+                f"[data] batch_size {d.batch_size} -> {per_device}: the subset is smaller than "
+                "one batch (data.shrink_batch_to_subset)"
+            )
+            self.cfg = dataclasses.replace(
+                self.cfg, data=dataclasses.replace(d, batch_size=per_device)
+            )
+        elif len(self.train_set) < d.batch_size * world:
             raise UserError(
                 f"data.aligned_frac={d.aligned_frac} keeps {len(self.train_pairs)} of "
                 f"{len(all_train)} aligned pairs, fewer than one batch of data.batch_size="
                 f"{d.batch_size} x {world} devices: raise aligned_frac or lower data.batch_size"
             )
+        self.info["batch_size"] = self.cfg.data.batch_size
 
     def train_dataloader(self) -> DataLoader:
         return train_loader(
