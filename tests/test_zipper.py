@@ -298,3 +298,15 @@ def test_three_towers():
     xs = [[Segment("image", torch.tensor([3, 4, 5])), Segment("speech", torch.tensor([1, 2]))]]
     cached = m.generate(xs, ["text"], max_new_tokens=5)
     assert torch.equal(cached[0][0].tokens, m.generate_uncached(xs, ["text"], 5)[0][0].tokens)
+
+
+@pytest.mark.parametrize("pattern", [("speech", "text"), ("text", "speech")])
+def test_asking_for_one_towers_logits_changes_nothing(pattern):
+    """outputs=[...] skips the other tower's last blocks, softmax and last fusion update."""
+    m = sharpen(model(gate_init=0.7, seed=5))
+    batch = collate_segments(samples(pattern, [(5, 4), (3, 6)]), SPECS)
+    full = m(batch)
+    for t in ("text", "speech"):
+        only = m(batch, outputs=[t])
+        assert list(only) == [t]
+        torch.testing.assert_close(only[t], full[t], atol=1e-6, rtol=0)

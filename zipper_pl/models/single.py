@@ -299,49 +299,53 @@ def _pick(logits: Tensor, temperature: float, top_k: int | None, gen) -> Tensor:
 
 
 def _decode(model, logits, runner, lens, outs, budgets, max_steps, temperature, top_k, gen):
-    """The per-sample state machine shared by cached and uncached generation.
+    """The per-sample state machine shared by cached and uncached generation, as tensors.
 
     Each step feeds exactly one column: a sampled token, a forced special (eos when a budget
     runs out, the next modality's bos after an eos) or, once a sample is done, an invalid pad.
     """
-    B, device = len(lens), logits.device
-    specs = [model.specs[m] for m in outs]
-    offs = [model.offsets[m] for m in outs]
+    B, device, n_out = len(lens), logits.device, len(outs)
     rows = torch.tensor([model.modality_index[m] for m in outs], device=device)
-    seg = [0] * B  # index into outs of the segment being generated
-    count = [0] * B
-    forced: list[list[int]] = [[] for _ in range(B)]
-    done = [False] * B
-    result: list[list[list[int]]] = [[[] for _ in outs] for _ in range(B)]
+    offs = torch.tensor([model.offsets[m] for m in outs], device=device)
+    eos_of = torch.tensor([model.specs[m].eos_id for m in outs], device=device) + offs
+    bos_of = torch.tensor([model.specs[m].bos_id for m in outs], device=device) + offs
+    budget_of = torch.tensor(budgets, device=device)
+    none = torch.full((B,), -1, device=device)
+    seg = torch.zeros(B, dtype=torch.long, device=device)  # index into outs being generated
+    count = torch.zeros_like(seg)
+    forced, forced_next = none.clone(), none.clone()  # up to two queued specials per sample
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    toks, segs, keeps = [], [], []
     next_pos = lens.clone()
     for _ in range(max_steps):
-        cur = rows[torch.tensor([min(s, len(outs) - 1) for s in seg], device=device)]
-        masked = logits.masked_fill(~model.allowed[cur], float("-inf"))  # (B, V)
-        sampled = _pick(masked, temperature, top_k, gen).tolist()
-        feed = [0] * B
-        for b in range(B):
-            if done[b]:
-                continue
-            if forced[b]:
-                feed[b] = forced[b].pop(0)
-                continue
-            s, tok = seg[b], int(sampled[b])
-            eos = specs[s].eos_id + offs[s]
-            if tok != eos:
-                result[b][s].append(tok - offs[s])
-                count[b] += 1
-            if tok == eos or count[b] == budgets[s]:
-                seg[b], count[b] = s + 1, 0
-                if s + 1 == len(outs):
-                    done[b] = True
-                    continue
-                nxt = specs[s + 1].bos_id + offs[s + 1]
-                forced[b] = [nxt] if tok == eos else [eos, nxt]
-            feed[b] = tok
-        if all(done):
+        s = seg.clamp(max=n_out - 1)
+        masked = logits.masked_fill(~model.allowed[rows[s]], float("-inf"))  # (B, V)
+        sampled = _pick(masked, temperature, top_k, gen)  # (B,)
+        has_forced = forced >= 0
+        act = ~done & ~has_forced  # samples that consume their sampled token
+        is_eos = act & (sampled == eos_of[s])
+        keep = act & ~is_eos
+        toks.append(sampled - offs[s])
+        segs.append(s)
+        keeps.append(keep)
+        count = count + keep.long()
+        switch = act & (is_eos | (count == budget_of[s]))
+        seg = seg + switch.long()
+        count = torch.where(switch, 0, count)
+        finished = switch & (seg == n_out)
+        starts = switch & ~finished  # queue [next bos] after an eos, [eos, next bos] otherwise
+        nxt = bos_of[seg.clamp(max=n_out - 1)]
+        feed = torch.where(has_forced, forced, sampled)
+        forced = torch.where(has_forced, forced_next, forced)
+        forced_next = torch.where(has_forced, none, forced_next)
+        forced = torch.where(starts, torch.where(is_eos, nxt, eos_of[s]), forced)
+        forced_next = torch.where(starts & ~is_eos, nxt, forced_next)
+        done = done | finished
+        if bool(done.all()):
             break
-        live = torch.tensor([not d for d in done], device=device)[:, None]  # (B, 1)
-        new = torch.tensor(feed, device=device)[:, None]  # (B, 1)
-        logits = runner.step(new, live, next_pos[:, None])
+        feed = torch.where(done, 0, feed)
+        live = ~done[:, None]  # (B, 1)
+        logits = runner.step(feed[:, None], live, next_pos[:, None])
         next_pos += live[:, 0].long()
-    return result
+    T, S, K = (torch.stack(x, 1).cpu() for x in (toks, segs, keeps))  # (B, steps)
+    return [[T[b][K[b] & (S[b] == k)].tolist() for k in range(n_out)] for b in range(B)]

@@ -237,11 +237,17 @@ class ZipperModel(nn.Module):
                 stop = self.stops[t][n]
                 h[t] = self.towers[t].run_blocks(h[t], start[t], stop, **run_kw[t])
                 start[t] = stop
+            last = n == self.n_zipped - 1
+            # after the last zipped layer a tower's update only feeds its own logits: skip the
+            # directions into towers whose logits nobody asked for (ASR: text -> speech)
+            live = [
+                d for d in self.dirs if not (last and outputs is not None and d[0] not in outputs)
+            ]
             kv = {}
-            for d in self.dirs:  # every direction reads the pre-update states
+            for d in live:  # every direction reads the pre-update states
                 layer = self.fusion[f"{d[0]}_from_{d[1]}"][n]
                 kv[d] = kv_fn(d, n, layer.project_kv(h[d[1]]) if d[1] in h else None)
-            for d in self.dirs:
+            for d in live:
                 if d[0] in h:
                     layer = self.fusion[f"{d[0]}_from_{d[1]}"][n]
                     h[d[0]] = layer(h[d[0]], *kv[d], masks[d], distances.get(d))
