@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import tiny_config
+from tests.conftest import ROOT, tiny_config
 from tests.test_readers import _librispeech
 from zipper_pl.data.prepare import corpus_manifests, text_lines
 from zipper_pl.data.store import TokenStore
@@ -56,3 +56,38 @@ def test_data_stage_on_a_librispeech_tree(tmp_path):
     prepare_data(cfg)
     after = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*") if p.is_file()}
     assert before == after
+
+
+@pytest.mark.parametrize("modality", ["text", "speech"])
+def test_gpu_scale_config_runs_shrunk_on_a_librispeech_tree(tmp_path, modality):
+    """experiments/s is written for GPUs and LibriSpeech: the same file, shrunk, runs here."""
+    from zipper_pl.config import load_config
+    from zipper_pl.stages import pretrain
+
+    root = tmp_path / "LibriSpeech"
+    _librispeech(root)
+    cfg = load_config(
+        ROOT / "experiments" / "s" / f"pretrain_{modality}.yaml",
+        [
+            f"data.root={root}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"runs={tmp_path / 'runs'}",
+            "data.train_splits=train-clean-100",
+            "data.valid_splits=dev-clean",
+            "data.test_splits=dev-clean",
+            "data.max_bad_share=0.5",
+            "data.num_workers=0",
+            "data.seq_len=8",
+            "data.batch_size=2",
+            "data.valid_batches=1",
+            "model.size=tiny",
+            "model.max_seq_len=64",
+            "text_tokenizer.vocab_size=40",
+            "audio.units_k=4",
+            "train.max_steps=2",
+            "train.val_every=1",
+            "train.warmup_steps=1",
+        ],
+    )
+    out = pretrain(cfg)
+    assert (out / "model.safetensors").is_file() and "s-librispeech" in str(out)
