@@ -310,3 +310,28 @@ def test_asking_for_one_towers_logits_changes_nothing(pattern):
         only = m(batch, outputs=[t])
         assert list(only) == [t]
         torch.testing.assert_close(only[t], full[t], atol=1e-6, rtol=0)
+
+
+def test_frozen_tower_prefix_runs_without_autograd_and_gradients_are_unchanged():
+    """freeze=text + no text input projection: blocks before the first zipped layer keep no graph,
+    and every trainable parameter gets the same gradient as with the graph kept."""
+    kw = dict(gate_init=0.7, seed=6, freeze="text", input_proj={"text": "none", "speech": "gated"})
+    m = sharpen(model(**kw)).train()
+    batch = collate_segments(samples(["speech", "text"], [(5, 4), (3, 6)]), SPECS)
+    grads = []
+    for no_grad_prefix in (True, False):
+        m.zero_grad()
+        m.frozen = {"text"} if no_grad_prefix else set()  # bypass: the plain full-graph path
+        zipper_loss(m(batch), batch)[0].backward()
+        grads.append({k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None})
+    m.frozen = {"text"}
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-6, rtol=1e-5)
+    seen = []
+    run = m.towers["text"].run_blocks
+    m.towers["text"].run_blocks = lambda x, a, b, **k: (
+        seen.append((a, torch.is_grad_enabled())) or run(x, a, b, **k)
+    )
+    m(batch)
+    assert seen[0] == (0, False) and all(grad for _, grad in seen[1:])

@@ -235,7 +235,11 @@ class ZipperModel(nn.Module):
         for n in range(self.n_zipped):
             for t in h:
                 stop = self.stops[t][n]
-                h[t] = self.towers[t].run_blocks(h[t], start[t], stop, **run_kw[t])
+                # a frozen tower without a trainable input projection needs no gradient before
+                # its first zipped layer: skip storing those activations
+                constant = n == 0 and t in self.frozen and self.input_proj[t].mode == "none"
+                with torch.set_grad_enabled(torch.is_grad_enabled() and not constant):
+                    h[t] = self.towers[t].run_blocks(h[t], start[t], stop, **run_kw[t])
                 start[t] = stop
             last = n == self.n_zipped - 1
             # after the last zipped layer a tower's update only feeds its own logits: skip the
