@@ -110,6 +110,7 @@ def run_size(size: str, env: Env, reps: int) -> list[dict]:
     batch = collate_segments(samples, sp, loss_on="last")
     lengths = _stream_lengths(batch)
     has_targets = {t: bool((batch[t]["targets"] != IGNORE).any()) for t in batch}
+    loss_towers = [t for t, has in has_targets.items() if has]  # as FinetuneModule asks
     zb = _to(batch, dev)
     pad = _padding(batch)
     shape = "x".join(str(batch[t]["ids"].size(1)) for t in ("speech", "text"))
@@ -120,7 +121,14 @@ def run_size(size: str, env: Env, reps: int) -> list[dict]:
         f = fl.zipper_flops(model, lengths, has_targets)
         rows.append(
             _measure(
-                label, model, lambda m=model: zipper_loss(m(zb), zb)[0], n_tok, f, env, reps, info
+                label,
+                model,
+                lambda m=model: zipper_loss(m(zb, outputs=loss_towers), zb)[0],
+                n_tok,
+                f,
+                env,
+                reps,
+                info,
             )
         )
         del model

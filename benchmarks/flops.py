@@ -87,7 +87,10 @@ def zipper_flops(
                 w -= 2 * proj.mlp.net[0].weight.numel()
             total += w * sum(lengths[t])
     for dst, src in model.dirs:
-        for layer in model.fusion[f"{dst}_from_{src}"]:
+        layers = list(model.fusion[f"{dst}_from_{src}"])
+        if not has_targets[dst]:  # the last update of a tower without loss is skipped
+            layers = layers[:-1]
+        for layer in layers:
             x = layer.xattn
             kv_side = _linear_weights(layer.proj) + x.kv.weight.numel()
             q_side = x.q.weight.numel() + x.proj.weight.numel() + _linear_weights(x.ffw)
