@@ -335,3 +335,21 @@ def test_frozen_tower_prefix_runs_without_autograd_and_gradients_are_unchanged()
     )
     m(batch)
     assert seen[0] == (0, False) and all(grad for _, grad in seen[1:])
+
+
+def test_gates_get_their_own_learning_rate_and_no_decay():
+    from zipper_pl.config import TrainConfig
+    from zipper_pl.lit.common import adamw
+
+    m = model(freeze="text")
+    opt = adamw(m.named_parameters(), TrainConfig(lr=1e-3, gate_lr_mult=30.0, weight_decay=0.1))
+    gates = {id(p) for n, p in m.named_parameters() if n.endswith((".alpha", ".beta", ".gamma"))}
+    assert gates
+    by_group = [({id(p) for p in g["params"]}, g) for g in opt.param_groups]
+    gate_group = [g for ids, g in by_group if ids & gates]
+    assert len(gate_group) == 1 and {id(p) for p in gate_group[0]["params"]} == gates
+    assert gate_group[0]["lr"] == pytest.approx(30e-3) and gate_group[0]["weight_decay"] == 0.0
+    assert all(g["lr"] == pytest.approx(1e-3) for ids, g in by_group if not ids & gates)
+    # frozen towers stay out of the optimizer
+    frozen = {id(p) for p in m.towers["text"].parameters()}
+    assert not any(ids & frozen for ids, _ in by_group)

@@ -131,6 +131,13 @@ class TrainConfig:
     min_lr_ratio: float = F(0.1, "cosine floor as a share of the peak", ge=0.0, le=1.0)
     warmup_steps: int = F(20, "linear warm-up steps", ge=0)
     weight_decay: float = F(0.1, "AdamW decoupled weight decay (not on norms/biases/gates)", ge=0.0)
+    gate_lr_mult: float = F(
+        1.0,
+        "learning-rate multiplier of the zero-initialised tanh gates (Zipper alpha/beta/gamma). "
+        "Adam moves a scalar about lr per step, so at lr 1e-3 a gate needs ~1000 steps to open; "
+        "short runs (CPU demo) raise this",
+        gt=0.0,
+    )
     beta1: float = F(0.9, "AdamW beta1", ge=0.0, lt=1.0)
     beta2: float = F(0.99, "AdamW beta2 (paper: 0.99)", ge=0.0, lt=1.0)
     grad_clip: float = F(1.0, "gradient norm clip; 0 = off", ge=0.0)

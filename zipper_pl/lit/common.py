@@ -24,17 +24,31 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine
 
 
+# tanh-gate scalars of the fusion layers (alpha, beta) and the gated input projections (gamma)
+GATE_NAMES = ("alpha", "beta", "gamma")
+
+
+def is_gate(name: str, p: nn.Parameter) -> bool:
+    return p.dim() == 0 and name.rsplit(".", 1)[-1] in GATE_NAMES
+
+
 def adamw(named_params: Iterable[tuple[str, nn.Parameter]], cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; matrices decay, vectors and scalars (norms, biases, tanh gates) do not."""
-    decay, no_decay = [], []
-    for _, p in named_params:
+    """AdamW; matrices decay, vectors and scalars (norms, biases, tanh gates) do not; tanh gates
+    learn at ``gate_lr_mult`` x lr."""
+    decay, no_decay, gates = [], [], []
+    for name, p in named_params:
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
+            if is_gate(name, p):
+                gates.append(p)
+            else:
+                (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    on_cuda = any(p.is_cuda for p in decay + no_decay)
+    if gates:
+        groups.append({"params": gates, "weight_decay": 0.0, "lr": cfg.lr * cfg.gate_lr_mult})
+    on_cuda = any(p.is_cuda for p in decay + no_decay + gates)
     # fused kernels exist for CUDA; on CPU the foreach (multi-tensor) path is the fast one
     return torch.optim.AdamW(
         groups,
