@@ -63,3 +63,15 @@ def test_normalize_text():
     assert normalize_text('"Quoted" -- well-known; 42 times') == "quoted well known times"
     assert normalize_text("'tis rock 'n' roll") == "tis rock n roll"
     assert normalize_text("") == ""
+
+
+def test_lexicon_frac_shrinks_the_vocabulary_and_keeps_the_full_world_unchanged(many):
+    assert generate_sentences(300, seed=0, lexicon_frac=1.0) == many[:300]
+    small = generate_sentences(20_000, seed=0, lexicon_frac=0.25)
+    full_types = {w for s in many for w in s.split()}
+    small_types = {w for s in small for w in s.split()}
+    assert len(small_types) < 0.5 * len(full_types)
+    # closed-class words survive: the grammar still builds every construction
+    assert {"the", "didn't", "because", "monday", "who"} <= small_types
+    with pytest.raises(UserError, match="lexicon_frac"):
+        generate_sentences(10, seed=0, lexicon_frac=0.0)

@@ -63,6 +63,13 @@ class EmbeddedCorpusConfig:
     )
     min_words: int = F(4, "shortest sentence, in words", ge=1)
     max_words: int = F(25, "longest sentence, in words", ge=6)
+    lexicon_frac: float = F(
+        1.0,
+        "share of every open word class the grammar draws from (1.0: ~1,750 word forms); "
+        "smaller worlds hear each word more often",
+        gt=0.0,
+        le=1.0,
+    )
     workers: int = F(2, "threads driving espeak helper processes (output is identical)", ge=1)
 
 
@@ -125,7 +132,7 @@ def split_pools(cfg: EmbeddedCorpusConfig) -> dict[str, list[str]]:
     need = sum(sizes.values())
     n = need + need // 20 + 100
     while True:
-        unique = list(dict.fromkeys(generate_sentences(n, cfg.seed, cfg.min_words, cfg.max_words)))
+        unique = list(dict.fromkeys(generate_sentences(n, cfg.seed, cfg.min_words, cfg.max_words, cfg.lexicon_frac)))
         if len(unique) >= need:
             break
         if n > 4 * need + 10_000:
