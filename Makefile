@@ -16,7 +16,9 @@ NUM_NODES    ?=#           nodes
 ACCELERATOR  ?=#           auto | cpu | gpu
 STRATEGY     ?=#           auto | ddp | fsdp
 PRECISION    ?=#           auto (bf16-mixed on GPU, fp32 on CPU) | 32-true | bf16-mixed
-MAX_STEPS    ?=#           optimizer steps
+MAX_STEPS    ?=#           optimizer steps (every stage)
+FT_STEPS     ?=#           optimizer steps of the fine-tuning stages only (zip, finetune, evaluate, ablation)
+DEMO_FT_STEPS ?= 600#      FT_STEPS of `make demo` (keeps the whole chain within ~30 min on 2 CPU cores)
 SEED         ?=#           seed for data order, init and subsets
 RUNS         ?= runs#      root of all stage folders
 ARGS         ?=#           any extra key=value overrides, e.g. ARGS="train.lr=5e-4"
@@ -32,7 +34,8 @@ COMMON = runs=$(strip $(RUNS)) $(call fwd,SEED,seed) $(call fwd,DATA,data.corpus
   $(call fwd,NUM_NODES,train.num_nodes) $(call fwd,ACCELERATOR,train.accelerator) \
   $(call fwd,STRATEGY,train.strategy) $(call fwd,PRECISION,train.precision) \
   $(call fwd,MAX_STEPS,train.max_steps) $(ARGS)
-ZIPVARS = $(call fwd,MODEL,arch) $(call fwd,FREEZE,zip.freeze) $(call fwd,ALIGNED_FRAC,data.aligned_frac)
+ZIPVARS = $(call fwd,MODEL,arch) $(call fwd,FREEZE,zip.freeze) $(call fwd,ALIGNED_FRAC,data.aligned_frac) \
+  $(call fwd,FT_STEPS,train.max_steps)
 
 PY    := .venv/bin/python
 STAMP := .venv/.installed
@@ -136,14 +139,14 @@ $(EVAL_DIR)/results.json: $(ZIPPER_ASR_DIR)/$(W) $(ZIPPER_TTS_DIR)/$(W) $(SINGLE
 endif
 
 demo: $(STAMP) ## the whole chain on the embedded corpus at SCALE=demo, ending with the results table
-	@$(MAKE) --no-print-directory evaluate SCALE=demo
+	@$(MAKE) --no-print-directory evaluate SCALE=demo FT_STEPS=$(or $(strip $(FT_STEPS)),$(strip $(DEMO_FT_STEPS)))
 
 ablation: $(STAMP) ## aligned-fraction sweep: ABLATION_FRACS x zipper/single x ABLATION_FREEZE x ABLATION_SEEDS
 	@$(MAKE) --no-print-directory _check-paths _ablation
 
 .PHONY: _ablation
 _ablation: $(TEXT_DIR)/$(W) $(SPEECH_DIR)/$(W) $(JUDGE_DIR)/$(W)
-	$(ZPL) ablation $(EXP)/zip_asr.yaml $(COMMON) "ablation.fracs=$(ABLATION_FRACS)" \
+	$(ZPL) ablation $(EXP)/zip_asr.yaml $(COMMON) $(call fwd,FT_STEPS,train.max_steps) "ablation.fracs=$(ABLATION_FRACS)" \
 	  "ablation.seeds=$(ABLATION_SEEDS)" "ablation.freeze=$(ABLATION_FREEZE)" \
 	  inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR) inputs.judge=$(JUDGE_DIR)
 

@@ -45,13 +45,15 @@ def stage_dir(cfg: Config, kind: str) -> Path:
     if kind == "eval":
         freeze = cfg.zip.freeze
         return group / (
-            f"eval-{codec}-frac{_frac_tag(cfg.data.aligned_frac)}-freeze_{freeze}-s{cfg.seed}"
+            f"eval-{codec}-frac{_frac_tag(cfg.data.aligned_frac)}-freeze_{freeze}"
+            f"-steps{cfg.train.max_steps}-s{cfg.seed}"
         )
     if kind in ("zip", "finetune"):
+        # the step budget is in the name: a short demo run never stands in for a full one
         freeze = cfg.zip.freeze if cfg.arch == "zipper" else "none"
         name = (
             f"{cfg.arch}-{cfg.data.task}-{codec}-frac{_frac_tag(cfg.data.aligned_frac)}"
-            f"-freeze_{freeze}-s{cfg.seed}"
+            f"-freeze_{freeze}-steps{cfg.train.max_steps}-s{cfg.seed}"
         )
         return group / (name if kind == "zip" else f"{name}-ft")
     raise ValueError(f"unknown stage kind {kind!r}")
