@@ -18,7 +18,7 @@ STRATEGY     ?=#           auto | ddp | fsdp
 PRECISION    ?=#           auto (bf16-mixed on GPU, fp32 on CPU) | 32-true | bf16-mixed
 MAX_STEPS    ?=#           optimizer steps (every stage)
 FT_STEPS     ?=#           optimizer steps of the fine-tuning stages only (zip, finetune, evaluate, ablation)
-DEMO_FT_STEPS ?= 600#      FT_STEPS of `make demo` (keeps the whole chain within ~30 min on 2 CPU cores)
+DEMO_FT_STEPS ?= 500#      FT_STEPS of `make demo` (keeps the whole chain within ~30 min on 2 CPU cores)
 SEED         ?=#           seed for data order, init and subsets
 RUNS         ?= runs#      root of all stage folders
 ARGS         ?=#           any extra key=value overrides, e.g. ARGS="train.lr=5e-4"
