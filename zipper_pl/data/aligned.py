@@ -8,7 +8,6 @@ tasks and in which order.
 from __future__ import annotations
 
 import dataclasses
-
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -84,7 +83,10 @@ class PairTasks(Dataset):
 
     def lengths(self) -> np.ndarray:
         return np.array(
-            [len(self.pairs[i].text_tokens) + len(self.pairs[i].speech_tokens) for i, _ in self.items]
+            [
+                len(self.pairs[i].text_tokens) + len(self.pairs[i].speech_tokens)
+                for i, _ in self.items
+            ]
         )
 
     def __getitem__(self, k: int) -> dict:
@@ -94,7 +96,9 @@ class PairTasks(Dataset):
 
 
 def load_pairs(
-    manifest_path, speech_store_dir, encode_text: Callable[[list[str]], list[np.ndarray]],
+    manifest_path,
+    speech_store_dir,
+    encode_text: Callable[[list[str]], list[np.ndarray]],
     max_total: int,
 ) -> tuple[list[Pair], dict[str, int]]:
     """Join manifest transcripts with cached speech tokens by utterance id; count what is dropped.
@@ -159,7 +163,9 @@ class AlignedDataModule(L.LightningDataModule):
         all_train = p["pairs"]["aligned_train"]
         chosen = nested_subset(len(all_train), d.aligned_frac, self.cfg.seed)
         self.train_pairs = [all_train[i] for i in chosen]
-        self.train_set = PairTasks(self.train_pairs, task_items(len(chosen), d.task, d.asr_tts_ratio))
+        self.train_set = PairTasks(
+            self.train_pairs, task_items(len(chosen), d.task, d.asr_tts_ratio)
+        )
         tasks = ["asr", "tts"] if d.task == "mix" else [d.task]
         self.valid_set = PairTasks(
             p["pairs"]["valid"], [(i, t) for i in range(len(p["pairs"]["valid"])) for t in tasks]
@@ -196,7 +202,10 @@ class AlignedDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return train_loader(
-            self.train_set, self.cfg, self.trainer, collate_fn=self.collate,
+            self.train_set,
+            self.cfg,
+            self.trainer,
+            collate_fn=self.collate,
             lengths=self.train_set.lengths(),
         )
 

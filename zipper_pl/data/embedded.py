@@ -132,7 +132,11 @@ def split_pools(cfg: EmbeddedCorpusConfig) -> dict[str, list[str]]:
     need = sum(sizes.values())
     n = need + need // 20 + 100
     while True:
-        unique = list(dict.fromkeys(generate_sentences(n, cfg.seed, cfg.min_words, cfg.max_words, cfg.lexicon_frac)))
+        unique = list(
+            dict.fromkeys(
+                generate_sentences(n, cfg.seed, cfg.min_words, cfg.max_words, cfg.lexicon_frac)
+            )
+        )
         if len(unique) >= need:
             break
         if n > 4 * need + 10_000:
