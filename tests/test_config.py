@@ -94,3 +94,16 @@ def test_cli_typo_exits_without_traceback():
 def test_cli_bad_seed_names_key():
     r = _cli("pretrain", "experiments/tiny/pretrain_text.yaml", "seed=abc")
     assert r.returncode != 0 and "seed" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_fine_tuning_step_budget_is_in_the_stage_folder_names():
+    from zipper_pl.stages import chain_paths
+
+    base = load_config("experiments/demo/zip_asr.yaml")
+    short = load_config("experiments/demo/zip_asr.yaml", ["train.max_steps=500"])
+    a, b = chain_paths(base), chain_paths(short)
+    for key in ("ZIPPER_ASR_DIR", "ZIPPER_TTS_DIR", "SINGLE_ASR_DIR", "SINGLE_TTS_DIR", "EVAL_DIR"):
+        assert a[key] != b[key] and "steps500" in b[key].name, key
+    # towers and judge do not depend on the fine-tuning budget: a short demo reuses them
+    for key in ("TEXT_DIR", "SPEECH_DIR", "JUDGE_DIR"):
+        assert a[key] == b[key], key
