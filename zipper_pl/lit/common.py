@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from zipper_pl.config import TrainConfig
+from zipper_pl.models.fusion import GATE_PARAM_NAMES
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -24,12 +25,8 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine
 
 
-# tanh-gate scalars of the fusion layers (alpha, beta) and the gated input projections (gamma)
-GATE_NAMES = ("alpha", "beta", "gamma")
-
-
 def is_gate(name: str, p: nn.Parameter) -> bool:
-    return p.dim() == 0 and name.rsplit(".", 1)[-1] in GATE_NAMES
+    return p.dim() == 0 and name.rsplit(".", 1)[-1] in GATE_PARAM_NAMES
 
 
 def adamw(named_params: Iterable[tuple[str, nn.Parameter]], cfg: TrainConfig) -> torch.optim.AdamW:

@@ -9,6 +9,10 @@ from torch import Tensor
 
 from zipper_pl.errors import UserError
 
+# Names of the zero-initialised tanh-gate scalars below (cross-attention alpha, feed-forward beta,
+# input-projection gamma): the optimizer gives them their own learning rate (train.gate_lr_mult).
+GATE_PARAM_NAMES = ("alpha", "beta", "gamma")
+
 
 class MLP(nn.Module):
     """n_layers Linear layers with ReLU between them (no activation after the last)."""
