@@ -7,6 +7,7 @@ import csv
 import pytest
 
 from tests.conftest import tiny_config
+from zipper_pl import ablation
 from zipper_pl.ablation import _cells, write_tables
 from zipper_pl.errors import UserError
 
@@ -53,3 +54,26 @@ def test_tables_and_plots(tmp_path):
     assert "| Zipper | 90.5 | 30.5 |" in md and "TTS" not in md  # mean over seeds, in %
     png = (tmp_path / "asr_wer.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "tts_wer.png").exists()
+
+
+def test_cached_tts_scores_belong_to_their_judge(monkeypatch, tmp_path):
+    """A retrained judge must not reuse TTS scores the previous judge gave (stale cache)."""
+    calls = []
+
+    def fake_scores(folder, judge, cfg):
+        calls.append(judge.name)
+        return {"tts_wer_gold": 0.5 if judge.name == "judge_a" else 0.1}
+
+    monkeypatch.setattr("zipper_pl.evaluate.tts_cell_metrics", fake_scores)
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    judges = {}
+    for name, weights in (("judge_a", b"a"), ("judge_b", b"b")):
+        judges[name] = tmp_path / name
+        judges[name].mkdir()
+        (judges[name] / "model.safetensors").write_bytes(weights)
+        (judges[name] / "metrics.json").write_text("{}")
+    assert ablation._tts_score(cell, judges["judge_a"], None)["tts_wer_gold"] == 0.5
+    assert ablation._tts_score(cell, judges["judge_a"], None)["tts_wer_gold"] == 0.5
+    assert ablation._tts_score(cell, judges["judge_b"], None)["tts_wer_gold"] == 0.1
+    assert calls == ["judge_a", "judge_b"]  # the second call was a cache hit, the third not

@@ -63,8 +63,29 @@ def test_judge_stage_trains_reports_oracle_and_is_reused(data_root, tiny_towers,
     assert metrics["test_utterances"] == 12 and metrics["steps"] == 4
     judge, tok = load_judge(out)
     assert judge.cfg.vocab == tok.vocab_size == 32  # taken from the audio tokenizer
+    assert judge.vocab.kind == "chars" and metrics["targets"] == "chars"
     stamp = (out / "metrics.json").stat().st_mtime_ns
     assert judge_stage(cfg) == out and (out / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_word_judge_stage_saves_and_reloads_its_labels(data_root, tiny_towers, tmp_path):
+    cfg = tiny_config(
+        data_root,
+        tmp_path,
+        "judge.yaml",
+        *_inputs(tiny_towers),
+        f"out={tmp_path / 'judge'}",
+        "train.max_steps=2",
+        "judge.targets=words",
+    )
+    out = judge_stage(cfg)
+    judge, _ = load_judge(out)
+    assert judge.vocab.kind == "words" and json.loads((out / "metrics.json").read_text())[
+        "labels"
+    ] == len(judge.vocab)
+    assert judge.head.out_features == len(judge.vocab) > 3  # words of the tiny corpus
+    u = judge.transcribe([np.arange(6)])
+    assert isinstance(u[0], str)
 
 
 def test_evaluate_end_to_end_tables_rows_and_retention(evaluated):

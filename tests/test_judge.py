@@ -9,10 +9,14 @@ from zipper_pl.models.judge import (
     CHARS,
     JudgeASR,
     JudgeConfig,
+    WordVocab,
+    build_vocab,
     ctc_greedy_decode,
     ctc_min_frames,
     prepare_items,
     train_judge,
+    vocab_from_json,
+    vocab_to_json,
 )
 
 
@@ -29,7 +33,34 @@ def test_char_vocab_roundtrip():
     ids = CHARS.encode("Don't  Panic!")
     assert CHARS.decode(ids) == "don't panic"
     assert 0 not in ids and len(CHARS) == 29
-    assert CHARS.oov_chars("room 101") == {"1", "0"}
+    assert CHARS.unknown("room 101") == {"1", "0"}
+
+
+def test_word_vocab_roundtrip_unknown_words_and_json():
+    words = WordVocab.from_texts(["The cat sat.", "the DOG sat"])
+    assert words.units == ["<unk>", "the", "cat", "sat", "dog"] and len(words) == 6
+    ids = words.encode("the bird sat")
+    assert ids == [2, 1, 4]  # blank is 0, <unk> is 1
+    assert words.decode(ids) == "the <unk> sat"
+    assert words.unknown("The bird sat") == {"bird"}
+    again = vocab_from_json(vocab_to_json(words))
+    assert again.units == words.units and again.encode("dog cat") == words.encode("dog cat")
+    assert vocab_from_json({}) is CHARS  # judges saved before word labels existed
+    assert build_vocab(JudgeConfig(targets="chars"), ["x"]) is CHARS
+
+
+def test_ctc_greedy_decode_words_keeps_blank_separated_repeats():
+    words = WordVocab(["the", "cat"])
+    the, cat = words.index["the"], words.index["cat"]
+    lp = _one_hot_log_probs([[the, the, 0, the, cat, cat]], len(words))
+    assert ctc_greedy_decode(lp, torch.tensor([6]), words) == ["the the cat"]
+    # a repeated word needs a blank between its two labels, as a doubled letter does
+    assert ctc_min_frames(words.encode("the the cat")) == 4
+
+
+def test_judge_rejects_vocabulary_of_the_wrong_kind():
+    with pytest.raises(UserError, match=r"judge\.targets"):
+        JudgeASR(JudgeConfig(vocab=8, d_model=16, n_heads=2, targets="words"))
 
 
 def test_ctc_greedy_decode_collapses_then_removes_blanks():
@@ -61,7 +92,7 @@ def test_prepare_items_counts_skips():
     assert len(kept) == 2
     assert counts["skip_empty_tokens"] == 1 and counts["skip_empty_text"] == 1
     assert counts["skip_too_long"] == 1 and counts["skip_ctc_infeasible"] == 1
-    assert counts["oov_chars"] == 1
+    assert counts["oov"] == 1
     # Upsampling makes the short item feasible.
     kept2, counts2 = prepare_items(items, JudgeConfig(vocab=16, max_len=10, upsample=2))
     assert len(kept2) == 3 and counts2["skip_ctc_infeasible"] == 0
@@ -124,3 +155,21 @@ def test_judge_learns_synthetic_task():
     assert metrics["n_train"] == 30
     assert [s for s, _ in logs[:4]] == [50, 100, 150, 200]
     assert logs[-1][1]["train_loss"] < logs[0][1]["loss"]
+
+
+def test_word_judge_learns_synthetic_task():
+    torch.set_num_threads(1)
+    rng = random.Random(1)
+    vocab = 40
+    code = {ch: [rng.randrange(vocab) for _ in range(rng.choice([2, 3]))] for ch in " abcdef"}
+    train = _synthetic(40, rng, code, vocab)
+    valid = _synthetic(20, rng, code, vocab)
+    # whole-word labels memorise 40 utterances without dropout (valid WER ~0.3)
+    cfg = JudgeConfig(
+        vocab=vocab, d_model=64, n_layers=2, n_heads=4, max_len=64, dropout=0.1, targets="words"
+    )
+    torch.manual_seed(0)
+    model = JudgeASR(cfg, build_vocab(cfg, [t for _, t in train]))
+    metrics = train_judge(model, train, valid, steps=200, lr=3e-3, batch_size=10, seed=0)
+    assert len(model.vocab) == 2 + 8  # blank, <unk> and the synthetic words
+    assert metrics["valid_wer"] < 0.2, metrics

@@ -20,6 +20,8 @@ from zipper_pl.errors import UserError
 from zipper_pl.io import atomic_write_bytes, atomic_write_text, read_json
 from zipper_pl.stages import METRICS, is_finished, pretrain_dir, require_stage, stage_dir, zip_stage
 
+TTS_EVAL = "tts_eval.json"
+
 
 def _cells(cfg: Config) -> list[dict]:
     a = cfg.ablation
@@ -94,7 +96,7 @@ def ablation_stage(cfg: Config) -> Path:
             folder = zip_stage(_cell_config(cfg, cell, task))
             if task == "tts":
                 _tts_score(folder, judge, cfg)
-    rows = _collect(cfg, cells)
+    rows = _collect(cfg, cells, judge)
     if rows is None:
         print("[ablation] some cells are not finished yet (other shards?): tables not written")
         return out
@@ -104,20 +106,35 @@ def ablation_stage(cfg: Config) -> Path:
 
 
 def _tts_score(folder: Path, judge: Path, cfg: Config) -> dict:
-    """TTS WER of one TTS cell through the judge, cached next to the stage's metrics."""
+    """TTS WER of one TTS cell through the judge, cached next to the stage's metrics.
+
+    The cache names the judge's weights: scores from another judge (retrained, or pointed
+    elsewhere with inputs.judge) are recomputed, not mixed into the table.
+    """
     from zipper_pl.evaluate import tts_cell_metrics
-
-    cache = folder / "tts_eval.json"
-    if cache.is_file():
-        return read_json(cache)
-    res = tts_cell_metrics(folder, require_stage(judge, "judge", "inputs.judge"), cfg)
     from zipper_pl.io import atomic_write_json
+    from zipper_pl.judging import judge_fingerprint
 
-    atomic_write_json(cache, res)
+    judge = require_stage(judge, "judge", "inputs.judge")
+    cached = _cached_tts(folder, judge)
+    if cached is not None:
+        return cached
+    res = {**tts_cell_metrics(folder, judge, cfg), "judge": judge_fingerprint(judge)}
+    atomic_write_json(folder / TTS_EVAL, res)
     return res
 
 
-def _collect(cfg: Config, cells: list[dict]) -> list[dict] | None:
+def _cached_tts(folder: Path, judge: Path | None) -> dict | None:
+    from zipper_pl.judging import judge_fingerprint
+
+    cache = folder / TTS_EVAL
+    if judge is None or not cache.is_file():
+        return None
+    res = read_json(cache)
+    return res if res.get("judge") == judge_fingerprint(judge) else None
+
+
+def _collect(cfg: Config, cells: list[dict], judge: Path | None) -> list[dict] | None:
     rows = []
     for cell in cells:
         asr = stage_dir(_cell_config(cfg, cell, "asr"), "zip")
@@ -133,10 +150,10 @@ def _collect(cfg: Config, cells: list[dict]) -> list[dict] | None:
             "tts_wer": None,
         }
         if cfg.ablation.tts:
-            tts = stage_dir(_cell_config(cfg, cell, "tts"), "zip")
-            if not (tts / "tts_eval.json").is_file():
+            scored = _cached_tts(stage_dir(_cell_config(cfg, cell, "tts"), "zip"), judge)
+            if scored is None:
                 return None
-            row["tts_wer"] = read_json(tts / "tts_eval.json").get("tts_wer_gold")
+            row["tts_wer"] = scored.get("tts_wer_gold")
         rows.append(row)
     return rows
 

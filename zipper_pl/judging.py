@@ -4,8 +4,9 @@ The judge transcribes speech tokens so that TTS output can be scored with WER. I
 gold speech tokens of the FULL aligned training pool (independent of ``aligned_frac``: it is not
 a system under test), validates on the valid pool and reports its Oracle WER, the judge on the
 gold tokens of the test pool. A judge folder holds ``model.safetensors``, ``judge.json`` (its
-``JudgeConfig``), ``config.yaml``, ``audio_tokenizer/`` (so evaluation can check that the systems
-speak the same tokens) and ``metrics.json`` (written last: marks the stage finished).
+``JudgeConfig``), ``judge_vocab.json`` (its CTC labels), ``config.yaml``, ``audio_tokenizer/``
+(so evaluation can check that the systems speak the same tokens) and ``metrics.json`` (written
+last: marks the stage finished).
 
 The second half generates with a fine-tuned stage (batched, KV-cached, budgets clipped to the
 model's ``max_seq_len``) and scores it: ASR WER/CER, TTS WER through the judge (greedy and best
@@ -31,9 +32,17 @@ from zipper_pl.errors import UserError
 from zipper_pl.finetuned import Finetuned
 from zipper_pl.io import atomic_write_json, load_weights, read_json, save_weights
 from zipper_pl.metrics import best_of, error_rows, summarize_rows, wilcoxon_paired
-from zipper_pl.models.judge import JudgeASR, JudgeConfig, train_judge
+from zipper_pl.models.judge import (
+    JudgeASR,
+    JudgeConfig,
+    build_vocab,
+    train_judge,
+    vocab_from_json,
+    vocab_to_json,
+)
 
 JUDGE_JSON = "judge.json"
+JUDGE_VOCAB_JSON = "judge_vocab.json"
 AUDIO_TOKENIZER_DIR = "audio_tokenizer"
 
 
@@ -123,7 +132,8 @@ def judge_stage(cfg: Config) -> Path:
     pools = {p: gold_utterances(cfg, audio_tok, p) for p in ("aligned_train", "valid", "test")}
     device = _device(cfg)
     torch.manual_seed(cfg.seed)
-    model = JudgeASR(cfg.judge).to(device)
+    vocab = build_vocab(cfg.judge, [u.text for u in pools["aligned_train"]])
+    model = JudgeASR(cfg.judge, vocab).to(device)
 
     from torch.utils.tensorboard import SummaryWriter
 
@@ -165,15 +175,27 @@ def judge_stage(cfg: Config) -> Path:
         "oracle_cer": oracle["cer"],
         "test_utterances": oracle["n"],
         "params": sum(p.numel() for p in model.parameters()),
+        "targets": cfg.judge.targets,
+        "labels": len(vocab),
         "fit_wall_s": fit_s,
         "audio_fingerprint": audio_tok.fingerprint(),
     }
     _copy_artefact(speech / AUDIO_TOKENIZER_DIR, out)
     atomic_write_json(out / JUDGE_JSON, dataclasses.asdict(cfg.judge))
+    atomic_write_json(out / JUDGE_VOCAB_JSON, vocab_to_json(vocab))
     save_weights(model.state_dict(), out / WEIGHTS)
     atomic_write_json(out / METRICS, metrics)  # last: marks the stage finished
     print(f"[judge] {out}\n{json.dumps(metrics, indent=2, default=float)}")
     return out
+
+
+def judge_fingerprint(folder: str | Path) -> str:
+    """Identifies a trained judge by its weights, so cached TTS scores know which judge spoke."""
+    import hashlib
+
+    from zipper_pl.stages import WEIGHTS
+
+    return hashlib.sha256((Path(folder) / WEIGHTS).read_bytes()).hexdigest()[:16]
 
 
 def load_judge(
@@ -183,7 +205,10 @@ def load_judge(
     from zipper_pl.stages import WEIGHTS, require_stage
 
     folder = require_stage(folder, "judge", "inputs.judge")
-    judge = JudgeASR(JudgeConfig(**read_json(folder / JUDGE_JSON)))
+    # judges from before word labels have no vocabulary file: they are character judges
+    vocab_file = folder / JUDGE_VOCAB_JSON
+    vocab = vocab_from_json(read_json(vocab_file) if vocab_file.is_file() else {})
+    judge = JudgeASR(JudgeConfig(**read_json(folder / JUDGE_JSON)), vocab)
     load_weights(judge, folder / WEIGHTS)
     return judge.to(device).eval(), AudioTokenizer.load(folder / AUDIO_TOKENIZER_DIR)
 

@@ -1,8 +1,15 @@
 """The judge ASR: the paper's "eval ASR system" that transcribes speech tokens for TTS scoring.
 
 It is deliberately independent of both systems under test: a small non-autoregressive,
-bidirectional transformer encoder over speech tokens with a CTC head over characters. It never
-shares weights, vocabulary or training code with the towers, so it cannot favour either system.
+bidirectional transformer encoder over speech tokens with a CTC head. It never shares weights,
+vocabulary or training code with the towers, so it cannot favour either system.
+
+Two output vocabularies (``judge.targets``):
+- ``chars``: open vocabulary (LibriSpeech-style corpora). Without a language model a small judge
+  makes spelling errors ("quens" for "queens"), each of which is a whole word error.
+- ``words``: every word of the training transcripts is one CTC label (acoustic-to-word CTC);
+  a word outside that list decodes as ``<unk>``, which always scores as an error. Right for a
+  closed-vocabulary corpus such as the embedded demo world, where it removes spelling errors.
 
 CTC needs at least as many frames as the target needs emissions (characters, plus one blank
 between each pair of equal neighbours). De-duplicated units can be shorter than the transcript,
@@ -47,42 +54,100 @@ class JudgeConfig:
     upsample: int = F(
         1, "repeat every frame this many times so CTC has enough frames per character", ge=1, le=8
     )
+    targets: str = F(
+        "chars",
+        "CTC labels: chars (open vocabulary) or words (one label per training-transcript word; "
+        "others decode as <unk>, always an error)",
+        choices=("chars", "words"),
+    )
 
 
 class CharVocab:
     """CTC output alphabet: 0 = blank, then space, apostrophe and a-z.
 
     ``encode`` normalises with ``normalize_for_scoring`` and drops characters outside the
-    alphabet (digits, non-Latin letters); ``oov_chars`` tells which ones a text would lose.
+    alphabet (digits, non-Latin letters); ``unknown`` tells which ones a text would lose.
     """
 
+    kind = "chars"
+
     def __init__(self) -> None:
-        self.chars = [" ", "'", *"abcdefghijklmnopqrstuvwxyz"]
-        self.index = {c: i + 1 for i, c in enumerate(self.chars)}
+        self.units = [" ", "'", *"abcdefghijklmnopqrstuvwxyz"]
+        self.index = {c: i + 1 for i, c in enumerate(self.units)}
 
     def __len__(self) -> int:
-        return len(self.chars) + 1  # + blank
+        return len(self.units) + 1  # + blank
 
-    def oov_chars(self, text: str) -> set[str]:
+    def unknown(self, text: str) -> set[str]:
         return {c for c in normalize_for_scoring(text) if c not in self.index}
 
     def encode(self, text: str) -> list[int]:
         return [self.index[c] for c in normalize_for_scoring(text) if c in self.index]
 
     def decode(self, ids: Sequence[int]) -> str:
-        return "".join(self.chars[i - 1] for i in ids if i != BLANK)
+        return "".join(self.units[i - 1] for i in ids if i != BLANK)
 
 
+class WordVocab:
+    """CTC word labels: 0 = blank, 1 = ``<unk>``, then the known words in first-seen order.
+
+    Words outside the list encode as ``<unk>`` and ``<unk>`` decodes literally, so it never
+    matches a reference word. Built from the training transcripts, the list holds every word
+    the judge was trained on; ``<unk>`` labels only come from texts scored later.
+    """
+
+    kind = "words"
+    UNK = "<unk>"
+
+    def __init__(self, words: Sequence[str]) -> None:
+        self.units = [self.UNK, *dict.fromkeys(w for w in words if w != self.UNK)]
+        self.index = {w: i + 1 for i, w in enumerate(self.units)}
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str]) -> WordVocab:
+        return cls([w for t in texts for w in normalize_for_scoring(t).split()])
+
+    def __len__(self) -> int:
+        return len(self.units) + 1  # + blank
+
+    def unknown(self, text: str) -> set[str]:
+        return {w for w in normalize_for_scoring(text).split() if w not in self.index}
+
+    def encode(self, text: str) -> list[int]:
+        unk = self.index[self.UNK]
+        return [self.index.get(w, unk) for w in normalize_for_scoring(text).split()]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return " ".join(self.units[i - 1] for i in ids if i != BLANK)
+
+
+Vocab = CharVocab | WordVocab
 CHARS = CharVocab()
 
 
+def build_vocab(cfg: JudgeConfig, train_texts: Sequence[str]) -> Vocab:
+    """The label set ``cfg.targets`` asks for; word labels come from ``train_texts``."""
+    return CHARS if cfg.targets == "chars" else WordVocab.from_texts(train_texts)
+
+
+def vocab_to_json(vocab: Vocab) -> dict[str, Any]:
+    return {"targets": vocab.kind, "units": vocab.units if vocab.kind == "words" else []}
+
+
+def vocab_from_json(data: dict[str, Any]) -> Vocab:
+    if data.get("targets", "chars") == "chars":
+        return CHARS
+    return WordVocab(data["units"][1:])  # units[0] is <unk>
+
+
 def ctc_greedy_decode(
-    log_probs: torch.Tensor, lengths: torch.Tensor, vocab: CharVocab = CHARS
+    log_probs: torch.Tensor, lengths: torch.Tensor, vocab: Vocab = CHARS
 ) -> list[str]:
     """Best-path CTC decoding: argmax per frame, collapse repeats, then remove blanks.
 
     Collapsing happens before blank removal, so "aa-ab--b" gives "aabb": a repeat separated by
-    a blank stays doubled. ``log_probs`` is (B, T, C); only the first ``lengths[b]`` frames count.
+    a blank stays doubled (with word labels, "the the" works the same way). ``log_probs`` is
+    (B, T, C); only the first ``lengths[b]`` frames count.
     """
     best = log_probs.argmax(dim=-1).cpu()  # (B, T)
     out = []
@@ -99,16 +164,26 @@ def ctc_min_frames(target: Sequence[int]) -> int:
 
 
 class JudgeASR(nn.Module):
-    """Bidirectional transformer encoder + CTC head over characters."""
+    """Bidirectional transformer encoder + CTC head over characters or words.
 
-    def __init__(self, cfg: JudgeConfig) -> None:
+    ``vocab`` defaults to characters; a word judge needs its ``WordVocab`` (built from the
+    training transcripts, saved beside the weights).
+    """
+
+    def __init__(self, cfg: JudgeConfig, vocab: Vocab | None = None) -> None:
         super().__init__()
         if cfg.d_model % cfg.n_heads:
             raise UserError(
                 f"judge.d_model={cfg.d_model} is not divisible by judge.n_heads={cfg.n_heads}"
             )
+        vocab = vocab if vocab is not None else CHARS
+        if vocab.kind != cfg.targets:
+            raise UserError(
+                f"judge.targets={cfg.targets!r} but the vocabulary holds {vocab.kind}: "
+                "build the vocabulary with build_vocab(cfg, texts)"
+            )
         self.cfg = cfg
-        self.vocab = CHARS
+        self.vocab = vocab
         if cfg.conv_kernel and cfg.conv_kernel % 2 == 0:
             raise UserError(f"judge.conv_kernel={cfg.conv_kernel} must be odd (or 0 for none)")
         self.embed = nn.Embedding(cfg.vocab, cfg.d_model)  # N(0, 1): same scale as positions
@@ -163,7 +238,7 @@ class JudgeASR(nn.Module):
         targets: torch.Tensor,
         target_lengths: torch.Tensor,
     ) -> torch.Tensor:
-        """Mean CTC loss (per target character); infeasible alignments contribute zero."""
+        """Mean CTC loss (per target label); infeasible alignments contribute zero."""
         log_probs = self(tokens, lengths)  # (B, T', C)
         return Fn.ctc_loss(
             log_probs.transpose(0, 1),  # (T', B, C)
@@ -207,7 +282,8 @@ class JudgeASR(nn.Module):
             if tokens.shape[1] == 0:
                 continue  # all empty: transcripts stay ""
             tokens, lengths = tokens.to(device), lengths.to(device)
-            texts = ctc_greedy_decode(self(tokens, lengths), self.output_lengths(lengths))
+            log_probs = self(tokens, lengths)
+            texts = ctc_greedy_decode(log_probs, self.output_lengths(lengths), self.vocab)
             for i, text in zip(idx, texts, strict=True):
                 out[i] = " ".join(text.split())
         self.train(was_training)
@@ -249,18 +325,19 @@ def pad_tokens(seqs: Sequence[torch.Tensor], pad: int = 0) -> tuple[torch.Tensor
 @dataclass
 class JudgeItem:
     tokens: torch.Tensor  # (T,) long
-    target: list[int]  # character ids
+    target: list[int]  # label ids (characters or words)
     text: str  # normalised reference
 
 
 def prepare_items(
-    items: Sequence[tuple[Any, str]], cfg: JudgeConfig, vocab: CharVocab = CHARS
+    items: Sequence[tuple[Any, str]], cfg: JudgeConfig, vocab: Vocab = CHARS
 ) -> tuple[list[JudgeItem], Counter]:
     """Turn (token array, transcript) pairs into JudgeItems, skipping and counting bad ones.
 
     Skip counters: ``skip_empty_tokens``, ``skip_empty_text``, ``skip_too_long`` (> max_len
     frames) and ``skip_ctc_infeasible`` (fewer frames after upsampling than CTC needs);
-    ``oov_chars`` counts kept items that lost characters outside the alphabet.
+    ``oov`` counts kept items with a character outside the alphabet (dropped) or a word
+    outside the word list (trained as ``<unk>``).
     """
     kept, counts = [], Counter()
     for arr, text in items:
@@ -275,7 +352,7 @@ def prepare_items(
         elif len(tokens) * cfg.upsample < ctc_min_frames(target):
             counts["skip_ctc_infeasible"] += 1
         else:
-            counts["oov_chars"] += bool(vocab.oov_chars(text))
+            counts["oov"] += bool(vocab.unknown(text))
             kept.append(JudgeItem(tokens, target, normalize_for_scoring(text)))
     return kept, counts
 
@@ -333,8 +410,8 @@ def train_judge(
     Seeds torch's global RNG (dropout) and shuffles with its own generator, so a run is
     deterministic given ``seed``. ``log_fn(step, metrics)`` is called every ``log_every`` steps.
     """
-    train, train_skips = prepare_items(train_items, model.cfg)
-    valid, valid_skips = prepare_items(valid_items, model.cfg)
+    train, train_skips = prepare_items(train_items, model.cfg, model.vocab)
+    valid, valid_skips = prepare_items(valid_items, model.cfg, model.vocab)
     if not train:
         raise UserError(f"no usable judge training items (skips: {dict(train_skips)})")
     torch.manual_seed(seed)
