@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT, zip_config
@@ -71,9 +72,18 @@ def test_zip_asr_trains_exports_and_reloads(data_root, tiny_towers, tmp_path):
 
 def test_single_decoder_and_finetune_from_zipped(data_root, tiny_towers, tmp_path):
     single = zip_stage(
-        zip_config(data_root, tiny_towers, tmp_path / "s", "arch=single", "train.max_steps=2")
+        zip_config(
+            data_root,
+            tiny_towers,
+            tmp_path / "s",
+            "arch=single",
+            "train.max_steps=2",
+            "train.single_lr=2.5e-4",
+        )
     )
     assert load_finetuned(single).arch == "single"
+    # the baseline's own learning rate is the one it trained with, and its config says so
+    assert yaml.safe_load((single / "config.yaml").read_text())["train"]["lr"] == 2.5e-4
     zipped = zip_stage(zip_config(data_root, tiny_towers, tmp_path / "z2", "train.max_steps=2"))
     cont = finetune(
         zip_config(

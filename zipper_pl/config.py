@@ -138,6 +138,12 @@ class TrainConfig:
         "short runs (CPU demo) raise this",
         gt=0.0,
     )
+    single_lr: float = F(
+        0.0,
+        "peak learning rate when arch=single; 0 = lr. The baseline fine-tunes every weight of a "
+        "pretrained tower, where an lr tuned for Zipper's new layers overshoots",
+        ge=0.0,
+    )
     beta1: float = F(0.9, "AdamW beta1", ge=0.0, lt=1.0)
     beta2: float = F(0.99, "AdamW beta2 (paper: 0.99)", ge=0.0, lt=1.0)
     grad_clip: float = F(1.0, "gradient norm clip; 0 = off", ge=0.0)

@@ -282,6 +282,8 @@ def _train_finetune(
     cfg: Config, out: Path, towers_from: dict[str, Path], init: Path | None
 ) -> Path:
     """Shared by zip (fresh from pretrained towers) and finetune (from a zipped stage)."""
+    if cfg.arch == "single" and cfg.train.single_lr:  # resolved here so config.yaml shows it
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=cfg.train.single_lr))
     from zipper_pl.data.aligned import AlignedDataModule
     from zipper_pl.data.audio_tokenizers import AudioTokenizer
     from zipper_pl.data.prepare import prepare_aligned
