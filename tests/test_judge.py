@@ -115,6 +115,25 @@ def test_upsampled_output_length_and_padding_invariance():
         model(torch.zeros(1, 9, dtype=torch.long), torch.tensor([9]))
 
 
+def test_downsampled_output_length_padding_invariance_and_feasibility():
+    torch.manual_seed(0)
+    cfg = JudgeConfig(vocab=16, d_model=16, n_layers=1, n_heads=2, max_len=12, downsample=4)
+    model = JudgeASR(cfg).eval()
+    x = torch.tensor([[1, 2, 3, 4, 5, 0, 0, 0, 0, 0], [4, 5, 6, 7, 8, 9, 1, 2, 3, 4]])
+    lp = model(x, torch.tensor([5, 10]))
+    assert lp.shape == (2, 3, len(CHARS))  # ceil(10 / 4) frames
+    assert model.output_lengths(torch.tensor([5, 10])).tolist() == [2, 3]
+    # the short sequence's second window holds one valid token and three pads: pads must not
+    # change its mean, so it equals the sequence alone
+    alone = model(x[:1, :5], torch.tensor([5]))
+    torch.testing.assert_close(lp[0, :2], alone[0], atol=1e-5, rtol=1e-5)
+    # 8 tokens -> 2 frames: enough for two words, not for three letters
+    kept, counts = prepare_items([(list(range(8)), "abc")], cfg)
+    assert not kept and counts["skip_ctc_infeasible"] == 1
+    with pytest.raises(UserError, match="pick one"):
+        JudgeASR(JudgeConfig(vocab=16, d_model=16, n_heads=2, upsample=2, downsample=2))
+
+
 def _synthetic(n: int, rng: random.Random, code: dict[str, list[int]], vocab: int):
     """Each character is a fixed run of 2-3 tokens; 10% of tokens replaced by noise."""
     words = ["ab", "cab", "dee", "bad", "face", "fed", "ace", "bead"]

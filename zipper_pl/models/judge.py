@@ -54,6 +54,13 @@ class JudgeConfig:
     upsample: int = F(
         1, "repeat every frame this many times so CTC has enough frames per character", ge=1, le=8
     )
+    downsample: int = F(
+        1,
+        "average every N frames into one after the convolutional front-end: about N x cheaper "
+        "encoder; word labels need only one frame per word (not with upsample > 1)",
+        ge=1,
+        le=8,
+    )
     targets: str = F(
         "chars",
         "CTC labels: chars (open vocabulary) or words (one label per training-transcript word; "
@@ -184,6 +191,8 @@ class JudgeASR(nn.Module):
             )
         self.cfg = cfg
         self.vocab = vocab
+        if cfg.upsample > 1 and cfg.downsample > 1:
+            raise UserError("judge.upsample and judge.downsample cannot both exceed 1: pick one")
         if cfg.conv_kernel and cfg.conv_kernel % 2 == 0:
             raise UserError(f"judge.conv_kernel={cfg.conv_kernel} must be odd (or 0 for none)")
         self.embed = nn.Embedding(cfg.vocab, cfg.d_model)  # N(0, 1): same scale as positions
@@ -208,27 +217,36 @@ class JudgeASR(nn.Module):
         self.head = nn.Linear(cfg.d_model, len(self.vocab))
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        return lengths * self.cfg.upsample
+        return output_frames(self.cfg, lengths)
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """tokens (B, T) long, lengths (B,) -> CTC log-probs (B, T * upsample, C) in float32."""
+        """tokens (B, T) long, lengths (B,) -> CTC log-probs (B, T', C) in float32.
+
+        T' = T * upsample, or ceil(T / downsample).
+        """
         n_in = tokens.shape[1]
         if n_in > self.cfg.max_len:
             raise UserError(
                 f"speech sequence of {n_in} tokens exceeds judge.max_len={self.cfg.max_len}"
             )
-        r = self.cfg.upsample
-        x = self.embed(tokens)  # (B, T, D)
+        r, d = self.cfg.upsample, self.cfg.downsample
+        valid = torch.arange(n_in, device=tokens.device)[None] < lengths[:, None]  # (B, T)
+        x = self.embed(tokens) * valid[..., None]  # (B, T, D); zero padding cannot leak
         if self.conv is not None:
-            valid = torch.arange(n_in, device=tokens.device)[None] < lengths[:, None]  # (B, T)
-            x = x * valid[..., None]  # zero padding so it cannot leak through the kernel
             x = x + Fn.gelu(self.conv(x.transpose(1, 2)).transpose(1, 2))  # (B, T, D)
+            x = x * valid[..., None]
+        if d > 1:  # mean over the valid frames of each window of d
+            n_out = -(-n_in // d)
+            x = Fn.pad(x, (0, 0, 0, n_out * d - n_in)).view(x.shape[0], n_out, d, -1).sum(2)
+            count = Fn.pad(valid, (0, n_out * d - n_in)).view(-1, n_out, d).sum(-1)  # (B, T/d)
+            x = x / count.clamp(min=1)[..., None]  # (B, T/d, D)
         if r > 1:
             x = x.repeat_interleave(r, dim=1)  # (B, T*r, D)
-        x = x + self.pos[None, : n_in * r].to(x.dtype)
-        frames = torch.arange(n_in * r, device=tokens.device)  # (T*r,)
-        pad = frames[None] >= self.output_lengths(lengths)[:, None]  # (B, T*r), True = padding
-        x = self.encoder(x, src_key_padding_mask=pad)  # (B, T*r, D)
+        n_frames = x.shape[1]
+        x = x + self.pos[None, :n_frames].to(x.dtype)
+        frames = torch.arange(n_frames, device=tokens.device)  # (T',)
+        pad = frames[None] >= self.output_lengths(lengths)[:, None]  # (B, T'), True = padding
+        x = self.encoder(x, src_key_padding_mask=pad)  # (B, T', D)
         return Fn.log_softmax(self.head(x).float(), dim=-1)
 
     def loss(
@@ -290,6 +308,11 @@ class JudgeASR(nn.Module):
         return out
 
 
+def output_frames(cfg: JudgeConfig, lengths: torch.Tensor) -> torch.Tensor:
+    """CTC frames the encoder emits for inputs of ``lengths`` tokens."""
+    return -(-lengths // cfg.downsample) * cfg.upsample
+
+
 def _sinusoids(n: int, d: int) -> torch.Tensor:
     """Transformer sinusoidal position table (n, d)."""
     pos = torch.arange(n, dtype=torch.float32)[:, None]  # (n, 1)
@@ -349,7 +372,7 @@ def prepare_items(
             counts["skip_empty_text"] += 1
         elif len(tokens) > cfg.max_len:
             counts["skip_too_long"] += 1
-        elif len(tokens) * cfg.upsample < ctc_min_frames(target):
+        elif int(output_frames(cfg, torch.tensor(len(tokens)))) < ctc_min_frames(target):
             counts["skip_ctc_infeasible"] += 1
         else:
             counts["oov"] += bool(vocab.unknown(text))
