@@ -282,8 +282,6 @@ def _train_finetune(
     cfg: Config, out: Path, towers_from: dict[str, Path], init: Path | None
 ) -> Path:
     """Shared by zip (fresh from pretrained towers) and finetune (from a zipped stage)."""
-    if cfg.arch == "single" and cfg.train.single_lr:  # resolved here so config.yaml shows it
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=cfg.train.single_lr))
     from zipper_pl.data.aligned import AlignedDataModule
     from zipper_pl.data.audio_tokenizers import AudioTokenizer
     from zipper_pl.data.prepare import prepare_aligned
@@ -298,6 +296,8 @@ def _train_finetune(
     )
     from zipper_pl.lit.finetune import FinetuneModule
 
+    if cfg.arch == "single" and cfg.train.single_lr:  # resolved here so config.yaml shows it
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=cfg.train.single_lr))
     text_tok = TextTokenizer(towers_from["text"] / TOKENIZER_FILE)
     audio_tok = AudioTokenizer.load(towers_from["speech"] / AUDIO_TOKENIZER_DIR)
     specs = modality_specs(text_tok, audio_tok)
