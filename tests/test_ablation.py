@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import tiny_config
 from zipper_pl import ablation
 from zipper_pl.ablation import _cells, write_tables
+from zipper_pl.config import load_config
 from zipper_pl.errors import UserError
 
 
@@ -73,7 +74,12 @@ def test_cached_tts_scores_belong_to_their_judge(monkeypatch, tmp_path):
         judges[name].mkdir()
         (judges[name] / "model.safetensors").write_bytes(weights)
         (judges[name] / "metrics.json").write_text("{}")
-    assert ablation._tts_score(cell, judges["judge_a"], None)["tts_wer_gold"] == 0.5
-    assert ablation._tts_score(cell, judges["judge_a"], None)["tts_wer_gold"] == 0.5
-    assert ablation._tts_score(cell, judges["judge_b"], None)["tts_wer_gold"] == 0.1
+    cfg = load_config(None)
+    assert ablation._tts_score(cell, judges["judge_a"], cfg)["tts_wer_gold"] == 0.5
+    assert ablation._tts_score(cell, judges["judge_a"], cfg)["tts_wer_gold"] == 0.5
+    assert ablation._tts_score(cell, judges["judge_b"], cfg)["tts_wer_gold"] == 0.1
     assert calls == ["judge_a", "judge_b"]  # the second call was a cache hit, the third not
+    # another token budget is another measurement (a looping model's WER grows with it)
+    budget = load_config(None, ["eval.max_new_speech_per_word=15"])
+    ablation._tts_score(cell, judges["judge_b"], budget)
+    assert calls == ["judge_a", "judge_b", "judge_b"]

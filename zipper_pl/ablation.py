@@ -15,7 +15,7 @@ import io
 import statistics
 from pathlib import Path
 
-from zipper_pl.config import Config
+from zipper_pl.config import Config, to_dict
 from zipper_pl.errors import UserError
 from zipper_pl.io import atomic_write_bytes, atomic_write_text, read_json
 from zipper_pl.stages import METRICS, is_finished, pretrain_dir, require_stage, stage_dir, zip_stage
@@ -108,30 +108,36 @@ def ablation_stage(cfg: Config) -> Path:
 def _tts_score(folder: Path, judge: Path, cfg: Config) -> dict:
     """TTS WER of one TTS cell through the judge, cached next to the stage's metrics.
 
-    The cache names the judge's weights: scores from another judge (retrained, or pointed
-    elsewhere with inputs.judge) are recomputed, not mixed into the table.
+    The cache names the judge's weights and the generation settings (``eval``): scores from
+    another judge (retrained, or pointed elsewhere with inputs.judge) or another token budget
+    are recomputed, not mixed into the table.
     """
     from zipper_pl.evaluate import tts_cell_metrics
     from zipper_pl.io import atomic_write_json
     from zipper_pl.judging import judge_fingerprint
 
     judge = require_stage(judge, "judge", "inputs.judge")
-    cached = _cached_tts(folder, judge)
+    cached = _cached_tts(folder, judge, cfg)
     if cached is not None:
         return cached
-    res = {**tts_cell_metrics(folder, judge, cfg), "judge": judge_fingerprint(judge)}
+    res = {
+        **tts_cell_metrics(folder, judge, cfg),
+        "judge": judge_fingerprint(judge),
+        "eval": to_dict(cfg.eval),
+    }
     atomic_write_json(folder / TTS_EVAL, res)
     return res
 
 
-def _cached_tts(folder: Path, judge: Path | None) -> dict | None:
+def _cached_tts(folder: Path, judge: Path | None, cfg: Config) -> dict | None:
     from zipper_pl.judging import judge_fingerprint
 
     cache = folder / TTS_EVAL
     if judge is None or not cache.is_file():
         return None
     res = read_json(cache)
-    return res if res.get("judge") == judge_fingerprint(judge) else None
+    same = res.get("judge") == judge_fingerprint(judge) and res.get("eval") == to_dict(cfg.eval)
+    return res if same else None
 
 
 def _collect(cfg: Config, cells: list[dict], judge: Path | None) -> list[dict] | None:
@@ -150,7 +156,7 @@ def _collect(cfg: Config, cells: list[dict], judge: Path | None) -> list[dict] |
             "tts_wer": None,
         }
         if cfg.ablation.tts:
-            scored = _cached_tts(stage_dir(_cell_config(cfg, cell, "tts"), "zip"), judge)
+            scored = _cached_tts(stage_dir(_cell_config(cfg, cell, "tts"), "zip"), judge, cfg)
             if scored is None:
                 return None
             row["tts_wer"] = scored.get("tts_wer_gold")
