@@ -146,13 +146,17 @@ def _synthetic(n: int, rng: random.Random, code: dict[str, list[int]], vocab: in
     return items
 
 
+def _synthetic_task(seed: int, n_train: int, n_valid: int, vocab: int = 40):
+    """Train and valid items of one synthetic 'language' (a fixed token code per character)."""
+    rng = random.Random(seed)
+    code = {ch: [rng.randrange(vocab) for _ in range(rng.choice([2, 3]))] for ch in " abcdef"}
+    return _synthetic(n_train, rng, code, vocab), _synthetic(n_valid, rng, code, vocab)
+
+
 def test_judge_learns_synthetic_task():
     torch.set_num_threads(1)
-    rng = random.Random(0)
     vocab = 40
-    code = {ch: [rng.randrange(vocab) for _ in range(rng.choice([2, 3]))] for ch in " abcdef"}
-    train = _synthetic(30, rng, code, vocab)
-    valid = _synthetic(10, rng, code, vocab)
+    train, valid = _synthetic_task(0, 30, 10, vocab)
     cfg = JudgeConfig(vocab=vocab, d_model=64, n_layers=2, n_heads=4, max_len=64, dropout=0.0)
     torch.manual_seed(0)
     model = JudgeASR(cfg)
@@ -178,11 +182,8 @@ def test_judge_learns_synthetic_task():
 
 def test_word_judge_learns_synthetic_task():
     torch.set_num_threads(1)
-    rng = random.Random(1)
     vocab = 40
-    code = {ch: [rng.randrange(vocab) for _ in range(rng.choice([2, 3]))] for ch in " abcdef"}
-    train = _synthetic(40, rng, code, vocab)
-    valid = _synthetic(20, rng, code, vocab)
+    train, valid = _synthetic_task(1, 40, 20, vocab)
     # whole-word labels memorise 40 utterances without dropout (valid WER ~0.3)
     cfg = JudgeConfig(
         vocab=vocab, d_model=64, n_layers=2, n_heads=4, max_len=64, dropout=0.1, targets="words"

@@ -79,15 +79,16 @@ def ablation_stage(cfg: Config) -> Path:
     )
     cells = _cells(cfg)
     i, n = _shard(cfg.ablation.shard)
-    judge = None
+    judge, score_key = None, None
     if cfg.ablation.tts:
         from zipper_pl.evaluate import judge_stage
 
-        judge = (
-            Path(cfg.inputs.judge)
-            if cfg.inputs.judge
-            else judge_stage(dataclasses.replace(cfg, out=""))
+        judge = require_stage(
+            cfg.inputs.judge or judge_stage(dataclasses.replace(cfg, out="")),
+            "judge",
+            "inputs.judge",
         )
+        score_key = _score_key(judge, cfg)
     for k, cell in enumerate(cells):
         if k % n != i:
             continue
@@ -95,8 +96,8 @@ def ablation_stage(cfg: Config) -> Path:
             print(f"[ablation] cell {k + 1}/{len(cells)} {task}: {cell}")
             folder = zip_stage(_cell_config(cfg, cell, task))
             if task == "tts":
-                _tts_score(folder, judge, cfg)
-    rows = _collect(cfg, cells, judge)
+                _tts_score(folder, judge, cfg, score_key)
+    rows = _collect(cfg, cells, score_key)
     if rows is None:
         print("[ablation] some cells are not finished yet (other shards?): tables not written")
         return out
@@ -105,42 +106,42 @@ def ablation_stage(cfg: Config) -> Path:
     return out
 
 
-def _tts_score(folder: Path, judge: Path, cfg: Config) -> dict:
+def _score_key(judge: Path, cfg: Config) -> dict:
+    """What a cached TTS score depends on besides the cell: the judge's weights and ``eval``."""
+    from zipper_pl.judging import judge_fingerprint
+
+    return {"judge": judge_fingerprint(judge), "eval": to_dict(cfg.eval)}
+
+
+def _tts_score(folder: Path, judge: Path, cfg: Config, key: dict | None = None) -> dict:
     """TTS WER of one TTS cell through the judge, cached next to the stage's metrics.
 
-    The cache names the judge's weights and the generation settings (``eval``): scores from
-    another judge (retrained, or pointed elsewhere with inputs.judge) or another token budget
-    are recomputed, not mixed into the table.
+    The cache carries ``_score_key``: scores from another judge (retrained, or pointed
+    elsewhere with inputs.judge) or another token budget are recomputed, not mixed into the
+    table. ``key`` is that key when the caller computed it already (once per sweep).
     """
     from zipper_pl.evaluate import tts_cell_metrics
     from zipper_pl.io import atomic_write_json
-    from zipper_pl.judging import judge_fingerprint
 
     judge = require_stage(judge, "judge", "inputs.judge")
-    cached = _cached_tts(folder, judge, cfg)
+    key = key or _score_key(judge, cfg)
+    cached = _cached_tts(folder, key)
     if cached is not None:
         return cached
-    res = {
-        **tts_cell_metrics(folder, judge, cfg),
-        "judge": judge_fingerprint(judge),
-        "eval": to_dict(cfg.eval),
-    }
+    res = {**tts_cell_metrics(folder, judge, cfg), **key}
     atomic_write_json(folder / TTS_EVAL, res)
     return res
 
 
-def _cached_tts(folder: Path, judge: Path | None, cfg: Config) -> dict | None:
-    from zipper_pl.judging import judge_fingerprint
-
+def _cached_tts(folder: Path, key: dict | None) -> dict | None:
     cache = folder / TTS_EVAL
-    if judge is None or not cache.is_file():
+    if key is None or not cache.is_file():
         return None
     res = read_json(cache)
-    same = res.get("judge") == judge_fingerprint(judge) and res.get("eval") == to_dict(cfg.eval)
-    return res if same else None
+    return res if all(res.get(k) == v for k, v in key.items()) else None
 
 
-def _collect(cfg: Config, cells: list[dict], judge: Path | None) -> list[dict] | None:
+def _collect(cfg: Config, cells: list[dict], score_key: dict | None) -> list[dict] | None:
     rows = []
     for cell in cells:
         asr = stage_dir(_cell_config(cfg, cell, "asr"), "zip")
@@ -156,7 +157,7 @@ def _collect(cfg: Config, cells: list[dict], judge: Path | None) -> list[dict] |
             "tts_wer": None,
         }
         if cfg.ablation.tts:
-            scored = _cached_tts(stage_dir(_cell_config(cfg, cell, "tts"), "zip"), judge, cfg)
+            scored = _cached_tts(stage_dir(_cell_config(cfg, cell, "tts"), "zip"), score_key)
             if scored is None:
                 return None
             row["tts_wer"] = scored.get("tts_wer_gold")
