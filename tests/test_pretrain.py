@@ -87,3 +87,14 @@ def test_resume_equals_uninterrupted(data_root, tmp_path, monkeypatch):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_same_seed_same_weights_whatever_ran_before(data_root, tmp_path):
+    """A stage's weights depend on its seed alone, not on the process's RNG state (towers built
+    in two clones, or after another stage in one process, used to differ)."""
+    torch.manual_seed(1)
+    a = pretrain(_cfg(data_root, tmp_path, "seed_a", "train.max_steps=2"))
+    torch.manual_seed(2)
+    b = pretrain(_cfg(data_root, tmp_path, "seed_b", "train.max_steps=2"))
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -70,6 +70,17 @@ def test_zip_asr_trains_exports_and_reloads(data_root, tiny_towers, tmp_path):
     assert len(ft.transcribe(tokens)) == 2
 
 
+def test_zipped_weights_depend_on_the_seed_alone(data_root, tiny_towers, tmp_path):
+    """The fusion layers' random init is seeded by the stage, not by what the process ran before."""
+    outs = []
+    for name, rng in (("a", 1), ("b", 2)):
+        torch.manual_seed(rng)
+        cfg = zip_config(data_root, tiny_towers, tmp_path / name, "train.max_steps=1")
+        outs.append(zip_stage(cfg))
+    wa, wb = (load_file(str(o / "model.safetensors")) for o in outs)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_single_decoder_and_finetune_from_zipped(data_root, tiny_towers, tmp_path):
     single = zip_stage(
         zip_config(

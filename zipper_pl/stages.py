@@ -84,6 +84,10 @@ def load_tower(folder: str | Path) -> Tower:
     return tower
 
 
+def _seed(cfg: Config) -> None:
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+
 def _fit(
     cfg: Config,
     out: Path,
@@ -93,7 +97,7 @@ def _fit(
 ) -> dict:
     """Train with resume from ``last.ckpt``; returns wall-clock figures. With ``select_best``
     the module ends with the weights of its lowest validation loss (``best.ckpt``)."""
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    _seed(cfg)  # again: the data order does not depend on how much the model's init drew
     if cfg.train.compile:
         # compile the forward only: the module and its state_dict keys stay as they are
         net = getattr(module, "tower", None) or module.model
@@ -158,6 +162,7 @@ def pretrain(cfg: Config) -> Path:
         if hasattr(tower_cfg, f.name):
             setattr(cfg.model, f.name, getattr(tower_cfg, f.name))
     save_config(cfg, out / CONFIG)
+    _seed(cfg)  # the tower's init depends on the seed alone, not on what ran before
     module = LMModule(tower_cfg, cfg.train)
     module.tower.activation_checkpointing = cfg.model.activation_checkpointing
     run = _fit(cfg, out, module, dm)
@@ -314,6 +319,7 @@ def _train_finetune(
     with filelock.FileLock(str(Path(cfg.data.cache_dir).with_suffix(".lock"))):
         prepared = prepare_aligned(cfg, text_tok, audio_tok, max_total)
     cfg = _with_tokens_per_word(cfg, prepared, init)
+    _seed(cfg)  # the fusion layers' init depends on the seed alone
     model = build_model(cfg, towers, specs)
     if init is not None:
         # freezing follows this config (built above); loading weights leaves it untouched
