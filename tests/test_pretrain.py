@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import threading
+
+import filelock
 import lightning as L
 import pytest
 import torch
@@ -10,7 +15,7 @@ from safetensors.torch import load_file
 from tests.conftest import tiny_config
 from zipper_pl import stages
 from zipper_pl.config import load_config
-from zipper_pl.stages import load_tower, pretrain
+from zipper_pl.stages import LOCK_FILE, load_tower, pretrain
 
 
 class _Crash(RuntimeError):
@@ -98,3 +103,27 @@ def test_same_seed_same_weights_whatever_ran_before(data_root, tmp_path):
     b = pretrain(_cfg(data_root, tmp_path, "seed_b", "train.max_steps=2"))
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_second_run_waits_for_the_stage_instead_of_training_it_again(data_root, tmp_path):
+    """Two makes needing one missing stage: the second waits, then finds it finished."""
+    finished_elsewhere = pretrain(_cfg(data_root, tmp_path, "elsewhere", "train.max_steps=2"))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    other_process = filelock.FileLock(str(shared / LOCK_FILE))
+    other_process.acquire()
+    result = {}
+    waiting = threading.Thread(
+        target=lambda: result.update(out=pretrain(_cfg(data_root, tmp_path, "shared")))
+    )
+    waiting.start()
+    waiting.join(timeout=5)
+    assert waiting.is_alive() and not (shared / "metrics.json").exists()
+    # the other process finishes the stage (metrics carry a mark a retrain would overwrite)
+    metrics = json.loads((finished_elsewhere / "metrics.json").read_text())
+    (shared / "metrics.json").write_text(json.dumps({**metrics, "trained_by": "other"}))
+    shutil.copy(finished_elsewhere / "model.safetensors", shared / "model.safetensors")
+    other_process.release()
+    waiting.join(timeout=60)
+    assert result["out"] == shared
+    assert json.loads((shared / "metrics.json").read_text())["trained_by"] == "other"

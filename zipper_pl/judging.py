@@ -104,21 +104,25 @@ def oracle_scores(judge: JudgeASR, utts: list[Utterance], batch_size: int) -> di
 
 def judge_stage(cfg: Config) -> Path:
     """Train the judge ASR on the gold speech tokens of the full aligned training pool."""
+    from zipper_pl.stages import claim_stage, stage_dir
+
+    out = stage_dir(cfg, "judge")
+    with claim_stage(out, "judge") as todo:
+        if todo:
+            _train_judge_stage(cfg, out)
+    return out
+
+
+def _train_judge_stage(cfg: Config, out: Path) -> None:
     from zipper_pl.stages import (
         CONFIG,
         METRICS,
         WEIGHTS,
         _copy_artefact,
-        is_finished,
         pretrain_dir,
         require_stage,
-        stage_dir,
     )
 
-    out = stage_dir(cfg, "judge")
-    if is_finished(out):
-        print(f"[judge] already finished: {out}")
-        return out
     speech = require_stage(
         cfg.inputs.speech or pretrain_dir(cfg, "speech"), "speech tower", "inputs.speech"
     )
@@ -186,7 +190,6 @@ def judge_stage(cfg: Config) -> Path:
     save_weights(model.state_dict(), out / WEIGHTS)
     atomic_write_json(out / METRICS, metrics)  # last: marks the stage finished
     print(f"[judge] {out}\n{json.dumps(metrics, indent=2, default=float)}")
-    return out
 
 
 def judge_fingerprint(folder: str | Path) -> str:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import filelock
@@ -63,6 +66,47 @@ def is_finished(out: Path) -> bool:
     """A stage is done when its metrics and then its weights are exported (atomically, weights
     last: the Makefile's file targets are the weights)."""
     return (out / WEIGHTS).is_file() and (out / METRICS).is_file()
+
+
+LOCK_FILE = ".stage.lock"
+# set to a non-zero rank in the processes a launcher starts (DDP spawn, torchrun, SLURM)
+_RANK_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
+def _is_launching_process() -> bool:
+    return all(os.environ.get(v, "0") == "0" for v in _RANK_VARS)
+
+
+@contextmanager
+def claim_stage(out: Path, name: str) -> Iterator[bool]:
+    """Yields whether this process must train ``out``: False when it is already finished.
+
+    One process trains a stage folder at a time: a second ``make`` that needs the same missing
+    stage (two sweeps sharing towers) waits for the first, then finds the stage finished instead of
+    training into the same folder. Only the launching process locks; DDP ranks > 0 run while
+    their rank 0 holds the lock.
+    """
+    if is_finished(out):
+        print(f"[{name}] already finished: {out}")
+        yield False
+        return
+    if not _is_launching_process():
+        yield True
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(out / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        print(f"[{name}] another process is training {out}: waiting for it")
+        lock.acquire()
+    try:
+        finished = is_finished(out)
+        if finished:
+            print(f"[{name}] finished by the process this one waited for: {out}")
+        yield not finished
+    finally:
+        lock.release()
 
 
 def require_stage(folder: str | Path, what: str, key: str) -> Path:
@@ -142,15 +186,19 @@ def _log_hparams(trainer: L.Trainer, cfg: Config, metrics: dict) -> None:
 
 def pretrain(cfg: Config) -> Path:
     """Unimodal next-token pretraining of a text or speech tower."""
+    out = stage_dir(cfg, "pretrain")
+    with claim_stage(out, f"pretrain-{cfg.modality}") as todo:
+        if todo:
+            _pretrain(cfg, out)
+    return out
+
+
+def _pretrain(cfg: Config, out: Path) -> None:
     from zipper_pl.data.lm_datamodule import LMDataModule
     from zipper_pl.data.prepare import prepare_pretraining
     from zipper_pl.lit.lm import LMModule
     from zipper_pl.registry import resolve_tower_config
 
-    out = stage_dir(cfg, "pretrain")
-    if is_finished(out):
-        print(f"[pretrain-{cfg.modality}] already finished: {out}")
-        return out
     out.mkdir(parents=True, exist_ok=True)
     dm = LMDataModule(cfg, prepare_pretraining)
     with filelock.FileLock(str(Path(cfg.data.cache_dir).with_suffix(".lock"))):
@@ -190,7 +238,6 @@ def pretrain(cfg: Config) -> Path:
         atomic_write_json(out / METRICS, metrics)
         save_weights(module.tower.state_dict(), out / WEIGHTS)  # last: marks the stage finished
         print(f"[pretrain-{cfg.modality}] {out}\n{json.dumps(metrics, indent=2)}")
-    return out
 
 
 def _copy_artefact(src: Path, out: Path) -> None:
@@ -368,11 +415,11 @@ def _train_finetune(
 def zip_stage(cfg: Config) -> Path:
     """Zip the pretrained towers (or extend the text tower: arch=single) and fine-tune them."""
     out = stage_dir(cfg, "zip")
-    if is_finished(out):
-        print(f"[zip] already finished: {out}")
-        return out
-    text, speech = _zip_inputs(cfg)
-    return _train_finetune(cfg, out, {"text": text, "speech": speech}, init=None)
+    with claim_stage(out, "zip") as todo:
+        if todo:
+            text, speech = _zip_inputs(cfg)
+            _train_finetune(cfg, out, {"text": text, "speech": speech}, init=None)
+    return out
 
 
 def finetune(cfg: Config) -> Path:
@@ -381,10 +428,10 @@ def finetune(cfg: Config) -> Path:
         raise UserError("finetune needs the zipped stage folder to continue from: set inputs.init")
     init = require_stage(cfg.inputs.init, "zipped", "inputs.init")
     out = stage_dir(cfg, "finetune")
-    if is_finished(out):
-        print(f"[finetune] already finished: {out}")
-        return out
-    return _train_finetune(cfg, out, {"text": init, "speech": init}, init=init)
+    with claim_stage(out, "finetune") as todo:
+        if todo:
+            _train_finetune(cfg, out, {"text": init, "speech": init}, init=init)
+    return out
 
 
 def prepare_data(cfg: Config) -> Path:
