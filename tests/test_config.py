@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from zipper_pl.config import Config, describe_schema, load_config, save_config
+from zipper_pl.config import Config, describe_schema, load_config, save_config, to_dict
 from zipper_pl.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,3 +107,19 @@ def test_fine_tuning_step_budget_is_in_the_stage_folder_names():
     # towers and judge do not depend on the fine-tuning budget: a short demo reuses them
     for key in ("TEXT_DIR", "SPEECH_DIR", "JUDGE_DIR"):
         assert a[key] == b[key], key
+
+
+@pytest.mark.parametrize("scale", sorted(p.name for p in (ROOT / "experiments").iterdir()))
+def test_evaluate_yaml_trains_what_the_stage_files_train(scale):
+    """evaluate.yaml repeats the zip / judge sections (no config composition): a stage it trains
+    when missing must get the same recipe as `make zip-asr` / `make zip-tts` / `make judge`."""
+    folder = ROOT / "experiments" / scale
+    evaluate = to_dict(load_config(folder / "evaluate.yaml"))
+    for stage_file in ("zip_asr.yaml", "zip_tts.yaml"):
+        stage = to_dict(load_config(folder / stage_file))
+        for section in ("zip", "train", "model", "audio"):
+            assert evaluate[section] == stage[section], f"{scale}: {section} vs {stage_file}"
+        drop_task = {k: v for k, v in evaluate["data"].items() if k != "task"}
+        assert drop_task == {k: v for k, v in stage["data"].items() if k != "task"}, stage_file
+    judge = to_dict(load_config(folder / "judge.yaml"))
+    assert evaluate["judge"] == judge["judge"], f"{scale}: judge vs judge.yaml"
