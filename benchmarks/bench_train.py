@@ -8,6 +8,7 @@ Plain PyTorch, no Lightning loop: this is the model's cost, not the trainer's.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
@@ -15,11 +16,12 @@ import torch.nn.functional as F_
 
 from benchmarks import flops as fl
 from benchmarks import synthetic as syn
-from benchmarks.common import Env, peak_memory, time_fn
+from benchmarks.common import Env, peak_memory, sync, time_fn
 from zipper_pl.config import TrainConfig
 from zipper_pl.lit.common import adamw
 from zipper_pl.models.sequences import IGNORE, collate_segments, zipper_loss
 from zipper_pl.models.tower import Tower
+from zipper_pl.trainer import compile_forward
 
 
 def _to(x, device: torch.device):
@@ -52,14 +54,31 @@ def _lm_loss(tower: Tower, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F_.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
 
 
-def _measure(name, model, loss_fn, tokens, flops, env, reps, extra=None) -> dict:
+def _measure(name, model, loss_fn, tokens, flops, env, reps, extra=None) -> list[dict]:
+    """The case's row, eager; with ``env.compile`` a second row for the same model with its
+    forward compiled (as ``train.compile`` does), timed after the compilation."""
     model.to(env.device).train()
-    step = make_step(model, loss_fn, env)
+    rows = [_time_steps(name, make_step(model, loss_fn, env), tokens, flops, env, reps, extra)]
+    if env.compile:
+        compile_forward(model)
+        step = make_step(model, loss_fn, env)
+        t0 = time.perf_counter()
+        step()  # compiles forward and backward graphs; not part of the timing or peak memory
+        sync(env)
+        compile_s = time.perf_counter() - t0
+        row = _time_steps(name, step, tokens, flops, env, reps, extra)
+        row.update(compiled=True, compile_s=compile_s, vs_eager=row["step_s"] / rows[0]["step_s"])
+        rows.append(row)
+    return rows
+
+
+def _time_steps(name, step, tokens, flops, env, reps, extra) -> dict:
     with peak_memory(env) as mem:
         t = time_fn(step, env, warmup=1, reps=reps)
     sec = t["median_s"]
     return {
         "case": name,
+        "compiled": False,
         "step_s": sec,
         "tokens": tokens,
         "tokens_per_s": tokens / sec,
@@ -92,17 +111,15 @@ def run_size(size: str, env: Env, reps: int) -> list[dict]:
         x, y = _to(syn.lm_batch(sp[t].vocab_size, w.lm_batch, seq, seed=1), dev)
         lengths = [seq] * w.lm_batch
         f = fl.tower_flops(tower.cfg, lengths)
-        rows.append(
-            _measure(
-                f"{t} tower LM",
-                tower,
-                lambda tw=tower, x=x, y=y: _lm_loss(tw, x, y),
-                x.numel(),
-                f,
-                env,
-                reps,
-                {"batch": f"{w.lm_batch}x{seq}", "padding": 0.0},
-            )
+        rows += _measure(
+            f"{t} tower LM",
+            tower,
+            lambda tw=tower, x=x, y=y: _lm_loss(tw, x, y),
+            x.numel(),
+            f,
+            env,
+            reps,
+            {"batch": f"{w.lm_batch}x{seq}", "padding": 0.0},
         )
         del tower
     # -- the fine-tuning batch: ASR pairs --
@@ -119,27 +136,24 @@ def run_size(size: str, env: Env, reps: int) -> list[dict]:
     for freeze, label in (("text", "zipper ASR, text frozen"), ("none", "zipper ASR, unfrozen")):
         model = syn.zipper(size, freeze)
         f = fl.zipper_flops(model, lengths, has_targets)
-        rows.append(
-            _measure(
-                label,
-                model,
-                lambda m=model: zipper_loss(m(zb, outputs=loss_towers), zb)[0],
-                n_tok,
-                f,
-                env,
-                reps,
-                info,
-            )
+        rows += _measure(
+            label,
+            model,
+            lambda m=model: zipper_loss(m(zb, outputs=loss_towers), zb)[0],
+            n_tok,
+            f,
+            env,
+            reps,
+            info,
         )
         del model
     # -- the towers alone on exactly the Zipper's streams (the overhead ratio's denominator) --
-    same = {}
     for t in ("text", "speech"):
         tower = syn.towers(size)[t]
         x = zb[t]["ids"]
         y = torch.where(zb[t]["valid"], torch.roll(zb[t]["ids"], -1, 1), IGNORE)
         f = fl.tower_flops(tower.cfg, lengths[t])
-        same[t] = _measure(
+        rows += _measure(
             f"{t} tower on zipper stream",
             tower,
             lambda tw=tower, x=x, y=y: _lm_loss(tw, x, y),
@@ -149,14 +163,17 @@ def run_size(size: str, env: Env, reps: int) -> list[dict]:
             reps,
             info,
         )
-        rows.append(same[t])
         del tower
-    base = same["text"]["step_s"] + same["speech"]["step_s"]
-    base_flops = same["text"]["model_flops"] + same["speech"]["model_flops"]
-    for r in rows:
-        if r["case"].startswith("zipper"):
-            r["vs_towers"] = r["step_s"] / base
-            r["flops_vs_towers"] = r["model_flops"] / base_flops  # noise-free: what fusion adds
+    for compiled in {r["compiled"] for r in rows}:  # eager rows against eager towers, etc.
+        same = [
+            r for r in rows if r["case"].endswith("on zipper stream") and r["compiled"] == compiled
+        ]
+        base = sum(r["step_s"] for r in same)
+        base_flops = sum(r["model_flops"] for r in same)
+        for r in rows:
+            if r["case"].startswith("zipper") and r["compiled"] == compiled:
+                r["vs_towers"] = r["step_s"] / base
+                r["flops_vs_towers"] = r["model_flops"] / base_flops  # noise-free: fusion's cost
     # -- single decoder on the same pairs, one stream --
     model = syn.single(size)
     sb = _to(model.collate(samples, loss_on="last"), dev)
@@ -166,17 +183,8 @@ def run_size(size: str, env: Env, reps: int) -> list[dict]:
         "batch": f"{len(samples)} pairs ({sb['ids'].size(1)} cols)",
         "padding": 1.0 - sum(s_len) / sb["valid"].numel(),
     }
-    rows.append(
-        _measure(
-            "single decoder ASR",
-            model,
-            lambda m=model: m.loss(sb)[0],
-            sum(s_len),
-            f,
-            env,
-            reps,
-            s_info,
-        )
+    rows += _measure(
+        "single decoder ASR", model, lambda m=model: m.loss(sb)[0], sum(s_len), f, env, reps, s_info
     )
     for r in rows:
         r["size"] = size

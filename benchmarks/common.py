@@ -23,6 +23,7 @@ class Env:
     dtype: torch.dtype  # compute dtype of matmuls (autocast on CUDA)
     name: str  # human-readable machine description
     quick: bool = False  # tiny sizes, 1 repetition (smoke test)
+    compile: bool = False  # also time every training case with its forward torch.compile'd
 
     @property
     def cuda(self) -> bool:
@@ -35,14 +36,14 @@ class Env:
         return contextlib.nullcontext()
 
 
-def detect(quick: bool = False, force_cpu: bool = False) -> Env:
+def detect(quick: bool = False, force_cpu: bool = False, compile: bool = False) -> Env:
     if torch.cuda.is_available() and not force_cpu:
         dev = torch.device("cuda")
         name = f"{torch.cuda.get_device_name(dev)} (bf16 autocast)"
-        return Env(dev, torch.bfloat16, name, quick)
+        return Env(dev, torch.bfloat16, name, quick, compile)
     cpu = _cpu_model()
     name = f"CPU {cpu}, {torch.get_num_threads()} torch threads (fp32)"
-    return Env(torch.device("cpu"), torch.float32, name, quick)
+    return Env(torch.device("cpu"), torch.float32, name, quick, compile)
 
 
 def _cpu_model() -> str:

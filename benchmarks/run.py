@@ -1,4 +1,4 @@
-"""The benchmark suite: ``python -m benchmarks [--quick] [--out DIR] [--sizes demo,s]``.
+"""The benchmark suite: ``python -m benchmarks [--quick] [--out DIR] [--sizes demo,s] [--compile]``.
 
 Measures, side by side in one process (shared machines drift; ratios hold): the dense matmul
 reference, training steps, generation, tokenization and data loading; writes ``bench.json`` and
@@ -60,10 +60,12 @@ def plan(env, sizes: list[str] | None) -> dict:
     }
 
 
-def run(quick: bool = False, out: Path = REPO, sizes: list[str] | None = None) -> dict:
+def run(
+    quick: bool = False, out: Path = REPO, sizes: list[str] | None = None, compile: bool = False
+) -> dict:
     """Run the whole suite; writes out/bench.json and out/bench.md; returns the results."""
     t_start = time.perf_counter()
-    env = detect(quick)
+    env = detect(quick, compile=compile)
     p = plan(env, sizes)
     print(f"benchmarks on {env.name}; sizes {p['sizes']}", flush=True)
     phase_s: dict[str, float] = {}
@@ -90,6 +92,7 @@ def run(quick: bool = False, out: Path = REPO, sizes: list[str] | None = None) -
         "torch": torch.__version__,
         "python": platform.python_version(),
         "quick": quick,
+        "compile": compile,
         "sizes": p["sizes"],
         "gen_size": p["sizes"][-1],
         "notes": p["notes"],
@@ -114,6 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="tiny sizes, 1 repetition (smoke test)")
     ap.add_argument("--out", type=Path, default=REPO, help="folder for bench.json and bench.md")
     ap.add_argument("--sizes", default="", help="training scales, comma-separated (tiny, demo, s)")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time every training case with torch.compile (train.compile=true)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch default")
     args = ap.parse_args(argv)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()] or None
@@ -126,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--threads must be >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
-    run(args.quick, args.out, sizes)
+    run(args.quick, args.out, sizes, args.compile)
 
 
 if __name__ == "__main__":

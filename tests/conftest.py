@@ -56,3 +56,20 @@ def zip_config(data_root: Path, towers: dict[str, Path], out: Path, *overrides: 
         f"out={out}",
         *overrides,
     )
+
+
+@pytest.fixture
+def traced_compile(monkeypatch) -> list:
+    """``torch.compile`` with the ``aot_eager`` backend: Dynamo and AOTAutograd trace forward
+    and backward as they do for inductor, without inductor's C++ build (minutes on a small
+    CPU). Yields the functions compiled."""
+    real, compiled = torch.compile, []
+
+    def compile_(fn, **kw):
+        compiled.append(fn)
+        return real(fn, **{"backend": "aot_eager", **kw})
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    torch._dynamo.reset()
+    yield compiled
+    torch._dynamo.reset()

@@ -14,6 +14,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks import bench_train
 from benchmarks import flops as fl
 from benchmarks import synthetic as syn
+from benchmarks.common import detect
+from benchmarks.report import targets
 from benchmarks.run import run
 from zipper_pl.models.sequences import collate_segments, zipper_loss
 
@@ -86,3 +88,20 @@ def test_analytic_flops_match_pytorch_counter(one_thread):
         analytic = fl.zipper_flops(m, lengths, {"text": True, "speech": False})
         counted = _matmul_flops(lambda m=m: zipper_loss(m(batch, outputs=["text"]), batch)[0])
         assert counted == analytic - attn, freeze
+
+
+def test_compile_flag_times_every_case_compiled_too(one_thread, traced_compile):
+    """``make bench BENCH_ARGS=--compile``: each training case gets a second, compiled row
+    (timed after compilation) with its own Zipper / towers ratio and targets."""
+    env = detect(quick=True, force_cpu=True, compile=True)
+    rows = bench_train.run(env, ["tiny"], reps=1, matmul_flops=1e9)
+    eager = [r["case"] for r in rows if not r["compiled"]]
+    compiled = [r for r in rows if r["compiled"]]
+    assert [r["case"] for r in compiled] == eager and len(eager) == 7
+    assert len(traced_compile) == len(eager)  # one compiled forward per case
+    for r in compiled:
+        assert r["compile_s"] > 0 and r["vs_eager"] > 0 and math.isfinite(r["utilisation"])
+    assert all("vs_towers" in r for r in rows if r["case"].startswith("zipper"))
+    res = {"train": rows, "device": "cpu", "sizes": ["tiny"], "generate": [], "tokenize": {}}
+    names = [t["target"] for t in targets({**res, "data": {}})]
+    assert sum("torch.compile" in n for n in names) == 3  # text tower util + 2 Zipper ratios

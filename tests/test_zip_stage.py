@@ -198,3 +198,27 @@ def test_exported_weights_are_the_best_validation_checkpoint(data_root, tiny_tow
     exported = load_file(str(out / "model.safetensors"))
     for k, v in exported.items():
         assert torch.equal(best["state_dict"][f"model.{k}"], v), k
+
+
+def test_compile_switch_trains_through_the_compiled_forward(
+    data_root, tiny_towers, tmp_path, monkeypatch
+):
+    """``train.compile=true`` routes the fine-tuning stage's steps through ``torch.compile``'s
+    result for the Zipper model (that Dynamo traces it is tests/test_zipper.py's business: the
+    whole stage traced takes minutes on a small CPU)."""
+    compiled, calls = [], []
+
+    def record(fn, **kw):
+        compiled.append(fn)
+        return lambda *a, **k: calls.append(1) or fn(*a, **k)
+
+    monkeypatch.setattr(torch, "compile", record)
+    cfg = zip_config(
+        data_root, tiny_towers, tmp_path / "c", "train.max_steps=2", "train.compile=true"
+    )
+    out = zip_stage(cfg)
+    assert [type(f.__self__).__name__ for f in compiled] == ["ZipperModel"]
+    assert len(calls) >= 2  # every training step (and validation) went through it
+    eager = zip_stage(zip_config(data_root, tiny_towers, tmp_path / "e", "train.max_steps=2"))
+    got, want = (load_file(str(o / "model.safetensors")) for o in (out, eager))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

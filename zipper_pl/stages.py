@@ -20,7 +20,7 @@ from zipper_pl.config import Config, load_config, save_config, to_dict
 from zipper_pl.errors import UserError
 from zipper_pl.io import atomic_write_json, load_weights, read_json, save_weights
 from zipper_pl.models.tower import Tower, TowerConfig
-from zipper_pl.trainer import BEST_CKPT, LAST_CKPT, make_trainer
+from zipper_pl.trainer import BEST_CKPT, LAST_CKPT, compile_forward, make_trainer
 
 WEIGHTS, CONFIG, METRICS, TOWER_JSON = (
     "model.safetensors",
@@ -143,9 +143,7 @@ def _fit(
     the module ends with the weights of its lowest validation loss (``best.ckpt``)."""
     _seed(cfg)  # again: the data order does not depend on how much the model's init drew
     if cfg.train.compile:
-        # compile the forward only: the module and its state_dict keys stay as they are
-        net = getattr(module, "tower", None) or module.model
-        net.forward = torch.compile(net.forward)
+        compile_forward(getattr(module, "tower", None) or module.model)
     trainer = make_trainer(cfg, out, select_best=select_best)
     ckpt = out / LAST_CKPT
     t0 = time.perf_counter()
