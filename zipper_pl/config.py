@@ -162,7 +162,12 @@ class TrainConfig:
         "numeric precision; auto = bf16-mixed on GPU, 32-true on CPU",
         choices=("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true"),
     )
-    compile: bool = F(False, "torch.compile the model")
+    compile: bool = F(
+        False,
+        "torch.compile the model's forward (same weights and checkpoint keys); the first steps "
+        "pay the compilation, a second batch shape recompiles once with dynamic shapes, and "
+        "validation (no grad) compiles its own graphs",
+    )
     select_best: bool = F(
         True, "fine-tuning exports the weights of the best validation loss (paper: model selection)"
     )
