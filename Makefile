@@ -26,7 +26,7 @@ EXP          ?= experiments/$(strip $(SCALE))#  folder of the experiment YAML fi
 ABLATION_FRACS ?= 0.01 0.03 0.1 0.3 1.0#  aligned fractions of `make ablation`
 ABLATION_SEEDS ?= 0#       seeds of `make ablation`
 ABLATION_FREEZE ?= text both#  `make ablation` FREEZE values (text = speech tower trained, both = frozen)
-BENCH_ARGS   ?=#           `make bench` flags: --quick, --sizes demo,s, --threads N
+BENCH_ARGS   ?=#           `make bench` flags: --quick, --sizes demo,s, --threads N, --compile
 
 fwd = $(if $(strip $($(1))),$(2)=$(strip $($(1))))
 COMMON = runs=$(strip $(RUNS)) $(call fwd,SEED,seed) $(call fwd,DATA,data.corpus) \
