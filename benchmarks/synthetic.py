@@ -18,6 +18,8 @@ from zipper_pl.models.zipper import ZipperConfig, ZipperModel
 
 TEXT_VOCAB = 1024  # the demo SentencePiece vocabulary (experiments/demo/pretrain_text.yaml)
 SPEECH_K = 256  # the demo units tokenizer (k-means entries)
+TEXT_TOKENS_PER_WORD = 1.37  # the demo tokenizer, as the zip stage measured it
+SPEECH_PER_TEXT_TOKEN = 5  # pairs(): text tokens ~ speech tokens / 5
 
 
 def specs() -> dict[str, ModalitySpec]:
@@ -64,7 +66,12 @@ def zip_config(size: str, freeze: str) -> ZipperConfig:
     """The fusion layout the scale's experiment file trains (the schema default if it has none)."""
     path = Path(__file__).resolve().parents[1] / "experiments" / size / "zip_asr.yaml"
     base = load_config(path).zip if path.is_file() else ZipperConfig()
-    return dataclasses.replace(base, freeze=freeze)
+    # the zip stage measures these on the aligned data; here they follow pairs()' lengths
+    tokens_per_word = {
+        "text": TEXT_TOKENS_PER_WORD,
+        "speech": TEXT_TOKENS_PER_WORD * SPEECH_PER_TEXT_TOKEN,
+    }
+    return dataclasses.replace(base, freeze=freeze, tokens_per_word=tokens_per_word)
 
 
 def zipper(size: str, freeze: str, seed: int = 0) -> ZipperModel:
@@ -93,7 +100,9 @@ def pairs(size: str, n: int | None = None, seed: int = 0) -> list[tuple[np.ndarr
     rng = np.random.default_rng(seed)
     pool = 32 * n
     s_len = rng.integers(w.speech_len[0], w.speech_len[1] + 1, pool)
-    t_len = np.clip((s_len / 5 + rng.normal(0, 3, pool)).astype(int), *w.text_len)
+    t_len = np.clip(
+        (s_len / SPEECH_PER_TEXT_TOKEN + rng.normal(0, 3, pool)).astype(int), *w.text_len
+    )
     order = np.argsort(s_len + t_len, kind="stable")
     keep = order[pool // 2 : pool // 2 + n]
     return [
