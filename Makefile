@@ -21,7 +21,10 @@ FT_STEPS     ?=#           optimizer steps of the fine-tuning stages only (zip, 
 DEMO_FT_STEPS ?= 500#      FT_STEPS of `make demo` (keeps the whole chain within ~30 min on 2 CPU cores)
 SEED         ?=#           seed for data order, init and subsets
 RUNS         ?= runs#      root of all stage folders
-ARGS         ?=#           any extra key=value overrides, e.g. ARGS="train.lr=5e-4"
+ARGS         ?=#           extra key=value overrides of every stage the command runs, towers included
+FT_ARGS      ?=#           extra key=value overrides of the fine-tuning stages only, e.g. FT_ARGS="train.lr=5e-4"
+TEXT_TOWER   ?=#           a finished text-tower stage folder to zip (any RUNS tree or corpus)
+SPEECH_TOWER ?=#           a finished speech-tower stage folder to zip (e.g. pretrained on LibriLight)
 EXP          ?= experiments/$(strip $(SCALE))#  folder of the experiment YAML files
 ABLATION_FRACS ?= 0.01 0.03 0.1 0.3 1.0#  aligned fractions of `make ablation`
 ABLATION_SEEDS ?= 0#       seeds of `make ablation`
@@ -33,9 +36,10 @@ COMMON = runs=$(strip $(RUNS)) $(call fwd,SEED,seed) $(call fwd,DATA,data.corpus
   $(call fwd,DATA_ROOT,data.root) $(call fwd,CODEC,audio.codec) $(call fwd,DEVICES,train.devices) \
   $(call fwd,NUM_NODES,train.num_nodes) $(call fwd,ACCELERATOR,train.accelerator) \
   $(call fwd,STRATEGY,train.strategy) $(call fwd,PRECISION,train.precision) \
-  $(call fwd,MAX_STEPS,train.max_steps) $(ARGS)
+  $(call fwd,MAX_STEPS,train.max_steps) $(call fwd,TEXT_TOWER,inputs.text) \
+  $(call fwd,SPEECH_TOWER,inputs.speech) $(ARGS)
 ZIPVARS = $(call fwd,MODEL,arch) $(call fwd,FREEZE,zip.freeze) $(call fwd,ALIGNED_FRAC,data.aligned_frac) \
-  $(call fwd,FT_STEPS,train.max_steps)
+  $(call fwd,FT_STEPS,train.max_steps) $(FT_ARGS)
 
 PY    := .venv/bin/python
 STAMP := .venv/.installed
@@ -45,7 +49,7 @@ ZPL   := $(PY) -m zipper_pl
 # (only once the venv exists; the chain targets re-enter make after `setup` for that reason)
 ifneq ($(wildcard $(STAMP)),)
 ifneq ($(MAKELEVEL),0)
-PATHS := $(shell $(ZPL) paths $(EXP)/zip_asr.yaml $(COMMON) $(ZIPVARS) 2>/dev/null)
+PATHS := $(shell $(ZPL) paths $(EXP) $(COMMON) -- $(ZIPVARS) 2>/dev/null)
 path_of = $(patsubst $(1)=%,%,$(filter $(1)=%,$(PATHS)))
 TEXT_DIR       := $(call path_of,TEXT_DIR)
 SPEECH_DIR     := $(call path_of,SPEECH_DIR)
@@ -90,7 +94,7 @@ format: $(STAMP) ## ruff format + autofix
 
 # Each public target re-enters make once the venv exists, so stage paths can be computed.
 _check-paths:
-	@test -n "$(TEXT_DIR)" || { $(ZPL) paths $(EXP)/zip_asr.yaml $(COMMON) $(ZIPVARS); exit 2; }
+	@test -n "$(TEXT_DIR)" || { $(ZPL) paths $(EXP) $(COMMON) -- $(ZIPVARS); exit 2; }
 
 data: $(STAMP) ## prepare corpus, tokenizers and token caches (DATA, DATA_ROOT, CODEC)
 	$(ZPL) data $(EXP)/pretrain_speech.yaml $(COMMON)
@@ -146,7 +150,7 @@ ablation: $(STAMP) ## aligned-fraction sweep: ABLATION_FRACS x zipper/single x A
 
 .PHONY: _ablation
 _ablation: $(TEXT_DIR)/$(W) $(SPEECH_DIR)/$(W) $(JUDGE_DIR)/$(W)
-	$(ZPL) ablation $(EXP)/zip_asr.yaml $(COMMON) $(call fwd,FT_STEPS,train.max_steps) "ablation.fracs=$(ABLATION_FRACS)" \
+	$(ZPL) ablation $(EXP)/zip_asr.yaml $(COMMON) $(call fwd,FT_STEPS,train.max_steps) $(FT_ARGS) "ablation.fracs=$(ABLATION_FRACS)" \
 	  "ablation.seeds=$(ABLATION_SEEDS)" "ablation.freeze=$(ABLATION_FREEZE)" \
 	  inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR) inputs.judge=$(JUDGE_DIR)
 

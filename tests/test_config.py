@@ -96,12 +96,15 @@ def test_cli_bad_seed_names_key():
     assert r.returncode != 0 and "seed" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_fine_tuning_step_budget_is_in_the_stage_folder_names():
-    from zipper_pl.stages import chain_paths
+def chain(scale: str, common=(), ft=()) -> dict:
+    from zipper_pl.__main__ import _chain_paths
 
-    base = load_config("experiments/demo/zip_asr.yaml")
-    short = load_config("experiments/demo/zip_asr.yaml", ["train.max_steps=500"])
-    a, b = chain_paths(base), chain_paths(short)
+    args = [str(ROOT / "experiments" / scale), *common]
+    return _chain_paths([*args, "--", *ft] if ft else args)
+
+
+def test_fine_tuning_step_budget_is_in_the_stage_folder_names():
+    a, b = chain("demo"), chain("demo", ft=["train.max_steps=500"])
     for key in ("ZIPPER_ASR_DIR", "ZIPPER_TTS_DIR", "SINGLE_ASR_DIR", "SINGLE_TTS_DIR", "EVAL_DIR"):
         assert a[key] != b[key] and "steps500" in b[key].name, key
     # towers and judge do not depend on the fine-tuning budget: a short demo reuses them

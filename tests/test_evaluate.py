@@ -14,8 +14,8 @@ from zipper_pl.errors import UserError
 from zipper_pl.evaluate import evaluate_stage
 from zipper_pl.finetuned import load_finetuned
 from zipper_pl.judging import Utterance, generate_tts, judge_stage, load_judge, significance
+from zipper_pl.layout import is_finished
 from zipper_pl.report import render_markdown
-from zipper_pl.stages import is_finished
 
 
 def _inputs(towers) -> list[str]:

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from tests.conftest import tiny_config
 from zipper_pl import stages
 from zipper_pl.config import load_config
-from zipper_pl.stages import LOCK_FILE, load_tower, pretrain
+from zipper_pl.layout import LOCK_FILE
+from zipper_pl.stages import load_tower, pretrain
 
 
 class _Crash(RuntimeError):

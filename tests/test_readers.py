@@ -24,7 +24,9 @@ def _audio(path: Path, seconds: float, sr: int = 16000, seed: int = 0) -> None:
 
 
 def _librispeech(root: Path) -> None:
-    for split, spk, ch in [("train-clean-100", "19", "198"), ("dev-clean", "84", "121123")]:
+    splits = [("train-clean-100", "19", "198"), ("dev-clean", "84", "121123"),
+              ("test-clean", "1089", "134686")]  # fmt: skip
+    for split, spk, ch in splits:
         d = root / split / spk / ch
         lines = []
         for u in range(3):
@@ -80,7 +82,7 @@ def test_jsonl_and_registry(tmp_path):
     _audio(tmp_path / "a.wav", 0.2)
     recs = [Record("a", str(tmp_path / "a.wav"), "Hi THERE.", 0.2, "s1")]
     write_manifest(tmp_path / "train.jsonl", recs)
-    out = read_jsonl_manifest(tmp_path / "train.jsonl")
+    out = read_jsonl_manifest(tmp_path, ["train"])
     assert out[0].text == "hi there" and Path(out[0].audio).is_file()
     assert read_jsonl_manifest(tmp_path, ["train"])[0].id == "a"
     assert set(CORPUS_READERS) == {"librispeech", "libritts", "librilight", "jsonl"}
@@ -91,10 +93,10 @@ def test_clear_errors(tmp_path):
     with pytest.raises(UserError, match=r"data\.root"):
         read_librispeech(tmp_path / "nope", ["train-clean-100"])
     _librispeech(tmp_path)
-    with pytest.raises(UserError, match=r"data\.splits.*") as e:
+    with pytest.raises(UserError, match=r"data\.train_splits.*") as e:
         read_librispeech(tmp_path, ["test-other"])
-    assert "dev-clean, train-clean-100" in str(e.value)
-    with pytest.raises(UserError, match=r"data\.splits"):
+    assert "dev-clean, test-clean, train-clean-100" in str(e.value)
+    with pytest.raises(UserError, match=r"data\.train_splits"):
         read_libritts(tmp_path, [])
     with pytest.raises(UserError, match=r"data\.root"):
-        read_jsonl_manifest(tmp_path / "missing.jsonl")
+        read_jsonl_manifest(tmp_path / "missing.jsonl", ["train"])

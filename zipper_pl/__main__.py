@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from zipper_pl.errors import UserError
 
@@ -21,8 +22,11 @@ stages:
   evaluate    ASR/TTS WER, text retention, paper-style tables
   ablation    aligned-fraction sweep (table + plots)
   path KIND   print the stage folder a config resolves to (KIND: pretrain|zip|finetune|judge)
-  paths       print every stage folder of the chain as NAME=path (used by the Makefile)
+  paths EXP [key=value ...] [-- key=value ...]
+              print every stage folder of the chain of the experiment folder EXP as NAME=path
+              (used by the Makefile); overrides after -- reach the fine-tuning stages only
   keys        list every config key with its default and doc
+  runs [RUNS] one line per stage folder: kind, status, keys that differ from its experiment file
 """
 
 
@@ -51,6 +55,27 @@ def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
     return None, args
 
 
+FINETUNING_FILES = ("zip_asr", "zip_tts", "evaluate")
+
+
+def _chain_paths(args: list[str]) -> dict:
+    """``paths EXP [common overrides] [-- fine-tuning overrides]``."""
+    from zipper_pl.config import load_config
+    from zipper_pl.layout import CHAIN_FILES, chain_paths
+
+    if not args or "=" in args[0]:
+        raise UserError("usage: python -m zipper_pl paths EXPERIMENT_FOLDER [key=value ...]")
+    exp, rest = Path(args[0]), args[1:]
+    cut = rest.index("--") if "--" in rest else len(rest)
+    common, ft = rest[:cut], rest[cut + 1 :]
+    cfgs = {
+        name: load_config(exp / file, common + (ft if name in FINETUNING_FILES else []))
+        for name, file in CHAIN_FILES.items()
+    }
+    towers = {m: getattr(cfgs["zip_asr"].inputs, m) for m in ("text", "speech")}
+    return chain_paths(cfgs, towers)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -60,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         from zipper_pl.config import describe_schema, load_config
 
         stage, rest = argv[0], argv[1:]
+        if stage == "runs":
+            from zipper_pl.inventory import format_runs, list_runs
+
+            root = Path(rest[0] if rest else "runs")
+            print(format_runs(list_runs(root), root))
+            return 0
         if stage == "keys":
             for key, default, doc in describe_schema():
                 print(f"{key:36s} {default!s:>14s}  {doc}")
@@ -71,17 +102,15 @@ def main(argv: list[str] | None = None) -> int:
                     "usage: python -m zipper_pl path KIND [config.yaml] [key=value ...]"
                 )
             kind, rest = rest[0], rest[1:]
+        if stage == "paths":
+            print(" ".join(f"{k}={v}" for k, v in _chain_paths(rest).items()))
+            return 0
         path, overrides = _split_args(rest)
         cfg = load_config(path, overrides)
         if kind is not None:
-            from zipper_pl.stages import stage_dir
+            from zipper_pl.layout import path_of
 
-            print(stage_dir(cfg, kind))
-            return 0
-        if stage == "paths":
-            from zipper_pl.stages import chain_paths
-
-            print(" ".join(f"{k}={v}" for k, v in chain_paths(cfg).items()))
+            print(path_of(cfg, kind))
             return 0
         _stage(stage)(cfg)
         return 0

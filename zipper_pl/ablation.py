@@ -15,10 +15,21 @@ import io
 import statistics
 from pathlib import Path
 
-from zipper_pl.config import Config, to_dict
+from zipper_pl.config import Config, save_config, to_dict
 from zipper_pl.errors import UserError
-from zipper_pl.io import atomic_write_bytes, atomic_write_text, read_json
-from zipper_pl.stages import METRICS, is_finished, pretrain_dir, require_stage, stage_dir, zip_stage
+from zipper_pl.identity import IDENTITY_FILE, PROVENANCE_FILE, provenance
+from zipper_pl.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from zipper_pl.layout import (
+    CONFIG,
+    METRICS,
+    input_fingerprints,
+    is_finished,
+    require_stage,
+    stage_dir,
+    stage_identity,
+    tower_input,
+)
+from zipper_pl.stages import zip_stage
 
 TTS_EVAL = "tts_eval.json"
 
@@ -50,13 +61,8 @@ def _cell_config(cfg: Config, cell: dict, task: str) -> Config:
     zcfg = dataclasses.replace(
         cfg.zip, freeze=cell["freeze"] if cell["model"] == "zipper" else "text"
     )
-    inputs = dataclasses.replace(
-        cfg.inputs,
-        text=cfg.inputs.text or str(pretrain_dir(cfg, "text")),
-        speech=cfg.inputs.speech or str(pretrain_dir(cfg, "speech")),
-    )
     return dataclasses.replace(
-        cfg, arch=cell["model"], seed=cell["seed"], data=data, zip=zcfg, inputs=inputs, out=""
+        cfg, arch=cell["model"], seed=cell["seed"], data=data, zip=zcfg, out=""
     )
 
 
@@ -74,10 +80,17 @@ def _shard(spec: str) -> tuple[int, int]:
 
 def ablation_stage(cfg: Config) -> Path:
     """Run (or resume) every cell, then write ablation.csv / .md and the WER plots."""
-    out = (
-        Path(cfg.out) if cfg.out else stage_dir(cfg, "eval").parent / f"ablation-{cfg.audio.codec}"
-    )
     cells = _cells(cfg)
+    towers = input_fingerprints(text=tower_input(cfg, "text"), speech=tower_input(cfg, "speech"))
+    tasks = ("asr", "tts") if cfg.ablation.tts else ("asr",)
+    # the sweep is what its cells are: their identities (not their settings' names) are its inputs
+    cell_ids = {
+        f"cell{k}.{task}": stage_identity(_cell_config(cfg, cell, task), "zip", towers)[
+            "fingerprint"
+        ]
+        for k, cell in enumerate(cells)
+        for task in tasks
+    }
     i, n = _shard(cfg.ablation.shard)
     judge, score_key = None, None
     if cfg.ablation.tts:
@@ -89,19 +102,25 @@ def ablation_stage(cfg: Config) -> Path:
             "inputs.judge",
         )
         score_key = _score_key(judge, cfg)
+        cell_ids["judge"] = score_key["judge"]
+    identity = stage_identity(cfg, "ablation", cell_ids)
+    out = stage_dir(cfg, "ablation", cell_ids)
     for k, cell in enumerate(cells):
         if k % n != i:
             continue
-        for task in ("asr", "tts") if cfg.ablation.tts else ("asr",):
+        for task in tasks:
             print(f"[ablation] cell {k + 1}/{len(cells)} {task}: {cell}")
             folder = zip_stage(_cell_config(cfg, cell, task))
             if task == "tts":
                 _tts_score(folder, judge, cfg, score_key)
-    rows = _collect(cfg, cells, score_key)
+    rows = _collect(cfg, cells, score_key, towers)
     if rows is None:
         print("[ablation] some cells are not finished yet (other shards?): tables not written")
         return out
-    write_tables(out, rows)
+    atomic_write_json(out / IDENTITY_FILE, identity)
+    atomic_write_json(out / PROVENANCE_FILE, provenance())
+    save_config(cfg, out / CONFIG)
+    write_tables(out, rows)  # ablation.csv first: it marks the sweep's tables as written
     print((out / "ablation.md").read_text())
     return out
 
@@ -141,10 +160,12 @@ def _cached_tts(folder: Path, key: dict | None) -> dict | None:
     return res if all(res.get(k) == v for k, v in key.items()) else None
 
 
-def _collect(cfg: Config, cells: list[dict], score_key: dict | None) -> list[dict] | None:
+def _collect(
+    cfg: Config, cells: list[dict], score_key: dict | None, towers: dict[str, str]
+) -> list[dict] | None:
     rows = []
     for cell in cells:
-        asr = stage_dir(_cell_config(cfg, cell, "asr"), "zip")
+        asr = stage_dir(_cell_config(cfg, cell, "asr"), "zip", towers)
         if not is_finished(asr):
             return None
         m = read_json(asr / METRICS)
@@ -157,7 +178,9 @@ def _collect(cfg: Config, cells: list[dict], score_key: dict | None) -> list[dic
             "tts_wer": None,
         }
         if cfg.ablation.tts:
-            scored = _cached_tts(stage_dir(_cell_config(cfg, cell, "tts"), "zip"), score_key)
+            scored = _cached_tts(
+                stage_dir(_cell_config(cfg, cell, "tts"), "zip", towers), score_key
+            )
             if scored is None:
                 return None
             row["tts_wer"] = scored.get("tts_wer_gold")

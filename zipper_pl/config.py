@@ -226,7 +226,7 @@ class Config:
 # Loading, overriding, validating
 
 
-def _field_paths(cls: type, prefix: str = "") -> dict[str, dataclasses.Field]:
+def field_paths(cls: type, prefix: str = "") -> dict[str, dataclasses.Field]:
     """Every leaf key of a dataclass schema as a dotted path."""
     paths: dict[str, dataclasses.Field] = {}
     hints = typing.get_type_hints(cls)
@@ -234,7 +234,7 @@ def _field_paths(cls: type, prefix: str = "") -> dict[str, dataclasses.Field]:
         path = f"{prefix}{f.name}"
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            paths.update(_field_paths(tp, path + "."))
+            paths.update(field_paths(tp, path + "."))
         else:
             paths[path] = f
     return paths
@@ -425,7 +425,7 @@ def _flatten_with_types(tree: dict, leaf_types: dict[str, Any], prefix: str = ""
 
 
 def _validate(flat: dict[str, Any], leaf_types: dict[str, Any]) -> Config:
-    fields = _field_paths(Config)
+    fields = field_paths(Config)
     problems: list[str] = []
     values: dict[str, Any] = {}
     for key, raw in flat.items():

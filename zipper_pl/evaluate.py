@@ -32,9 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
-from zipper_pl.config import Config, load_config, to_dict
+from zipper_pl.config import Config, load_config, save_config, to_dict
 from zipper_pl.errors import UserError
 from zipper_pl.finetuned import TOWERS_JSON, Finetuned, load_finetuned
+from zipper_pl.identity import IDENTITY_FILE, PROVENANCE_FILE, provenance
 from zipper_pl.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from zipper_pl.judging import (
     Utterance,
@@ -72,7 +73,8 @@ def _tasks_of(task: str) -> list[str]:
 
 def resolve_systems(cfg: Config) -> list[System]:
     """The systems to evaluate; in the default mode missing stages are trained via ``zip_stage``."""
-    from zipper_pl.stages import CONFIG, require_stage, zip_stage
+    from zipper_pl.layout import CONFIG, require_stage
+    from zipper_pl.stages import zip_stage
 
     systems: list[System] = []
     if cfg.eval.stages:
@@ -97,11 +99,18 @@ def resolve_systems(cfg: Config) -> list[System]:
 
 
 def _judge_folder(cfg: Config) -> Path:
-    from zipper_pl.stages import is_finished, require_stage, stage_dir
+    from zipper_pl.layout import (
+        input_fingerprints,
+        is_finished,
+        require_stage,
+        stage_dir,
+        tower_input,
+    )
 
     if cfg.inputs.judge:
         return require_stage(cfg.inputs.judge, "judge", "inputs.judge")
-    folder = stage_dir(dataclasses.replace(cfg, out=""), "judge")
+    speech = input_fingerprints(speech=tower_input(cfg, "speech"))
+    folder = stage_dir(dataclasses.replace(cfg, out=""), "judge", speech)
     if not is_finished(folder):
         print(f"[evaluate] no judge at {folder}: training it with this config (make judge)")
         folder = judge_stage(dataclasses.replace(cfg, out=""))
@@ -175,7 +184,8 @@ def text_retention(ft: Finetuned, cfg: Config) -> dict:
     text tower run standalone (after; the single decoder's extended tower, over its full
     vocabulary) and, for the Zipper, the zipped model on text only."""
     from zipper_pl.data.prepare import text_lines
-    from zipper_pl.stages import is_finished, load_tower, pretrain_dir
+    from zipper_pl.layout import is_finished
+    from zipper_pl.stages import load_tower
 
     zipper = ft.arch == "zipper"
     after = ft.model.towers["text"] if zipper else ft.model.tower
@@ -192,8 +202,8 @@ def text_retention(ft: Finetuned, cfg: Config) -> dict:
         "identical": None,
         "frozen_text": zipper and "text" in ft.model.frozen,
     }
-    before_dir = Path(ft.cfg.inputs.text) if ft.cfg.inputs.text else pretrain_dir(ft.cfg, "text")
-    if is_finished(before_dir):
+    before_dir = Path(ft.cfg.inputs.text) if ft.cfg.inputs.text else None
+    if before_dir is not None and is_finished(before_dir):
         before = load_tower(before_dir).eval()
         nll_before, _ = _nll(_tower_step(before, spec), seqs, bs)
         res |= {"ppl_before": math.exp(nll_before / n), "identical": nll_before == nll_after}
@@ -238,14 +248,16 @@ def evaluate_stage(cfg: Config) -> Path:
     """Evaluate this config's Zipper and Single Decoder (or ``eval.stages``); see module doc."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from zipper_pl.stages import stage_dir
+    from zipper_pl.layout import eval_identity, stage_dir
 
     t_start = time.perf_counter()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    out = stage_dir(cfg, "eval")
     systems = resolve_systems(cfg)
     judge_dir = _judge_folder(cfg)
+    folders = {f"{s.name}.{task}": f for s in systems for task, f in s.folders.items()}
+    identity = eval_identity(cfg, folders, judge_dir)
+    out = stage_dir(cfg, "eval", identity["inputs"])
     judge, judge_tok = load_judge(judge_dir)
     utts, skipped = _test_set(cfg, systems, judge_tok)
     if not utts:
@@ -326,7 +338,10 @@ def evaluate_stage(cfg: Config) -> Path:
     writer.close()
     results["wall_s"] = time.perf_counter() - t_start
     markdown = render_markdown(results)
-    atomic_write_json(out / "results.json", results)
+    atomic_write_json(out / IDENTITY_FILE, identity)
+    save_config(cfg, out / "config.yaml")
+    atomic_write_json(out / PROVENANCE_FILE, provenance())
+    atomic_write_json(out / "results.json", results)  # last: the Makefile's target
     atomic_write_text(out / "results.md", markdown)
     print(markdown)
     print(f"[evaluate] {out} ({results['wall_s']:.0f} s)")

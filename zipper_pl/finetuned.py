@@ -126,7 +126,7 @@ def save_towers_json(folder: Path, towers: dict[str, Tower]) -> None:
 
 def load_finetuned(folder: str | Path, device: str | torch.device = "cpu") -> Finetuned:
     """Rebuild a zipped / single-decoder stage from its folder alone."""
-    from zipper_pl.stages import WEIGHTS, require_stage
+    from zipper_pl.layout import WEIGHTS, require_stage
 
     folder = require_stage(folder, "fine-tuned", "eval.stages / inputs.init")
     cfg = load_config(folder / "config.yaml")

@@ -104,28 +104,26 @@ def oracle_scores(judge: JudgeASR, utts: list[Utterance], batch_size: int) -> di
 
 def judge_stage(cfg: Config) -> Path:
     """Train the judge ASR on the gold speech tokens of the full aligned training pool."""
-    from zipper_pl.stages import claim_stage, stage_dir
+    from zipper_pl.layout import (
+        claim_stage,
+        input_fingerprints,
+        stage_dir,
+        stage_identity,
+        tower_input,
+    )
 
-    out = stage_dir(cfg, "judge")
-    with claim_stage(out, "judge") as todo:
+    identity = stage_identity(cfg, "judge", input_fingerprints(speech=tower_input(cfg, "speech")))
+    out = stage_dir(cfg, "judge", identity["inputs"])
+    with claim_stage(out, "judge", identity) as todo:
         if todo:
             _train_judge_stage(cfg, out)
     return out
 
 
 def _train_judge_stage(cfg: Config, out: Path) -> None:
-    from zipper_pl.stages import (
-        CONFIG,
-        METRICS,
-        WEIGHTS,
-        _copy_artefact,
-        pretrain_dir,
-        require_stage,
-    )
+    from zipper_pl.layout import CONFIG, METRICS, WEIGHTS, copy_artefact, tower_input
 
-    speech = require_stage(
-        cfg.inputs.speech or pretrain_dir(cfg, "speech"), "speech tower", "inputs.speech"
-    )
+    speech = tower_input(cfg, "speech")
     audio_tok = AudioTokenizer.load(speech / AUDIO_TOKENIZER_DIR)
     # the vocabulary always follows the tokenizer; the saved config says what was used
     cfg = dataclasses.replace(cfg, judge=dataclasses.replace(cfg.judge, vocab=audio_tok.vocab_size))
@@ -184,7 +182,7 @@ def _train_judge_stage(cfg: Config, out: Path) -> None:
         "fit_wall_s": fit_s,
         "audio_fingerprint": audio_tok.fingerprint(),
     }
-    _copy_artefact(speech / AUDIO_TOKENIZER_DIR, out)
+    copy_artefact(speech / AUDIO_TOKENIZER_DIR, out)
     atomic_write_json(out / JUDGE_JSON, dataclasses.asdict(cfg.judge))
     atomic_write_json(out / JUDGE_VOCAB_JSON, vocab_to_json(vocab))
     save_weights(model.state_dict(), out / WEIGHTS)
@@ -196,7 +194,7 @@ def judge_fingerprint(folder: str | Path) -> str:
     """Identifies a trained judge by its weights, so cached TTS scores know which judge spoke."""
     import hashlib
 
-    from zipper_pl.stages import WEIGHTS
+    from zipper_pl.layout import WEIGHTS
 
     return hashlib.sha256((Path(folder) / WEIGHTS).read_bytes()).hexdigest()[:16]
 
@@ -205,7 +203,7 @@ def load_judge(
     folder: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[JudgeASR, AudioTokenizer]:
     """Rebuild a trained judge (eval mode) and the audio tokenizer it was trained for."""
-    from zipper_pl.stages import WEIGHTS, require_stage
+    from zipper_pl.layout import WEIGHTS, require_stage
 
     folder = require_stage(folder, "judge", "inputs.judge")
     # judges from before word labels have no vocabulary file: they are character judges

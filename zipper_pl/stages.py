@@ -6,118 +6,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import filelock
 import lightning as L
 import torch
 
-from zipper_pl.config import Config, load_config, save_config, to_dict
+from zipper_pl.config import Config, load_config, save_config
 from zipper_pl.errors import UserError
+from zipper_pl.inventory import distinguishing_keys
 from zipper_pl.io import atomic_write_json, load_weights, read_json, save_weights
+from zipper_pl.layout import (
+    CONFIG,
+    METRICS,
+    TOWER_JSON,
+    WEIGHTS,
+    claim_stage,
+    copy_artefact,
+    input_fingerprints,
+    require_stage,
+    stage_dir,
+    stage_identity,
+    tower_input,
+)
 from zipper_pl.models.tower import Tower, TowerConfig
 from zipper_pl.trainer import BEST_CKPT, LAST_CKPT, compile_forward, make_trainer
-
-WEIGHTS, CONFIG, METRICS, TOWER_JSON = (
-    "model.safetensors",
-    "config.yaml",
-    "metrics.json",
-    "tower.json",
-)
-
-
-def _frac_tag(frac: float) -> str:
-    return f"{frac:g}".replace(".", "p")
-
-
-def stage_dir(cfg: Config, kind: str) -> Path:
-    """The folder of a stage: everything that distinguishes runs is in its name (no timestamps)."""
-    if cfg.out:
-        return Path(cfg.out)
-    group = Path(cfg.runs) / f"{cfg.scale}-{cfg.data.corpus}"
-    codec = cfg.audio.codec
-    if kind == "pretrain":
-        name = "pretrain-text" if cfg.modality == "text" else f"pretrain-speech-{codec}"
-        return group / f"{name}-s{cfg.seed}"
-    if kind == "judge":
-        return group / f"judge-{codec}-s{cfg.seed}"
-    if kind == "eval":
-        freeze = cfg.zip.freeze
-        return group / (
-            f"eval-{codec}-frac{_frac_tag(cfg.data.aligned_frac)}-freeze_{freeze}"
-            f"-steps{cfg.train.max_steps}-s{cfg.seed}"
-        )
-    if kind in ("zip", "finetune"):
-        # the step budget is in the name: a short demo run never stands in for a full one
-        freeze = cfg.zip.freeze if cfg.arch == "zipper" else "none"
-        name = (
-            f"{cfg.arch}-{cfg.data.task}-{codec}-frac{_frac_tag(cfg.data.aligned_frac)}"
-            f"-freeze_{freeze}-steps{cfg.train.max_steps}-s{cfg.seed}"
-        )
-        return group / (name if kind == "zip" else f"{name}-ft")
-    raise ValueError(f"unknown stage kind {kind!r}")
-
-
-def is_finished(out: Path) -> bool:
-    """A stage is done when its metrics and then its weights are exported (atomically, weights
-    last: the Makefile's file targets are the weights)."""
-    return (out / WEIGHTS).is_file() and (out / METRICS).is_file()
-
-
-LOCK_FILE = ".stage.lock"
-# set to a non-zero rank in the processes a launcher starts (DDP spawn, torchrun, SLURM)
-_RANK_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
-
-
-def _is_launching_process() -> bool:
-    return all(os.environ.get(v, "0") == "0" for v in _RANK_VARS)
-
-
-@contextmanager
-def claim_stage(out: Path, name: str) -> Iterator[bool]:
-    """Yields whether this process must train ``out``: False when it is already finished.
-
-    One process trains a stage folder at a time: a second ``make`` that needs the same missing
-    stage (two sweeps sharing towers) waits for the first, then finds the stage finished instead of
-    training into the same folder. Only the launching process locks; DDP ranks > 0 run while
-    their rank 0 holds the lock.
-    """
-    if is_finished(out):
-        print(f"[{name}] already finished: {out}")
-        yield False
-        return
-    if not _is_launching_process():
-        yield True
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(out / LOCK_FILE))
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        print(f"[{name}] another process is training {out}: waiting for it")
-        lock.acquire()
-    try:
-        finished = is_finished(out)
-        if finished:
-            print(f"[{name}] finished by the process this one waited for: {out}")
-        yield not finished
-    finally:
-        lock.release()
-
-
-def require_stage(folder: str | Path, what: str, key: str) -> Path:
-    """Check an earlier stage's artefacts before using them (audiocraft-style)."""
-    p = Path(folder)
-    if not is_finished(p):
-        raise UserError(
-            f"{what} stage folder {str(p)!r} is missing or unfinished (no {WEIGHTS}/{METRICS}): "
-            f"run that stage first or set {key}"
-        )
-    return p
 
 
 def load_tower(folder: str | Path) -> Tower:
@@ -164,28 +78,22 @@ def _final_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
 
-def _log_hparams(trainer: L.Trainer, cfg: Config, metrics: dict) -> None:
-    """HParams tab: the flat config next to the final metrics, so sweep cells compare."""
+def _log_hparams(trainer: L.Trainer, cfg: Config, kind: str, metrics: dict) -> None:
+    """HParams tab: the keys that tell this stage from its experiment file (the same ones
+    ``python -m zipper_pl runs`` shows), next to the final metrics, so sweep cells compare."""
     if trainer.logger is None or not trainer.is_global_zero:
         return
-    flat = {}
-
-    def walk(d: dict, prefix: str = "") -> None:
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                flat[f"{prefix}{k}"] = v if isinstance(v, int | float | str | bool) else str(v)
-
-    walk(to_dict(cfg))
+    keys = {"seed": cfg.seed, **distinguishing_keys(cfg, kind)}
+    flat = {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in keys.items()}
     hp_metrics = {f"hp/{k}": v for k, v in metrics.items() if isinstance(v, int | float)}
     trainer.logger.log_hyperparams(flat, hp_metrics)
 
 
 def pretrain(cfg: Config) -> Path:
     """Unimodal next-token pretraining of a text or speech tower."""
+    identity = stage_identity(cfg, "pretrain")
     out = stage_dir(cfg, "pretrain")
-    with claim_stage(out, f"pretrain-{cfg.modality}") as todo:
+    with claim_stage(out, f"pretrain-{cfg.modality}", identity) as todo:
         if todo:
             _pretrain(cfg, out)
     return out
@@ -203,10 +111,14 @@ def _pretrain(cfg: Config, out: Path) -> None:
         dm.prepare_data()  # once here (other ranks wait on the lock, then find the cache)
     data = dm.lm_data
     tower_cfg = resolve_tower_config(cfg.model, data.vocab_size)
-    # the saved config is self-contained: the preset's values are written out
-    for f in dataclasses.fields(cfg.model):
-        if hasattr(tower_cfg, f.name):
-            setattr(cfg.model, f.name, getattr(tower_cfg, f.name))
+    # the saved config is self-contained: the preset's values are written out (into a copy:
+    # the caller's config, whose identity names this folder, stays as given)
+    resolved = {
+        f.name: getattr(tower_cfg, f.name)
+        for f in dataclasses.fields(cfg.model)
+        if hasattr(tower_cfg, f.name)
+    }
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **resolved))
     save_config(cfg, out / CONFIG)
     _seed(cfg)  # the tower's init depends on the seed alone, not on what ran before
     module = LMModule(tower_cfg, cfg.train)
@@ -230,45 +142,15 @@ def _pretrain(cfg: Config, out: Path) -> None:
             **data.info,
         }
         for a in data.artefacts:
-            _copy_artefact(a, out)
+            copy_artefact(a, out)
         atomic_write_json(out / TOWER_JSON, module.tower.config_dict())
-        _log_hparams(trainer, cfg, metrics)
+        _log_hparams(trainer, cfg, "pretrain", metrics)
         atomic_write_json(out / METRICS, metrics)
         save_weights(module.tower.state_dict(), out / WEIGHTS)  # last: marks the stage finished
         print(f"[pretrain-{cfg.modality}] {out}\n{json.dumps(metrics, indent=2)}")
 
 
-def _copy_artefact(src: Path, out: Path) -> None:
-    import shutil
-
-    src = Path(src)
-    dst = out / src.name
-    if src.is_dir():
-        tmp = out / f".{src.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        shutil.rmtree(dst, ignore_errors=True)
-        tmp.replace(dst)
-    else:
-        tmp = out / f".{src.name}.tmp"
-        shutil.copyfile(src, tmp)
-        tmp.replace(dst)
-
-
 # ---- zipping and fine-tuning ---------------------------------------------------------------
-
-
-def pretrain_dir(cfg: Config, modality: str) -> Path:
-    """Default folder of the pretraining stage this config's later stages read."""
-    return stage_dir(dataclasses.replace(cfg, modality=modality, out=""), "pretrain")
-
-
-def _zip_inputs(cfg: Config) -> tuple[Path, Path]:
-    text = require_stage(cfg.inputs.text or pretrain_dir(cfg, "text"), "text tower", "inputs.text")
-    speech = require_stage(
-        cfg.inputs.speech or pretrain_dir(cfg, "speech"), "speech tower", "inputs.speech"
-    )
-    return text, speech
 
 
 def _asr_test(ft, pairs, cfg: Config) -> dict:
@@ -401,9 +283,9 @@ def _train_finetune(
         metrics.update(_asr_test(ft, dm.test_pairs, cfg))
     metrics.update(_teacher_forced(module, dm))
     text_tok.copy_to(out)
-    _copy_artefact(towers_from["speech"] / AUDIO_TOKENIZER_DIR, out)
+    copy_artefact(towers_from["speech"] / AUDIO_TOKENIZER_DIR, out)
     save_towers_json(out, towers)
-    _log_hparams(trainer, cfg, metrics)
+    _log_hparams(trainer, cfg, "zip" if init is None else "finetune", metrics)
     atomic_write_json(out / METRICS, metrics)
     save_weights(model.state_dict(), out / WEIGHTS)  # last: marks the stage finished
     print(f"[{metrics['stage']}] {out}\n{json.dumps(metrics, indent=2)}")
@@ -412,11 +294,12 @@ def _train_finetune(
 
 def zip_stage(cfg: Config) -> Path:
     """Zip the pretrained towers (or extend the text tower: arch=single) and fine-tune them."""
-    out = stage_dir(cfg, "zip")
-    with claim_stage(out, "zip") as todo:
+    towers = {"text": tower_input(cfg, "text"), "speech": tower_input(cfg, "speech")}
+    identity = stage_identity(cfg, "zip", input_fingerprints(**towers))
+    out = stage_dir(cfg, "zip", identity["inputs"])
+    with claim_stage(out, "zip", identity) as todo:
         if todo:
-            text, speech = _zip_inputs(cfg)
-            _train_finetune(cfg, out, {"text": text, "speech": speech}, init=None)
+            _train_finetune(cfg, out, towers, init=None)
     return out
 
 
@@ -425,8 +308,9 @@ def finetune(cfg: Config) -> Path:
     if not cfg.inputs.init:
         raise UserError("finetune needs the zipped stage folder to continue from: set inputs.init")
     init = require_stage(cfg.inputs.init, "zipped", "inputs.init")
-    out = stage_dir(cfg, "finetune")
-    with claim_stage(out, "finetune") as todo:
+    identity = stage_identity(cfg, "finetune", input_fingerprints(init=init))
+    out = stage_dir(cfg, "finetune", identity["inputs"])
+    with claim_stage(out, "finetune", identity) as todo:
         if todo:
             _train_finetune(cfg, out, {"text": init, "speech": init}, init=init)
     return out
@@ -454,23 +338,3 @@ def prepare_data(cfg: Config) -> Path:
             store = audio_store(cfg, atok, pool, need_transcript=pool != "speech")
             print(f"[data] {pool:14s} tokens cached in {store}")
     return Path(cfg.data.cache_dir)
-
-
-def chain_paths(cfg: Config) -> dict[str, Path]:
-    """Every stage folder of this configuration's chain (for the Makefile's file targets)."""
-    zipper = dataclasses.replace(cfg, arch="zipper", out="")
-    single = dataclasses.replace(cfg, arch="single", out="")
-
-    def task(c: Config, t: str) -> Config:
-        return dataclasses.replace(c, data=dataclasses.replace(c.data, task=t))
-
-    return {
-        "TEXT_DIR": pretrain_dir(cfg, "text"),
-        "SPEECH_DIR": pretrain_dir(cfg, "speech"),
-        "ZIPPER_ASR_DIR": stage_dir(task(zipper, "asr"), "zip"),
-        "ZIPPER_TTS_DIR": stage_dir(task(zipper, "tts"), "zip"),
-        "SINGLE_ASR_DIR": stage_dir(task(single, "asr"), "zip"),
-        "SINGLE_TTS_DIR": stage_dir(task(single, "tts"), "zip"),
-        "JUDGE_DIR": stage_dir(dataclasses.replace(cfg, out=""), "judge"),
-        "EVAL_DIR": stage_dir(dataclasses.replace(cfg, out=""), "eval"),
-    }

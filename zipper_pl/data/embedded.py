@@ -108,7 +108,7 @@ def embedded_speakers(n: int, voices: Sequence[str] = VOICES) -> list[Speaker]:
     return out
 
 
-def _fingerprint(cfg: EmbeddedCorpusConfig) -> str:
+def corpus_fingerprint(cfg: EmbeddedCorpusConfig) -> str:
     content = dataclasses.asdict(cfg)
     content.pop("workers")  # does not change a single byte
     try:
@@ -121,7 +121,7 @@ def _fingerprint(cfg: EmbeddedCorpusConfig) -> str:
 
 def corpus_dir(root: str | os.PathLike, cfg: EmbeddedCorpusConfig) -> Path:
     """Folder of the corpus ``cfg`` describes under ``root`` (whether built yet or not)."""
-    return Path(root) / f"embedded-{_fingerprint(cfg)}"
+    return Path(root) / f"embedded-{corpus_fingerprint(cfg)}"
 
 
 def split_pools(cfg: EmbeddedCorpusConfig) -> dict[str, list[str]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from zipper_pl.config import Config
 from zipper_pl.data.lm_datamodule import LMData
 from zipper_pl.data.manifest import Record, read_manifest, write_manifest
+from zipper_pl.data.sources import split_fingerprints
 from zipper_pl.data.store import ShardedTokenWriter, TokenStore, token_dtype
 from zipper_pl.data.text import TextTokenizer, read_text_file
 from zipper_pl.errors import UserError
@@ -48,9 +49,8 @@ def corpus_manifests(cfg: Config) -> dict[str, Path]:
     from zipper_pl.data.readers import CORPUS_READERS
 
     reader = CORPUS_READERS[d.corpus]
-    key = _digest(
-        [d.corpus, str(Path(d.root).resolve()), d.train_splits, d.valid_splits, d.test_splits]
-    )
+    # keyed by the sources' contents (file listings, manifest bytes), not by their names
+    key = _digest([d.corpus, split_fingerprints(d), d.train_splits, d.valid_splits, d.test_splits])
     folder = cache_root(cfg) / "manifests" / f"{d.corpus}-{key}"
     out = {p: folder / f"{p}.jsonl" for p in ("speech", "aligned_train", "valid", "test")}
     if all(p.is_file() for p in out.values()):
@@ -58,11 +58,34 @@ def corpus_manifests(cfg: Config) -> dict[str, Path]:
     train = reader(d.root, d.train_splits)
     valid = reader(d.root, d.valid_splits) if d.valid_splits else []
     test = reader(d.root, d.test_splits) if d.test_splits else []
+    check_disjoint({"train": train, "valid": valid, "test": test})
     write_manifest(out["speech"], train)
     write_manifest(out["aligned_train"], [r for r in train if r.text])
     write_manifest(out["valid"], valid)
     write_manifest(out["test"], test)
     return out
+
+
+def check_disjoint(groups: dict[str, list[Record]]) -> None:
+    """No utterance id in two of train / valid / test (an error: results would be measured on
+    training data); transcripts of valid / test also in train are counted and shown."""
+    seen: dict[str, str] = {}
+    for name, records in groups.items():
+        for r in records:
+            other = seen.setdefault(r.id, name)
+            if other != name:
+                shared = sorted(
+                    {x.id for x in records} & {i for i, g in seen.items() if g == other}
+                )
+                raise UserError(
+                    f"{len(shared)} utterance id(s) are in both the {other} and the {name} splits "
+                    f"(e.g. {shared[0]!r}): the splits must be disjoint; fix data.*_splits"
+                )
+    train_texts = {r.text for r in groups.get("train", []) if r.text}
+    for name in ("valid", "test"):
+        n = sum(1 for r in groups.get(name, []) if r.text and r.text in train_texts)
+        if n:
+            print(f"[data] warning: {n} {name} transcript(s) also occur in the train split")
 
 
 def text_lines(cfg: Config, pool: str) -> list[str]:

@@ -8,6 +8,7 @@ Records come out sorted by id, so every run sees the same order.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +28,7 @@ def _duration(path: Path) -> float:
     return info.frames / info.samplerate if info.samplerate else 0.0
 
 
-def _split_dirs(root: str | os.PathLike, splits: Sequence[str], corpus_dir: str) -> list[Path]:
+def split_dirs(root: str | os.PathLike, splits: Sequence[str], corpus_dir: str) -> list[Path]:
     """Resolve ``root/<split>``; also accepts the archive top folder (``root/LibriSpeech/...``)."""
     base = Path(root).expanduser()
     if not base.is_dir():
@@ -35,7 +36,10 @@ def _split_dirs(root: str | os.PathLike, splits: Sequence[str], corpus_dir: str)
     if isinstance(splits, str):
         splits = [splits]
     if not splits:
-        raise UserError("no splits given: set data.splits, e.g. data.splits=[train-clean-100]")
+        raise UserError(
+            "no splits given: set data.train_splits (and valid_splits / test_splits), "
+            "e.g. data.train_splits=[train-clean-100]"
+        )
     if not (base / splits[0]).is_dir() and (base / corpus_dir).is_dir():
         base = base / corpus_dir
     out = []
@@ -45,7 +49,7 @@ def _split_dirs(root: str | os.PathLike, splits: Sequence[str], corpus_dir: str)
             have = sorted(p.name for p in base.iterdir() if p.is_dir())
             raise UserError(
                 f"split {split!r} not found under {base} (found: {', '.join(have) or 'nothing'}): "
-                f"fix data.splits or data.root"
+                "fix data.train_splits / valid_splits / test_splits or data.root"
             )
         out.append(d)
     return out
@@ -61,7 +65,7 @@ def _text_or_none(s: str | None) -> str | None:
 def read_librispeech(root: str | os.PathLike, splits: Sequence[str]) -> list[Record]:
     """``<split>/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac`` + ``<spk>-<chapter>.trans.txt``."""
     records = []
-    for split_dir in _split_dirs(root, splits, "LibriSpeech"):
+    for split_dir in split_dirs(root, splits, "LibriSpeech"):
         for chapter in sorted(p for p in split_dir.glob("*/*") if p.is_dir()):
             spk = chapter.parent.name
             texts: dict[str, str] = {}
@@ -87,7 +91,7 @@ def read_librispeech(root: str | os.PathLike, splits: Sequence[str]) -> list[Rec
 def read_libritts(root: str | os.PathLike, splits: Sequence[str]) -> list[Record]:
     """``<split>/<spk>/<chapter>/<id>.wav`` + ``<id>.normalized.txt`` (one line)."""
     records = []
-    for split_dir in _split_dirs(root, splits, "LibriTTS"):
+    for split_dir in split_dirs(root, splits, "LibriTTS"):
         for audio in sorted(split_dir.glob("*/*/*.wav")):
             txt = audio.with_name(f"{audio.stem}.normalized.txt")
             text = txt.read_text(encoding="utf-8") if txt.is_file() else None
@@ -110,7 +114,7 @@ def read_librilight(root: str | os.PathLike, splits: Sequence[str]) -> list[Reco
     libri-light's ``cut_by_vad.py`` (same layout), or long files are skipped as ``too_long``.
     """
     records = []
-    for split_dir in _split_dirs(root, splits, "librilight"):
+    for split_dir in split_dirs(root, splits, "librilight"):
         for audio in sorted(split_dir.rglob("*.flac")):
             rel = audio.relative_to(split_dir).with_suffix("")
             records.append(
@@ -125,29 +129,74 @@ def read_librilight(root: str | os.PathLike, splits: Sequence[str]) -> list[Reco
     return sorted(records, key=lambda r: r.id)
 
 
-def read_jsonl_manifest(root: str | os.PathLike, splits: Sequence[str] = ()) -> list[Record]:
-    """A JSONL manifest file, or with ``splits`` the files ``<root>/<split>.jsonl``.
-
-    Transcripts are normalised like every other corpus.
-    """
+def jsonl_files(root: str | os.PathLike, splits: Sequence[str]) -> dict[str, Path]:
+    """The manifest files of a JSONL corpus: ``{split: <root>/<split>.jsonl}`` for a folder, or
+    ``{"*": root}`` for one file whose records carry a ``split`` field."""
     path = Path(root).expanduser()
     if isinstance(splits, str):
         splits = [splits]
-    if path.is_dir() and splits:
-        files = [path / f"{s}.jsonl" for s in splits]
-        for f in files:
+    if path.is_dir():
+        files = {s: path / f"{s}.jsonl" for s in splits}
+        for f in files.values():
             if not f.is_file():
-                raise UserError(f"manifest {f} not found: fix data.splits or data.root")
-    elif path.is_file():
-        files = [path]
+                have = sorted(p.stem for p in path.glob("*.jsonl"))
+                raise UserError(
+                    f"manifest {f} not found (found: {', '.join(have) or 'no .jsonl files'}): "
+                    "fix data.train_splits / valid_splits / test_splits or data.root"
+                )
+        return files
+    if path.is_file():
+        return {"*": path}
+    raise UserError(
+        f"manifest {path} not found: set data.root to a .jsonl file or a folder of them"
+    )
+
+
+SPLIT_FORMS = (
+    "give each split its own file (data.root=<folder> holding <split>.jsonl for every name in "
+    'data.train_splits / valid_splits / test_splits), or add a "split" field to every record '
+    "of the one file and name those splits in data.*_splits"
+)
+
+
+def _record_splits(path: Path) -> list[str | None]:
+    """The ``split`` field of every record line of a JSONL file (None where absent)."""
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    row = {}  # read_manifest names the bad line
+                out.append(row.get("split") if isinstance(row, dict) else None)
+    return out
+
+
+def read_jsonl_manifest(root: str | os.PathLike, splits: Sequence[str]) -> list[Record]:
+    """Records of the ``splits`` of a JSONL corpus (see ``jsonl_files``); transcripts are
+    normalised like every other corpus. One file without ``split`` fields is refused: training,
+    validation and test would be the same records."""
+    if isinstance(splits, str):
+        splits = [splits]
+    files = jsonl_files(root, splits)
+    if "*" in files:
+        path = files["*"]
+        tags = _record_splits(path)
+        if any(t is None for t in tags):
+            raise UserError(f'{path} has records without a "split" field: {SPLIT_FORMS}')
+        missing = sorted(set(splits) - set(tags))
+        if missing:
+            raise UserError(
+                f"{path} has no records of split {', '.join(missing)} (it has: "
+                f"{', '.join(sorted(set(tags)))}): name those in data.*_splits"
+            )
+        chosen = [r for r, t in zip(read_manifest(path), tags, strict=True) if t in splits]
     else:
-        raise UserError(f"manifest {path} not found: set data.root to a .jsonl file")
-    records = []
-    for f in files:
-        for r in read_manifest(f):
-            r.text = _text_or_none(r.text)
-            records.append(r)
-    return records
+        chosen = [r for f in files.values() for r in read_manifest(f)]
+    for r in chosen:
+        r.text = _text_or_none(r.text)
+    return chosen
 
 
 CORPUS_READERS: dict[str, Callable[..., list[Record]]] = {

@@ -1,0 +1,67 @@
+"""CUDA checks: the Zipper on a GPU computes what it computes on the CPU, caches agree on the
+device, and bf16 autocast trains. Skipped without CUDA; `benchmarks/device_check.sh` runs them on
+a lent GPU (CI has none)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.test_zipper import PRIOR, SPECS, model, samples, sharpen
+from zipper_pl.models.sequences import collate_segments, zipper_loss
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+CUDA = torch.device("cuda")
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {t: {k: v.to(device) for k, v in d.items()} for t, d in batch.items()}
+
+
+@pytest.fixture(autouse=True)
+def no_tf32():
+    """TF32 matmuls differ from fp32 in the 4th digit; the parity checks want fp32."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+@pytest.mark.parametrize("prior", [False, True], ids=["content", "align_prior"])
+def test_cuda_logits_match_cpu(prior):
+    m = model(gate_init=0.7, seed=3, **(PRIOR if prior else {}))
+    batch = collate_segments(samples(["speech", "text"], [(5, 3), (2, 6)]), SPECS)
+    with torch.no_grad():
+        ref = m(batch)
+        got = m.to(CUDA)(to_device(batch, CUDA))
+    for t in ref:
+        torch.testing.assert_close(got[t].cpu(), ref[t], atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("outputs", [["text"], ["speech"]])
+def test_cuda_cached_generation_equals_uncached(outputs):
+    m = sharpen(model(gate_init=0.7, seed=3)).to(CUDA)
+    inputs = ["speech"] if outputs == ["text"] else ["text"]
+    xs = samples(inputs, [(5,), (2,), (7,)], seed=1)
+    kw = dict(max_new_tokens=6, temperature=1.0, top_k=12, seed=0)
+    cached, ref = m.generate(xs, outputs, **kw), m.generate_uncached(xs, outputs, **kw)
+    for c, r in zip(cached, ref, strict=True):
+        assert torch.equal(c[0].tokens.cpu(), r[0].tokens.cpu())
+
+
+def test_bf16_autocast_training_lowers_the_loss():
+    m = model(gate_init=0.1, freeze="none").to(CUDA).train()
+    opt = torch.optim.Adam(m.trainable_parameters(), lr=3e-3)
+    batch = to_device(
+        collate_segments(samples(["speech", "text"], [(4, 3), (2, 5)]), SPECS, loss_on="all"),
+        CUDA,
+    )
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = zipper_loss(m(batch), batch)[0]
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < 0.8 * losses[0]

@@ -1,0 +1,285 @@
+"""Stage identity: one fingerprint of everything a stage's result is computed from.
+
+A stage folder is reused only when its recorded fingerprint equals the one computed now. The
+fingerprint hashes, in one place (``stage_fingerprint``):
+- the stage kind;
+- every config value that can change that kind's result (``RESULT_KEYS``);
+- the fingerprints of the stages it reads (towers, judge, the zipped stage it continues);
+- the fingerprint of its data sources (``data.sources.data_fingerprint``: file listings and
+  manifest contents, not folder names).
+Keys that cannot change any result are listed in ``INERT_KEYS``; keys naming the stages a stage
+reads are ``INPUT_KEYS`` (they enter through those stages' fingerprints). A test walks the whole
+schema and fails when a key is in none of these lists, so a new key cannot be forgotten.
+
+The environment a stage ran on (CPU/GPU, library versions, git commit) is recorded next to the
+fingerprint as provenance, not as identity: the same experiment on another machine is the same
+experiment, and the README says what varies across machines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from zipper_pl.config import Config, field_paths
+from zipper_pl.errors import UserError
+
+IDENTITY_FILE = "identity.json"
+FINETUNING = ("zip", "finetune")
+TRAINING = ("pretrain", "zip", "finetune", "judge")
+KINDS = (*TRAINING, "eval", "ablation")
+
+
+def _keys(names: str, prefix: str = "") -> list[str]:
+    return [prefix + n for n in names.split()]
+
+
+# How a stage runs, never what it computes.
+INERT_KEYS = frozenset(
+    [
+        "scale",  # names the folder; the values a scale selects are resolved into other keys
+        "runs",  # where stage folders live
+        "out",  # where this stage's folder is
+        "model.activation_checkpointing",  # recomputes the same activations in backward
+        "audio.device",  # where tokenization runs
+        "data.cache_dir",  # caches are keyed by their contents
+        "data.num_workers",  # the sampler fixes the order, not the worker count
+        "data.embedded.workers",  # synthesis processes; the corpus is byte-identical
+        "data.max_bad_share",  # a gate that stops a run; re-checked on every cache reuse
+        "train.ckpt_every",  # resuming from last.ckpt is bit-identical
+        "train.log_every",
+        "train.threads",
+        "train.compile",  # the same model traced; same weights and keys
+        "ablation.shard",  # which cells this process runs, not what any cell computes
+    ]
+)
+
+# Names of earlier stage folders: they enter as those stages' fingerprints, not as paths.
+INPUT_KEYS = frozenset(
+    ["inputs.text", "inputs.speech", "inputs.init", "inputs.judge", "eval.stages"]
+)
+
+# Keys whose values reach the identity through the data fingerprint (a listing of the files they
+# select, with sizes and times, or the manifest contents), never as names: a corpus moved to
+# another root is the same data, a transcript fixed in place is not.
+DATA_SOURCE_KEYS = frozenset(
+    _keys("corpus root text_file train_splits valid_splits test_splits", "data.")
+    + _keys(
+        "seed n_text n_speech n_aligned_train n_valid n_test n_speakers voices min_words "
+        "max_words lexicon_frac",
+        "data.embedded.",
+    )
+)
+
+# Every other key, one by one (no section prefixes: a new key must be sorted in by hand, and
+# tests/test_identity.py fails until it is) -> the stage kinds whose result it can change.
+_ALL = KINDS
+_EVAL_ALL = ("eval", "ablation")
+RESULT_KEYS: dict[str, tuple[str, ...]] = {
+    "seed": _ALL,
+    "modality": ("pretrain",),
+    "arch": FINETUNING,
+    **dict.fromkeys(
+        _keys("size n_layers n_heads d_model d_ff max_seq_len dropout", "model."),
+        ("pretrain", *FINETUNING),
+    ),
+    **dict.fromkeys(_keys("vocab_size model_type max_sentences", "text_tokenizer."), ("pretrain",)),
+    # the audio tokenizer of every pool any stage reads
+    **dict.fromkeys(
+        _keys(
+            "codec units_k units_features units_deltas units_dedup units_fit_max_frames seed "
+            "encodec_bandwidth encodec_codebooks encodec_weights_dir batch_seconds max_seconds",
+            "audio.",
+        ),
+        _ALL,
+    ),
+    "data.seq_len": ("pretrain",),
+    "data.batch_size": TRAINING,
+    "data.valid_batches": TRAINING,
+    **dict.fromkeys(
+        _keys("aligned_frac task asr_tts_ratio shrink_batch_to_subset", "data."), FINETUNING
+    ),
+    **dict.fromkeys(
+        _keys(
+            "max_steps lr min_lr_ratio warmup_steps weight_decay beta1 beta2 grad_clip accumulate "
+            "val_every accelerator devices num_nodes strategy precision",
+            "train.",
+        ),
+        TRAINING,
+    ),
+    **dict.fromkeys(_keys("gate_lr_mult single_lr select_best", "train."), FINETUNING),
+    **dict.fromkeys(
+        _keys(
+            "towers intervals layers directions proj_layers proj_hidden gate_init xattn_heads "
+            "xattn_d_ff input_proj freeze dropout align_prior tokens_per_word",
+            "zip.",
+        ),
+        FINETUNING,
+    ),
+    # zip stages measure test WER, and the judge its oracle WER, with some eval settings
+    "eval.max_utterances": (*FINETUNING, *_EVAL_ALL),
+    "eval.batch_size": (*FINETUNING, "judge", *_EVAL_ALL),
+    "eval.max_new_text": (*FINETUNING, *_EVAL_ALL),
+    **dict.fromkeys(
+        _keys("tts_seeds temperature top_k max_new_speech_per_word", "eval."), _EVAL_ALL
+    ),
+    **dict.fromkeys(
+        _keys(
+            "vocab d_model n_layers n_heads ff_mult max_len dropout conv_kernel upsample "
+            "downsample targets",
+            "judge.",
+        ),
+        ("judge",),
+    ),
+    **dict.fromkeys(_keys("fracs seeds freeze models tts", "ablation."), ("ablation",)),
+}
+
+
+def flat_config(cfg: Config) -> dict[str, Any]:
+    """Every leaf key of the schema as ``{"a.b": value}`` (dict-valued keys stay whole)."""
+    out: dict[str, Any] = {}
+    for key in field_paths(Config):
+        node: Any = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        out[key] = dataclasses.asdict(node) if dataclasses.is_dataclass(node) else node
+    return out
+
+
+def category(key: str) -> str | None:
+    """inert | input | data | result, or None for a key in no list (a test forbids that)."""
+    if key in INERT_KEYS:
+        return "inert"
+    if key in INPUT_KEYS:
+        return "input"
+    if key in DATA_SOURCE_KEYS:
+        return "data"
+    return "result" if key in RESULT_KEYS else None
+
+
+def kinds_of(key: str) -> tuple[str, ...]:
+    """The stage kinds whose result a key can change through its value (not through data)."""
+    if category(key) != "result":
+        return ()
+    return RESULT_KEYS[key]
+
+
+def result_config(cfg: Config, kind: str) -> dict[str, Any]:
+    """The config values that can change a ``kind`` stage's result."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown stage kind {kind!r}")
+    flat = flat_config(cfg)
+    return {k: v for k, v in flat.items() if kind in kinds_of(k)}
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stage_fingerprint(
+    cfg: Config, kind: str, inputs: Mapping[str, str], data_fp: str
+) -> dict[str, Any]:
+    """The identity record of a stage: its fingerprint and everything that went into it."""
+    content = {
+        "kind": kind,
+        "config": result_config(cfg, kind),
+        "inputs": dict(sorted(inputs.items())),
+        "data": data_fp,
+    }
+    return {"fingerprint": digest(content), **content}
+
+
+def read_identity(folder: Path) -> dict[str, Any] | None:
+    """A stage folder's identity record, or None when it has none (made before identities)."""
+    p = Path(folder) / IDENTITY_FILE
+    if not p.is_file():
+        return None
+    try:
+        rec = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{p} is unreadable ({e}): delete that stage folder and re-run") from None
+    return rec if isinstance(rec, dict) and "fingerprint" in rec else None
+
+
+def consumed_fingerprint(folder: Path, weights: str) -> str:
+    """The fingerprint of a stage another stage reads: its recorded one, else (a folder made
+    before identities, or by hand) the hash of its weights file, so any change is still seen."""
+    rec = read_identity(folder)
+    if rec is not None:
+        return rec["fingerprint"]
+    h = hashlib.sha256()
+    with (Path(folder) / weights).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "weights:" + h.hexdigest()
+
+
+def differing_keys(cfg: Config, base: Config, kind: str) -> dict[str, Any]:
+    """Result keys of ``kind`` where ``cfg`` differs from ``base`` (an experiment file)."""
+    mine, theirs = result_config(cfg, kind), result_config(base, kind)
+    return {k: v for k, v in mine.items() if theirs.get(k) != v}
+
+
+def replace_inputs(cfg: Config, **folders: str | Path) -> Config:
+    """``cfg`` with ``inputs.<name>`` set to stage folders."""
+    values = {k: str(v) for k, v in folders.items()}
+    return dataclasses.replace(cfg, inputs=dataclasses.replace(cfg.inputs, **values))
+
+
+# ---- provenance: where a stage ran (metadata, not identity) ----------------------------------
+PROVENANCE_FILE = "provenance.json"
+_PACKAGES = ("torch", "lightning", "numpy", "scikit-learn", "sentencepiece", "espeakng-loader")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git(*args: str) -> str | None:
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        r = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def provenance() -> dict[str, Any]:
+    """The machine and libraries a stage ran on, and the zipper_pl commit (dirty or not)."""
+    import torch  # already imported by every stage; kept out of the config-level imports
+
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpus": gpus,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

@@ -1,0 +1,291 @@
+"""The runs layout: stage identity, folder names, artefact names, locks and copy helpers.
+
+Every stage module (pretraining, fine-tuning, judge, evaluation, ablation) finds and claims its
+folder here: ``stage_dir`` names it from a readable summary and the stage's identity
+(``identity.py``), ``claim_stage`` decides between reuse, resume and training, ``chain_paths``
+gives the Makefile every folder of an experiment before anything runs. Imports no models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import filelock
+
+from zipper_pl.config import Config, to_dict
+from zipper_pl.data.sources import data_fingerprint
+from zipper_pl.errors import UserError
+from zipper_pl.identity import (
+    IDENTITY_FILE,
+    PROVENANCE_FILE,
+    consumed_fingerprint,
+    provenance,
+    read_identity,
+    stage_fingerprint,
+)
+from zipper_pl.io import atomic_write_json
+
+WEIGHTS, CONFIG, METRICS, TOWER_JSON, PROVENANCE = (
+    "model.safetensors",
+    "config.yaml",
+    "metrics.json",
+    "tower.json",
+    PROVENANCE_FILE,
+)
+
+
+def _frac_tag(frac: float) -> str:
+    return f"{frac:g}".replace(".", "p")
+
+
+_DATA_FP: dict[str, str] = {}
+
+
+def data_fingerprint_of(cfg: Config) -> str:
+    """``data.sources.data_fingerprint``, computed once per process and data section."""
+    key = json.dumps(to_dict(cfg.data), sort_keys=True, default=str)
+    if key not in _DATA_FP:
+        _DATA_FP[key] = data_fingerprint(cfg.data)
+    return _DATA_FP[key]
+
+
+def stage_identity(cfg: Config, kind: str, inputs: Mapping[str, str] | None = None) -> dict:
+    """The identity record of a ``kind`` stage run with ``cfg`` on stages whose fingerprints are
+    ``inputs`` (see ``identity.py``)."""
+    return stage_fingerprint(cfg, kind, inputs or {}, data_fingerprint_of(cfg))
+
+
+def _readable_name(cfg: Config, kind: str) -> str:
+    codec = cfg.audio.codec
+    if kind == "pretrain":
+        name = "pretrain-text" if cfg.modality == "text" else f"pretrain-speech-{codec}"
+        return f"{name}-steps{cfg.train.max_steps}-s{cfg.seed}"
+    if kind == "judge":
+        return f"judge-{codec}-s{cfg.seed}"
+    frac = _frac_tag(cfg.data.aligned_frac)
+    if kind == "eval":
+        steps = cfg.train.max_steps
+        return f"eval-{codec}-frac{frac}-freeze_{cfg.zip.freeze}-steps{steps}-s{cfg.seed}"
+    if kind == "ablation":
+        return f"ablation-{codec}-steps{cfg.train.max_steps}"
+    if kind in ("zip", "finetune"):
+        freeze = cfg.zip.freeze if cfg.arch == "zipper" else "none"
+        name = (
+            f"{cfg.arch}-{cfg.data.task}-{codec}-frac{frac}-freeze_{freeze}"
+            f"-steps{cfg.train.max_steps}-s{cfg.seed}"
+        )
+        return name if kind == "zip" else f"{name}-ft"
+    raise ValueError(f"unknown stage kind {kind!r}")
+
+
+def stage_dir(cfg: Config, kind: str, inputs: Mapping[str, str] | None = None) -> Path:
+    """The folder of a stage: a readable name (scale, corpus, task, fraction, steps, seed) and
+    the first 8 hex digits of its identity, so any change of what it is computed from (config,
+    input stages, data) gives another folder. ``out=`` names the folder explicitly instead."""
+    if cfg.out:
+        return Path(cfg.out)
+    ident = stage_identity(cfg, kind, inputs)["fingerprint"][:8]
+    group = Path(cfg.runs) / f"{cfg.scale}-{cfg.data.corpus}"
+    return group / f"{_readable_name(cfg, kind)}-{ident}"
+
+
+def is_finished(out: Path) -> bool:
+    """A stage is done when its metrics and then its weights are exported (atomically, weights
+    last: the Makefile's file targets are the weights)."""
+    return (out / WEIGHTS).is_file() and (out / METRICS).is_file()
+
+
+LOCK_FILE = ".stage.lock"
+# set to a non-zero rank in the processes a launcher starts (DDP spawn, torchrun, SLURM)
+_RANK_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
+def _is_launching_process() -> bool:
+    return all(os.environ.get(v, "0") == "0" for v in _RANK_VARS)
+
+
+def _check_identity(out: Path, identity: dict, name: str) -> None:
+    """A folder that holds (or was interrupted while computing) another experiment is never
+    reused or resumed: the identity recorded in it must be this run's."""
+    rec = read_identity(out)
+    if rec is None and not (out / CONFIG).is_file():
+        return  # a new folder
+    if rec is None or rec["fingerprint"] != identity["fingerprint"]:
+        theirs = "none recorded" if rec is None else rec["fingerprint"][:8]
+        raise UserError(
+            f"[{name}] {out} holds another experiment (identity {theirs}, this run "
+            f"{identity['fingerprint'][:8]}): leave out= unset to get this run's own folder, "
+            "or delete that folder"
+        )
+
+
+@contextmanager
+def claim_stage(out: Path, name: str, identity: dict) -> Iterator[bool]:
+    """Yields whether this process must train ``out``: False when it is already finished with
+    the same identity.
+
+    One process trains a stage folder at a time: a second ``make`` that needs the same missing
+    stage (two sweeps sharing towers) waits for the first, then finds the stage finished instead of
+    training into the same folder. Only the launching process locks; DDP ranks > 0 run while
+    their rank 0 holds the lock. The identity record is written before training starts, so an
+    interrupted stage resumes only under the same identity.
+    """
+    _check_identity(out, identity, name)
+    if is_finished(out):
+        print(f"[{name}] already finished: {out}")
+        yield False
+        return
+    if not _is_launching_process():
+        yield True
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(out / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        print(f"[{name}] another process is training {out}: waiting for it")
+        lock.acquire()
+    try:
+        finished = is_finished(out)
+        if finished:
+            print(f"[{name}] finished by the process this one waited for: {out}")
+        else:
+            atomic_write_json(out / IDENTITY_FILE, identity)
+        yield not finished
+        if not finished and (out / WEIGHTS).is_file():
+            atomic_write_json(out / PROVENANCE, provenance())
+    finally:
+        lock.release()
+
+
+def require_stage(folder: str | Path, what: str, key: str) -> Path:
+    """Check an earlier stage's artefacts before using them (audiocraft-style)."""
+    p = Path(folder)
+    if not is_finished(p):
+        raise UserError(
+            f"{what} stage folder {str(p)!r} is missing or unfinished (no {WEIGHTS}/{METRICS}): "
+            f"run that stage first or set {key}"
+        )
+    return p
+
+
+def copy_artefact(src: Path, out: Path) -> None:
+    src = Path(src)
+    dst = out / src.name
+    if src.is_dir():
+        tmp = out / f".{src.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.replace(dst)
+    else:
+        tmp = out / f".{src.name}.tmp"
+        shutil.copyfile(src, tmp)
+        tmp.replace(dst)
+
+
+TOWER_KEYS = {"text": "inputs.text (make: TEXT_TOWER=<folder>)",
+              "speech": "inputs.speech (make: SPEECH_TOWER=<folder>)"}  # fmt: skip
+
+
+def tower_input(cfg: Config, modality: str) -> Path:
+    """The finished pretraining stage folder ``inputs.<modality>`` names."""
+    folder = getattr(cfg.inputs, modality)
+    if not folder:
+        raise UserError(
+            f"no {modality} tower given: set {TOWER_KEYS[modality]} to a finished "
+            f"pretraining stage folder (make pretrain-{modality} prints it)"
+        )
+    return require_stage(folder, f"{modality} tower", f"inputs.{modality}")
+
+
+def input_fingerprints(**folders: Path) -> dict[str, str]:
+    """Fingerprints of the stage folders a stage reads, by role."""
+    return {role: consumed_fingerprint(Path(f), WEIGHTS) for role, f in folders.items()}
+
+
+def eval_identity(cfg: Config, systems: Mapping[str, Path], judge: Path) -> dict:
+    """An evaluation is what it evaluates: every system's stage (``name.task``), the judge and
+    the text tower its retention figures compare against, plus its own ``eval.*`` settings."""
+    inputs = input_fingerprints(**{k: Path(v) for k, v in systems.items()}, judge=judge)
+    if cfg.inputs.text:
+        inputs |= input_fingerprints(text=tower_input(cfg, "text"))
+    return stage_identity(cfg, "eval", inputs)
+
+
+def path_of(cfg: Config, kind: str) -> Path:
+    """The folder a ``kind`` stage run with ``cfg`` uses (its input stages must be finished)."""
+    inputs: dict[str, Path] = {}
+    if kind == "zip":
+        inputs = {m: tower_input(cfg, m) for m in ("text", "speech")}
+    elif kind == "finetune":
+        inputs = {"init": require_stage(cfg.inputs.init, "zipped", "inputs.init")}
+    elif kind == "judge":
+        inputs = {"speech": tower_input(cfg, "speech")}
+    elif kind != "pretrain":
+        raise UserError(f"path KIND: KIND is pretrain, zip, finetune or judge; got {kind!r}")
+    return stage_dir(cfg, kind, input_fingerprints(**inputs))
+
+
+CHAIN_FILES = {
+    "pretrain_text": "pretrain_text.yaml",
+    "pretrain_speech": "pretrain_speech.yaml",
+    "zip_asr": "zip_asr.yaml",
+    "zip_tts": "zip_tts.yaml",
+    "judge": "judge.yaml",
+    "evaluate": "evaluate.yaml",
+}
+
+
+def _with_task(cfg: Config, arch: str, task: str) -> Config:
+    return dataclasses.replace(
+        cfg, arch=arch, out="", data=dataclasses.replace(cfg.data, task=task)
+    )
+
+
+def _tower(cfg: Config, explicit: str) -> tuple[Path, str]:
+    """(folder, fingerprint) of a tower: the named folder, else the one ``cfg`` would train."""
+    if explicit:
+        folder = require_stage(explicit, "tower", "TEXT_TOWER / SPEECH_TOWER")
+        return folder, consumed_fingerprint(folder, WEIGHTS)
+    ident = stage_identity(cfg, "pretrain")
+    return stage_dir(cfg, "pretrain"), ident["fingerprint"]
+
+
+def chain_paths(cfgs: Mapping[str, Config], towers: Mapping[str, str] | None = None) -> dict:
+    """Every stage folder of an experiment's chain, from the config of each stage file
+    (``CHAIN_FILES``), for the Makefile's file targets. ``towers`` may name finished tower
+    folders (TEXT_TOWER / SPEECH_TOWER) instead of the ones the pretraining files describe."""
+    towers = towers or {}
+    text, text_fp = _tower(cfgs["pretrain_text"], towers.get("text", ""))
+    speech, speech_fp = _tower(cfgs["pretrain_speech"], towers.get("speech", ""))
+    tower_fps = {"text": text_fp, "speech": speech_fp}
+    zips = {
+        f"{arch.upper()}_{task.upper()}_DIR": stage_dir(
+            _with_task(cfgs[f"zip_{task}"], arch, task), "zip", tower_fps
+        )
+        for arch in ("zipper", "single")
+        for task in ("asr", "tts")
+    }
+    judge_cfg = dataclasses.replace(cfgs["judge"], out="")
+    judge_fp = stage_identity(judge_cfg, "judge", {"speech": speech_fp})["fingerprint"]
+    judge = stage_dir(judge_cfg, "judge", {"speech": speech_fp})
+    ev = dataclasses.replace(cfgs["evaluate"], out="")
+    eval_inputs = {"judge": judge_fp, "text": text_fp}
+    for arch in ("single", "zipper"):
+        for task in ("asr", "tts"):
+            zcfg = _with_task(cfgs[f"zip_{task}"], arch, task)
+            eval_inputs[f"{arch}.{task}"] = stage_identity(zcfg, "zip", tower_fps)["fingerprint"]
+    return {
+        "TEXT_DIR": text,
+        "SPEECH_DIR": speech,
+        **zips,
+        "JUDGE_DIR": judge,
+        "EVAL_DIR": stage_dir(ev, "eval", eval_inputs),
+    }
