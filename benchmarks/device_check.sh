@@ -16,7 +16,7 @@ mkdir -p "$OUT"
 PY=${PY:-$( [ -x .venv/bin/python ] && echo "$PWD/.venv/bin/python" || command -v python3 )}
 export PYTHONUNBUFFERED=1
 
-if compgen -G ".whl/*.whl" >/dev/null && ! "$PY" -c "import omegaconf, jiwer, encodec" 2>/dev/null; then
+if compgen -G ".whl/*.whl" >/dev/null && ! "$PY" -c "import omegaconf, jiwer, encodec, num2words, soundfile, espeakng_loader" 2>/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || { echo "device_check: wheel install failed"; exit 1; }
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import ROOT, tiny_config, zip_config
 from tests.test_readers import _audio, _librispeech
-from zipper_pl.config import Config, field_paths, load_config
+from zipper_pl.config import Config, field_paths, load_config, save_config
 from zipper_pl.data.manifest import Record, read_manifest, write_manifest
 from zipper_pl.data.prepare import corpus_manifests
 from zipper_pl.data.readers import read_jsonl_manifest
@@ -82,6 +82,15 @@ def test_zip_folder_follows_config_and_towers(override):
     other = load_config(TINY / "zip_asr.yaml", [override])
     assert stage_dir(other, "zip", towers) != stage_dir(base, "zip", towers)
     assert stage_dir(base, "zip", {**towers, "text": "c"}) != stage_dir(base, "zip", towers)
+
+
+def test_saved_config_names_the_same_stage(tmp_path):
+    """A stage's config.yaml (model presets written out) re-runs the same stage."""
+    cfg = load_config(TINY / "pretrain_text.yaml", ["model.n_layers=0"])
+    resolved = load_config(TINY / "pretrain_text.yaml", ["model.n_layers=2", "model.d_model=32"])
+    assert ident(resolved) == ident(cfg)
+    save_config(cfg, tmp_path / "c.yaml")
+    assert ident(load_config(tmp_path / "c.yaml")) == ident(cfg)
 
 
 def test_evaluate_identity_follows_its_test_split(tmp_path):

@@ -41,7 +41,7 @@ def test_librispeech(tmp_path):
     _librispeech(tmp_path)
     recs = read_librispeech(tmp_path, ["train-clean-100"])
     assert [r.id for r in recs] == ["19-198-0000", "19-198-0001", "19-198-0002"]
-    assert recs[0].text == "hello world number" and recs[2].text is None
+    assert recs[0].text == "hello world number zero" and recs[2].text is None
     assert recs[1].duration == pytest.approx(0.75) and recs[0].speaker == "19"
     assert Path(recs[0].audio).is_file()
     assert len(read_librispeech(tmp_path, ["train-clean-100", "dev-clean"])) == 6

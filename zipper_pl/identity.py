@@ -32,6 +32,7 @@ from typing import Any
 
 from zipper_pl.config import Config, field_paths
 from zipper_pl.errors import UserError
+from zipper_pl.models.tower import TOWER_PRESETS
 
 IDENTITY_FILE = "identity.json"
 FINETUNING = ("zip", "finetune")
@@ -178,6 +179,12 @@ def result_config(cfg: Config, kind: str) -> dict[str, Any]:
     if kind not in KINDS:
         raise ValueError(f"unknown stage kind {kind!r}")
     flat = flat_config(cfg)
+    # 0 = "the size's preset": resolved, so a stage's saved config.yaml (presets written out)
+    # names the same stage as the experiment file it came from
+    preset = TOWER_PRESETS.get(flat["model.size"], {})
+    for name, value in preset.items():
+        if flat.get(f"model.{name}") == 0:
+            flat[f"model.{name}"] = value
     return {k: v for k, v in flat.items() if kind in kinds_of(k)}
 
 

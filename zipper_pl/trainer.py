@@ -28,6 +28,8 @@ class _DropAdvert(logging.Filter):
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvert())
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# a stage folder holds its identity record before its first checkpoint (layout.claim_stage)
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 def compile_forward(net: torch.nn.Module) -> None:

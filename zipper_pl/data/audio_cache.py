@@ -22,6 +22,7 @@ from tqdm import tqdm
 from zipper_pl.data.audio import BadAudio, SkipCounter, load_audio
 from zipper_pl.data.audio_tokenizers import AudioTokenizer
 from zipper_pl.data.manifest import Record, read_manifest
+from zipper_pl.data.readers import summary_line
 from zipper_pl.data.store import ShardedTokenWriter, TokenStore, atomic_write_json, token_dtype
 from zipper_pl.errors import UserError
 
@@ -119,12 +120,15 @@ def tokenize_manifest(
     max_seconds: float | None = None,
     bad_share_key: str = "data.max_bad_share",
     progress: bool = True,
+    label: str | None = None,
 ) -> Path:
     """Tokenize every record's audio into ``cache_root/<codec>-<key>/`` and return that folder.
 
     Bad items are skipped and counted by reason in ``<folder>/bad_audio.json``; more than
     ``max_bad_share`` of them stops the run with a ``UserError`` naming ``bad_share_key``.
-    ``max_seconds`` defaults to the tokenizer's ``max_seconds`` (0 = no limit).
+    ``max_seconds`` defaults to the tokenizer's ``max_seconds`` (0 = no limit). Every call,
+    fresh or reusing a finished store, prints one line of kept and skipped-by-reason counts for
+    ``label`` (default: the manifest's name) and applies the ``max_bad_share`` check.
     """
     records = _records(manifest)
     if len({r.id for r in records}) != len(records):
@@ -135,8 +139,15 @@ def tokenize_manifest(
         base = os.path.abspath(Path(manifest).parent)
     key = cache_key(records, tokenizer, need_transcript, max_s, base)
     out = Path(cache_root) / f"{tokenizer.name}-{key}"
+    report = out / REPORT
+    if label is None:
+        label = Path(manifest).stem if isinstance(manifest, (str, os.PathLike)) else "records"
+    check = {"label": label, "max_bad_share": max_bad_share, "key": bad_share_key}
     if TokenStore.exists(out):
-        return out  # finished earlier: not a single file is decoded
+        # finished earlier: not a single file is decoded, but the skips are shown and checked
+        # against today's threshold from the stored report (one small JSON file)
+        _show_and_check(_stored_skips(out), len(records), len(records), report, **check)
+        return out
     writer = ShardedTokenWriter(out, token_dtype(tokenizer.vocab_size), items_per_shard)
     n_shards = -(-len(records) // items_per_shard)
     skips = SkipCounter()
@@ -153,7 +164,6 @@ def tokenize_manifest(
         unit="utt",
         disable=not progress,
     )
-    report = out / REPORT
     checked = len(records) - pending
     with bar:
         for k in todo:
@@ -167,13 +177,7 @@ def tokenize_manifest(
             if skips.total > max_bad_share * len(records):  # cannot end below the threshold
                 break
     skips.write(report, len(records))
-    try:
-        skips.check(len(records), max_bad_share, key=bad_share_key)
-    except UserError as e:
-        early = (
-            f" (stopped after {checked} of {len(records)} items)" if checked < len(records) else ""
-        )
-        raise UserError(f"{e}{early} Full list: {report}") from None
+    _show_and_check(skips, len(records), checked, report, **check)
     meta = {
         "codec": tokenizer.name,
         "fingerprint": tokenizer.fingerprint(),
@@ -187,6 +191,38 @@ def tokenize_manifest(
     }
     writer.finalize(meta, num_shards=n_shards)
     return out
+
+
+def _stored_skips(out: Path) -> SkipCounter:
+    """The skip counts of a finished store: its ``bad_audio.json``, or the counts in its index."""
+    skips = SkipCounter()
+    if (out / REPORT).is_file():
+        stored = json.loads((out / REPORT).read_text())
+        skips.counts.update(stored["by_reason"])
+        skips.examples = stored.get("examples", {})
+        skips.details = stored.get("details", {})
+    else:
+        skips.counts.update(TokenStore(out).meta.get("skipped", {}))
+    return skips
+
+
+def _show_and_check(
+    skips: SkipCounter,
+    total: int,
+    checked: int,
+    report: Path,
+    *,
+    label: str,
+    max_bad_share: float,
+    key: str,
+) -> None:
+    """One console line for the pool, then the ``max_bad_share`` check (``UserError``)."""
+    print(summary_line(f"{label} audio", checked - skips.total, dict(skips.counts)))
+    try:
+        skips.check(total, max_bad_share, key=key)
+    except UserError as e:
+        early = f" (stopped after {checked} of {total} items)" if checked < total else ""
+        raise UserError(f"{e}{early} Full list: {report}") from None
 
 
 def fit_audio_tokenizer(

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
 from zipper_pl.config import Config
 from zipper_pl.data.lm_datamodule import LMData
 from zipper_pl.data.manifest import Record, read_manifest, write_manifest
+from zipper_pl.data.readers import CORPUS_READERS, summary_line
 from zipper_pl.data.sources import split_fingerprints
 from zipper_pl.data.store import ShardedTokenWriter, TokenStore, token_dtype
 from zipper_pl.data.text import TextTokenizer, read_text_file
+from zipper_pl.data.textnorm import VERSION as TEXTNORM_VERSION
 from zipper_pl.errors import UserError
+from zipper_pl.io import atomic_write_json, read_json
 
 POOLS = ("text", "speech", "aligned_train", "valid", "test")
 
@@ -37,33 +41,89 @@ def corpus_manifests(cfg: Config) -> dict[str, Path]:
     """Manifest path per pool (text, speech, aligned_train, valid, test) for the configured corpus.
 
     The embedded corpus is generated on first use; real corpora are read from ``data.root``
-    (LibriSpeech / LibriTTS / LibriLight trees, or a JSONL manifest).
+    (LibriSpeech / LibriTTS / LibriLight trees, or a JSONL manifest). One console line per pool
+    gives what was kept and what was skipped by reason, on the first run and on every reuse
+    (from ``report.json`` next to the manifests).
     """
     d = cfg.data
     if d.corpus == "embedded":
         from zipper_pl.data.embedded import build_embedded_corpus
 
-        return build_embedded_corpus(Path(d.root) / "embedded", d.embedded)
+        out = build_embedded_corpus(Path(d.root) / "embedded", d.embedded)
+        _show_report(out["text"].parent)
+        return out
     if d.corpus == "textfile":
         raise UserError("data.corpus=textfile only provides text: use it with modality=text")
-    from zipper_pl.data.readers import CORPUS_READERS
-
     reader = CORPUS_READERS[d.corpus]
-    # keyed by the sources' contents (file listings, manifest bytes), not by their names
-    key = _digest([d.corpus, split_fingerprints(d), d.train_splits, d.valid_splits, d.test_splits])
+    # keyed by the sources' contents (file listings, manifest bytes), not by their names, and by
+    # the normaliser's version: a better normaliser must not reuse transcripts cut by an old one
+    splits = [d.train_splits, d.valid_splits, d.test_splits]
+    key = _digest([d.corpus, split_fingerprints(d), *splits, TEXTNORM_VERSION])
     folder = cache_root(cfg) / "manifests" / f"{d.corpus}-{key}"
     out = {p: folder / f"{p}.jsonl" for p in ("speech", "aligned_train", "valid", "test")}
-    if all(p.is_file() for p in out.values()):
+    report_path = folder / MANIFEST_REPORT
+    if all(p.is_file() for p in (*out.values(), report_path)):
+        _show_report(folder)
         return out
-    train = reader(d.root, d.train_splits)
-    valid = reader(d.root, d.valid_splits) if d.valid_splits else []
-    test = reader(d.root, d.test_splits) if d.test_splits else []
+    counts: dict[str, Counter[str]] = {"train": Counter(), "valid": Counter(), "test": Counter()}
+    train = reader(d.root, d.train_splits, counts["train"])
+    valid = reader(d.root, d.valid_splits, counts["valid"]) if d.valid_splits else []
+    test = reader(d.root, d.test_splits, counts["test"]) if d.test_splits else []
+    if not d.valid_splits:  # LibriLight has no dev split: hold some training utterances out
+        train, valid = hold_out(train)
+        counts["train"]["held_out_as_valid"] += len(valid)
+        print(f"[data] no data.valid_splits: {len(valid)} train utterances held out as valid")
     check_disjoint({"train": train, "valid": valid, "test": test})
+    aligned = [r for r in train if r.text]
     write_manifest(out["speech"], train)
-    write_manifest(out["aligned_train"], [r for r in train if r.text])
+    write_manifest(out["aligned_train"], aligned)
     write_manifest(out["valid"], valid)
     write_manifest(out["test"], test)
+    report = {
+        "speech": {"kept": len(train), "counts": dict(counts["train"])},
+        "aligned_train": {
+            "kept": len(aligned),
+            "counts": {"no_usable_transcript": len(train) - len(aligned)},
+        },
+        "valid": {"kept": len(valid), "counts": dict(counts["valid"])},
+        "test": {"kept": len(test), "counts": dict(counts["test"])},
+    }
+    atomic_write_json(report_path, report)  # last: manifests without it are rebuilt
+    _show_report(folder, report)
     return out
+
+
+def hold_out(records: list[Record], share: float = 0.01, cap: int = 1000):
+    """(train, valid): ``share`` of the records (at least 1, at most ``cap``) as validation,
+    chosen by a hash of their ids, so the choice is deterministic and stable as a corpus grows."""
+    if len(records) < 2:
+        raise UserError("no data.valid_splits and too few training utterances to hold any out")
+    n = min(cap, max(1, round(share * len(records))))
+    ranked = sorted(records, key=lambda r: hashlib.sha256(r.id.encode()).hexdigest())
+    chosen = {r.id for r in ranked[:n]}
+    return [r for r in records if r.id not in chosen], [r for r in records if r.id in chosen]
+
+
+MANIFEST_REPORT = "report.json"
+_SHOWN: set[Path] = set()  # corpus_manifests runs several times a run: one summary is enough
+
+
+def _show_report(folder: Path, report: dict[str, dict] | None = None) -> None:
+    """Print one ``[data]`` line per pool, once per manifest folder and process. Without
+    ``report``: the folder's ``report.json``, else (the embedded corpus, which keeps every
+    record) the record count of each manifest."""
+    if folder in _SHOWN:
+        return
+    _SHOWN.add(folder)
+    if report is None and (folder / MANIFEST_REPORT).is_file():
+        report = read_json(folder / MANIFEST_REPORT)
+    if report is None:
+        report = {}
+        for path in sorted(folder.glob("*.jsonl")):
+            with path.open(encoding="utf-8") as f:
+                report[path.stem] = {"kept": sum(1 for line in f if line.strip()), "counts": {}}
+    for pool in sorted(report, key=lambda p: POOLS.index(p) if p in POOLS else len(POOLS)):
+        print(summary_line(pool, report[pool]["kept"], report[pool]["counts"]))
 
 
 def check_disjoint(groups: dict[str, list[Record]]) -> None:

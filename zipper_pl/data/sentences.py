@@ -1,4 +1,5 @@
-"""Deterministic English sentence generator for the embedded corpus, and the shared text normaliser.
+"""Deterministic English sentence generator for the embedded corpus (the shared text normaliser,
+``normalize_text``, lives in ``textnorm`` and is re-exported here).
 
 A small hand-written grammar (declaratives in several tenses, questions, relative clauses,
 subordinate and complement clauses, coordination, passives, existentials, imperatives) over a
@@ -10,29 +11,11 @@ from __future__ import annotations
 
 import random
 import re
-import unicodedata
 
+from zipper_pl.data.textnorm import normalize_text
 from zipper_pl.errors import UserError
 
-# --- normaliser ---------------------------------------------------------------------------------
-
-_NOT_ALLOWED = re.compile(r"[^a-z' ]+")
-_LONE_APOSTROPHE = re.compile(r"(?<![a-z])'|'(?![a-z])")
-_SPACES = re.compile(r" +")
-
-
-def normalize_text(s: str) -> str:
-    """Lowercase a-z, apostrophes only inside words, single spaces; everything else is a space.
-
-    Accents are folded (cafe), curly apostrophes become straight ones, digits are dropped (spell
-    them out upstream if they matter): the same rule serves generated and real transcripts.
-    """
-    s = s.replace("\u2019", "'").replace("\u2018", "'").replace("`", "'")
-    s = unicodedata.normalize("NFKD", s).encode("ascii", "ignore").decode("ascii").lower()
-    s = _NOT_ALLOWED.sub(" ", s)
-    s = _LONE_APOSTROPHE.sub(" ", s)  # quotes and trailing possessives like "boys'" lose it
-    return _SPACES.sub(" ", s).strip()
-
+__all__ = ["generate_sentences", "lexicon", "normalize_text"]  # normalize_text: its old home
 
 # --- lexicon ------------------------------------------------------------------------------------
 # Nouns are "singular" or "singular/plural"; verbs are "base" or "base/past/participle[/ing]".

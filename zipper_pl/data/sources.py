@@ -18,6 +18,7 @@ from pathlib import Path
 
 from zipper_pl.data.embedded import corpus_fingerprint
 from zipper_pl.data.readers import jsonl_files, split_dirs
+from zipper_pl.data.textnorm import VERSION as TEXTNORM_VERSION
 from zipper_pl.errors import UserError
 
 TREE_CORPUS_DIRS = {
@@ -79,6 +80,8 @@ def split_fingerprints(data) -> dict[str, str]:
 def data_fingerprint(data) -> str:
     """One digest of every source the configured corpus (and ``data.text_file``) reads."""
     parts = {"corpus": data.corpus, "splits": split_fingerprints(data)}
+    if data.corpus != "embedded":  # transcripts of read corpora pass through the normaliser
+        parts["textnorm"] = TEXTNORM_VERSION
     if data.text_file:
         parts["text_file"] = file_digest(Path(data.text_file).expanduser())
     return hashlib.sha256(repr(sorted(parts.items())).encode()).hexdigest()

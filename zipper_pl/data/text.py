@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
 
+from zipper_pl.data.readers import summary_line
 from zipper_pl.data.sentences import normalize_text
 from zipper_pl.errors import UserError
 from zipper_pl.io import atomic_write_bytes
@@ -15,17 +17,25 @@ from zipper_pl.io import atomic_write_bytes
 TOKENIZER_FILE = "text_tokenizer.model"
 
 
-def read_text_file(path: str | Path) -> list[str]:
-    """One utterance per line (e.g. the LibriSpeech LM corpus), normalised; blank lines dropped."""
+def read_text_file(path: str | Path, counts: Counter[str] | None = None) -> list[str]:
+    """One utterance per line (e.g. the LibriSpeech LM corpus), normalised; blank lines dropped.
+
+    Dropped lines and removed characters are added to ``counts`` by reason and shown in one
+    console line, so nothing is lost silently.
+    """
     p = Path(path)
     if not p.is_file():
         raise UserError(f"text corpus {str(p)!r} not found (set data.text_file)")
+    counts = Counter() if counts is None else counts
     lines = []
     with p.open(encoding="utf-8", errors="replace") as f:
         for line in f:
-            norm = normalize_text(line)
+            norm = normalize_text(line, counts)
             if norm:
                 lines.append(norm)
+            else:
+                counts["empty_line" if line.strip() else "blank_line"] += 1
+    print(summary_line(f"text {p.name}", len(lines), counts))
     if not lines:
         raise UserError(f"text corpus {str(p)!r} has no usable lines (set data.text_file)")
     return lines
