@@ -7,8 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import tiny_config
 from tests.test_zipper import PRIOR, SPECS, model, samples, sharpen
+from zipper_pl.identity import read_identity
 from zipper_pl.models.sequences import collate_segments, zipper_loss
+from zipper_pl.stages import pretrain
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 CUDA = torch.device("cuda")
@@ -65,3 +68,14 @@ def test_bf16_autocast_training_lowers_the_loss():
         opt.step()
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < 0.8 * losses[0]
+
+
+def test_bf16_mixed_pretraining_with_gradient_clipping(data_root, tmp_path):
+    """The GPU default (bf16-mixed) with grad_clip > 0 used to stop at the first step: Lightning
+    refuses clipping with the fused AdamW this project picked on CUDA."""
+    cfg = tiny_config(
+        data_root, tmp_path, "pretrain_text.yaml", "train.accelerator=gpu",
+        "train.precision=bf16-mixed", "train.grad_clip=1.0", "train.max_steps=3",
+    )  # fmt: skip
+    out = pretrain(cfg)
+    assert (out / "model.safetensors").is_file() and read_identity(out)

@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 
 from tests.conftest import tiny_config
 from zipper_pl import stages
-from zipper_pl.config import load_config
+from zipper_pl.config import TrainConfig, load_config
 from zipper_pl.layout import LOCK_FILE
+from zipper_pl.lit.common import use_fused_adamw
 from zipper_pl.stages import load_tower, pretrain
 
 
@@ -139,3 +140,11 @@ def test_compiled_pretraining_keeps_keys_and_matches_eager(data_root, tmp_path, 
     assert got.keys() == eager.keys()
     for k in eager:
         torch.testing.assert_close(got[k], eager[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_clipped_runs_never_get_a_fused_adamw():
+    """Lightning's bf16-mixed / 16-mixed plugins refuse gradient clipping with a fused optimizer
+    (found on an H100: the GPU default stopped at step 1); fused only where nothing is clipped."""
+    assert not use_fused_adamw(True, TrainConfig(grad_clip=1.0))
+    assert use_fused_adamw(True, TrainConfig(grad_clip=0.0))
+    assert not use_fused_adamw(False, TrainConfig(grad_clip=0.0))

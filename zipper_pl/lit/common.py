@@ -45,15 +45,21 @@ def adamw(named_params: Iterable[tuple[str, nn.Parameter]], cfg: TrainConfig) ->
     ]
     if gates:
         groups.append({"params": gates, "weight_decay": 0.0, "lr": cfg.lr * cfg.gate_lr_mult})
-    on_cuda = any(p.is_cuda for p in decay + no_decay + gates)
-    # fused kernels exist for CUDA; on CPU the foreach (multi-tensor) path is the fast one
+    fused = use_fused_adamw(any(p.is_cuda for p in decay + no_decay + gates), cfg)
     return torch.optim.AdamW(
         groups,
         lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2),
-        fused=on_cuda or None,
-        foreach=None if on_cuda else True,
+        fused=fused or None,
+        foreach=None if fused else True,
     )
+
+
+def use_fused_adamw(on_cuda: bool, cfg: TrainConfig) -> bool:
+    """Fused AdamW kernels exist for CUDA only, and Lightning's mixed-precision plugin (bf16-mixed
+    is the GPU default) refuses gradient clipping with an optimizer that unscales internally, as
+    fused ones do: clipped runs take the foreach (multi-tensor) path, which is as fast on CPU."""
+    return on_cuda and cfg.grad_clip == 0
 
 
 class TrainModule(L.LightningModule):
