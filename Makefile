@@ -29,6 +29,7 @@ EXP          ?= experiments/$(strip $(SCALE))#  folder of the experiment YAML fi
 ABLATION_FRACS ?= 0.01 0.03 0.1 0.3 1.0#  aligned fractions of `make ablation`
 ABLATION_SEEDS ?= 0#       seeds of `make ablation`
 ABLATION_FREEZE ?= text both#  `make ablation` FREEZE values (text = speech tower trained, both = frozen)
+TB_BIND_ALL  ?=#           1: `make tensorboard` listens on every interface (no authentication: anyone who can reach the port reads every run)
 BENCH_ARGS   ?=#           `make bench` flags: --quick, --sizes demo,s, --threads N, --compile
 
 fwd = $(if $(strip $($(1))),$(2)=$(strip $($(1))))
@@ -157,8 +158,8 @@ _ablation: $(TEXT_DIR)/$(W) $(SPEECH_DIR)/$(W) $(JUDGE_DIR)/$(W)
 bench: $(STAMP) ## benchmarks: matmul roofline, training, generation, tokenization, data loading
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
-tensorboard: $(STAMP) ## serve TensorBoard over $(RUNS)
-	.venv/bin/tensorboard --logdir $(strip $(RUNS)) --bind_all
+tensorboard: $(STAMP) ## serve TensorBoard over $(RUNS) on localhost (TB_BIND_ALL=1: every interface)
+	.venv/bin/tensorboard --logdir $(strip $(RUNS)) $(if $(filter 1,$(TB_BIND_ALL)),--bind_all,--host 127.0.0.1)
 
 clean-runs: ## delete $(RUNS) (stage folders; the data caches stay)
 	rm -rf $(strip $(RUNS))

@@ -41,7 +41,9 @@ def plan(env, sizes: list[str] | None) -> dict:
     notes = []
     if env.cuda:
         sizes = sizes or ["demo", "s"]
-        gen = {"lengths": [256, 512], "batches": [1, 16], "uncached_batches": [1, 16], "reps": 3}
+        # uncached batch 16 at SCALE=s ran past 7 minutes on an H100 (the device check's whole
+        # budget); the cached-vs-uncached target is measured at batch 1
+        gen = {"lengths": [256, 512], "batches": [1, 16], "uncached_batches": [1], "reps": 3}
     else:
         sizes = sizes or ["demo"]
         if "s" not in sizes:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -225,3 +227,17 @@ def test_changed_settings_build_new_stages_and_same_ones_reuse(data_root, tiny_t
     longer = tiny_config(data_root, runs, "pretrain_text.yaml", "train.max_steps=4")
     assert stage_dir(longer, "pretrain") != tiny_towers["text"]
     assert pretrain(longer) != tiny_towers["text"]
+
+
+def test_cli_refuses_one_jsonl_file_without_splits_in_one_line(tmp_path):
+    recs = _jsonl_corpus(tmp_path)
+    one = tmp_path / "all.jsonl"
+    write_manifest(one, [r for rs in recs.values() for r in rs])
+    r = subprocess.run(
+        [sys.executable, "-m", "zipper_pl", "data", str(TINY / "pretrain_speech.yaml"),
+         "data.corpus=jsonl", f"data.root={one}", f"data.cache_dir={tmp_path / 'c'}"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "own file" in lines[0] and '"split" field' in lines[0]

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -202,7 +204,7 @@ class EvalConfig:
 class Config:
     """Root of every run's configuration."""
 
-    seed: int = F(0, "global seed: data order, init, subsets")
+    seed: int = F(0, "global seed: data order, init, subsets", ge=0, le=2**32 - 1)
     scale: str = F(
         "tiny", "scale preset this config belongs to (names stage folders)", choices=SCALES
     )
@@ -326,6 +328,8 @@ def _coerce(value: Any, tp: Any) -> Any:
 def _check_range(value: Any, meta: dict) -> str | None:
     if meta.get("choices") is not None and value not in meta["choices"]:
         return f"must be one of {', '.join(map(str, meta['choices']))}; got {value!r}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number; got {value!r}"
     if isinstance(value, int | float) and not isinstance(value, bool):
         for key, ok, word in (
             ("ge", lambda v, b: v >= b, ">="),
@@ -384,9 +388,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise UserError(f"config file {str(p)!r} not found (see experiments/ for examples)")
         try:
             # OmegaConf reads the YAML so files may use ${...} interpolation between keys
-            loaded = OmegaConf.to_container(OmegaConf.load(p), resolve=True) or {}
+            loaded = OmegaConf.to_container(OmegaConf.load(p), resolve=True)
         except (yaml.YAMLError, OmegaConfBaseException) as e:
             raise UserError(f"config file {str(p)!r} is not valid: {e}") from None
+        if not loaded:
+            raise UserError(f"config file {str(p)!r} is empty: give it at least one key")
         if not isinstance(loaded, dict):
             raise UserError(f"config file {str(p)!r} must hold a mapping of keys")
         tree = loaded
@@ -428,7 +434,12 @@ def _validate(flat: dict[str, Any], leaf_types: dict[str, Any]) -> Config:
     fields = field_paths(Config)
     problems: list[str] = []
     values: dict[str, Any] = {}
+    sections = {k.rsplit(".", 1)[0] for k in leaf_types if "." in k}
+    sections |= {".".join(k.split(".")[:2]) for k in leaf_types if k.count(".") >= 2}
     for key, raw in flat.items():
+        if key in sections:  # `train: 5` in a YAML file
+            problems.append(f"{key} is a section of keys, got {raw!r}")
+            continue
         if key not in leaf_types:
             close = difflib.get_close_matches(key, list(leaf_types), n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -444,12 +455,43 @@ def _validate(flat: dict[str, Any], leaf_types: dict[str, Any]) -> Config:
             problems.append(f"{key}: {reason}")
             continue
         values[key] = value
+    if not problems:
+        try:
+            cfg = _build(Config, values)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"invalid configuration: {e}") from None
+        problems = _check_settings(cfg)
     if problems:
         raise UserError("invalid configuration:\n  " + "\n  ".join(problems))
-    try:
-        return _build(Config, values)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"invalid configuration: {e}") from None
+    return cfg
+
+
+FREEZE_WORDS = ("none", "both", "all")  # besides tower names (zip.towers), comma-separated
+
+
+def _check_settings(cfg: Config) -> list[str]:
+    """Settings whose valid values depend on other keys or on the machine: checked here, with
+    the rest, so a run never trains for a minute before failing on them."""
+    problems = []
+    t = cfg.train
+    d = t.devices.strip()
+    parts = [x.strip() for x in d.split(",")]
+    if d != "auto" and not (
+        all(x.isdigit() for x in parts) and (len(parts) > 1 or int(parts[0]) >= 1)
+    ):
+        problems.append(
+            f"train.devices: {t.devices!r} is not a count >= 1, 'auto' or a list like '0,1'"
+        )
+    if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        problems.append(f"train.accelerator: {t.accelerator!r} but no CUDA GPU is visible here; "
+                        "use auto or cpu")  # fmt: skip
+    freeze = {x.strip() for x in cfg.zip.freeze.split(",") if x.strip()}
+    if not freeze or not (
+        freeze <= set(cfg.zip.towers) or (len(freeze) == 1 and freeze <= set(FREEZE_WORDS))
+    ):
+        allowed = ", ".join([*FREEZE_WORDS, *cfg.zip.towers])
+        problems.append(f"zip.freeze: {cfg.zip.freeze!r}; use {allowed} (or towers joined by ,)")
+    return problems
 
 
 def to_dict(cfg: Any) -> dict:

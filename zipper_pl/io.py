@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -39,8 +40,26 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _finite_or_none(obj: Any) -> Any:
+    """JSON has no NaN / inf: a non-finite number is written as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
+    """Valid JSON (non-finite numbers as null; numpy / torch scalars as floats), atomically."""
+    text = json.dumps(
+        _finite_or_none(json.loads(json.dumps(obj, default=float))),
+        indent=2,
+        sort_keys=True,
+        allow_nan=False,
+    )
+    atomic_write_text(path, text + "\n")
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
@@ -54,10 +73,22 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
             continue  # tied weight (embedding == softmax): restored by the module's tying
         seen[key] = name
         tensors[name] = t.detach().to("cpu").contiguous()
+    bad = [n for n, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:  # never export a broken model as finished
+        raise UserError(
+            f"not exporting {path}: {len(bad)} weight tensor(s) hold NaN / inf (e.g. {bad[0]}); "
+            "lower train.lr or use train.precision=32-true, and re-run"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_MARK}")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as every other artefact, not mkstemp's 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_weights(module: torch.nn.Module, path: Path, *, strict: bool = True) -> None:

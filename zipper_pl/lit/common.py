@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from zipper_pl.config import TrainConfig
+from zipper_pl.errors import UserError
 from zipper_pl.models.fusion import GATE_PARAM_NAMES
 
 
@@ -62,6 +63,10 @@ def use_fused_adamw(on_cuda: bool, cfg: TrainConfig) -> bool:
     return on_cuda and cfg.grad_clip == 0
 
 
+class NonFiniteTraining(UserError):
+    """A NaN / inf loss or gradient: training stops before it spoils the weights further."""
+
+
 class TrainModule(L.LightningModule):
     """Base for the LM and fine-tuning modules; subclasses define the steps."""
 
@@ -84,14 +89,31 @@ class TrainModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        if self.global_step % self.train_cfg.log_every == 0:
-            grads = [p.grad for p in self.parameters() if p.grad is not None]
-            if grads:
-                norm = torch.linalg.vector_norm(
-                    torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
-                )
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        # fp16 loss scaling produces inf gradients on purpose (the scaler skips those steps)
+        if grads and self.trainer.precision != "16-mixed":
+            # every step: one non-finite gradient would make every weight NaN after this step
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+            if not torch.isfinite(norm):
+                raise NonFiniteTraining(self._non_finite("gradient norm", norm))
+            if self.global_step % self.train_cfg.log_every == 0:
                 self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        if self.global_step % self.train_cfg.log_every == 0:
             self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss.detach()):
+            raise NonFiniteTraining(self._non_finite("loss", loss))
+
+    def _non_finite(self, what: str, value: torch.Tensor) -> str:
+        c = self.train_cfg
+        return (
+            f"training stopped at step {self.global_step}: the {what} is {float(value)}; "
+            f"nothing was exported. Likely causes: train.lr={c.lr:g} too high (try a tenth), "
+            f"or train.precision={c.precision} (try 32-true); re-run with a changed setting "
+            "(a new stage folder)"
+        )
 
     def log_throughput(self, n_tokens: int) -> None:
         """Tokens/s over all ranks, averaged over the training batches since the last log
