@@ -3,8 +3,12 @@ broken model exported as finished."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +17,16 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, tiny_config
+from tests.test_readers import _audio
+from zipper_pl.data import audio_tokenizers as at
+from zipper_pl.data.manifest import Record, write_manifest
+from zipper_pl.data.readers import read_jsonl_manifest
 from zipper_pl.errors import UserError
+from zipper_pl.evaluate import safe_file_name
 from zipper_pl.io import TMP_MARK, atomic_write_json, save_weights
-from zipper_pl.layout import is_finished
+from zipper_pl.layout import copy_artefact, is_finished, require_stage, stage_dir, stage_identity
 from zipper_pl.lit.common import NonFiniteTraining
-from zipper_pl.stages import pretrain
+from zipper_pl.stages import load_tower, pretrain
 
 
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -104,3 +113,153 @@ def test_trainer_settings_are_checked_before_any_work(tmp_path, override, words)
 def test_yaml_shape_errors_name_the_file_or_key(tmp_path, text, words):
     (tmp_path / "c.yaml").write_text(text)
     assert_one_message(cli("pretrain", str(tmp_path / "c.yaml")), *words)
+
+
+class _Planted:
+    """Unpickling this creates a file: stands in for any code a planted checkpoint would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_planted_pickle_in_the_hub_cache_runs_nothing(tmp_path, monkeypatch):
+    """EnCodec weights are read by our code with weights_only=True (the encodec package would
+    unpickle them in full), after the published checksum; a planted file runs no code."""
+    cache = tmp_path / "hub" / "checkpoints" / at.ENCODEC_CHECKPOINT
+    cache.parent.mkdir(parents=True)
+    marker = tmp_path / "code_ran"
+    torch.save({"encoder.weight": _Planted(marker)}, cache)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    cfg = at.AudioTokenizerConfig(codec="encodec")
+    with pytest.raises(UserError, match="not the published EnCodec checkpoint.*delete it"):
+        at.EncodecTokenizer(cfg)
+    # even with a matching checksum, the unpickler refuses anything but weights
+    digest = hashlib.sha256(cache.read_bytes()).hexdigest()
+    monkeypatch.setattr(at, "ENCODEC_SHA256_PREFIX", digest[:8])
+    with pytest.raises(UserError, match="does not load as weights.*delete it") as e:
+        at.EncodecTokenizer(cfg)
+    assert not marker.exists() and e.value.__suppress_context__
+
+
+UNSAFE = {
+    r"torch\.load\((?![^)]*weights_only=True)": "torch.load without weights_only=True",
+    r"\bpickle\b|\bjoblib\b|\bdill\b": "pickle-based loading",
+    r"yaml\.load\(|yaml\.unsafe_load|Loader=yaml\.Loader": "yaml.load (use safe_load)",
+    r"(?<![.\w])eval\(|\bexec\(": "eval / exec",
+    r"shell=True": "subprocess with shell=True",
+    r"allow_pickle=True": "numpy allow_pickle=True",
+}
+
+
+def test_no_unsafe_loader_in_the_package():
+    """Never unpickle a file a user did not make: a new unsafe call fails here."""
+    found = []
+    for path in sorted((ROOT / "zipper_pl").rglob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if code.strip().startswith(('"', "'")):
+                continue  # docstring lines
+            for pattern, what in UNSAFE.items():
+                if re.search(pattern, code):
+                    found.append(f"{path.relative_to(ROOT)}:{n}: {what}")
+    assert found == []
+
+
+@pytest.fixture
+def tower_copy(tiny_towers, tmp_path):
+    """A private copy of the tiny text tower folder, free to break."""
+    dst = tmp_path / "text"
+    shutil.copytree(tiny_towers["text"], dst)
+    return dst
+
+
+def test_truncated_tower_weights_name_the_folder_to_delete(data_root, tiny_towers, tower_copy):
+    w = tower_copy / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:100])
+    with pytest.raises(UserError, match="unreadable weights.*delete that folder"):
+        require_stage(tower_copy, "text tower", "inputs.text")
+    r = cli("zip", "experiments/tiny/zip_asr.yaml", f"inputs.text={tower_copy}",
+            f"inputs.speech={tiny_towers['speech']}", f"data.root={data_root}",
+            f"data.cache_dir={data_root / 'cache'}", "train.accelerator=cpu")  # fmt: skip
+    assert_one_message(r, "unreadable weights", str(tower_copy))
+
+
+def test_tower_json_of_another_size_is_one_message(tower_copy):
+    cfg = json.loads((tower_copy / "tower.json").read_text())
+    (tower_copy / "tower.json").write_text(json.dumps({**cfg, "d_model": cfg["d_model"] * 2}))
+    with pytest.raises(UserError, match="do not fit the model.*another model size"):
+        load_tower(tower_copy)
+    (tower_copy / "tower.json").write_text('{"no_such_field": 1}')
+    with pytest.raises(UserError, match="does not describe a tower"):
+        load_tower(tower_copy)
+
+
+def test_truncated_last_ckpt_is_kept_aside_and_the_stage_restarts(data_root, tmp_path, capsys):
+    over = ("train.max_steps=2", "train.val_every=2", "train.ckpt_every=1")
+    cfg = tiny_config(data_root, tmp_path, "pretrain_text.yaml", *over, "train.max_steps=1")
+    first = pretrain(cfg)  # a finished 1-step stage gives us a real last.ckpt to break
+    cfg = tiny_config(data_root, tmp_path, "pretrain_text.yaml", *over)
+    out = stage_dir(cfg, "pretrain")
+    out.mkdir(parents=True)
+    atomic_write_json(out / "identity.json", stage_identity(cfg, "pretrain"))
+    (out / "last.ckpt").write_bytes((first / "last.ckpt").read_bytes()[:1000])
+    assert pretrain(cfg) == out and is_finished(out)
+    assert list(out.glob("last.ckpt.unreadable-*")) and "kept as" in capsys.readouterr().out
+
+
+def test_os_errors_are_one_line_with_the_path(tmp_path):
+    (tmp_path / "file").write_text("")
+    runs = tmp_path / "file" / "runs"  # a folder under a file: NotADirectoryError
+    r = cli("pretrain", "experiments/tiny/pretrain_text.yaml", f"runs={runs}",
+            f"data.root={tmp_path / 'file' / 'data'}")  # fmt: skip
+    msg = assert_one_message(r, "file", "writable")
+    assert len(msg.splitlines()) == 1
+
+
+def test_ids_never_name_a_path_outside_their_folder(tmp_path):
+    assert safe_file_name("gold_../../etc/x.wav") == "gold_.._.._etc_x.wav"
+    assert "/" not in safe_file_name("zipper_small/100/book/01.wav")
+    assert not safe_file_name("..wav").startswith(".")
+    _audio(tmp_path / "a.wav", 0.2)
+    rec = Record("../evil", str(tmp_path / "a.wav"), "hi", 0.2, "s")
+    write_manifest(tmp_path / "train.jsonl", [rec])
+    with pytest.raises(UserError, match="not plain names.*'../evil'"):
+        read_jsonl_manifest(tmp_path, ["train"])
+
+
+def test_a_full_disk_leaves_no_temp_file_behind(tmp_path, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write_json(tmp_path / "m.json", {"a": 1})
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "tok.model").write_bytes(b"x")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(OSError, match="No space"):
+        copy_artefact(tmp_path / "src" / "tok.model", tmp_path / "out")
+    assert not list((tmp_path / "out").iterdir()) and not (tmp_path / "m.json").exists()
+    assert not [p for p in tmp_path.iterdir() if TMP_MARK in p.name]
+
+
+def test_resuming_into_a_folder_with_another_architecture_changes_nothing(data_root, tmp_path):
+    out = tmp_path / "tower"
+    common = ["experiments/tiny/pretrain_text.yaml", f"out={out}", f"data.root={data_root}",
+              f"data.cache_dir={data_root / 'cache'}", "train.max_steps=1", "train.val_every=1",
+              "train.accelerator=cpu"]  # fmt: skip
+    assert cli("pretrain", *common).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert_one_message(cli("pretrain", *common, "model.d_model=64"), "holds another experiment")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_tensorboard_listens_on_localhost_unless_asked():
+    dry = ["make", "-n", "--no-print-directory", "tensorboard"]
+    local = subprocess.run(dry, capture_output=True, text=True, cwd=ROOT).stdout
+    everyone = subprocess.run([*dry, "TB_BIND_ALL=1"], capture_output=True, text=True, cwd=ROOT)
+    assert "--host 127.0.0.1" in local and "--bind_all" not in local
+    assert "--bind_all" in everyone.stdout

@@ -5,6 +5,7 @@ User errors (bad keys, values, missing artefacts, bad data) print one short mess
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -116,6 +117,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # read-only or full disk, a missing parent: the path and what it means
+        where = f"{e.filename}: " if e.filename else ""
+        code = errno.errorcode.get(e.errno or 0, "")
+        print(
+            f"error: {where}{e.strerror or e} ({code}): check that the folder exists and is "
+            "writable (RUNS, DATA_ROOT, data.cache_dir) and that its disk has space",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume from last.ckpt", file=sys.stderr)

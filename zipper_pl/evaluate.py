@@ -23,6 +23,7 @@ import dataclasses
 import io
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -226,6 +227,12 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, default=float) + "\n" for r in rows))
 
 
+def safe_file_name(name: str) -> str:
+    """A manifest id as one file name: separators and anything else outside [A-Za-z0-9._-]
+    become "_", so no id ("../x", "a/b", LibriLight's "small/100/book/name") leaves its folder."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "_"
+
+
 def _write_audio(writer, out: Path, ft: Finetuned, name: str, utts, tokens) -> str | None:
     """Wav files + TensorBoard audio of a few utterances; the reason when the codec cannot."""
     import soundfile as sf
@@ -239,7 +246,7 @@ def _write_audio(writer, out: Path, ft: Finetuned, name: str, utts, tokens) -> s
         for who, wav in wavs.items():
             buf = io.BytesIO()
             sf.write(buf, wav, sr, format="WAV")
-            atomic_write_bytes(out / "audio" / f"{who}_{u.id}.wav", buf.getvalue())
+            atomic_write_bytes(out / "audio" / safe_file_name(f"{who}_{u.id}.wav"), buf.getvalue())
             writer.add_audio(f"{who}/{u.id}", torch.from_numpy(wav)[None], 0, sample_rate=sr)
     return None
 

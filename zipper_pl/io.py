@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from zipper_pl.errors import UserError
@@ -92,12 +93,24 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def load_weights(module: torch.nn.Module, path: Path, *, strict: bool = True) -> None:
-    """Load safetensors weights into ``module``; tied weights may be absent from the file."""
+    """Load safetensors weights into ``module``; tied weights may be absent from the file. A
+    missing, truncated or foreign file is one message naming it and the fix."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights {str(path)!r} not found: run the stage that produces it first")
-    state = load_file(str(path))
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    fix = f"delete the stage folder {str(path.parent)!r} and re-run the stage that made it"
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"weights {str(path)!r} are unreadable ({e}): {fix}") from None
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches are raised even when strict=False
+        first = str(e).strip().splitlines()[-1].strip()
+        raise UserError(
+            f"weights {str(path)!r} do not fit the model ({first}): was the stage trained with "
+            f"another model size? {fix}"
+        ) from None
     tied = {n for n, p in module.named_parameters(remove_duplicate=False)} - {
         n for n, p in module.named_parameters()
     }
@@ -109,5 +122,23 @@ def load_weights(module: torch.nn.Module, path: Path, *, strict: bool = True) ->
         )
 
 
+def weights_readable(path: Path) -> bool:
+    """Whether a safetensors file's header and size are intact (reads the header only)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+        return True
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON artefact; an unreadable one is one message naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: re-run the stage that writes it") from None
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"{path} is unreadable ({e}): delete its stage folder and re-run that stage"
+        ) from None

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +30,7 @@ from zipper_pl.identity import (
     read_identity,
     stage_fingerprint,
 )
-from zipper_pl.io import atomic_write_json
+from zipper_pl.io import TMP_MARK, atomic_write_bytes, atomic_write_json, weights_readable
 
 WEIGHTS, CONFIG, METRICS, TOWER_JSON, PROVENANCE = (
     "model.safetensors",
@@ -172,22 +173,31 @@ def require_stage(folder: str | Path, what: str, key: str) -> Path:
             f"{what} stage folder {str(p)!r} is missing or unfinished (no {WEIGHTS}/{METRICS}): "
             f"run that stage first or set {key}"
         )
+    if not weights_readable(p / WEIGHTS):
+        raise UserError(
+            f"{what} stage folder {str(p)!r} has unreadable weights ({WEIGHTS} truncated or not "
+            "safetensors): delete that folder and re-run the stage that made it"
+        )
     return p
 
 
 def copy_artefact(src: Path, out: Path) -> None:
+    """Copy a tokenizer file or folder into a stage folder atomically: a unique temp name,
+    removed on any failure (a full disk leaves nothing behind that a re-run trips over)."""
     src = Path(src)
     dst = out / src.name
-    if src.is_dir():
-        tmp = out / f".{src.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
+    if not src.is_dir():
+        atomic_write_bytes(dst, src.read_bytes())
+        return
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{src.name}{TMP_MARK}"))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes 0700; artefacts are meant to be shared
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
         shutil.rmtree(dst, ignore_errors=True)
         tmp.replace(dst)
-    else:
-        tmp = out / f".{src.name}.tmp"
-        shutil.copyfile(src, tmp)
-        tmp.replace(dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 TOWER_KEYS = {"text": "inputs.text (make: TEXT_TOWER=<folder>)",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import zipfile
 from pathlib import Path
 
 import filelock
@@ -37,7 +38,13 @@ from zipper_pl.trainer import BEST_CKPT, LAST_CKPT, compile_forward, make_traine
 def load_tower(folder: str | Path) -> Tower:
     """Rebuild a pretrained tower from its stage folder alone."""
     p = Path(folder)
-    tower = Tower(TowerConfig(**read_json(p / TOWER_JSON)))
+    try:
+        tower = Tower(TowerConfig(**read_json(p / TOWER_JSON)))
+    except (TypeError, ValueError) as e:
+        raise UserError(
+            f"{p / TOWER_JSON} does not describe a tower ({e}): delete {str(p)!r} and re-run the "
+            "pretraining stage that made it"
+        ) from None
     load_weights(tower, p / WEIGHTS)
     return tower
 
@@ -60,6 +67,11 @@ def _fit(
         compile_forward(getattr(module, "tower", None) or module.model)
     trainer = make_trainer(cfg, out, select_best=select_best)
     ckpt = out / LAST_CKPT
+    if ckpt.is_file() and not zipfile.is_zipfile(ckpt):  # truncated: its central directory is lost
+        aside = ckpt.with_name(f"{LAST_CKPT}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        ckpt.replace(aside)
+        print(f"[resume] warning: {ckpt} is unreadable (truncated?): kept as {aside.name}; "
+              "this stage starts again from step 0")  # fmt: skip
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.is_file() else None)
     best = out / BEST_CKPT

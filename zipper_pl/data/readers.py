@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -309,6 +310,12 @@ def read_jsonl_manifest(
         chosen = [r for r, t in zip(read_manifest(path), tags, strict=True) if t in splits]
     else:
         chosen = [r for f in files.values() for r in read_manifest(f)]
+    bad = [r.id for r in chosen if not SAFE_ID.fullmatch(r.id)]
+    if bad:
+        raise UserError(
+            f"{len(bad)} manifest id(s) are not plain names (e.g. {bad[0]!r}): ids name output "
+            "files, so use letters, digits and . _ - (no / or ..) in the manifest's id field"
+        )
     counts = _counter(counts)
     for r in chosen:
         if r.audio is None:
@@ -316,6 +323,8 @@ def read_jsonl_manifest(
         r.text = _text(r.text, counts)
     return chosen
 
+
+SAFE_ID = re.compile(r"(?!\.)[A-Za-z0-9._-]+")  # JSONL ids are the user's: one file name each
 
 CORPUS_READERS: dict[str, Callable[..., list[Record]]] = {
     "librispeech": read_librispeech,
