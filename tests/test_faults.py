@@ -21,6 +21,7 @@ from tests.test_readers import _audio
 from zipper_pl.data import audio_tokenizers as at
 from zipper_pl.data.manifest import Record, write_manifest
 from zipper_pl.data.readers import read_jsonl_manifest
+from zipper_pl.data.text import TextTokenizer
 from zipper_pl.errors import UserError
 from zipper_pl.evaluate import safe_file_name
 from zipper_pl.io import TMP_MARK, atomic_write_json, save_weights
@@ -263,3 +264,14 @@ def test_tensorboard_listens_on_localhost_unless_asked():
     everyone = subprocess.run([*dry, "TB_BIND_ALL=1"], capture_output=True, text=True, cwd=ROOT)
     assert "--host 127.0.0.1" in local and "--bind_all" not in local
     assert "--bind_all" in everyone.stdout
+
+
+def test_broken_tokenizers_name_the_folder_to_delete(tower_copy, tiny_towers, tmp_path):
+    (tower_copy / "text_tokenizer.model").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="text tokenizer.*unreadable.*delete the folder"):
+        TextTokenizer(tower_copy / "text_tokenizer.model")
+    speech = tmp_path / "speech"
+    shutil.copytree(tiny_towers["speech"], speech)
+    (speech / "audio_tokenizer" / "audio_tokenizer.json").write_text("{truncated")
+    with pytest.raises(UserError, match="audio tokenizer.*unreadable.*delete the stage folder"):
+        at.AudioTokenizer.load(speech / "audio_tokenizer")

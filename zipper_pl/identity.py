@@ -61,6 +61,7 @@ INERT_KEYS = frozenset(
         "train.threads",
         "train.compile",  # the same model traced; same weights and keys
         "ablation.shard",  # which cells this process runs, not what any cell computes
+        "judge.vocab",  # always replaced by the speech tower's tokenizer size (an input stage)
     ]
 )
 
@@ -135,7 +136,7 @@ RESULT_KEYS: dict[str, tuple[str, ...]] = {
     ),
     **dict.fromkeys(
         _keys(
-            "vocab d_model n_layers n_heads ff_mult max_len dropout conv_kernel upsample "
+            "d_model n_layers n_heads ff_mult max_len dropout conv_kernel upsample "
             "downsample targets",
             "judge.",
         ),
@@ -230,10 +231,18 @@ def consumed_fingerprint(folder: Path, weights: str) -> str:
     return "weights:" + h.hexdigest()
 
 
+# filled in by the stage when left empty (measured on its data): not a user's choice
+FILLED_AT_RUN = frozenset({"zip.tokens_per_word"})
+
+
 def differing_keys(cfg: Config, base: Config, kind: str) -> dict[str, Any]:
     """Result keys of ``kind`` where ``cfg`` differs from ``base`` (an experiment file)."""
     mine, theirs = result_config(cfg, kind), result_config(base, kind)
-    return {k: v for k, v in mine.items() if theirs.get(k) != v}
+    return {
+        k: v
+        for k, v in mine.items()
+        if theirs.get(k) != v and not (k in FILLED_AT_RUN and not theirs.get(k))
+    }
 
 
 def replace_inputs(cfg: Config, **folders: str | Path) -> Config:

@@ -106,8 +106,12 @@ class AudioTokenizer:
         path = Path(dir) / "audio_tokenizer.json"
         if not path.is_file():
             raise UserError(f"no audio tokenizer saved in {dir}: run the stage that fits it first")
-        cfg = AudioTokenizerConfig(**json.loads(path.read_text()))
-        return AUDIO_TOKENIZERS[cfg.codec]._load(cfg, Path(dir))
+        fix = f"delete the stage folder holding {str(dir)!r} and re-run the stage that made it"
+        try:
+            cfg = AudioTokenizerConfig(**json.loads(path.read_text()))
+            return AUDIO_TOKENIZERS[cfg.codec]._load(cfg, Path(dir))
+        except (OSError, ValueError, TypeError, KeyError) as e:  # truncated, foreign, older
+            raise UserError(f"audio tokenizer in {str(dir)!r} is unreadable ({e}): {fix}") from None
 
     @classmethod
     def _load(cls, cfg: AudioTokenizerConfig, dir: Path) -> AudioTokenizer:

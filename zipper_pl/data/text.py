@@ -52,7 +52,13 @@ class TextTokenizer:
             raise UserError(
                 f"text tokenizer {str(self.path)!r} not found: run `make pretrain-text` first"
             )
-        self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        except (OSError, RuntimeError) as e:  # truncated or not a SentencePiece model
+            raise UserError(
+                f"text tokenizer {str(self.path)!r} is unreadable ({e}): delete the folder "
+                f"{str(self.path.parent)!r} and re-run the stage that made it"
+            ) from None
 
     @classmethod
     def train(
