@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 
 import pytest
+import torch
 
 from tests.conftest import tiny_config
 from zipper_pl import ablation
 from zipper_pl.ablation import _cells, write_tables
 from zipper_pl.config import load_config
 from zipper_pl.errors import UserError
+from zipper_pl.io import save_weights
 
 
 def test_cells_cover_systems_without_duplicate_single_rows(data_root, tmp_path):
@@ -69,10 +71,10 @@ def test_cached_tts_scores_belong_to_their_judge(monkeypatch, tmp_path):
     cell = tmp_path / "cell"
     cell.mkdir()
     judges = {}
-    for name, weights in (("judge_a", b"a"), ("judge_b", b"b")):
+    for name, value in (("judge_a", 1.0), ("judge_b", 2.0)):  # two judges, two weights
         judges[name] = tmp_path / name
         judges[name].mkdir()
-        (judges[name] / "model.safetensors").write_bytes(weights)
+        save_weights({"w": torch.full((2,), value)}, judges[name] / "model.safetensors")
         (judges[name] / "metrics.json").write_text("{}")
     cfg = load_config(None)
     assert ablation._tts_score(cell, judges["judge_a"], cfg)["tts_wer_gold"] == 0.5
