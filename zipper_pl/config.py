@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
-import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +33,7 @@ from zipper_pl.data.embedded import EmbeddedCorpusConfig
 from zipper_pl.errors import UserError
 from zipper_pl.models.judge import JudgeConfig
 from zipper_pl.models.zipper import ZipperConfig
-from zipper_pl.schema import F
+from zipper_pl.schema import F, check_range, coerce
 
 SCALES = ("tiny", "demo", "s", "l")
 
@@ -258,91 +256,6 @@ def _is_dict_type(tp: Any) -> bool:
     return typing.get_origin(tp) is dict
 
 
-def _coerce(value: Any, tp: Any) -> Any:
-    """Convert a YAML/CLI value to the declared type; raise ValueError with a short reason."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0])
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ValueError(f"expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ValueError(f"expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ValueError(f"expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ValueError(f"expected a number, got {value!r}")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ValueError(f"expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
-            return str(value)
-        raise ValueError(f"expected a string, got {value!r}")
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v for v in value.replace(",", " ").split() if v]
-        elif isinstance(value, int | float | bool):
-            value = [value]  # `seeds=0` on the command line means [0]
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"expected a list, got {value!r}")
-        return [_coerce(v, item_tp) for v in value]
-    if origin is dict:
-        key_tp, val_tp = typing.get_args(tp)
-        if isinstance(value, str):
-            # "text:1,speech:2" on the command line
-            pairs = [p.split(":", 1) for p in value.replace(" ", ",").split(",") if p]
-            if any(len(p) != 2 for p in pairs):
-                raise ValueError(f"expected name:value pairs like 'text:1,speech:2', got {value!r}")
-            value = dict(pairs)
-        if not isinstance(value, dict):
-            raise ValueError(f"expected a mapping, got {value!r}")
-        return {_coerce(k, key_tp): _coerce(v, val_tp) for k, v in value.items()}
-    return value
-
-
-def _check_range(value: Any, meta: dict) -> str | None:
-    if meta.get("choices") is not None and value not in meta["choices"]:
-        return f"must be one of {', '.join(map(str, meta['choices']))}; got {value!r}"
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"must be a finite number; got {value!r}"
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        for key, ok, word in (
-            ("ge", lambda v, b: v >= b, ">="),
-            ("gt", lambda v, b: v > b, ">"),
-            ("le", lambda v, b: v <= b, "<="),
-            ("lt", lambda v, b: v < b, "<"),
-        ):
-            bound = meta.get(key)
-            if bound is not None and not ok(value, bound):
-                return f"must be {word} {bound}; got {value!r}"
-    return None
-
-
 def parse_overrides(args: list[str]) -> dict[str, str]:
     """``["a.b=1", "c=x"]`` -> ``{"a.b": "1", "c": "x"}``; a malformed item is a UserError."""
     out: dict[str, str] = {}
@@ -446,11 +359,11 @@ def _validate(flat: dict[str, Any], leaf_types: dict[str, Any]) -> Config:
             problems.append(f"unknown config key {key!r}{hint}")
             continue
         try:
-            value = _coerce(raw, leaf_types[key])
+            value = coerce(raw, leaf_types[key])
         except ValueError as e:
             problems.append(f"{key}: {e}")
             continue
-        reason = _check_range(value, fields[key].metadata)
+        reason = check_range(value, fields[key].metadata)
         if reason:
             problems.append(f"{key}: {reason}")
             continue

@@ -1,4 +1,6 @@
-"""Field helper for config dataclasses: every field carries a one-line doc and its valid range.
+"""Field helper for config dataclasses: every field carries a one-line doc and its valid range;
+``coerce`` and ``check_range`` turn a YAML / command-line value into the declared type and check
+it against that range.
 
 Config dataclasses live next to the code they configure (``TowerConfig`` in ``models/tower.py``,
 ...) and are nested into the root schema in ``config.py``, which validates them generically.
@@ -7,6 +9,9 @@ Config dataclasses live next to the code they configure (``TowerConfig`` in ``mo
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from typing import Any
 
 
@@ -28,3 +33,88 @@ def F(
     if factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def coerce(value: Any, tp: Any) -> Any:
+    """Convert a YAML/CLI value to the declared type; raise ValueError with a short reason."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return coerce(value, args[0])
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ValueError(f"expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ValueError(f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"expected a string, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        elif isinstance(value, int | float | bool):
+            value = [value]  # `seeds=0` on the command line means [0]
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"expected a list, got {value!r}")
+        return [coerce(v, item_tp) for v in value]
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if isinstance(value, str):
+            # "text:1,speech:2" on the command line
+            pairs = [p.split(":", 1) for p in value.replace(" ", ",").split(",") if p]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError(f"expected name:value pairs like 'text:1,speech:2', got {value!r}")
+            value = dict(pairs)
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping, got {value!r}")
+        return {coerce(k, key_tp): coerce(v, val_tp) for k, v in value.items()}
+    return value
+
+
+def check_range(value: Any, meta: dict) -> str | None:
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        return f"must be one of {', '.join(map(str, meta['choices']))}; got {value!r}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number; got {value!r}"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        for key, ok, word in (
+            ("ge", lambda v, b: v >= b, ">="),
+            ("gt", lambda v, b: v > b, ">"),
+            ("le", lambda v, b: v <= b, "<="),
+            ("lt", lambda v, b: v < b, "<"),
+        ):
+            bound = meta.get(key)
+            if bound is not None and not ok(value, bound):
+                return f"must be {word} {bound}; got {value!r}"
+    return None
