@@ -275,3 +275,8 @@ def test_broken_tokenizers_name_the_folder_to_delete(tower_copy, tiny_towers, tm
     (speech / "audio_tokenizer" / "audio_tokenizer.json").write_text("{truncated")
     with pytest.raises(UserError, match="audio tokenizer.*unreadable.*delete the stage folder"):
         at.AudioTokenizer.load(speech / "audio_tokenizer")
+
+
+def test_help_is_usage_never_a_config_file_name():
+    r = cli("zip", "--help")
+    assert r.returncode == 0 and "usage: python -m zipper_pl zip" in r.stdout and not r.stderr

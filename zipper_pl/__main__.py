@@ -31,6 +31,13 @@ stages:
 """
 
 
+HELP = ("-h", "--help", "help")
+STAGE_HELP = """usage: python -m zipper_pl {stage} [config.yaml] [key=value ...]
+
+The config is the schema's defaults, then the YAML file (experiments/<scale>/...), then the
+key=value overrides; `python -m zipper_pl keys` lists every key with its default and doc."""
+
+
 def _stage(name: str) -> Callable:
     from zipper_pl import stages
 
@@ -79,8 +86,11 @@ def _chain_paths(args: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv or argv[0] in HELP:
         print(USAGE)
+        return 0
+    if any(a in HELP for a in argv[1:]):  # `zipper-pl zip --help`: never read as a file name
+        print(STAGE_HELP.format(stage=argv[0]) + "\n" + USAGE)
         return 0
     try:
         from zipper_pl.config import describe_schema, load_config
