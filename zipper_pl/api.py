@@ -1,0 +1,126 @@
+"""The Python API: ``zipper_pl.load(stage_folder)`` -> a model that transcribes audio files and
+arrays, speaks text, and generates any output modality sequence.
+
+    import zipper_pl
+    model = zipper_pl.load("runs/demo-embedded/zipper-asr-units-...")
+    model.transcribe(["a.wav", "b.flac"])          # -> ["the cat sat", ...]
+    model.speak(["hello world"])[0].tokens          # speech tokens (.audio: EnCodec waveform)
+
+Token budgets are automatic (``eval.max_new_text``; ``eval.max_new_speech_per_word`` x words),
+audio at any sample rate is resampled to the codec's, stereo is down-mixed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zipper_pl.data.audio import BadAudio, load_audio, resample
+from zipper_pl.errors import UserError
+from zipper_pl.finetuned import Finetuned, load_finetuned
+from zipper_pl.models.sequences import Segment
+
+AudioInput = str | os.PathLike | np.ndarray
+
+
+@dataclass
+class Speech:
+    """One spoken text: the speech tokens, and the waveform where the codec decodes (EnCodec)."""
+
+    tokens: np.ndarray
+    audio: np.ndarray | None
+    sample_rate: int
+
+
+class Model:
+    """A fine-tuned stage (Zipper or Single Decoder) behind three calls."""
+
+    def __init__(self, ft: Finetuned) -> None:
+        self.ft = ft
+        self.sample_rate = ft.audio_tok.sample_rate
+
+    def _wave(self, audio: AudioInput, sample_rate: int | None) -> np.ndarray:
+        if isinstance(audio, np.ndarray):
+            if sample_rate is None:
+                raise UserError("transcribe(arrays): pass sample_rate= (the arrays' rate in Hz)")
+            wave = audio.mean(axis=-1) if audio.ndim == 2 else audio  # [T, C] -> [T]
+            return resample(np.asarray(wave, dtype=np.float32), sample_rate, self.sample_rate)
+        try:
+            return load_audio(audio, self.sample_rate)
+        except BadAudio as e:
+            raise UserError(f"cannot read audio {audio}: {e}") from None
+
+    def transcribe(
+        self,
+        audio: AudioInput | Sequence[AudioInput],
+        sample_rate: int | None = None,
+        batch_size: int = 32,
+    ) -> list[str]:
+        """Greedy ASR of audio files (any format soundfile reads) or float arrays at
+        ``sample_rate``; batched, KV-cached."""
+        items = [audio] if isinstance(audio, str | os.PathLike | np.ndarray) else list(audio)
+        waves = [self._wave(a, sample_rate) for a in items]
+        tokens = self.ft.audio_tok.encode(waves)
+        return self.ft.transcribe(tokens, batch_size, self.ft.cfg.eval.max_new_text)
+
+    def speak(
+        self,
+        texts: str | Sequence[str],
+        temperature: float = 0.0,
+        seed: int | None = None,
+        batch_size: int = 32,
+    ) -> list[Speech]:
+        """TTS: speech tokens per text (greedy unless ``temperature`` > 0), with waveforms when
+        the codec can decode them (EnCodec; ``units`` tokens cannot be turned into audio)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        per_word = self.ft.cfg.eval.max_new_speech_per_word
+        budgets = [math.ceil(per_word * max(1, len(t.split()))) for t in texts]
+        tokens = self.ft.speak(texts, budgets, batch_size, temperature, None, seed)
+        return [Speech(t, self._decode(t), self.sample_rate) for t in tokens]
+
+    def _decode(self, tokens: np.ndarray) -> np.ndarray | None:
+        try:
+            return self.ft.audio_tok.decode(tokens)
+        except (UserError, NotImplementedError):
+            return None
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: Sequence[Sequence[tuple[str, Sequence[int]]]],
+        output_modalities: Sequence[str],
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> list[list[tuple[str, list[int]]]]:
+        """Continue each sample's ``(modality, token ids)`` segments with one segment per output
+        modality, in order (the paper's section 3.2); budgets per modality are automatic."""
+        device = next(self.ft.model.parameters()).device
+        batch = [
+            [
+                Segment(m, torch.as_tensor(list(ids), dtype=torch.long, device=device))
+                for m, ids in s
+            ]
+            for s in inputs
+        ]
+        budgets = {"text": self.ft.cfg.eval.max_new_text}
+        longest_text = max((len(ids) for s in inputs for m, ids in s if m == "text"), default=8)
+        budgets["speech"] = math.ceil(self.ft.cfg.eval.max_new_speech_per_word * longest_text)
+        unknown = set(output_modalities) - set(budgets)
+        if unknown:
+            raise UserError(f"output modalities {sorted(unknown)}: this model has text and speech")
+        out = self.ft.model.generate(
+            batch, list(output_modalities), {m: budgets[m] for m in output_modalities},
+            temperature=temperature, seed=seed,
+        )  # fmt: skip
+        return [[(seg.modality, seg.tokens.tolist()) for seg in sample] for sample in out]
+
+
+def load(stage_folder: str | os.PathLike, device: str | torch.device = "cpu") -> Model:
+    """A fine-tuned stage folder (a ``zip`` or ``finetune`` stage), ready to use."""
+    return Model(load_finetuned(Path(stage_folder), device))
