@@ -33,7 +33,9 @@ AUDIO_EXTS = tuple(
 )  # fmt: skip
 SKIPPED, NO_TEXT, NO_AUDIO = "skipped", "kept without text", "kept without audio"
 TEXT = "removed from text (characters)"
+MOVED = "moved to valid"
 REASON_KIND: dict[str, str] = {
+    "held_out_as_valid": MOVED,  # no valid split (LibriLight): a share of train held out
     "orphan_transcript": SKIPPED,  # a transcript line / file whose audio is not there
     "malformed_line": SKIPPED,  # a transcript line without both an id and text
     "duplicate_transcript": SKIPPED,  # a second line for the same id (the first is used)
