@@ -132,3 +132,16 @@ def test_fit_once_then_reuse(tmp_path, monkeypatch):
     cfg.units_k = 3  # does: refit
     with pytest.raises(pytest.fail.Exception, match="refitted"):
         fit_audio_tokenizer(recs, UnitsTokenizer(cfg), tmp_path / "tok", progress=False)
+
+
+def test_a_file_replaced_in_place_is_tokenized_again(tmp_path, tokenizer):
+    """Same name, same duration, other sound: the cache used to hand back the old tokens."""
+    path = tmp_path / "a.wav"
+    sf.write(path, sine(0.5, 16000, 200), 16000)
+    write_manifest(tmp_path / "m.jsonl", [Record("a", str(path), "x", 0.5, "spk")])
+    kw = {"max_bad_share": 0.9, "progress": False}
+    first = tokenize_manifest(tmp_path / "m.jsonl", tokenizer, tmp_path / "cache", **kw)
+    sf.write(path, sine(0.5, 16000, 1500) + 0.01, 16000)  # a fixed recording, same length
+    second = tokenize_manifest(tmp_path / "m.jsonl", tokenizer, tmp_path / "cache", **kw)
+    assert second != first
+    assert TokenStore(second)[0].tolist() != TokenStore(first)[0].tolist()

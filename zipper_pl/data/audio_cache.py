@@ -52,15 +52,24 @@ def cache_key(
     """Hash of everything that decides the cached tokens (transcript text itself does not).
 
     Audio paths under ``base`` (the manifest's folder) count relative to it, so a moved corpus
-    keeps its cache.
+    keeps its cache; each file's size and modification time count too (one stat, no read), so a
+    file replaced in place under the same name is tokenized again.
     """
     h = hashlib.sha256()
     h.update(json.dumps([tokenizer.fingerprint(), need_transcript, max_seconds]).encode())
     for r in records:
         has_text = bool(r.text) if need_transcript else None
-        row = [r.id, _rel(r.audio, base), round(float(r.duration), 3), has_text]
+        row = [r.id, _rel(r.audio, base), round(float(r.duration), 3), has_text, _stat(r.audio)]
         h.update(json.dumps(row).encode())
     return h.hexdigest()[:16]
+
+
+def _stat(audio: str | None) -> list[int] | None:
+    try:
+        st = os.stat(audio) if audio else None
+    except OSError:
+        return None  # counted as unreadable when tokenized
+    return None if st is None else [st.st_size, st.st_mtime_ns]
 
 
 def _bad_name(k: int) -> str:
