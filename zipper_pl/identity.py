@@ -19,7 +19,6 @@ experiment, and the README says what varies across machines.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import platform
@@ -31,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from zipper_pl.config import Config, field_paths
+from zipper_pl.data.sources import file_digest
 from zipper_pl.errors import UserError
+from zipper_pl.io import json_digest
 from zipper_pl.models.tower import TOWER_PRESETS
 
 IDENTITY_FILE = "identity.json"
@@ -189,10 +190,6 @@ def result_config(cfg: Config, kind: str) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if kind in kinds_of(k)}
 
 
-def digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def stage_fingerprint(
     cfg: Config, kind: str, inputs: Mapping[str, str], data_fp: str
 ) -> dict[str, Any]:
@@ -203,7 +200,7 @@ def stage_fingerprint(
         "inputs": dict(sorted(inputs.items())),
         "data": data_fp,
     }
-    return {"fingerprint": digest(content), **content}
+    return {"fingerprint": json_digest(content), **content}
 
 
 def read_identity(folder: Path) -> dict[str, Any] | None:
@@ -224,11 +221,9 @@ def consumed_fingerprint(folder: Path, weights: str) -> str:
     rec = read_identity(folder)
     if rec is not None:
         return rec["fingerprint"]
-    h = hashlib.sha256()
-    with (Path(folder) / weights).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return "weights:" + h.hexdigest()
+    print(f"[identity] {folder} has no {IDENTITY_FILE} (made before identities, or by hand): "
+          f"identified by the hash of its {weights}")  # fmt: skip
+    return "weights:" + file_digest(Path(folder) / weights)
 
 
 # filled in by the stage when left empty (measured on its data): not a user's choice

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -130,6 +131,12 @@ def weights_readable(path: Path) -> bool:
         return True
     except (SafetensorError, OSError, ValueError):
         return False
+
+
+def json_digest(obj: Any) -> str:
+    """sha256 hex of a JSON-able object (keys sorted; other values by ``str``): cache keys and
+    stage identities."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def read_json(path: Path) -> Any:

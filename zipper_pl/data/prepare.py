@@ -7,7 +7,6 @@ finds it and does nothing, and several processes (DDP ranks, sweep cells) can sh
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -21,13 +20,13 @@ from zipper_pl.data.store import ShardedTokenWriter, TokenStore, token_dtype
 from zipper_pl.data.text import TextTokenizer, read_text_file
 from zipper_pl.data.textnorm import VERSION as TEXTNORM_VERSION
 from zipper_pl.errors import UserError
-from zipper_pl.io import atomic_write_json, read_json
+from zipper_pl.io import atomic_write_json, json_digest, read_json
 
 POOLS = ("text", "speech", "aligned_train", "valid", "test")
 
 
 def _digest(obj: object, n: int = 12) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+    return json_digest(obj)[:n]
 
 
 def cache_root(cfg: Config) -> Path:

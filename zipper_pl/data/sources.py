@@ -20,6 +20,7 @@ from zipper_pl.data.embedded import corpus_fingerprint
 from zipper_pl.data.readers import jsonl_files, split_dirs
 from zipper_pl.data.textnorm import VERSION as TEXTNORM_VERSION
 from zipper_pl.errors import UserError
+from zipper_pl.io import json_digest
 
 TREE_CORPUS_DIRS = {
     "librispeech": "LibriSpeech",
@@ -84,4 +85,4 @@ def data_fingerprint(data) -> str:
         parts["textnorm"] = TEXTNORM_VERSION
     if data.text_file:
         parts["text_file"] = file_digest(Path(data.text_file).expanduser())
-    return hashlib.sha256(repr(sorted(parts.items())).encode()).hexdigest()
+    return json_digest(parts)
