@@ -19,6 +19,7 @@ import torch
 from tests.conftest import ROOT, tiny_config
 from tests.test_readers import _audio
 from zipper_pl.data import audio_tokenizers as at
+from zipper_pl.data import encodec_weights
 from zipper_pl.data.manifest import Record, write_manifest
 from zipper_pl.data.readers import read_jsonl_manifest
 from zipper_pl.data.text import TextTokenizer
@@ -139,7 +140,7 @@ def test_a_planted_pickle_in_the_hub_cache_runs_nothing(tmp_path, monkeypatch):
         at.EncodecTokenizer(cfg)
     # even with a matching checksum, the unpickler refuses anything but weights
     digest = hashlib.sha256(cache.read_bytes()).hexdigest()
-    monkeypatch.setattr(at, "ENCODEC_SHA256_PREFIX", digest[:8])
+    monkeypatch.setattr(encodec_weights, "ENCODEC_SHA256_PREFIX", digest[:8])
     with pytest.raises(UserError, match="does not load as weights.*delete it") as e:
         at.EncodecTokenizer(cfg)
     assert not marker.exists() and e.value.__suppress_context__

@@ -24,12 +24,12 @@ import torch
 import torchaudio.functional as TAF
 import torchaudio.transforms as T
 
+from zipper_pl.data.encodec_weights import ENCODEC_CHECKPOINT, pretrained_encodec
 from zipper_pl.data.store import atomic_write_bytes, atomic_write_json
 from zipper_pl.errors import UserError
 from zipper_pl.schema import F
 
 SAMPLE_RATES = {"units": 16000, "encodec": 24000}
-ENCODEC_CHECKPOINT = "encodec_24khz-d7cc33bc.th"  # the file name encodec's loader asks for
 ENCODEC_BINS = 1024
 ENCODEC_HOP = 320  # samples per frame at 24 kHz: 75 frames/s
 ENCODEC_MIN_FRAMES = 8  # > the 6-frame reflect padding of the encoder's last conv
@@ -232,65 +232,6 @@ class UnitsTokenizer(AudioTokenizer):
             return cls(cfg, centroids=z["centroids"])
 
 
-ENCODEC_URL = "https://dl.fbaipublicfiles.com/encodec/v0/" + ENCODEC_CHECKPOINT
-ENCODEC_SHA256_PREFIX = "d7cc33bc"  # the hash in the file name, as encodec and torch.hub check it
-
-
-def _encodec_checkpoint(weights_dir: str) -> Path:
-    """The checkpoint file: in ``weights_dir``, else in the torch hub cache (downloaded there on
-    first use, hash-checked)."""
-    if weights_dir:
-        path = Path(weights_dir).expanduser() / ENCODEC_CHECKPOINT
-        if not path.is_file():
-            raise UserError(
-                f"{path} not found: put the EnCodec checkpoint there or fix "
-                "audio.encodec_weights_dir"
-            )
-        return path
-    path = Path(torch.hub.get_dir()) / "checkpoints" / ENCODEC_CHECKPOINT
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            torch.hub.download_url_to_file(ENCODEC_URL, str(path), ENCODEC_SHA256_PREFIX)
-        except Exception as e:  # no network, proxy, hash mismatch: the same advice in every case
-            raise UserError(
-                f"cannot load the EnCodec weights ({type(e).__name__}: {e}); they are not in the "
-                f"torch hub cache ({path}) and could not be downloaded. Download "
-                f"{ENCODEC_CHECKPOINT} and set audio.encodec_weights_dir to its folder, or use "
-                "audio.codec=units (no weights needed)"
-            ) from None
-    return path
-
-
-def _encodec_model(weights_dir: str) -> torch.nn.Module:
-    """The pretrained 24 kHz model. Its weights are read by us with ``weights_only=True`` (the
-    encodec package unpickles them in full: a planted file in a shared cache would run code)."""
-    from encodec import EncodecModel
-
-    path = _encodec_checkpoint(weights_dir)
-    fix = "delete it (it is downloaded again) or fix audio.encodec_weights_dir"
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if not digest.startswith(ENCODEC_SHA256_PREFIX):
-        raise UserError(
-            f"{path} is not the published EnCodec checkpoint (sha256 {digest[:8]}): {fix}"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, foreign, or a pickle that is more than weights
-        raise UserError(f"{path} does not load as weights ({type(e).__name__}): {fix}") from None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # weight_norm deprecation inside encodec
-        model = EncodecModel.encodec_model_24khz(pretrained=False)
-    model.name = "encodec_24khz"
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError) as e:
-        raise UserError(
-            f"{path} holds other weights than the 24 kHz EnCodec ({e}): {fix}"
-        ) from None
-    return model.eval()
-
-
 @torch.no_grad()
 def random_encodec_model(seed: int = 0) -> torch.nn.Module:
     """An untrained 24 kHz EnCodec whose codebooks are drawn from its own encoder outputs.
@@ -331,7 +272,7 @@ class EncodecTokenizer(AudioTokenizer):
         self.codebooks = cfg.encodec_codebooks or n_q
         self.vocab_size = self.codebooks * ENCODEC_BINS
         self.frame_rate = 75.0 * self.codebooks  # tokens per second: K per 75 Hz frame
-        model = model if model is not None else _encodec_model(cfg.encodec_weights_dir)
+        model = model if model is not None else pretrained_encodec(cfg.encodec_weights_dir)
         model.set_target_bandwidth(cfg.encodec_bandwidth)
         h = hashlib.sha256()
         for k, v in sorted(model.state_dict().items()):
