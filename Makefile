@@ -7,7 +7,7 @@ SHELL := /bin/bash
 SCALE        ?= demo#      tower + corpus size preset: tiny | demo | s | l
 DATA         ?=#           corpus: embedded | librispeech | libritts | librilight | jsonl | textfile
 DATA_ROOT    ?=#           corpus root (generated corpora are written under it)
-CODEC        ?=#           audio tokenizer: units (offline k-means) | encodec (pretrained weights)
+CODEC        ?=#           audio tokenizer: units (offline k-means) | encodec (pretrained weights) | hubert (HuBERT-layer k-means)
 ALIGNED_FRAC ?=#           share of aligned pairs for fine-tuning, in (0, 1]
 MODEL        ?=#           fine-tuned model: zipper | single (the single-decoder baseline)
 FREEZE       ?=#           frozen towers when zipping: text | speech | none | both
@@ -23,7 +23,7 @@ SEED         ?=#           seed for data order, init and subsets
 RUNS         ?= runs#      root of all stage folders
 ARGS         ?=#           extra key=value overrides of every stage the command runs, towers included
 FT_ARGS      ?=#           extra key=value overrides of the fine-tuning stages only, e.g. FT_ARGS="train.lr=5e-4"
-TEXT_TOWER   ?=#           a finished text-tower stage folder to zip (any RUNS tree or corpus)
+TEXT_TOWER   ?=#           the text tower to zip: a finished stage folder, or hf:<hub id or folder> (a Llama/Mistral/Qwen2 causal LM)
 SPEECH_TOWER ?=#           a finished speech-tower stage folder to zip (e.g. pretrained on LibriLight)
 EXP          ?= experiments/$(strip $(SCALE))#  folder of the experiment YAML files
 ABLATION_FRACS ?= 0.01 0.03 0.1 0.3 1.0#  aligned fractions of `make ablation`
@@ -54,6 +54,8 @@ PATHS := $(shell $(ZPL) paths $(EXP) $(COMMON) -- $(ZIPVARS) 2>/dev/null)
 path_of = $(patsubst $(1)=%,%,$(filter $(1)=%,$(PATHS)))
 TEXT_DIR       := $(call path_of,TEXT_DIR)
 SPEECH_DIR     := $(call path_of,SPEECH_DIR)
+TEXT_DONE      := $(call path_of,TEXT_DONE)
+SPEECH_DONE    := $(call path_of,SPEECH_DONE)
 ZIPPER_ASR_DIR := $(call path_of,ZIPPER_ASR_DIR)
 ZIPPER_TTS_DIR := $(call path_of,ZIPPER_TTS_DIR)
 SINGLE_ASR_DIR := $(call path_of,SINGLE_ASR_DIR)
@@ -116,8 +118,8 @@ finetune: $(STAMP) ## continue a zipped stage: INIT=<stage folder> (e.g. ARGS="d
 	$(ZPL) finetune $(EXP)/zip_asr.yaml $(COMMON) $(ZIPVARS) inputs.init=$(INIT)
 
 .PHONY: _pretrain-text _pretrain-speech _zip-asr _zip-tts _judge _evaluate
-_pretrain-text: $(TEXT_DIR)/$(W)
-_pretrain-speech: $(SPEECH_DIR)/$(W)
+_pretrain-text: $(TEXT_DONE)
+_pretrain-speech: $(SPEECH_DONE)
 _zip-asr: $(ASR_DIR)/$(W)
 _zip-tts: $(TTS_DIR)/$(W)
 _judge: $(JUDGE_DIR)/$(W)
@@ -129,13 +131,13 @@ $(TEXT_DIR)/$(W):
 	$(ZPL) pretrain $(EXP)/pretrain_text.yaml $(COMMON) out=$(TEXT_DIR)
 $(SPEECH_DIR)/$(W):
 	$(ZPL) pretrain $(EXP)/pretrain_speech.yaml $(COMMON) out=$(SPEECH_DIR)
-$(ZIPPER_ASR_DIR)/$(W) $(SINGLE_ASR_DIR)/$(W): $(TEXT_DIR)/$(W) $(SPEECH_DIR)/$(W)
+$(ZIPPER_ASR_DIR)/$(W) $(SINGLE_ASR_DIR)/$(W): $(TEXT_DONE) $(SPEECH_DONE)
 	$(ZPL) zip $(EXP)/zip_asr.yaml $(COMMON) $(ZIPVARS) out=$(@D) \
 	  arch=$(if $(findstring /single-,$@),single,zipper) inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR)
-$(ZIPPER_TTS_DIR)/$(W) $(SINGLE_TTS_DIR)/$(W): $(TEXT_DIR)/$(W) $(SPEECH_DIR)/$(W)
+$(ZIPPER_TTS_DIR)/$(W) $(SINGLE_TTS_DIR)/$(W): $(TEXT_DONE) $(SPEECH_DONE)
 	$(ZPL) zip $(EXP)/zip_tts.yaml $(COMMON) $(ZIPVARS) out=$(@D) \
 	  arch=$(if $(findstring /single-,$@),single,zipper) inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR)
-$(JUDGE_DIR)/$(W): $(SPEECH_DIR)/$(W)
+$(JUDGE_DIR)/$(W): $(SPEECH_DONE)
 	$(ZPL) judge $(EXP)/judge.yaml $(COMMON) out=$(JUDGE_DIR) inputs.speech=$(SPEECH_DIR) inputs.text=$(TEXT_DIR)
 $(EVAL_DIR)/results.json: $(ZIPPER_ASR_DIR)/$(W) $(ZIPPER_TTS_DIR)/$(W) $(SINGLE_ASR_DIR)/$(W) \
   $(SINGLE_TTS_DIR)/$(W) $(JUDGE_DIR)/$(W)
@@ -150,7 +152,7 @@ ablation: $(STAMP) ## aligned-fraction sweep: ABLATION_FRACS x zipper/single x A
 	@$(MAKE) --no-print-directory _check-paths _ablation
 
 .PHONY: _ablation
-_ablation: $(TEXT_DIR)/$(W) $(SPEECH_DIR)/$(W) $(JUDGE_DIR)/$(W)
+_ablation: $(TEXT_DONE) $(SPEECH_DONE) $(JUDGE_DIR)/$(W)
 	$(ZPL) ablation $(EXP)/zip_asr.yaml $(COMMON) $(call fwd,FT_STEPS,train.max_steps) $(FT_ARGS) "ablation.fracs=$(ABLATION_FRACS)" \
 	  "ablation.seeds=$(ABLATION_SEEDS)" "ablation.freeze=$(ABLATION_FREEZE)" \
 	  inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR) inputs.judge=$(JUDGE_DIR)

@@ -34,7 +34,7 @@ def plan(env, sizes: list[str] | None) -> dict:
             "sizes": sizes or ["tiny"],
             "reps": 1,
             "gen": {"lengths": [8, 16], "batches": [1, 2], "uncached_batches": [1, 2], "reps": 1},
-            "tokenize": (3.0, 2.0),
+            "tokenize": (3.0, 2.0, 2.0, "tiny"),
             "data_batches": 3,
             "notes": ["--quick: tiny sizes and 1 repetition; not a measurement"],
         }
@@ -56,7 +56,7 @@ def plan(env, sizes: list[str] | None) -> dict:
         "sizes": sizes,
         "reps": 3,
         "gen": gen,
-        "tokenize": (60.0, 20.0),
+        "tokenize": (60.0, 20.0, 60.0, "base"),  # hubert: HuBERT-base, layer 6
         "data_batches": 30,
         "notes": notes,
     }

@@ -40,7 +40,9 @@ def units() -> UnitsTokenizer:
 def test_config_derives_sample_rate_and_registry():
     assert AudioTokenizerConfig().sample_rate == 16000
     assert AudioTokenizerConfig(codec="encodec").sample_rate == 24000
-    assert {"units": UnitsTokenizer, "encodec": EncodecTokenizer} == AUDIO_TOKENIZERS
+    assert {"units": UnitsTokenizer, "encodec": EncodecTokenizer} == {
+        k: v for k, v in AUDIO_TOKENIZERS.items() if k != "hubert"
+    }  # hubert: tests/test_ssl_units.py
     assert isinstance(build_audio_tokenizer(AudioTokenizerConfig()), UnitsTokenizer)
 
 

@@ -28,6 +28,9 @@ stages:
               (used by the Makefile); overrides after -- reach the fine-tuning stages only
   keys        list every config key with its default and doc
   runs [RUNS] one line per stage folder: kind, status, keys that differ from its experiment file
+  export-hf STAGE OUT
+              write the text tower of a zipped stage as a Hugging Face model folder (towers
+              imported with TEXT_TOWER=hf:...; AutoModelForCausalLM.from_pretrained(OUT) loads it)
 """
 
 
@@ -101,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
 
             root = Path(rest[0] if rest else "runs")
             print(format_runs(list_runs(root), root))
+            return 0
+        if stage == "export-hf":
+            if len(rest) != 2:
+                raise UserError("usage: python -m zipper_pl export-hf STAGE_FOLDER OUT_FOLDER")
+            from zipper_pl.api import load
+
+            print(load(rest[0]).export_hf(rest[1]))
             return 0
         if stage == "keys":
             for key, default, doc in describe_schema():

@@ -22,8 +22,11 @@ import numpy as np
 import torch
 
 from zipper_pl.data.audio import BadAudio, load_audio, resample
+from zipper_pl.data.hf_tokenizer import HF_TEXT_DIR
 from zipper_pl.errors import UserError
 from zipper_pl.finetuned import Finetuned, load_finetuned
+from zipper_pl.hub import is_hf_folder
+from zipper_pl.models.hf_llama import export_hf_tower
 from zipper_pl.models.sequences import Segment
 
 AudioInput = str | os.PathLike | np.ndarray
@@ -119,6 +122,19 @@ class Model:
             temperature=temperature, seed=seed,
         )  # fmt: skip
         return [[(seg.modality, seg.tokens.tolist()) for seg in sample] for sample in out]
+
+    def export_hf(self, out: str | os.PathLike) -> Path:
+        """Write the (fine-tuned) text tower as a Hugging Face model folder, with its config and
+        tokenizer, when it was imported from one (``TEXT_TOWER=hf:...``)."""
+        side = self.ft.folder / HF_TEXT_DIR
+        if not is_hf_folder(side):
+            raise UserError(
+                f"{self.ft.folder}: its text tower was not imported from Hugging Face "
+                "(TEXT_TOWER=hf:...), so there is no HF layout to export to"
+            )
+        model = self.ft.model
+        tower = model.towers["text"] if hasattr(model, "towers") else model.tower
+        return export_hf_tower(tower, side, out)
 
 
 def load(stage_folder: str | os.PathLike, device: str | torch.device = "cpu") -> Model:

@@ -169,7 +169,15 @@ class TrainConfig:
         "validation (no grad) compiles its own graphs",
     )
     select_best: bool = F(
-        True, "fine-tuning exports the weights of the best validation loss (paper: model selection)"
+        True,
+        "fine-tuning exports the weights of the best validation score (train.select_on); "
+        "paper: model selection",
+    )
+    select_on: str = F(
+        "loss",
+        "what select_best minimises: loss (validation loss) | wer (validation ASR WER, the "
+        "paper's model selection); data.task=tts has no WER and falls back to the loss, saying so",
+        choices=("loss", "wer"),
     )
     threads: int = F(0, "CPU threads for torch; 0 = torch's default", ge=0)
 

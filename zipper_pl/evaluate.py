@@ -34,8 +34,10 @@ import torch
 import torch.nn.functional as Fn
 
 from zipper_pl.config import Config, load_config, save_config, to_dict
+from zipper_pl.data.hf_tokenizer import load_text_tokenizer
 from zipper_pl.errors import UserError
 from zipper_pl.finetuned import TOWERS_JSON, Finetuned, load_finetuned
+from zipper_pl.hub import is_hf_folder
 from zipper_pl.identity import IDENTITY_FILE, PROVENANCE_FILE, provenance
 from zipper_pl.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from zipper_pl.judging import (
@@ -121,15 +123,13 @@ def _judge_folder(cfg: Config) -> Path:
 def _test_set(cfg: Config, systems: list[System], judge_tok) -> tuple[list[Utterance], int]:
     """Test utterances every system can take (same rule as training: speech + text + 4 specials
     within the shortest tower), capped at ``eval.max_utterances``; returns (utterances, skipped)."""
-    from zipper_pl.data.text import TOKENIZER_FILE, TextTokenizer
-
     utts = gold_utterances(cfg, judge_tok, "test")
     if cfg.eval.max_utterances:
         utts = utts[: cfg.eval.max_utterances]
     keep = np.ones(len(utts), dtype=bool)
     for folder in {f for s in systems for f in s.folders.values()}:
         max_total = min(c["max_seq_len"] for c in read_json(folder / TOWERS_JSON).values())
-        text_ids = TextTokenizer(folder / TOKENIZER_FILE).encode([u.text for u in utts])
+        text_ids = load_text_tokenizer(folder).encode([u.text for u in utts])
         keep &= [
             len(u.tokens) + len(t) + 4 <= max_total for u, t in zip(utts, text_ids, strict=True)
         ]
@@ -204,7 +204,7 @@ def text_retention(ft: Finetuned, cfg: Config) -> dict:
         "frozen_text": zipper and "text" in ft.model.frozen,
     }
     before_dir = Path(ft.cfg.inputs.text) if ft.cfg.inputs.text else None
-    if before_dir is not None and is_finished(before_dir):
+    if before_dir is not None and (is_finished(before_dir) or is_hf_folder(before_dir)):
         before = load_tower(before_dir).eval()
         nll_before, _ = _nll(_tower_step(before, spec), seqs, bs)
         res |= {"ppl_before": math.exp(nll_before / n), "identical": nll_before == nll_after}

@@ -17,7 +17,8 @@ from torch import nn
 
 from zipper_pl.config import Config, load_config
 from zipper_pl.data.audio_tokenizers import AudioTokenizer
-from zipper_pl.data.text import TOKENIZER_FILE, TextTokenizer
+from zipper_pl.data.hf_tokenizer import HFTextTokenizer, load_text_tokenizer
+from zipper_pl.data.text import TextTokenizer
 from zipper_pl.errors import UserError
 from zipper_pl.io import load_weights, read_json
 from zipper_pl.models.sequences import ModalitySpec, Segment, collate_segments
@@ -29,7 +30,9 @@ AUDIO_TOKENIZER_DIR = "audio_tokenizer"
 TOWERS_JSON = "towers.json"
 
 
-def modality_specs(text_tok: TextTokenizer, audio_tok: AudioTokenizer) -> dict[str, ModalitySpec]:
+def modality_specs(
+    text_tok: TextTokenizer | HFTextTokenizer, audio_tok: AudioTokenizer
+) -> dict[str, ModalitySpec]:
     """Text keeps SentencePiece's ids; speech = K codec tokens + begin/end-of-audio."""
     k = audio_tok.vocab_size
     return {
@@ -59,7 +62,7 @@ class Finetuned:
     model: nn.Module
     cfg: Config
     specs: dict[str, ModalitySpec]
-    text_tok: TextTokenizer
+    text_tok: TextTokenizer | HFTextTokenizer
     audio_tok: AudioTokenizer
     folder: Path
 
@@ -130,7 +133,7 @@ def load_finetuned(folder: str | Path, device: str | torch.device = "cpu") -> Fi
 
     folder = require_stage(folder, "fine-tuned", "eval.stages / inputs.init")
     cfg = load_config(folder / "config.yaml")
-    text_tok = TextTokenizer(folder / TOKENIZER_FILE)
+    text_tok = load_text_tokenizer(folder)
     audio_tok = AudioTokenizer.load(folder / AUDIO_TOKENIZER_DIR)
     specs = modality_specs(text_tok, audio_tok)
     tower_cfgs = read_json(folder / TOWERS_JSON)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from zipper_pl.config import Config, field_paths
+from zipper_pl.data.audio_tokenizers import AUDIO_TOKENIZERS
 from zipper_pl.data.sources import file_digest
 from zipper_pl.errors import UserError
 from zipper_pl.io import json_digest
@@ -100,7 +101,8 @@ RESULT_KEYS: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(
         _keys(
             "codec units_k units_features units_deltas units_dedup units_fit_max_frames seed "
-            "encodec_bandwidth encodec_codebooks encodec_weights_dir batch_seconds max_seconds",
+            "encodec_bandwidth encodec_codebooks encodec_weights_dir batch_seconds max_seconds "
+            "ssl_model ssl_layer ssl_centroids",
             "audio.",
         ),
         _ALL,
@@ -119,7 +121,7 @@ RESULT_KEYS: dict[str, tuple[str, ...]] = {
         ),
         TRAINING,
     ),
-    **dict.fromkeys(_keys("gate_lr_mult single_lr select_best", "train."), FINETUNING),
+    **dict.fromkeys(_keys("gate_lr_mult single_lr select_best select_on", "train."), FINETUNING),
     **dict.fromkeys(
         _keys(
             "towers intervals layers directions proj_layers proj_hidden gate_init xattn_heads "
@@ -176,8 +178,9 @@ def kinds_of(key: str) -> tuple[str, ...]:
     return RESULT_KEYS[key]
 
 
-def result_config(cfg: Config, kind: str) -> dict[str, Any]:
-    """The config values that can change a ``kind`` stage's result."""
+def result_config(cfg: Config, kind: str, by_content: bool = True) -> dict[str, Any]:
+    """The config values that can change a ``kind`` stage's result; with ``by_content``, keys
+    naming files a tokenizer reads (``audio.ssl_model``) hold those files' digests instead."""
     if kind not in KINDS:
         raise ValueError(f"unknown stage kind {kind!r}")
     flat = flat_config(cfg)
@@ -187,6 +190,8 @@ def result_config(cfg: Config, kind: str) -> dict[str, Any]:
     for name, value in preset.items():
         if flat.get(f"model.{name}") == 0:
             flat[f"model.{name}"] = value
+    if by_content and kind in kinds_of("audio.codec"):
+        flat |= AUDIO_TOKENIZERS[cfg.audio.codec].source_digests(cfg.audio)
     return {k: v for k, v in flat.items() if kind in kinds_of(k)}
 
 
@@ -232,7 +237,8 @@ FILLED_AT_RUN = frozenset({"zip.tokens_per_word"})
 
 def differing_keys(cfg: Config, base: Config, kind: str) -> dict[str, Any]:
     """Result keys of ``kind`` where ``cfg`` differs from ``base`` (an experiment file)."""
-    mine, theirs = result_config(cfg, kind), result_config(base, kind)
+    # by name: what a reader compares (and no model is fetched to list runs)
+    mine, theirs = result_config(cfg, kind, False), result_config(base, kind, False)
     return {
         k: v
         for k, v in mine.items()

@@ -22,6 +22,7 @@ import filelock
 from zipper_pl.config import Config, to_dict
 from zipper_pl.data.sources import data_fingerprint
 from zipper_pl.errors import UserError
+from zipper_pl.hub import CONFIG_JSON, HF_PREFIX, folder_fingerprint, hub_folder, is_hf_folder
 from zipper_pl.identity import (
     IDENTITY_FILE,
     PROVENANCE_FILE,
@@ -200,24 +201,45 @@ def copy_artefact(src: Path, out: Path) -> None:
         raise
 
 
-TOWER_KEYS = {"text": "inputs.text (make: TEXT_TOWER=<folder>)",
+TOWER_KEYS = {"text": "inputs.text (make: TEXT_TOWER=<folder> or hf:<hub id or folder>)",
               "speech": "inputs.speech (make: SPEECH_TOWER=<folder>)"}  # fmt: skip
 
 
 def tower_input(cfg: Config, modality: str) -> Path:
-    """The finished pretraining stage folder ``inputs.<modality>`` names."""
+    """The tower folder ``inputs.<modality>`` names: a finished pretraining stage, or (text)
+    a Hugging Face causal LM, ``hf:<hub id or folder>``."""
     folder = getattr(cfg.inputs, modality)
     if not folder:
         raise UserError(
             f"no {modality} tower given: set {TOWER_KEYS[modality]} to a finished "
             f"pretraining stage folder (make pretrain-{modality} prints it)"
         )
-    return require_stage(folder, f"{modality} tower", f"inputs.{modality}")
+    return _tower_folder(folder, modality, f"inputs.{modality}")
+
+
+def _tower_folder(spec: str, modality: str, key: str) -> Path:
+    if not (spec.startswith(HF_PREFIX) or is_hf_folder(Path(spec))):
+        return require_stage(spec, f"{modality} tower", key)
+    if modality != "text":
+        raise UserError(f"{key}: a Hugging Face model can be the text tower only, got {spec!r}")
+    folder = hub_folder(spec, key)
+    if not is_hf_folder(folder):
+        raise UserError(f"{key}: {str(folder)!r} lacks config.json or tokenizer files")
+    return folder
+
+
+def tower_fingerprint(folder: Path) -> str:
+    """A tower's fingerprint: its stage identity, or the contents of a Hugging Face model."""
+    return (
+        folder_fingerprint(folder)
+        if is_hf_folder(folder)
+        else consumed_fingerprint(folder, WEIGHTS)
+    )
 
 
 def input_fingerprints(**folders: Path) -> dict[str, str]:
-    """Fingerprints of the stage folders a stage reads, by role."""
-    return {role: consumed_fingerprint(Path(f), WEIGHTS) for role, f in folders.items()}
+    """Fingerprints of the stage folders (or HF models) a stage reads, by role."""
+    return {role: tower_fingerprint(Path(f)) for role, f in folders.items()}
 
 
 def eval_identity(cfg: Config, systems: Mapping[str, Path], judge: Path) -> dict:
@@ -259,13 +281,18 @@ def _with_task(cfg: Config, arch: str, task: str) -> Config:
     )
 
 
-def _tower(cfg: Config, explicit: str) -> tuple[Path, str]:
+def _tower(cfg: Config, explicit: str, modality: str) -> tuple[Path, str]:
     """(folder, fingerprint) of a tower: the named folder, else the one ``cfg`` would train."""
     if explicit:
-        folder = require_stage(explicit, "tower", "TEXT_TOWER / SPEECH_TOWER")
-        return folder, consumed_fingerprint(folder, WEIGHTS)
+        folder = _tower_folder(explicit, modality, f"{modality.upper()}_TOWER")
+        return folder, tower_fingerprint(folder)
     ident = stage_identity(cfg, "pretrain")
     return stage_dir(cfg, "pretrain"), ident["fingerprint"]
+
+
+def done_file(tower: Path) -> Path:
+    """The file whose presence says a tower is ready (make's prerequisite)."""
+    return tower / (CONFIG_JSON if is_hf_folder(tower) else WEIGHTS)
 
 
 def chain_paths(cfgs: Mapping[str, Config], towers: Mapping[str, str] | None = None) -> dict:
@@ -273,8 +300,8 @@ def chain_paths(cfgs: Mapping[str, Config], towers: Mapping[str, str] | None = N
     (``CHAIN_FILES``), for the Makefile's file targets. ``towers`` may name finished tower
     folders (TEXT_TOWER / SPEECH_TOWER) instead of the ones the pretraining files describe."""
     towers = towers or {}
-    text, text_fp = _tower(cfgs["pretrain_text"], towers.get("text", ""))
-    speech, speech_fp = _tower(cfgs["pretrain_speech"], towers.get("speech", ""))
+    text, text_fp = _tower(cfgs["pretrain_text"], towers.get("text", ""), "text")
+    speech, speech_fp = _tower(cfgs["pretrain_speech"], towers.get("speech", ""), "speech")
     tower_fps = {"text": text_fp, "speech": speech_fp}
     zips = {
         f"{arch.upper()}_{task.upper()}_DIR": stage_dir(
@@ -295,6 +322,8 @@ def chain_paths(cfgs: Mapping[str, Config], towers: Mapping[str, str] | None = N
     return {
         "TEXT_DIR": text,
         "SPEECH_DIR": speech,
+        "TEXT_DONE": done_file(text),
+        "SPEECH_DONE": done_file(speech),
         **zips,
         "JUDGE_DIR": judge,
         "EVAL_DIR": stage_dir(ev, "eval", eval_inputs),

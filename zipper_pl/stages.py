@@ -13,9 +13,12 @@ from pathlib import Path
 import filelock
 import lightning as L
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from zipper_pl.config import Config, load_config, save_config
+from zipper_pl.data.hf_tokenizer import load_text_tokenizer
 from zipper_pl.errors import UserError
+from zipper_pl.hub import is_hf_folder
 from zipper_pl.inventory import distinguishing_keys
 from zipper_pl.io import atomic_write_json, load_weights, read_json, save_weights
 from zipper_pl.layout import (
@@ -31,13 +34,22 @@ from zipper_pl.layout import (
     stage_identity,
     tower_input,
 )
+from zipper_pl.models.hf_llama import load_hf_tower
 from zipper_pl.models.tower import Tower, TowerConfig
-from zipper_pl.trainer import BEST_CKPT, LAST_CKPT, compile_forward, make_trainer
+from zipper_pl.trainer import (
+    BEST_CKPT,
+    LAST_CKPT,
+    compile_forward,
+    make_trainer,
+    selection_metric,
+)
 
 
 def load_tower(folder: str | Path) -> Tower:
-    """Rebuild a pretrained tower from its stage folder alone."""
+    """Rebuild a pretrained tower from its stage folder alone (or import an HF causal LM)."""
     p = Path(folder)
+    if is_hf_folder(p):
+        return load_hf_tower(p)
     try:
         tower = Tower(TowerConfig(**read_json(p / TOWER_JSON)))
     except (TypeError, ValueError) as e:
@@ -61,11 +73,15 @@ def _fit(
     select_best: bool = False,
 ) -> dict:
     """Train with resume from ``last.ckpt``; returns wall-clock figures. With ``select_best``
-    the module ends with the weights of its lowest validation loss (``best.ckpt``)."""
+    the module ends with the weights of its lowest validation loss or WER (``best.ckpt``,
+    ``train.select_on``), and ``selected`` says which step that was."""
     _seed(cfg)  # again: the data order does not depend on how much the model's init drew
     if cfg.train.compile:
         compile_forward(getattr(module, "tower", None) or module.model)
     trainer = make_trainer(cfg, out, select_best=select_best)
+    monitor, fallback = selection_metric(cfg)
+    if select_best and fallback:
+        rank_zero_only(print)(f"[select] train.select_on={cfg.train.select_on}, but {fallback}")
     ckpt = out / LAST_CKPT
     if ckpt.is_file() and not zipfile.is_zipfile(ckpt):  # truncated: its central directory is lost
         aside = ckpt.with_name(f"{LAST_CKPT}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -75,14 +91,22 @@ def _fit(
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.is_file() else None)
     best = out / BEST_CKPT
+    selected: dict = {}
     if select_best and best.is_file():
         state = torch.load(best, map_location="cpu", weights_only=True)
         module.load_state_dict(state["state_dict"])
-        print(f"[select] weights of step {state.get('global_step')}: best validation loss")
+        scores = [c.best_model_score for c in trainer.checkpoint_callbacks if c.monitor == monitor]
+        score = float(scores[0]) if scores and scores[0] is not None else None
+        step = state.get("global_step")
+        selected = {"selected_on": monitor, "selected_step": step, "selected_score": score}
+        if trainer.is_global_zero:
+            shown = "" if score is None else f" {score:.4g}"
+            print(f"[select] weights of step {step}: lowest {monitor}{shown}")
     return {
         "trainer": trainer,
         "wall_s": time.perf_counter() - t0,
         "resumed": ckpt.is_file(),
+        "selected": selected,
     }
 
 
@@ -229,7 +253,6 @@ def _train_finetune(
     from zipper_pl.data.aligned import AlignedDataModule
     from zipper_pl.data.audio_tokenizers import AudioTokenizer
     from zipper_pl.data.prepare import prepare_aligned
-    from zipper_pl.data.text import TOKENIZER_FILE, TextTokenizer
     from zipper_pl.finetuned import (
         AUDIO_TOKENIZER_DIR,
         Finetuned,
@@ -242,7 +265,7 @@ def _train_finetune(
 
     if cfg.arch == "single" and cfg.train.single_lr:  # resolved here so config.yaml shows it
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=cfg.train.single_lr))
-    text_tok = TextTokenizer(towers_from["text"] / TOKENIZER_FILE)
+    text_tok = load_text_tokenizer(towers_from["text"])
     audio_tok = AudioTokenizer.load(towers_from["speech"] / AUDIO_TOKENIZER_DIR)
     specs = modality_specs(text_tok, audio_tok)
     if init is None:
@@ -288,6 +311,7 @@ def _train_finetune(
         "val_loss": final.get("val/loss"),
         "val_wer": final.get("val/wer"),
         "val_token_acc": final.get("val/token_acc"),
+        **run["selected"],  # selected_on / _step / _score: the exported weights' validation score
         "fit_wall_s": run["wall_s"],
         **dm.info,
     }

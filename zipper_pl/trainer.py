@@ -58,11 +58,29 @@ def resolve_precision(cfg: Config) -> str:
     return "bf16-mixed" if gpu else "32-true"
 
 
+# train.select_on -> the logged validation metric best.ckpt minimises
+SELECT_METRICS = {"loss": "val/loss", "wer": "val/wer"}
+
+
+def selection_metric(cfg: Config) -> tuple[str, str]:
+    """(metric best.ckpt minimises, why it is not the one ``train.select_on`` asked for, or "").
+
+    A TTS-only stage logs no WER (no ASR pairs to transcribe). It falls back to the validation
+    loss rather than stopping, because one train section serves both tasks: evaluate.yaml trains
+    the ASR and TTS stages with it (tests/test_config.py holds it equal to zip_asr.yaml and
+    zip_tts.yaml's), and ``make ablation`` runs its TTS cells from zip_asr.yaml. The paper selects
+    on ASR validation WER a model trained on an ASR+TTS mixture (data.task=mix logs WER)."""
+    if cfg.train.select_on == "wer" and cfg.data.task == "tts":
+        return "val/loss", "data.task=tts logs no validation WER: selecting on the validation loss"
+    return SELECT_METRICS[cfg.train.select_on], ""
+
+
 def make_trainer(
     cfg: Config, out: Path, *, progress: bool = True, select_best: bool = False
 ) -> L.Trainer:
     """Trainer writing TensorBoard events and ``last.ckpt`` into the stage folder ``out``;
-    with ``select_best`` also ``best.ckpt``, the weights of the lowest validation loss."""
+    with ``select_best`` also ``best.ckpt``, the weights of the lowest validation loss or WER
+    (``train.select_on``, see ``selection_metric``)."""
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -94,7 +112,7 @@ def make_trainer(
         num_sanity_val_steps=0,
         log_every_n_steps=t.log_every,
         logger=TensorBoardLogger(save_dir=str(out), name="tb", version="", default_hp_metric=False),
-        callbacks=[checkpoint, *_best_checkpoint(out, select_best)],
+        callbacks=[checkpoint, *_best_checkpoint(out, select_best, selection_metric(cfg)[0])],
         # our StepBatchSampler shards by rank itself, exactly and resumably
         use_distributed_sampler=False,
         enable_model_summary=False,
@@ -103,14 +121,14 @@ def make_trainer(
     )
 
 
-def _best_checkpoint(out: Path, enabled: bool) -> list[ModelCheckpoint]:
+def _best_checkpoint(out: Path, enabled: bool, monitor: str) -> list[ModelCheckpoint]:
     if not enabled:
         return []
     return [
         ModelCheckpoint(
             dirpath=out,
             filename=Path(BEST_CKPT).stem,
-            monitor="val/loss",
+            monitor=monitor,
             mode="min",
             save_top_k=1,
             save_last=False,

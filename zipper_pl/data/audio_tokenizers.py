@@ -1,10 +1,11 @@
-"""Audio tokenizers behind one interface, registered by name: ``units`` and ``encodec``.
+"""Audio tokenizers behind one interface, registered by name: ``units``, ``encodec``, ``hubert``.
 
 ``units``: HuBERT-iteration-1-style "semantic" units: MFCC or log-mel frames at 50/s, normalised
 per utterance, quantised by k-means fitted on the speech training pool. Needs no downloaded weights
 (the offline default), cannot be turned back into audio.
 ``encodec``: the 24 kHz EnCodec codec; the first K residual codebooks flattened time-major with
 per-codebook id offsets (frame t -> tokens ``c_0(t), 1024 + c_1(t), ...``); decodes to audio.
+``hubert``: k-means units of a self-supervised speech encoder's hidden layer (``ssl_units.py``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from zipper_pl.data.store import atomic_write_bytes, atomic_write_json
 from zipper_pl.errors import UserError
 from zipper_pl.schema import F
 
-SAMPLE_RATES = {"units": 16000, "encodec": 24000}
+SAMPLE_RATES = {"units": 16000, "encodec": 24000, "hubert": 16000}
 ENCODEC_BINS = 1024
 ENCODEC_HOP = 320  # samples per frame at 24 kHz: 75 frames/s
 ENCODEC_MIN_FRAMES = 8  # > the 6-frame reflect padding of the encoder's last conv
@@ -37,8 +38,8 @@ ENCODEC_MIN_FRAMES = 8  # > the 6-frame reflect padding of the encoder's last co
 
 @dataclass
 class AudioTokenizerConfig:
-    codec: str = F("units", "audio tokenizer", choices=("units", "encodec"))
-    units_k: int = F(256, "k-means entries (= speech vocabulary) of the units tokenizer", ge=2)
+    codec: str = F("units", "audio tokenizer", choices=("units", "encodec", "hubert"))
+    units_k: int = F(256, "k-means entries (= speech vocabulary) of units / hubert", ge=2)
     units_features: str = F("mfcc", "units frame features", choices=("mfcc", "logmel"))
     units_deltas: bool = F(True, "stack first and second time deltas onto the unit features")
     units_dedup: bool = F(False, "collapse runs of identical units into one (loses durations)")
@@ -55,7 +56,21 @@ class AudioTokenizerConfig:
     )
     batch_seconds: float = F(60.0, "audio seconds per encode batch (padding included)", gt=0)
     max_seconds: float = F(30.0, "longer files are skipped as too_long; 0 = no limit", ge=0)
-    device: str = F("auto", "where encodec runs: auto (cuda when present), cpu, cuda")
+    device: str = F("auto", "where encodec / hubert run: auto (cuda when present), cpu, cuda")
+    ssl_model: str = F(
+        "facebook/hubert-base-ls960",
+        "hubert codec: HF hub id or local folder (config.json + model.safetensors) of a HuBERT, "
+        "mHuBERT, wav2vec2 or w2v-BERT 2.0 encoder",
+    )
+    ssl_layer: int = F(
+        6,
+        "hubert codec: transformer layer whose output is quantised (0 = its input); "
+        "6 is GSLM's choice for HuBERT-base",
+        ge=0,
+    )
+    ssl_centroids: str = F(
+        "", "hubert codec: .npy of k-means centroids [K, D]; '' = fit units_k means on the pool"
+    )
 
     @property
     def sample_rate(self) -> int:
@@ -96,6 +111,12 @@ class AudioTokenizer:
     def _identity(self) -> dict[str, Any]:
         return {k: getattr(self.cfg, k) for k in ("codec", *self.identity_fields)}
 
+    @classmethod
+    def source_digests(cls, cfg: AudioTokenizerConfig) -> dict[str, str]:
+        """Config keys naming files this tokenizer reads -> those files' content digests: a
+        stage's identity takes the contents, never the names (``identity.result_config``)."""
+        return {}
+
     def save(self, dir: str | os.PathLike) -> None:
         d = Path(dir)
         d.mkdir(parents=True, exist_ok=True)
@@ -124,6 +145,54 @@ def _dedup(units: np.ndarray) -> np.ndarray:
     keep = np.ones(units.size, dtype=bool)
     keep[1:] = units[1:] != units[:-1]
     return units[keep]
+
+
+def tokenizer_device(name: str) -> torch.device:
+    """``audio.device``: auto picks CUDA when present."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def fit_kmeans(feats: np.ndarray, cfg: AudioTokenizerConfig) -> np.ndarray:
+    """[K, D] MiniBatchKMeans centroids of the frames ``feats`` [N, D] (K = ``units_k``), fitted
+    on a seeded subsample of at most ``units_fit_max_frames`` frames."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    if feats.shape[0] < cfg.units_k:
+        raise UserError(
+            f"k-means needs at least audio.units_k={cfg.units_k} frames, the speech pool "
+            f"gave {feats.shape[0]}: add audio or lower audio.units_k"
+        )
+    rng = np.random.default_rng(cfg.seed)
+    if feats.shape[0] > cfg.units_fit_max_frames:
+        keep = np.sort(rng.choice(feats.shape[0], cfg.units_fit_max_frames, replace=False))
+        feats = feats[keep]
+    km = MiniBatchKMeans(
+        n_clusters=cfg.units_k,
+        batch_size=max(4096, 4 * cfg.units_k),
+        n_init=3,
+        max_no_improvement=20,
+        random_state=cfg.seed,
+    )
+    km.fit(feats)
+    return km.cluster_centers_
+
+
+def nearest_units(
+    feats: list[torch.Tensor], centroids: torch.Tensor, vocab_size: int, dedup: bool
+) -> list[np.ndarray]:
+    """Per-utterance arrays of the nearest centroid of every frame (``feats``: [T_i, D] each, on
+    the centroids' device); runs collapsed when ``dedup``."""
+    if not feats:
+        return []
+    x = torch.cat(feats)  # [N, D] all frames of the batch at once
+    c = centroids
+    # argmin |x - c|^2 = argmin (|c|^2 - 2 x.c): one matmul, no per-frame Python
+    units = ((c * c).sum(1) - 2 * x @ c.T).argmin(dim=1).cpu().numpy()  # [N]
+    dtype = np.uint16 if vocab_size <= 65536 else np.int32
+    out = [a.astype(dtype) for a in np.split(units, np.cumsum([len(f) for f in feats])[:-1])]
+    return [_dedup(a) for a in out] if dedup else out
 
 
 class UnitsTokenizer(AudioTokenizer):
@@ -171,42 +240,15 @@ class UnitsTokenizer(AudioTokenizer):
         return x.T.contiguous()
 
     def fit(self, waves: list[np.ndarray]) -> None:
-        from sklearn.cluster import MiniBatchKMeans
-
         feats = torch.cat([self.features(w) for w in waves]).numpy()  # [N, D]
-        if feats.shape[0] < self.cfg.units_k:
-            raise UserError(
-                f"k-means needs at least audio.units_k={self.cfg.units_k} frames, the speech pool "
-                f"gave {feats.shape[0]}: add audio or lower audio.units_k"
-            )
-        rng = np.random.default_rng(self.cfg.seed)
-        if feats.shape[0] > self.cfg.units_fit_max_frames:
-            keep = np.sort(rng.choice(feats.shape[0], self.cfg.units_fit_max_frames, replace=False))
-            feats = feats[keep]
-        km = MiniBatchKMeans(
-            n_clusters=self.cfg.units_k,
-            batch_size=max(4096, 4 * self.cfg.units_k),
-            n_init=3,
-            max_no_improvement=20,
-            random_state=self.cfg.seed,
-        )
-        km.fit(feats)
-        self._set_centroids(km.cluster_centers_)
+        self._set_centroids(fit_kmeans(feats, self.cfg))
 
     @torch.no_grad()
     def encode(self, waves: list[np.ndarray]) -> list[np.ndarray]:
         if self.centroids is None:
             raise UserError("the units tokenizer is not fitted: run its fit step (or load it)")
         feats = [self.features(w) for w in waves]
-        if not feats:
-            return []
-        x = torch.cat(feats)  # [N, D] all frames of the batch at once
-        c = self.centroids
-        # argmin |x - c|^2 = argmin (|c|^2 - 2 x.c): one matmul, no per-frame Python
-        units = ((c * c).sum(1) - 2 * x @ c.T).argmin(dim=1).numpy()  # [N]
-        dtype = np.uint16 if self.vocab_size <= 65536 else np.int32
-        out = [a.astype(dtype) for a in np.split(units, np.cumsum([len(f) for f in feats])[:-1])]
-        return [_dedup(a) for a in out] if self.cfg.units_dedup else out
+        return nearest_units(feats, self.centroids, self.vocab_size, self.cfg.units_dedup)
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         raise UserError(
@@ -279,10 +321,7 @@ class EncodecTokenizer(AudioTokenizer):
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         self._weights_hash = h.digest()
-        dev = (
-            cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        )
-        self.device = torch.device(dev)
+        self.device = tokenizer_device(cfg.device)
         self.model = model.eval().to(self.device)
 
     def _state_bytes(self) -> bytes:
@@ -349,9 +388,15 @@ class EncodecTokenizer(AudioTokenizer):
 AUDIO_TOKENIZERS: dict[str, type[AudioTokenizer]] = {
     "units": UnitsTokenizer,
     "encodec": EncodecTokenizer,
+    # "hubert": ssl_units.SSLUnitsTokenizer adds itself when imported (below)
 }
 
 
 def build_audio_tokenizer(cfg: AudioTokenizerConfig) -> AudioTokenizer:
     """A fresh tokenizer for ``cfg.codec`` (units still need ``fit``)."""
     return AUDIO_TOKENIZERS[cfg.codec](cfg)
+
+
+# Last, and a plain import: ssl_units subclasses the classes above and registers "hubert" itself,
+# so this module and ssl_units can be imported first in either order (no circular from-import).
+import zipper_pl.data.ssl_units  # noqa: E402, F401

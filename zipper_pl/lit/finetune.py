@@ -174,7 +174,10 @@ class FinetuneModule(TrainModule):
             metrics = self.reduce_validation_sums(dict(zip(keys, gathered.tolist(), strict=True)))
             for k, v in metrics.items():
                 self.log(k, v, prog_bar=k == "val/loss", rank_zero_only=True)
-        if self.val_wer.total > 0 or self.val_wer.errors > 0:
+        # decided by the task, the same on every rank: compute() gathers over ranks, and a
+        # best.ckpt monitoring val/wer (train.select_on=wer) needs it on each. With data.task=mix
+        # on an even number of ranks, a rank's validation shard can hold no ASR pair at all.
+        if self.cfg.data.task in ("asr", "mix") and self.wer_batches > 0:
             self.log("val/wer", self.val_wer.compute(), prog_bar=True)
             self.log("val/cer", self.val_cer.compute())
             self.val_wer.reset()

@@ -36,15 +36,17 @@ def extend_vocabulary(tower: Tower, n_new: int, seed: int, noise: float = 0.02) 
     """
     if n_new < 1:
         raise ValueError(f"n_new must be >= 1, got {n_new}")
-    w = tower.tok_emb.weight.detach()  # (V, D)
     cfg = dataclasses.replace(tower.cfg, vocab_size=tower.cfg.vocab_size + n_new)
-    with torch.device(w.device):
-        new = Tower(cfg).to(w.dtype)
+    with torch.device(tower.tok_emb.weight.device):
+        new = Tower(cfg).to(tower.tok_emb.weight.dtype)
     gen = torch.Generator().manual_seed(seed)
-    w32 = w.float().cpu()
-    rows = w32.mean(0) + noise * w32.std(0) * torch.randn(n_new, w.shape[1], generator=gen)
     state = dict(tower.state_dict())
-    state["tok_emb.weight"] = torch.cat([w, rows.to(device=w.device, dtype=w.dtype)])  # (V+n, D)
+    # an untied output head (imported LMs) grows the same way, rows drawn after the embedding's
+    for key in [k for k in ("tok_emb.weight", "lm_head.weight") if k in state]:
+        w = state[key].detach()  # (V, D)
+        w32 = w.float().cpu()
+        rows = w32.mean(0) + noise * w32.std(0) * torch.randn(n_new, w.shape[1], generator=gen)
+        state[key] = torch.cat([w, rows.to(device=w.device, dtype=w.dtype)])  # (V+n, D)
     new.load_state_dict(state)
     new.activation_checkpointing = tower.activation_checkpointing
     return new.train(tower.training)

@@ -35,6 +35,29 @@ class TowerConfig:
     rope_base: float = F(10000.0, "RoPE frequency base", gt=1.0)
     norm_eps: float = F(1e-5, "RMSNorm epsilon", gt=0.0)
     dropout: float = F(0.0, "dropout on attention weights and residual branches", ge=0.0, lt=1.0)
+    # The options below exist so Hugging Face Llama-family LMs import exactly (models/hf_llama.py);
+    # their defaults are our own towers' layout, so older towers.json files load unchanged.
+    n_kv_heads: int = F(0, "key/value heads (grouped-query attention); 0 = n_heads", ge=0)
+    head_dim: int = F(0, "width of one attention head; 0 = d_model / n_heads", ge=0)
+    qkv_bias: bool = F(False, "biases on the query/key/value projections (Qwen2)")
+    tie_embeddings: bool = F(True, "the output softmax reuses the input embedding")
+    rope_scaling: str = F(
+        "none",
+        "RoPE frequency scaling: none | linear | llama3",
+        choices=("none", "linear", "llama3"),
+    )
+    rope_factor: float = F(1.0, "RoPE scaling factor (linear, llama3)", gt=0.0)
+    rope_low_freq_factor: float = F(1.0, "llama3 RoPE scaling: low-frequency factor", gt=0.0)
+    rope_high_freq_factor: float = F(4.0, "llama3 RoPE scaling: high-frequency factor", gt=0.0)
+    rope_original_max_len: int = F(8192, "llama3 RoPE scaling: original context length", ge=1)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def dim_head(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
 
 
 # size name -> TowerConfig kwargs (all but vocab_size). Parameter counts below are for a 32k vocab.
@@ -106,9 +129,26 @@ class KVCache:
         return self.k[layer][:, :, : start + t], self.v[layer][:, :, : start + t]
 
 
-def rope_tables(positions: Tensor, head_dim: int, base: float) -> tuple[Tensor, Tensor]:
+def rope_inv_freq(cfg: TowerConfig, device: torch.device) -> Tensor:
+    """RoPE inverse frequencies [hd/2], with the scaling variants Llama-family models use."""
+    hd = cfg.dim_head
+    inv_freq = cfg.rope_base ** (-torch.arange(0, hd, 2, device=device) / hd)
+    if cfg.rope_scaling == "linear":
+        return inv_freq / cfg.rope_factor
+    if cfg.rope_scaling == "llama3":  # transformers' _compute_llama3_parameters, term by term
+        low, high = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+        old_len = cfg.rope_original_max_len
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / cfg.rope_factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / cfg.rope_factor + smooth * scaled
+        medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+        return torch.where(medium, smoothed, scaled)
+    return inv_freq
+
+
+def rope_tables(positions: Tensor, inv_freq: Tensor) -> tuple[Tensor, Tensor]:
     """cos, sin [B,1,T,hd/2] for integer positions [B,T] (computed on the fly: any position)."""
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device) / head_dim)
     angles = positions.float()[:, None, :, None] * inv_freq  # [B,1,T,hd/2]
     return angles.cos(), angles.sin()
 
@@ -123,18 +163,21 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class Attention(nn.Module):
     def __init__(self, cfg: TowerConfig, layer: int) -> None:
         super().__init__()
-        self.layer, self.n_heads = layer, cfg.n_heads
-        self.head_dim = cfg.d_model // cfg.n_heads
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.layer, self.n_heads, self.n_kv_heads = layer, cfg.n_heads, cfg.kv_heads
+        self.head_dim = cfg.dim_head
+        # one fused projection, columns [q | k | v]; k and v have n_kv_heads heads each
+        self.split = [cfg.n_heads * self.head_dim] + [cfg.kv_heads * self.head_dim] * 2
+        self.qkv = nn.Linear(cfg.d_model, sum(self.split), bias=cfg.qkv_bias)
+        self.proj = nn.Linear(cfg.n_heads * self.head_dim, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
 
     def forward(
         self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None, cache: KVCache | None
     ) -> Tensor:
-        B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).unbind(2)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B,H,T,hd]
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split(self.split, dim=-1)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B,H,T,hd]
+        k, v = (t.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2) for t in (k, v))
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.append(self.layer, k, v)  # [B,H,L+T,hd]
@@ -145,8 +188,9 @@ class Attention(nn.Module):
             attn_mask=mask,
             is_causal=mask is None,  # None only for a fresh square causal block
             dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_heads != self.n_heads,  # k/v heads shared by query groups
         )
-        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
 class SwiGLU(nn.Module):
@@ -181,16 +225,21 @@ class Block(nn.Module):
 
 
 class Tower(nn.Module):
-    """Decoder-only LM over one modality's tokens. The output softmax is tied to ``tok_emb``."""
+    """Decoder-only LM over one modality's tokens. The output softmax is tied to ``tok_emb``
+    unless ``tie_embeddings`` is off (imported LMs with their own ``lm_head``)."""
 
     def __init__(self, cfg: TowerConfig) -> None:
         super().__init__()
         if cfg.vocab_size <= 0:
             raise UserError("tower vocab_size is 0: set it from the tokenizer (model vocab_size)")
-        if cfg.d_model % cfg.n_heads or (cfg.d_model // cfg.n_heads) % 2:
+        if (not cfg.head_dim and cfg.d_model % cfg.n_heads) or cfg.dim_head % 2:
             raise UserError(
                 f"d_model={cfg.d_model} must be divisible by n_heads={cfg.n_heads} into an even "
                 "head size (RoPE rotates pairs): change the tower's d_model or n_heads"
+            )
+        if cfg.n_heads % cfg.kv_heads:
+            raise UserError(
+                f"n_heads={cfg.n_heads} is not a multiple of n_kv_heads={cfg.n_kv_heads}"
             )
         self.cfg = cfg
         self.activation_checkpointing = False  # trade compute for memory in run_blocks
@@ -198,6 +247,8 @@ class Tower(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm_f = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        if not cfg.tie_embeddings:
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.apply(self._init_weights)
         # residual projections scaled so the residual stream variance does not grow with depth
         for name, p in self.named_parameters():
@@ -208,6 +259,8 @@ class Tower(nn.Module):
     def _init_weights(m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
 
     @property
     def n_layers(self) -> int:
@@ -219,8 +272,9 @@ class Tower(nn.Module):
 
     @property
     def lm_head_weight(self) -> Tensor:
-        """The output projection [V,D]: the input embedding itself (tied, one tensor on disk)."""
-        return self.tok_emb.weight
+        """The output projection [V,D]: the input embedding itself (tied, one tensor on disk)
+        unless the tower has its own ``lm_head``."""
+        return self.tok_emb.weight if self.cfg.tie_embeddings else self.lm_head.weight
 
     def embed(self, idx: Tensor) -> Tensor:
         """Token ids [B,T] -> embeddings [B,T,D]."""
@@ -273,7 +327,7 @@ class Tower(nn.Module):
             )
         if positions is None:
             positions = torch.arange(past, past + T, device=x.device).expand(B, T)
-        rope = rope_tables(positions, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_base)
+        rope = rope_tables(positions, rope_inv_freq(self.cfg, x.device))
         mask = self.attention_mask(B, T, past, key_valid, x.device)
         ckpt = self.activation_checkpointing and self.training and cache is None
         for block in self.blocks[start:stop]:
@@ -284,8 +338,8 @@ class Tower(nn.Module):
         return x
 
     def head(self, x: Tensor) -> Tensor:
-        """Hidden states [B,T,D] -> logits [B,T,V] (final norm + tied projection)."""
-        return F_.linear(self.norm_f(x), self.tok_emb.weight)
+        """Hidden states [B,T,D] -> logits [B,T,V] (final norm + output projection)."""
+        return F_.linear(self.norm_f(x), self.lm_head_weight)
 
     def forward(
         self,
@@ -313,15 +367,15 @@ class Tower(nn.Module):
         return KVCache(
             self.n_layers,
             batch_size,
-            self.cfg.n_heads,
-            self.cfg.d_model // self.cfg.n_heads,
+            self.cfg.kv_heads,
+            self.cfg.dim_head,
             max_len,
             device if device is not None else w.device,
             dtype if dtype is not None else w.dtype,
         )
 
     def num_params(self, exclude_embedding: bool = False) -> int:
-        """Parameter count (the tied softmax counts once, as part of the embedding)."""
+        """Parameter count (a tied softmax counts once, as part of the embedding)."""
         n = sum(p.numel() for p in self.parameters())
         return n - self.tok_emb.weight.numel() if exclude_embedding else n
 
