@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
 
             print(path_of(cfg, kind))
             return 0
-        _stage(stage)(cfg)
+        from zipper_pl.machine import check_machine
+
+        _stage(stage)(check_machine(cfg))
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

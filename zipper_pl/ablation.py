@@ -29,6 +29,7 @@ from zipper_pl.layout import (
     stage_identity,
     tower_input,
 )
+from zipper_pl.machine import check_machine
 from zipper_pl.stages import zip_stage
 
 TTS_EVAL = "tts_eval.json"
@@ -80,6 +81,7 @@ def _shard(spec: str) -> tuple[int, int]:
 
 def ablation_stage(cfg: Config) -> Path:
     """Run (or resume) every cell, then write ablation.csv / .md and the WER plots."""
+    check_machine(cfg)
     cells = _cells(cfg)
     towers = input_fingerprints(text=tower_input(cfg, "text"), speech=tower_input(cfg, "speech"))
     tasks = ("asr", "tts") if cfg.ablation.tts else ("asr",)

@@ -50,6 +50,7 @@ from zipper_pl.judging import (
     oracle_scores,
     significance,
 )
+from zipper_pl.machine import check_machine
 from zipper_pl.models.sequences import IGNORE, ModalitySpec, Segment, collate_segments
 from zipper_pl.models.tower import Tower
 from zipper_pl.report import render_markdown
@@ -257,6 +258,7 @@ def evaluate_stage(cfg: Config) -> Path:
 
     from zipper_pl.layout import eval_identity, stage_dir
 
+    check_machine(cfg)
     t_start = time.perf_counter()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)

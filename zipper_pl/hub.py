@@ -37,6 +37,13 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256, per process
 
 
+def first_line(e: BaseException) -> str:
+    """``Type: first sentence`` of an exception, so a UserError built on it stays one line."""
+    lines = str(e).strip().splitlines()
+    first = re.split(r"(?<=\.)\s", lines[0])[0][:200] if lines else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 def folder_hint(key: str) -> str:
     return f"{key}=<folder with config.json and model.safetensors>"
 
@@ -52,10 +59,8 @@ def hub_folder(spec: str, key: str) -> Path:
     try:
         return Path(snapshot_download(name, allow_patterns=HUB_FILES))
     except Exception as e:  # the hub raises many types (offline, 401, 404, no connection)
-        lines = str(e).strip().splitlines()
-        reason = f"{type(e).__name__}: {lines[0][:160]}" if lines else type(e).__name__
         raise UserError(
-            f"cannot get {name} from the Hugging Face hub ({reason}): offline or not "
+            f"cannot get {name} from the Hugging Face hub ({first_line(e)}): offline or not "
             f"downloaded? set {folder_hint(key)}"
         ) from None
 

@@ -1,4 +1,8 @@
-"""Atomic file writes and safetensors weights: nothing half-written is ever mistaken for done."""
+"""Atomic file writes and safetensors weights: nothing half-written is ever mistaken for done.
+
+Imports torch only when weights are saved or loaded: the config layer writes ``config.yaml``
+through ``atomic_write_text`` without it.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,14 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
 from zipper_pl.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 TMP_MARK = ".tmp-"  # in every temp file name: leftovers of a killed write are recognisable
 _UMASK = os.umask(0)
@@ -66,6 +71,9 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
     """Export weights as safetensors (tied tensors stored once), atomically."""
+    import torch
+    from safetensors.torch import save_file
+
     path = Path(path)
     seen: dict[int, str] = {}
     tensors: dict[str, torch.Tensor] = {}
@@ -96,6 +104,8 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
 def load_weights(module: torch.nn.Module, path: Path, *, strict: bool = True) -> None:
     """Load safetensors weights into ``module``; tied weights may be absent from the file. A
     missing, truncated or foreign file is one message naming it and the fix."""
+    from safetensors.torch import load_file
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights {str(path)!r} not found: run the stage that produces it first")

@@ -31,6 +31,7 @@ from zipper_pl.data.audio_tokenizers import AudioTokenizer
 from zipper_pl.errors import UserError
 from zipper_pl.finetuned import Finetuned
 from zipper_pl.io import atomic_write_json, load_weights, read_json, save_weights
+from zipper_pl.machine import check_machine
 from zipper_pl.metrics import best_of, error_rows, summarize_rows, wilcoxon_paired
 from zipper_pl.models.judge import (
     JudgeASR,
@@ -112,6 +113,7 @@ def judge_stage(cfg: Config) -> Path:
         tower_input,
     )
 
+    check_machine(cfg)
     identity = stage_identity(cfg, "judge", input_fingerprints(speech=tower_input(cfg, "speech")))
     out = stage_dir(cfg, "judge", identity["inputs"])
     with claim_stage(out, "judge", identity) as todo:

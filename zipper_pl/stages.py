@@ -34,6 +34,7 @@ from zipper_pl.layout import (
     stage_identity,
     tower_input,
 )
+from zipper_pl.machine import check_machine
 from zipper_pl.models.hf_llama import load_hf_tower
 from zipper_pl.models.tower import Tower, TowerConfig
 from zipper_pl.trainer import (
@@ -127,6 +128,7 @@ def _log_hparams(trainer: L.Trainer, cfg: Config, kind: str, metrics: dict) -> N
 
 def pretrain(cfg: Config) -> Path:
     """Unimodal next-token pretraining of a text or speech tower."""
+    check_machine(cfg)
     identity = stage_identity(cfg, "pretrain")
     out = stage_dir(cfg, "pretrain")
     with claim_stage(out, f"pretrain-{cfg.modality}", identity) as todo:
@@ -330,6 +332,7 @@ def _train_finetune(
 
 def zip_stage(cfg: Config) -> Path:
     """Zip the pretrained towers (or extend the text tower: arch=single) and fine-tune them."""
+    check_machine(cfg)
     towers = {"text": tower_input(cfg, "text"), "speech": tower_input(cfg, "speech")}
     identity = stage_identity(cfg, "zip", input_fingerprints(**towers))
     out = stage_dir(cfg, "zip", identity["inputs"])
@@ -341,6 +344,7 @@ def zip_stage(cfg: Config) -> Path:
 
 def finetune(cfg: Config) -> Path:
     """Continue training a zipped stage (e.g. task=mix, or zip.freeze=none to unfreeze speech)."""
+    check_machine(cfg)
     if not cfg.inputs.init:
         raise UserError("finetune needs the zipped stage folder to continue from: set inputs.init")
     init = require_stage(cfg.inputs.init, "zipped", "inputs.init")
@@ -362,6 +366,7 @@ def prepare_data(cfg: Config) -> Path:
         text_tokenizer,
     )
 
+    check_machine(cfg)
     with filelock.FileLock(str(Path(cfg.data.cache_dir).with_suffix(".lock"))):
         manifests = corpus_manifests(cfg)
         for pool, path in manifests.items():

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,56 +25,15 @@ import torch
 import torchaudio.functional as TAF
 import torchaudio.transforms as T
 
-from zipper_pl.data.encodec_weights import ENCODEC_CHECKPOINT, pretrained_encodec
+from zipper_pl.config.components import ENCODEC_CHECKPOINT as ENCODEC_CHECKPOINT
+from zipper_pl.config.components import AudioTokenizerConfig
+from zipper_pl.data.encodec_weights import pretrained_encodec
 from zipper_pl.data.store import atomic_write_bytes, atomic_write_json
 from zipper_pl.errors import UserError
-from zipper_pl.schema import F
 
-SAMPLE_RATES = {"units": 16000, "encodec": 24000, "hubert": 16000}
 ENCODEC_BINS = 1024
 ENCODEC_HOP = 320  # samples per frame at 24 kHz: 75 frames/s
 ENCODEC_MIN_FRAMES = 8  # > the 6-frame reflect padding of the encoder's last conv
-
-
-@dataclass
-class AudioTokenizerConfig:
-    codec: str = F("units", "audio tokenizer", choices=("units", "encodec", "hubert"))
-    units_k: int = F(256, "k-means entries (= speech vocabulary) of units / hubert", ge=2)
-    units_features: str = F("mfcc", "units frame features", choices=("mfcc", "logmel"))
-    units_deltas: bool = F(True, "stack first and second time deltas onto the unit features")
-    units_dedup: bool = F(False, "collapse runs of identical units into one (loses durations)")
-    units_fit_max_frames: int = F(200_000, "most feature frames k-means is fitted on", ge=1)
-    seed: int = F(0, "seed of the k-means fit and of its frame subsample")
-    encodec_bandwidth: float = F(
-        1.5,
-        "EnCodec kbps: picks the codebooks (1.5=2 ... 24=32)",
-        choices=(1.5, 3.0, 6.0, 12.0, 24.0),
-    )
-    encodec_codebooks: int = F(0, "first K EnCodec codebooks kept; 0 = all for the bandwidth", ge=0)
-    encodec_weights_dir: str = F(
-        "", f"folder holding {ENCODEC_CHECKPOINT}; '' = torch hub cache or download"
-    )
-    batch_seconds: float = F(60.0, "audio seconds per encode batch (padding included)", gt=0)
-    max_seconds: float = F(30.0, "longer files are skipped as too_long; 0 = no limit", ge=0)
-    device: str = F("auto", "where encodec / hubert run: auto (cuda when present), cpu, cuda")
-    ssl_model: str = F(
-        "facebook/hubert-base-ls960",
-        "hubert codec: HF hub id or local folder (config.json + model.safetensors) of a HuBERT, "
-        "mHuBERT, wav2vec2 or w2v-BERT 2.0 encoder",
-    )
-    ssl_layer: int = F(
-        6,
-        "hubert codec: transformer layer whose output is quantised (0 = its input); "
-        "6 is GSLM's choice for HuBERT-base",
-        ge=0,
-    )
-    ssl_centroids: str = F(
-        "", "hubert codec: .npy of k-means centroids [K, D]; '' = fit units_k means on the pool"
-    )
-
-    @property
-    def sample_rate(self) -> int:
-        return SAMPLE_RATES[self.codec]
 
 
 class AudioTokenizer:

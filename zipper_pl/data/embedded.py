@@ -26,51 +26,17 @@ from pathlib import Path
 import soundfile as sf
 from tqdm import tqdm
 
+from zipper_pl.config.components import VOICES, EmbeddedCorpusConfig
 from zipper_pl.data.espeak import SAMPLE_RATE, Speaker, Synthesizer
 from zipper_pl.data.manifest import Record, write_manifest
 from zipper_pl.data.sentences import generate_sentences
 from zipper_pl.errors import UserError
 from zipper_pl.io import atomic_write_bytes, atomic_write_text
-from zipper_pl.schema import F
 
 # Bump when the grammar, the voice table or the layout changes: old corpora are then rebuilt.
 CORPUS_VERSION = 1
 POOLS = ("text", "speech", "aligned_train", "valid", "test")
 AUDIO_POOLS = POOLS[1:]
-# Voice + variant per speaker slot: US, British (RP and generic), Scottish, Caribbean and New York
-# English, female and male variants. Rate and pitch are varied per slot on top of these.
-VOICES = (
-    "en-us+f3", "en+m2", "en+m3", "en-us+f1", "en-gb-x-rp+f2", "en-029+m1", "en-gb-scotland+m4",
-    "en-us-nyc+m7", "en-us+f4", "en+m1", "en-gb-x-rp+f5", "en-us+m5",
-)  # fmt: skip
-
-
-@dataclasses.dataclass
-class EmbeddedCorpusConfig:
-    """Size and seed of the generated offline corpus (see EMBEDDED_PRESETS)."""
-
-    seed: int = F(0, "seed of the sentence generator and speaker assignment")
-    n_text: int = F(20_000, "sentences in the text-only pool (text pretraining)", ge=0)
-    n_speech: int = F(3_000, "utterances in the speech-only pool (speech pretraining)", ge=0)
-    n_aligned_train: int = F(3_000, "aligned (speech, transcript) training pairs", ge=0)
-    n_valid: int = F(200, "aligned validation pairs", ge=0)
-    n_test: int = F(200, "aligned test pairs", ge=0)
-    n_speakers: int = F(8, "synthetic speakers (espeak voice/variant, rate, pitch)", ge=1)
-    voices: list[str] = F(
-        None,
-        "espeak voice+variant of speaker slot k (cycled); accents and sexes differ a lot in units",
-        factory=lambda: list(VOICES),
-    )
-    min_words: int = F(4, "shortest sentence, in words", ge=1)
-    max_words: int = F(25, "longest sentence, in words", ge=6)
-    lexicon_frac: float = F(
-        1.0,
-        "share of every open word class the grammar draws from (1.0: ~1,750 word forms); "
-        "smaller worlds hear each word more often",
-        gt=0.0,
-        le=1.0,
-    )
-    workers: int = F(2, "threads driving espeak helper processes (output is identical)", ge=1)
 
 
 EMBEDDED_PRESETS: dict[str, dict[str, int]] = {

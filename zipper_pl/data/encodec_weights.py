@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
+from zipper_pl.config.components import ENCODEC_CHECKPOINT
 from zipper_pl.errors import UserError
 
-ENCODEC_CHECKPOINT = "encodec_24khz-d7cc33bc.th"  # the file name encodec's loader asks for
 ENCODEC_URL = "https://dl.fbaipublicfiles.com/encodec/v0/" + ENCODEC_CHECKPOINT
 ENCODEC_SHA256_PREFIX = "d7cc33bc"  # the hash in the file name, as encodec and torch.hub check it
 

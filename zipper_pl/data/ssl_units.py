@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -31,18 +30,11 @@ from zipper_pl.data.audio_tokenizers import (
 from zipper_pl.data.sources import file_digest
 from zipper_pl.data.store import atomic_write_bytes
 from zipper_pl.errors import UserError
-from zipper_pl.hub import CONFIG_JSON, folder_fingerprint, folder_hint, hub_folder
+from zipper_pl.hub import CONFIG_JSON, first_line, folder_fingerprint, folder_hint, hub_folder
 
 SAMPLE_RATE = 16000
 KEY = "audio.ssl_model"
 SAVED = "ssl_kmeans.npz"
-
-
-def _first_line(e: BaseException) -> str:
-    """``Type: first sentence`` of an exception: UserErrors are printed as one line."""
-    lines = str(e).strip().splitlines()
-    first = re.split(r"(?<=\.)\s", lines[0])[0][:200] if lines else ""
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 class _LayerOutput(Exception):  # not an error: carries the features out of the forward
@@ -75,7 +67,7 @@ def load_encoder(cfg: AudioTokenizerConfig) -> tuple[torch.nn.Module, object, st
         if configs[1].is_file():
             fe = AutoFeatureExtractor.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{folder} does not load ({_first_line(e)}): fix audio.ssl_model") from None
+        raise UserError(f"{folder} does not load ({first_line(e)}): fix audio.ssl_model") from None
     layers = getattr(getattr(model, "encoder", None), "layers", None)
     if not isinstance(layers, torch.nn.ModuleList):
         kind = model.config.model_type
@@ -159,7 +151,7 @@ class SSLUnitsTokenizer(AudioTokenizer):
             return np.load(path, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise UserError(
-                f"audio.ssl_centroids={path} is no readable .npy ({_first_line(e)}): "
+                f"audio.ssl_centroids={path} is no readable .npy ({first_line(e)}): "
                 "scripts/kmeans_to_npy.py writes one"
             ) from None
 

@@ -32,41 +32,11 @@ import torch
 import torch.nn.functional as Fn
 from torch import nn
 
+from zipper_pl.config.components import JudgeConfig
 from zipper_pl.errors import UserError
 from zipper_pl.metrics import error_rows, normalize_for_scoring, summarize_rows
-from zipper_pl.schema import F
 
 BLANK = 0
-
-
-@dataclass
-class JudgeConfig:
-    vocab: int = F(1024, "speech token vocabulary size (token ids 0..vocab-1)", ge=2)
-    d_model: int = F(256, "encoder width", ge=8)
-    n_layers: int = F(4, "encoder blocks", ge=1)
-    n_heads: int = F(4, "attention heads (must divide d_model)", ge=1)
-    ff_mult: int = F(4, "feed-forward width as a multiple of d_model", ge=1)
-    max_len: int = F(2048, "longest speech token sequence, in frames before upsampling", ge=1)
-    dropout: float = F(0.1, "dropout inside the encoder", ge=0.0, lt=1.0)
-    conv_kernel: int = F(
-        5, "odd kernel of the convolutional front-end over token embeddings; 0 = none", ge=0
-    )
-    upsample: int = F(
-        1, "repeat every frame this many times so CTC has enough frames per character", ge=1, le=8
-    )
-    downsample: int = F(
-        1,
-        "average every N frames into one after the convolutional front-end: about N x cheaper "
-        "encoder; word labels need only one frame per word (not with upsample > 1)",
-        ge=1,
-        le=8,
-    )
-    targets: str = F(
-        "chars",
-        "CTC labels: chars (open vocabulary) or words (one label per training-transcript word; "
-        "others decode as <unk>, always an error)",
-        choices=("chars", "words"),
-    )
 
 
 class CharVocab:

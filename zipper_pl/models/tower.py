@@ -16,8 +16,8 @@ import torch.nn.functional as F_
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from zipper_pl.config.schema import F
 from zipper_pl.errors import UserError
-from zipper_pl.schema import F
 
 
 @dataclass

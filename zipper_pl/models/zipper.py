@@ -10,68 +10,17 @@ N > 2 towers work the same way (a tower reading several sources applies them in 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
+from zipper_pl.config.components import ZipperConfig
 from zipper_pl.errors import UserError
 from zipper_pl.models.fusion import FusionLayer, InputProjection
 from zipper_pl.models.generation import CachedRunner, UncachedRunner, run_generation
 from zipper_pl.models.sequences import ModalitySpec, Segment, cross_mask, word_distance
 from zipper_pl.models.tower import Tower
-from zipper_pl.schema import F
-
-
-@dataclass
-class ZipperConfig:
-    towers: list[str] = F(
-        None, "ordered tower (modality) names", factory=lambda: ["text", "speech"]
-    )
-    intervals: dict[str, int] = F(
-        None,
-        "tower -> i: a zipped layer after every i-th block (n-th of each tower paired)",
-        factory=lambda: {"text": 1, "speech": 1},
-    )
-    layers: dict[str, list[int]] = F(
-        None,
-        "tower -> 1-based block indices followed by a zipped layer (same count per tower); "
-        "overrides intervals when set",
-        factory=dict,
-    )
-    directions: list[str] = F(
-        None,
-        "cross-attention directions 'dst<-src' (dst reads src)",
-        factory=lambda: ["text<-speech", "speech<-text"],
-    )
-    proj_layers: int = F(3, "layers of every MLP projection (paper: 3)", ge=1)
-    proj_hidden: int = F(0, "hidden width of the MLP projections; 0 = the larger tower width", ge=0)
-    gate_init: float = F(0.0, "initial tanh-gate value of cross-attention and its feed-forward")
-    xattn_heads: int = F(0, "cross-attention heads; 0 = the query tower's n_heads", ge=0)
-    xattn_d_ff: int = F(0, "cross-attention feed-forward width; 0 = 4 x query width", ge=0)
-    input_proj: dict[str, str] = F(
-        None,
-        "tower -> 'gated' (emb + tanh(gamma)*ReLU(MLP(emb)), gamma=0: starts exactly as the "
-        "towers) | 'paper' (ReLU(MLP(emb))) | 'none'",
-        factory=lambda: {"text": "gated", "speech": "gated"},
-    )
-    freeze: str = F(
-        "text", "frozen towers: a tower name, comma-separated names, 'none', or 'both'/'all'"
-    )
-    dropout: float = F(0.0, "dropout inside the fusion layers", ge=0.0, lt=1.0)
-    align_prior: bool = F(
-        False,
-        "add -slope_h * |word distance| between a query's and a key's progress through their "
-        "segments to cross-attention logits (learned per-head slopes). Not in the paper: a "
-        "monotonic-alignment prior that lets small models learn ASR/TTS alignment in minutes",
-    )
-    tokens_per_word: dict[str, float] = F(
-        None,
-        "tower -> mean tokens per transcript word, converts segment positions to words for "
-        "align_prior; empty = measured on the aligned training pairs when the stage starts",
-        factory=dict,
-    )
 
 
 class ZipperModel(nn.Module):

@@ -2,8 +2,9 @@
 ``coerce`` and ``check_range`` turn a YAML / command-line value into the declared type and check
 it against that range.
 
-Config dataclasses live next to the code they configure (``TowerConfig`` in ``models/tower.py``,
-...) and are nested into the root schema in ``config.py``, which validates them generically.
+Part of the config layer (imports nothing but the standard library): the sections in
+``config/components.py`` and ``config/sections.py`` (and ``TowerConfig`` in ``models/tower.py``)
+declare their fields with ``F``; ``config/loading.py`` validates them generically.
 """
 
 from __future__ import annotations

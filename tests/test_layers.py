@@ -1,0 +1,216 @@
+"""The package's layers import one way, bottom to top (DESIGN.md, "Layout"): config (schema,
+loading; no models, no data, no torch) -> models and data -> runs/layout -> stage modules.
+
+The imports are read from every module's syntax tree, at module level and inside functions
+(``import``, ``from ... import``, ``__import__("...")`` and ``importlib.import_module("...")``
+with a literal name), so a failure names each offending ``module:line`` and what it imports.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+PKG = ROOT / "zipper_pl"
+# third-party packages the config layer must not import (each pulls in torch or worse)
+HEAVY = ("torch", "torchaudio", "lightning", "transformers", "encodec")
+# modules below every layer: the config layer may use them, and so may everything above it
+BASE = ("zipper_pl.errors", "zipper_pl.io")
+# what models may import from the package besides themselves: the layer below them and helpers
+# that read no data and train nothing
+MODELS_MAY_USE = ("zipper_pl.config", *BASE, "zipper_pl.metrics", "zipper_pl.hub")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules(under: str = "") -> list[Path]:
+    """Every module of the package whose dotted name is ``under`` or starts with ``under.``."""
+    return sorted(
+        p
+        for p in PKG.rglob("*.py")
+        if not under or module_name(p) == under or module_name(p).startswith(under + ".")
+    )
+
+
+def imported(path: Path) -> Iterator[tuple[int, str]]:
+    """(line, dotted module name) of every import in the file, wherever it is."""
+    here = module_name(path).split(".")
+    package = here if path.name == "__init__.py" else here[:-1]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            mod = ".".join([*base, *([node.module] if node.module else [])])
+            yield node.lineno, mod
+            for alias in node.names:  # `from zipper_pl import stages` imports a module too
+                yield node.lineno, f"{mod}.{alias.name}"
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", getattr(node.func, "attr", None))
+            in ("__import__", "import_module")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            yield node.lineno, node.args[0].value
+
+
+def within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def offences(paths: list[Path], bad) -> list[str]:
+    """``module:line imports name`` for every import ``bad(name)`` refuses (``from a import b``
+    names ``a.b`` alone when both are refused)."""
+    found = {
+        (str(p.relative_to(ROOT)), line, name)
+        for p in paths
+        for line, name in imported(p)
+        if bad(name)
+    }
+    return [
+        f"{where}:{line} imports {name}"
+        for where, line, name in sorted(found)
+        if not any(w == where and ln == line and n.startswith(name + ".") for w, ln, n in found)
+    ]
+
+
+def top_level_modules() -> set[str]:
+    """``zipper_pl.x`` for every module and subpackage directly in the package."""
+    return {module_name(p) for p in PKG.glob("*.py")} - {"zipper_pl"} | {
+        module_name(p.parent) for p in PKG.glob("*/__init__.py")
+    }
+
+
+def test_the_config_layer_imports_no_models_data_stages_nor_torch():
+    config = modules("zipper_pl.config")
+    assert len(config) >= 2, "the config layer moved: update this test"
+    above = tuple(sorted(top_level_modules() - {"zipper_pl.config", *BASE}))
+    assert {"zipper_pl.models", "zipper_pl.data", "zipper_pl.lit", "zipper_pl.stages"} <= set(above)
+    found = offences(config, lambda n: within(n, above) or within(n, HEAVY))
+    assert not found, (
+        "the config layer (zipper_pl/config/) must import only itself, "
+        f"{', '.join(BASE)} and light third-party packages; move these imports up a layer:\n  "
+        + "\n  ".join(found)
+    )
+
+
+def run_and_list_heavy(code: str) -> tuple[list[str], str]:
+    """Run ``code`` (which prints a sorted list of module names) in a fresh interpreter: the
+    modules it printed, and the chain of imports that first loaded one of them."""
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, cwd=ROOT
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    loaded = ast.literal_eval(r.stdout.strip().splitlines()[-1])
+    rows = []  # (depth, module) in the order -X importtime prints them: children first
+    for line in r.stderr.splitlines():
+        if line.startswith("import time:") and "imported package" not in line:
+            name = line.rsplit("|", 1)[1]
+            rows.append((len(name) - len(name.lstrip()), name.strip()))
+    first = next((i for i, (_, n) in enumerate(rows) if n.split(".")[0] in HEAVY), None)
+    if first is None:
+        return loaded, ""
+    depth, chain = rows[first][0], [rows[first][1]]
+    for d, name in rows[first + 1 :]:
+        if d < depth:
+            depth, chain = d, [*chain, name]
+    last_heavy = max(i for i, n in enumerate(chain) if n.split(".")[0] in HEAVY)
+    return loaded, " <- imported by ".join(chain[last_heavy:])
+
+
+def test_importing_the_config_layer_loads_no_torch_lightning_or_transformers():
+    loaded, chain = run_and_list_heavy(
+        "import zipper_pl.config, sys; print(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('torch','lightning','transformers')))"
+    )
+    assert loaded == [], f"import zipper_pl.config loaded {len(loaded)} modules: {chain}"
+
+
+def test_loading_saving_and_listing_configs_loads_no_torch(tmp_path):
+    """What ``python -m zipper_pl keys`` and ``load_config`` / ``save_config`` run, too."""
+    loaded, chain = run_and_list_heavy(
+        "import sys; from zipper_pl.config import describe_schema, load_config, save_config; "
+        "cfg = load_config('experiments/tiny/zip_asr.yaml', ['train.accelerator=gpu']); "
+        f"save_config(cfg, {str(tmp_path / 'c.yaml')!r}); describe_schema(); "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
+    )
+    assert loaded == [], f"the config layer at work loaded {len(loaded)} modules: {chain}"
+    assert (tmp_path / "c.yaml").is_file()
+
+
+def test_models_import_no_data_lit_runs_or_stage_modules():
+    models = modules("zipper_pl.models")
+    assert len(models) >= 5, "the models moved: update this test"
+    above = tuple(sorted(top_level_modules() - {"zipper_pl.models", *MODELS_MAY_USE}))
+    assert {"zipper_pl.data", "zipper_pl.lit", "zipper_pl.stages", "zipper_pl.evaluate"} <= set(
+        above
+    )
+    found = offences(models, lambda n: within(n, above))
+    assert not found, (
+        "zipper_pl.models may import only itself and "
+        f"{', '.join(MODELS_MAY_USE)}; take what these need as arguments or sub-configs:\n  "
+        + "\n  ".join(found)
+    )
+
+
+def test_the_import_reader_sees_every_kind_of_import(tmp_path, monkeypatch):
+    """The checks above are only as good as ``imported``: it finds imports inside functions,
+    relative imports, ``from package import module`` and ``__import__``."""
+    pkg = tmp_path / "zipper_pl" / "config"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "x.py").write_text(
+        "import yaml\n"
+        "def f():\n"
+        "    import torch.nn\n"
+        "    from ..models import zipper\n"
+        "    from zipper_pl import stages\n"
+        "    return __import__('lightning')\n"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    names = {n for _, n in imported(pkg / "x.py")}
+    assert {"torch.nn", "zipper_pl.models.zipper", "zipper_pl.stages", "lightning"} <= names
+    found = offences([pkg / "x.py"], lambda n: within(n, ("torch", "zipper_pl.models")))
+    assert found == [
+        "zipper_pl/config/x.py:3 imports torch.nn",
+        "zipper_pl/config/x.py:4 imports zipper_pl.models.zipper",
+    ]
+
+
+def test_every_stage_entry_point_checks_the_machine_before_any_work(tmp_path, monkeypatch):
+    """The config layer cannot ask torch whether a GPU is here: ``zipper_pl.machine`` does, and
+    a stage called from Python (not through the command line) must still refuse at once."""
+    import torch
+
+    from zipper_pl import ablation, evaluate, stages
+    from zipper_pl.config import load_config
+    from zipper_pl.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = load_config(
+        ROOT / "experiments" / "tiny" / "zip_asr.yaml",
+        ["train.accelerator=gpu", f"runs={tmp_path}", f"data.root={tmp_path / 'data'}"],
+    )
+    entry_points = (
+        stages.prepare_data, stages.pretrain, stages.zip_stage, stages.finetune,
+        evaluate.judge_stage, evaluate.evaluate_stage, ablation.ablation_stage,
+    )  # fmt: skip
+    for stage in entry_points:
+        with pytest.raises(UserError, match="train.accelerator: 'gpu' but no CUDA GPU"):
+            stage(cfg)
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,175 @@
+"""The sub-configs that models and data take as they are: ``ZipperConfig`` (``models/zipper.py``),
+``JudgeConfig`` (``models/judge.py``), ``AudioTokenizerConfig`` (``data/audio_tokenizers.py``)
+and ``EmbeddedCorpusConfig`` (``data/embedded.py``), with the constants their fields need.
+
+They belong to the config layer, so that reading and validating a config imports no model or data
+code (and no torch); the modules they configure import them from here and re-export the names.
+Field names, defaults, docs and order are what stage identities hash: change them as a schema
+change, never as a refactoring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zipper_pl.config.schema import F
+
+SAMPLE_RATES = {"units": 16000, "encodec": 24000, "hubert": 16000}  # audio.codec -> Hz
+ENCODEC_CHECKPOINT = "encodec_24khz-d7cc33bc.th"  # the file name encodec's loader asks for
+
+# Embedded corpus, voice + variant per speaker slot: US, British (RP and generic), Scottish,
+# Caribbean and New York English, female and male variants. Rate and pitch are varied per slot on
+# top of these.
+VOICES = (
+    "en-us+f3", "en+m2", "en+m3", "en-us+f1", "en-gb-x-rp+f2", "en-029+m1", "en-gb-scotland+m4",
+    "en-us-nyc+m7", "en-us+f4", "en+m1", "en-gb-x-rp+f5", "en-us+m5",
+)  # fmt: skip
+
+
+@dataclass
+class ZipperConfig:
+    towers: list[str] = F(
+        None, "ordered tower (modality) names", factory=lambda: ["text", "speech"]
+    )
+    intervals: dict[str, int] = F(
+        None,
+        "tower -> i: a zipped layer after every i-th block (n-th of each tower paired)",
+        factory=lambda: {"text": 1, "speech": 1},
+    )
+    layers: dict[str, list[int]] = F(
+        None,
+        "tower -> 1-based block indices followed by a zipped layer (same count per tower); "
+        "overrides intervals when set",
+        factory=dict,
+    )
+    directions: list[str] = F(
+        None,
+        "cross-attention directions 'dst<-src' (dst reads src)",
+        factory=lambda: ["text<-speech", "speech<-text"],
+    )
+    proj_layers: int = F(3, "layers of every MLP projection (paper: 3)", ge=1)
+    proj_hidden: int = F(0, "hidden width of the MLP projections; 0 = the larger tower width", ge=0)
+    gate_init: float = F(0.0, "initial tanh-gate value of cross-attention and its feed-forward")
+    xattn_heads: int = F(0, "cross-attention heads; 0 = the query tower's n_heads", ge=0)
+    xattn_d_ff: int = F(0, "cross-attention feed-forward width; 0 = 4 x query width", ge=0)
+    input_proj: dict[str, str] = F(
+        None,
+        "tower -> 'gated' (emb + tanh(gamma)*ReLU(MLP(emb)), gamma=0: starts exactly as the "
+        "towers) | 'paper' (ReLU(MLP(emb))) | 'none'",
+        factory=lambda: {"text": "gated", "speech": "gated"},
+    )
+    freeze: str = F(
+        "text", "frozen towers: a tower name, comma-separated names, 'none', or 'both'/'all'"
+    )
+    dropout: float = F(0.0, "dropout inside the fusion layers", ge=0.0, lt=1.0)
+    align_prior: bool = F(
+        False,
+        "add -slope_h * |word distance| between a query's and a key's progress through their "
+        "segments to cross-attention logits (learned per-head slopes). Not in the paper: a "
+        "monotonic-alignment prior that lets small models learn ASR/TTS alignment in minutes",
+    )
+    tokens_per_word: dict[str, float] = F(
+        None,
+        "tower -> mean tokens per transcript word, converts segment positions to words for "
+        "align_prior; empty = measured on the aligned training pairs when the stage starts",
+        factory=dict,
+    )
+
+
+@dataclass
+class JudgeConfig:
+    vocab: int = F(1024, "speech token vocabulary size (token ids 0..vocab-1)", ge=2)
+    d_model: int = F(256, "encoder width", ge=8)
+    n_layers: int = F(4, "encoder blocks", ge=1)
+    n_heads: int = F(4, "attention heads (must divide d_model)", ge=1)
+    ff_mult: int = F(4, "feed-forward width as a multiple of d_model", ge=1)
+    max_len: int = F(2048, "longest speech token sequence, in frames before upsampling", ge=1)
+    dropout: float = F(0.1, "dropout inside the encoder", ge=0.0, lt=1.0)
+    conv_kernel: int = F(
+        5, "odd kernel of the convolutional front-end over token embeddings; 0 = none", ge=0
+    )
+    upsample: int = F(
+        1, "repeat every frame this many times so CTC has enough frames per character", ge=1, le=8
+    )
+    downsample: int = F(
+        1,
+        "average every N frames into one after the convolutional front-end: about N x cheaper "
+        "encoder; word labels need only one frame per word (not with upsample > 1)",
+        ge=1,
+        le=8,
+    )
+    targets: str = F(
+        "chars",
+        "CTC labels: chars (open vocabulary) or words (one label per training-transcript word; "
+        "others decode as <unk>, always an error)",
+        choices=("chars", "words"),
+    )
+
+
+@dataclass
+class AudioTokenizerConfig:
+    codec: str = F("units", "audio tokenizer", choices=("units", "encodec", "hubert"))
+    units_k: int = F(256, "k-means entries (= speech vocabulary) of units / hubert", ge=2)
+    units_features: str = F("mfcc", "units frame features", choices=("mfcc", "logmel"))
+    units_deltas: bool = F(True, "stack first and second time deltas onto the unit features")
+    units_dedup: bool = F(False, "collapse runs of identical units into one (loses durations)")
+    units_fit_max_frames: int = F(200_000, "most feature frames k-means is fitted on", ge=1)
+    seed: int = F(0, "seed of the k-means fit and of its frame subsample")
+    encodec_bandwidth: float = F(
+        1.5,
+        "EnCodec kbps: picks the codebooks (1.5=2 ... 24=32)",
+        choices=(1.5, 3.0, 6.0, 12.0, 24.0),
+    )
+    encodec_codebooks: int = F(0, "first K EnCodec codebooks kept; 0 = all for the bandwidth", ge=0)
+    encodec_weights_dir: str = F(
+        "", f"folder holding {ENCODEC_CHECKPOINT}; '' = torch hub cache or download"
+    )
+    batch_seconds: float = F(60.0, "audio seconds per encode batch (padding included)", gt=0)
+    max_seconds: float = F(30.0, "longer files are skipped as too_long; 0 = no limit", ge=0)
+    device: str = F("auto", "where encodec / hubert run: auto (cuda when present), cpu, cuda")
+    ssl_model: str = F(
+        "facebook/hubert-base-ls960",
+        "hubert codec: HF hub id or local folder (config.json + model.safetensors) of a HuBERT, "
+        "mHuBERT, wav2vec2 or w2v-BERT 2.0 encoder",
+    )
+    ssl_layer: int = F(
+        6,
+        "hubert codec: transformer layer whose output is quantised (0 = its input); "
+        "6 is GSLM's choice for HuBERT-base",
+        ge=0,
+    )
+    ssl_centroids: str = F(
+        "", "hubert codec: .npy of k-means centroids [K, D]; '' = fit units_k means on the pool"
+    )
+
+    @property
+    def sample_rate(self) -> int:
+        return SAMPLE_RATES[self.codec]
+
+
+@dataclass
+class EmbeddedCorpusConfig:
+    """Size and seed of the generated offline corpus (see EMBEDDED_PRESETS)."""
+
+    seed: int = F(0, "seed of the sentence generator and speaker assignment")
+    n_text: int = F(20_000, "sentences in the text-only pool (text pretraining)", ge=0)
+    n_speech: int = F(3_000, "utterances in the speech-only pool (speech pretraining)", ge=0)
+    n_aligned_train: int = F(3_000, "aligned (speech, transcript) training pairs", ge=0)
+    n_valid: int = F(200, "aligned validation pairs", ge=0)
+    n_test: int = F(200, "aligned test pairs", ge=0)
+    n_speakers: int = F(8, "synthetic speakers (espeak voice/variant, rate, pitch)", ge=1)
+    voices: list[str] = F(
+        None,
+        "espeak voice+variant of speaker slot k (cycled); accents and sexes differ a lot in units",
+        factory=lambda: list(VOICES),
+    )
+    min_words: int = F(4, "shortest sentence, in words", ge=1)
+    max_words: int = F(25, "longest sentence, in words", ge=6)
+    lexicon_frac: float = F(
+        1.0,
+        "share of every open word class the grammar draws from (1.0: ~1,750 word forms); "
+        "smaller worlds hear each word more often",
+        gt=0.0,
+        le=1.0,
+    )
+    workers: int = F(2, "threads driving espeak helper processes (output is identical)", ge=1)

@@ -1,0 +1,31 @@
+"""Checks of a config against the machine it runs on.
+
+They need torch, so they sit above the config layer (which checks everything else without
+importing it). The command line and every stage entry point run them right after the config is
+loaded, before any work, and report problems as ``load_config`` does: one line per problem.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from zipper_pl.config import Config
+from zipper_pl.errors import UserError
+
+
+def machine_problems(cfg: Config) -> list[str]:
+    """One line per setting this machine cannot honour."""
+    problems = []
+    t = cfg.train
+    if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        problems.append(f"train.accelerator: {t.accelerator!r} but no CUDA GPU is visible here; "
+                        "use auto or cpu")  # fmt: skip
+    return problems
+
+
+def check_machine(cfg: Config) -> Config:
+    """``cfg`` unchanged, or a ``UserError`` listing what this machine cannot run."""
+    problems = machine_problems(cfg)
+    if problems:
+        raise UserError("invalid configuration:\n  " + "\n  ".join(problems))
+    return cfg
