@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from tests.conftest import tiny_config
-from zipper_pl import stages
+from zipper_pl import stages, training
 
 
 class Recorder(L.Callback):
@@ -34,14 +34,14 @@ class Recorder(L.Callback):
 
 def main(data_root: str, out: str) -> None:
     out_dir = Path(out)
-    real = stages.make_trainer
+    real = training.make_trainer
 
     def with_recorder(cfg, folder, **kw):
         trainer = real(cfg, folder, progress=False)
         trainer.callbacks.insert(0, Recorder(out_dir))
         return trainer
 
-    stages.make_trainer = with_recorder
+    training.make_trainer = with_recorder
     cfg = tiny_config(
         Path(data_root),
         out_dir,

@@ -67,7 +67,7 @@ def test_cached_tts_scores_belong_to_their_judge(monkeypatch, tmp_path):
         calls.append(judge.name)
         return {"tts_wer_gold": 0.5 if judge.name == "judge_a" else 0.1}
 
-    monkeypatch.setattr("zipper_pl.evaluate.tts_cell_metrics", fake_scores)
+    monkeypatch.setattr("zipper_pl.ablation.tts_cell_metrics", fake_scores)
     cell = tmp_path / "cell"
     cell.mkdir()
     judges = {}

@@ -13,9 +13,11 @@ from tests.conftest import tiny_config
 from zipper_pl.errors import UserError
 from zipper_pl.evaluate import evaluate_stage
 from zipper_pl.finetuned import load_finetuned
-from zipper_pl.judging import Utterance, generate_tts, judge_stage, load_judge, significance
+from zipper_pl.judging import Utterance, load_judge
 from zipper_pl.layout import is_finished
 from zipper_pl.report import render_markdown
+from zipper_pl.scoring import generate_tts, significance
+from zipper_pl.stages import judge_stage
 
 
 def _inputs(towers) -> list[str]:

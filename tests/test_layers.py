@@ -1,5 +1,8 @@
 """The package's layers import one way, bottom to top (DESIGN.md, "Layout"): config (schema,
-loading; no models, no data, no torch) -> models and data -> runs/layout -> stage modules.
+loading; no models, no data, no torch) -> models and data -> runs/layout (and the work of each
+stage: training, judging, scoring, finetuned) -> stage modules (entry points, side by side).
+Imports sit at the top of a module: none inside a function, except the allowlisted ones below
+and third-party packages that are heavy or optional (torch in io, encodec, transformers, ...).
 
 The imports are read from every module's syntax tree, at module level and inside functions
 (``import``, ``from ... import``, ``__import__("...")`` and ``importlib.import_module("...")``
@@ -26,6 +29,19 @@ BASE = ("zipper_pl.errors", "zipper_pl.io")
 # what models may import from the package besides themselves: the layer below them and helpers
 # that read no data and train nothing
 MODELS_MAY_USE = ("zipper_pl.config", *BASE, "zipper_pl.metrics", "zipper_pl.hub")
+# the stage modules: the entry points the command line dispatches to (``__main__.STAGES``); each
+# checks the machine, then calls the layers below it (training, judging, scoring, finetuned,
+# data.prepare, layout), never another stage module
+STAGE_MODULES = ("zipper_pl.stages", "zipper_pl.evaluate", "zipper_pl.ablation")
+# the only places that import inside a function (or through importlib), (file, function): why
+LAZY_IMPORTS = {
+    ("zipper_pl/__init__.py", "__getattr__"): "zipper_pl.load, the documented API, imports "
+    "torch and the models on first use, so `import zipper_pl` (the command line's first step) "
+    "stays light",
+    ("zipper_pl/__main__.py", "_entry"): "the command line's lazy entry points ('module:attribute' "
+    "in __main__.STAGES and next to it): --help, keys, runs and paths start without torch, the "
+    "models or the stage modules",
+}
 
 
 def module_name(path: Path) -> str:
@@ -208,9 +224,88 @@ def test_every_stage_entry_point_checks_the_machine_before_any_work(tmp_path, mo
     )
     entry_points = (
         stages.prepare_data, stages.pretrain, stages.zip_stage, stages.finetune,
-        evaluate.judge_stage, evaluate.evaluate_stage, ablation.ablation_stage,
+        stages.judge_stage, evaluate.evaluate_stage, ablation.ablation_stage,
     )  # fmt: skip
     for stage in entry_points:
         with pytest.raises(UserError, match="train.accelerator: 'gpu' but no CUDA GPU"):
             stage(cfg)
     assert not any(tmp_path.iterdir())
+
+
+def functions(path: Path) -> list[tuple[int, int, str]]:
+    """(first line, last line, qualified name) of every function in the file."""
+    spans = []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                name = f"{prefix}{child.name}"
+                spans.append((child.lineno, child.end_lineno or child.lineno, name))
+                visit(child, name + ".")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+            else:
+                visit(child, prefix)
+
+    visit(ast.parse(path.read_text(), str(path)), "")
+    return spans
+
+
+def lazy_imports(path: Path) -> Iterator[tuple[int, str, str]]:
+    """(line, enclosing function, what) of every import of the package or the standard library
+    inside a function, and of every ``importlib.import_module`` / ``__import__`` call anywhere
+    (a computed name hides what it imports from ``imported``)."""
+    spans = functions(path)
+
+    def function_at(line: int) -> str | None:
+        inside = [(start, name) for start, end, name in spans if start <= line <= end]
+        return max(inside)[1] if inside else None
+
+    stdlib = tuple(sys.stdlib_module_names)
+    for line, name in imported(path):
+        where = function_at(line)
+        if where and within(name, ("zipper_pl", *stdlib)):
+            yield line, where, name
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call) and getattr(
+            node.func, "id", getattr(node.func, "attr", None)
+        ) in ("__import__", "import_module"):
+            yield node.lineno, function_at(node.lineno) or "<module>", "a computed module name"
+
+
+def test_imports_sit_at_the_top_of_modules_except_the_allowlisted_lazy_ones():
+    found, used = [], set()
+    for path in modules():
+        where = str(path.relative_to(ROOT))
+        hits = set(lazy_imports(path))
+        for line, function, name in sorted(hits):
+            if any(ln == line and n.startswith(name + ".") for ln, _, n in hits):
+                continue  # `from zipper_pl import x` names zipper_pl.x alone
+            if (where, function) in LAZY_IMPORTS:
+                used.add((where, function))
+            else:
+                found.append(f"{where}:{line} imports {name} inside {function}()")
+    assert not found, (
+        "import at the top of the module; a cycle means the code sits in the wrong layer (move it "
+        "down, or pass what it needs as an argument); allowed lazy places: "
+        f"{sorted(LAZY_IMPORTS)}\n  " + "\n  ".join(found)
+    )
+    assert used == set(LAZY_IMPORTS), f"stale allowlist entries: {set(LAZY_IMPORTS) - used}"
+
+
+def test_stage_modules_sit_side_by_side_and_nothing_below_imports_them():
+    from zipper_pl.__main__ import STAGES
+
+    dispatched = {target.partition(":")[0] for target in STAGES.values()}
+    assert dispatched == set(STAGE_MODULES), "the command line's stages moved: update STAGE_MODULES"
+    found = []
+    for stage in STAGE_MODULES:
+        others = tuple(m for m in STAGE_MODULES if m != stage)
+        found += offences(modules(stage), lambda n, others=others: within(n, others))
+    below = [p for p in modules() if module_name(p) not in (*STAGE_MODULES, "zipper_pl.__main__")]
+    found += offences(below, lambda n: within(n, STAGE_MODULES))
+    assert not found, (
+        f"stage modules ({', '.join(STAGE_MODULES)}) import none of each other, and no module "
+        "below them imports one; move what two stages share (or one stage's work another runs) "
+        "down a layer (training.py, judging.py, scoring.py, finetuned.py):\n  " + "\n  ".join(found)
+    )

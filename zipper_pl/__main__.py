@@ -6,9 +6,11 @@ User errors (bad keys, values, missing artefacts, bad data) print one short mess
 from __future__ import annotations
 
 import errno
+import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from zipper_pl.errors import UserError
 
@@ -41,22 +43,39 @@ The config is the schema's defaults, then the YAML file (experiments/<scale>/...
 key=value overrides; `python -m zipper_pl keys` lists every key with its default and doc."""
 
 
-def _stage(name: str) -> Callable:
-    from zipper_pl import stages
+# The command line's lazy entry points, "module:attribute", imported on first use by `_entry`
+# (the one import inside a function here, allowlisted in tests/test_layers.py): `--help`, `keys`,
+# `runs` and `paths` must start fast, without torch, the models or the stage modules.
+STAGES = {
+    "pretrain": "zipper_pl.stages:pretrain",
+    "data": "zipper_pl.stages:prepare_data",
+    "zip": "zipper_pl.stages:zip_stage",
+    "finetune": "zipper_pl.stages:finetune",
+    "judge": "zipper_pl.stages:judge_stage",
+    "evaluate": "zipper_pl.evaluate:evaluate_stage",
+    "ablation": "zipper_pl.ablation:ablation_stage",
+}
+LOAD_CONFIG = "zipper_pl.config:load_config"
+DESCRIBE_SCHEMA = "zipper_pl.config:describe_schema"
+CHECK_MACHINE = "zipper_pl.machine:check_machine"
+PATH_OF = "zipper_pl.layout:path_of"
+CHAIN_PATHS = "zipper_pl.layout:chain_paths"
+CHAIN_FILES = "zipper_pl.layout:CHAIN_FILES"
+LIST_RUNS = "zipper_pl.inventory:list_runs"
+FORMAT_RUNS = "zipper_pl.inventory:format_runs"
+LOAD_MODEL = "zipper_pl.api:load"
 
-    table = {
-        "pretrain": lambda: stages.pretrain,
-        "data": lambda: stages.prepare_data,
-        "zip": lambda: stages.zip_stage,
-        "finetune": lambda: stages.finetune,
-        "judge": lambda: __import__("zipper_pl.evaluate", fromlist=["x"]).judge_stage,
-        "evaluate": lambda: __import__("zipper_pl.evaluate", fromlist=["x"]).evaluate_stage,
-        "ablation": lambda: __import__("zipper_pl.ablation", fromlist=["x"]).ablation_stage,
-    }
-    fn = table.get(name)
-    if fn is None:
+
+def _entry(target: str) -> Any:
+    """The attribute a ``"module:attribute"`` entry point names, its module imported now."""
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def _stage(name: str) -> Callable:
+    if name not in STAGES:
         raise UserError(f"unknown stage {name!r}\n\n{USAGE}")
-    return fn()
+    return _entry(STAGES[name])
 
 
 def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -71,9 +90,7 @@ FINETUNING_FILES = ("zip_asr", "zip_tts", "evaluate")
 
 def _chain_paths(args: list[str]) -> dict:
     """``paths EXP [common overrides] [-- fine-tuning overrides]``."""
-    from zipper_pl.config import load_config
-    from zipper_pl.layout import CHAIN_FILES, chain_paths
-
+    load_config = _entry(LOAD_CONFIG)
     if not args or "=" in args[0]:
         raise UserError("usage: python -m zipper_pl paths EXPERIMENT_FOLDER [key=value ...]")
     exp, rest = Path(args[0]), args[1:]
@@ -81,10 +98,10 @@ def _chain_paths(args: list[str]) -> dict:
     common, ft = rest[:cut], rest[cut + 1 :]
     cfgs = {
         name: load_config(exp / file, common + (ft if name in FINETUNING_FILES else []))
-        for name, file in CHAIN_FILES.items()
+        for name, file in _entry(CHAIN_FILES).items()
     }
     towers = {m: getattr(cfgs["zip_asr"].inputs, m) for m in ("text", "speech")}
-    return chain_paths(cfgs, towers)
+    return _entry(CHAIN_PATHS)(cfgs, towers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,24 +113,18 @@ def main(argv: list[str] | None = None) -> int:
         print(STAGE_HELP.format(stage=argv[0]) + "\n" + USAGE)
         return 0
     try:
-        from zipper_pl.config import describe_schema, load_config
-
         stage, rest = argv[0], argv[1:]
         if stage == "runs":
-            from zipper_pl.inventory import format_runs, list_runs
-
             root = Path(rest[0] if rest else "runs")
-            print(format_runs(list_runs(root), root))
+            print(_entry(FORMAT_RUNS)(_entry(LIST_RUNS)(root), root))
             return 0
         if stage == "export-hf":
             if len(rest) != 2:
                 raise UserError("usage: python -m zipper_pl export-hf STAGE_FOLDER OUT_FOLDER")
-            from zipper_pl.api import load
-
-            print(load(rest[0]).export_hf(rest[1]))
+            print(_entry(LOAD_MODEL)(rest[0]).export_hf(rest[1]))
             return 0
         if stage == "keys":
-            for key, default, doc in describe_schema():
+            for key, default, doc in _entry(DESCRIBE_SCHEMA)():
                 print(f"{key:36s} {default!s:>14s}  {doc}")
             return 0
         kind = None
@@ -127,15 +138,11 @@ def main(argv: list[str] | None = None) -> int:
             print(" ".join(f"{k}={v}" for k, v in _chain_paths(rest).items()))
             return 0
         path, overrides = _split_args(rest)
-        cfg = load_config(path, overrides)
+        cfg = _entry(LOAD_CONFIG)(path, overrides)
         if kind is not None:
-            from zipper_pl.layout import path_of
-
-            print(path_of(cfg, kind))
+            print(_entry(PATH_OF)(cfg, kind))
             return 0
-        from zipper_pl.machine import check_machine
-
-        _stage(stage)(check_machine(cfg))
+        _stage(stage)(_entry(CHECK_MACHINE)(cfg))
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

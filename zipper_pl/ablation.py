@@ -1,10 +1,11 @@
 """Aligned-data ablation (the paper's Fig. 3): WER against the share of aligned pairs.
 
 Cells = fractions x models (zipper, single) x speech-tower freezing x seeds. Every cell is an
-ordinary zip stage (so finished cells are skipped and interrupted ones resume) sharing the same
-pretrained towers; the sweep only collects their test metrics into a CSV, a markdown table and
-plots. ``ablation.shard=i/n`` runs every n-th cell, so n processes (one per GPU, e.g. with
-``CUDA_VISIBLE_DEVICES=i``) split a sweep; any of them (or a last plain run) writes the tables.
+ordinary zip stage (``training.run_zip``: finished cells are skipped and interrupted ones resume)
+sharing the same pretrained towers; the sweep only collects their test metrics into a CSV, a
+markdown table and plots. ``ablation.shard=i/n`` runs every n-th cell, so n processes (one per
+GPU, e.g. with ``CUDA_VISIBLE_DEVICES=i``) split a sweep; any of them (or a last plain run) writes
+the tables.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from zipper_pl.config import Config, save_config, to_dict
 from zipper_pl.errors import UserError
 from zipper_pl.identity import IDENTITY_FILE, PROVENANCE_FILE, provenance
 from zipper_pl.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from zipper_pl.judging import judge_fingerprint, run_judge
 from zipper_pl.layout import (
     CONFIG,
     METRICS,
@@ -30,7 +32,8 @@ from zipper_pl.layout import (
     tower_input,
 )
 from zipper_pl.machine import check_machine
-from zipper_pl.stages import zip_stage
+from zipper_pl.scoring import tts_cell_metrics
+from zipper_pl.training import run_zip
 
 TTS_EVAL = "tts_eval.json"
 
@@ -96,10 +99,8 @@ def ablation_stage(cfg: Config) -> Path:
     i, n = _shard(cfg.ablation.shard)
     judge, score_key = None, None
     if cfg.ablation.tts:
-        from zipper_pl.evaluate import judge_stage
-
         judge = require_stage(
-            cfg.inputs.judge or judge_stage(dataclasses.replace(cfg, out="")),
+            cfg.inputs.judge or run_judge(dataclasses.replace(cfg, out="")),
             "judge",
             "inputs.judge",
         )
@@ -112,7 +113,7 @@ def ablation_stage(cfg: Config) -> Path:
             continue
         for task in tasks:
             print(f"[ablation] cell {k + 1}/{len(cells)} {task}: {cell}")
-            folder = zip_stage(_cell_config(cfg, cell, task))
+            folder = run_zip(_cell_config(cfg, cell, task))
             if task == "tts":
                 _tts_score(folder, judge, cfg, score_key)
     rows = _collect(cfg, cells, score_key, towers)
@@ -129,8 +130,6 @@ def ablation_stage(cfg: Config) -> Path:
 
 def _score_key(judge: Path, cfg: Config) -> dict:
     """What a cached TTS score depends on besides the cell: the judge's weights and ``eval``."""
-    from zipper_pl.judging import judge_fingerprint
-
     return {"judge": judge_fingerprint(judge), "eval": to_dict(cfg.eval)}
 
 
@@ -141,9 +140,6 @@ def _tts_score(folder: Path, judge: Path, cfg: Config, key: dict | None = None) 
     elsewhere with inputs.judge) or another token budget are recomputed, not mixed into the
     table. ``key`` is that key when the caller computed it already (once per sweep).
     """
-    from zipper_pl.evaluate import tts_cell_metrics
-    from zipper_pl.io import atomic_write_json
-
     judge = require_stage(judge, "judge", "inputs.judge")
     key = key or _score_key(judge, cfg)
     cached = _cached_tts(folder, key)

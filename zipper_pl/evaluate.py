@@ -32,30 +32,34 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as Fn
+from torch.utils.tensorboard import SummaryWriter
 
 from zipper_pl.config import Config, load_config, save_config, to_dict
 from zipper_pl.data.hf_tokenizer import load_text_tokenizer
+from zipper_pl.data.prepare import text_lines
 from zipper_pl.errors import UserError
-from zipper_pl.finetuned import TOWERS_JSON, Finetuned, load_finetuned
+from zipper_pl.finetuned import TOWERS_JSON, Finetuned, load_finetuned, load_tower
 from zipper_pl.hub import is_hf_folder
 from zipper_pl.identity import IDENTITY_FILE, PROVENANCE_FILE, provenance
 from zipper_pl.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
-from zipper_pl.judging import (
-    Utterance,
-    eval_asr,
-    eval_tts,
-    gold_utterances,
-    judge_stage,
-    load_judge,
-    oracle_scores,
-    significance,
+from zipper_pl.judging import Utterance, gold_utterances, load_judge, oracle_scores, run_judge
+from zipper_pl.layout import (
+    CONFIG,
+    eval_identity,
+    input_fingerprints,
+    is_finished,
+    require_stage,
+    stage_dir,
+    tower_input,
 )
 from zipper_pl.machine import check_machine
 from zipper_pl.models.sequences import IGNORE, ModalitySpec, Segment, collate_segments
 from zipper_pl.models.tower import Tower
 from zipper_pl.report import render_markdown
+from zipper_pl.scoring import eval_asr, eval_tts, significance
+from zipper_pl.training import run_zip
 
-__all__ = ["evaluate_stage", "judge_stage", "resolve_systems"]
+__all__ = ["evaluate_stage", "resolve_systems"]
 
 LABELS = {"zipper": "Zipper", "single": "Single Decoder"}
 N_SAMPLES = 5  # utterances shown in TensorBoard text / written as wav per system
@@ -76,10 +80,8 @@ def _tasks_of(task: str) -> list[str]:
 
 
 def resolve_systems(cfg: Config) -> list[System]:
-    """The systems to evaluate; in the default mode missing stages are trained via ``zip_stage``."""
-    from zipper_pl.layout import CONFIG, require_stage
-    from zipper_pl.stages import zip_stage
-
+    """The systems to evaluate; in the default mode missing stages are trained (``run_zip``: the
+    zip stage's work, the machine checked by ``evaluate_stage``)."""
     systems: list[System] = []
     if cfg.eval.stages:
         for f in cfg.eval.stages:
@@ -95,7 +97,7 @@ def resolve_systems(cfg: Config) -> list[System]:
             scfg = dataclasses.replace(
                 cfg, arch=arch, out="", data=dataclasses.replace(cfg.data, task=task)
             )
-            folder = zip_stage(scfg)  # returns at once when the stage is finished
+            folder = run_zip(scfg)  # returns at once when the stage is finished
             system.folders.update(dict.fromkeys(_tasks_of(task), folder))
             system.cfg = load_config(folder / CONFIG)
         systems.append(system)
@@ -103,21 +105,13 @@ def resolve_systems(cfg: Config) -> list[System]:
 
 
 def _judge_folder(cfg: Config) -> Path:
-    from zipper_pl.layout import (
-        input_fingerprints,
-        is_finished,
-        require_stage,
-        stage_dir,
-        tower_input,
-    )
-
     if cfg.inputs.judge:
         return require_stage(cfg.inputs.judge, "judge", "inputs.judge")
     speech = input_fingerprints(speech=tower_input(cfg, "speech"))
     folder = stage_dir(dataclasses.replace(cfg, out=""), "judge", speech)
     if not is_finished(folder):
         print(f"[evaluate] no judge at {folder}: training it with this config (make judge)")
-        folder = judge_stage(dataclasses.replace(cfg, out=""))
+        folder = run_judge(dataclasses.replace(cfg, out=""))
     return folder
 
 
@@ -185,10 +179,6 @@ def text_retention(ft: Finetuned, cfg: Config) -> dict:
     """Text perplexity on held-out text: pretrained text tower (before) vs the fine-tuned model's
     text tower run standalone (after; the single decoder's extended tower, over its full
     vocabulary) and, for the Zipper, the zipped model on text only."""
-    from zipper_pl.data.prepare import text_lines
-    from zipper_pl.layout import is_finished
-    from zipper_pl.stages import load_tower
-
     zipper = ft.arch == "zipper"
     after = ft.model.towers["text"] if zipper else ft.model.tower
     lines = text_lines(cfg, "valid")[: cfg.eval.max_utterances or None]
@@ -254,10 +244,6 @@ def _write_audio(writer, out: Path, ft: Finetuned, name: str, utts, tokens) -> s
 
 def evaluate_stage(cfg: Config) -> Path:
     """Evaluate this config's Zipper and Single Decoder (or ``eval.stages``); see module doc."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    from zipper_pl.layout import eval_identity, stage_dir
-
     check_machine(cfg)
     t_start = time.perf_counter()
     if cfg.train.threads:
@@ -365,27 +351,3 @@ def _flat_scalars(entry: dict, prefix: str = "") -> list[tuple[str, float]]:
         elif isinstance(v, float) and k not in ("aligned_frac", "wall_s", "temperature"):
             out.append((f"{prefix}{k}", v))
     return out
-
-
-def tts_cell_metrics(folder: Path, judge_dir: Path, cfg: Config) -> dict:
-    """TTS WER of one TTS stage through the judge (best of N and greedy): an ablation cell."""
-    from zipper_pl.finetuned import load_finetuned
-
-    judge, judge_tok = load_judge(judge_dir)
-    ft = load_finetuned(folder)
-    utts = gold_utterances(cfg, judge_tok, "test")
-    if cfg.eval.max_utterances:
-        utts = utts[: cfg.eval.max_utterances]
-    max_total = min(c["max_seq_len"] for c in read_json(folder / TOWERS_JSON).values())
-    text_ids = ft.text_tok.encode([u.text for u in utts])
-    utts = [
-        u for u, t in zip(utts, text_ids, strict=True) if len(u.tokens) + len(t) + 4 <= max_total
-    ]
-    targets = oracle_scores(judge, utts, cfg.eval.batch_size)["hyps"]
-    summary, _, _ = eval_tts(ft, judge, utts, targets, cfg)
-    return {
-        "tts_wer_gold": summary["best_of_n"]["wer_gold"],
-        "tts_wer_target": summary["best_of_n"]["wer_target"],
-        "tts_wer_gold_greedy": summary["greedy"]["wer_gold"],
-        "n": summary["n"],
-    }

@@ -1,4 +1,5 @@
-"""Build, save and load fine-tuned models (Zipper or single decoder) and their stage folders.
+"""Build, save and load fine-tuned models (Zipper or single decoder) and their stage folders,
+and the pretrained towers they start from (``load_tower``): the models the stages train and read.
 
 A zipped stage folder holds everything needed to use the model: ``model.safetensors``,
 ``config.yaml``, ``towers.json`` (tower configs), ``text_tokenizer.model`` and ``audio_tokenizer/``.
@@ -20,7 +21,10 @@ from zipper_pl.data.audio_tokenizers import AudioTokenizer
 from zipper_pl.data.hf_tokenizer import HFTextTokenizer, load_text_tokenizer
 from zipper_pl.data.text import TextTokenizer
 from zipper_pl.errors import UserError
-from zipper_pl.io import load_weights, read_json
+from zipper_pl.hub import is_hf_folder
+from zipper_pl.io import atomic_write_json, load_weights, read_json
+from zipper_pl.layout import TOWER_JSON, WEIGHTS, require_stage
+from zipper_pl.models.hf_llama import load_hf_tower
 from zipper_pl.models.sequences import ModalitySpec, Segment, collate_segments
 from zipper_pl.models.single import SingleDecoder
 from zipper_pl.models.tower import Tower, TowerConfig
@@ -121,16 +125,28 @@ class Finetuned:
         return out
 
 
-def save_towers_json(folder: Path, towers: dict[str, Tower]) -> None:
-    from zipper_pl.io import atomic_write_json
+def load_tower(folder: str | Path) -> Tower:
+    """Rebuild a pretrained tower from its stage folder alone (or import an HF causal LM)."""
+    p = Path(folder)
+    if is_hf_folder(p):
+        return load_hf_tower(p)
+    try:
+        tower = Tower(TowerConfig(**read_json(p / TOWER_JSON)))
+    except (TypeError, ValueError) as e:
+        raise UserError(
+            f"{p / TOWER_JSON} does not describe a tower ({e}): delete {str(p)!r} and re-run the "
+            "pretraining stage that made it"
+        ) from None
+    load_weights(tower, p / WEIGHTS)
+    return tower
 
+
+def save_towers_json(folder: Path, towers: dict[str, Tower]) -> None:
     atomic_write_json(folder / TOWERS_JSON, {t: towers[t].config_dict() for t in towers})
 
 
 def load_finetuned(folder: str | Path, device: str | torch.device = "cpu") -> Finetuned:
     """Rebuild a zipped / single-decoder stage from its folder alone."""
-    from zipper_pl.layout import WEIGHTS, require_stage
-
     folder = require_stage(folder, "fine-tuned", "eval.stages / inputs.init")
     cfg = load_config(folder / "config.yaml")
     text_tok = load_text_tokenizer(folder)
@@ -150,5 +166,6 @@ __all__ = [
     "build_model",
     "collate_fn",
     "load_finetuned",
+    "load_tower",
     "modality_specs",
 ]

@@ -12,6 +12,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from zipper_pl.config import Config
+from zipper_pl.data.aligned import load_pairs
+from zipper_pl.data.audio_cache import fit_audio_tokenizer, tokenize_manifest
+from zipper_pl.data.audio_tokenizers import build_audio_tokenizer
+from zipper_pl.data.embedded import build_embedded_corpus, split_pools
 from zipper_pl.data.lm_datamodule import LMData
 from zipper_pl.data.manifest import Record, read_manifest, write_manifest
 from zipper_pl.data.readers import CORPUS_READERS, summary_line
@@ -46,8 +50,6 @@ def corpus_manifests(cfg: Config) -> dict[str, Path]:
     """
     d = cfg.data
     if d.corpus == "embedded":
-        from zipper_pl.data.embedded import build_embedded_corpus
-
         out = build_embedded_corpus(Path(d.root) / "embedded", d.embedded)
         _show_report(out["text"].parent)
         return out
@@ -152,8 +154,6 @@ def text_lines(cfg: Config, pool: str) -> list[str]:
     if pool == "text" and cfg.data.text_file:
         return read_text_file(cfg.data.text_file)
     if cfg.data.corpus == "embedded":
-        from zipper_pl.data.embedded import split_pools
-
         # sentences are known without synthesising any audio: text pretraining stays fast
         return split_pools(cfg.data.embedded)[pool]
     manifests = corpus_manifests(cfg)
@@ -209,9 +209,6 @@ def _records(cfg: Config, pool: str) -> list[Record]:
 
 def audio_tokenizer(cfg: Config):
     """(tokenizer, its saved folder); ``units`` is fitted on the speech pool once and cached."""
-    from zipper_pl.data.audio_cache import fit_audio_tokenizer
-    from zipper_pl.data.audio_tokenizers import build_audio_tokenizer
-
     tok = build_audio_tokenizer(cfg.audio)  # first: a codec without weights fails before any work
     records = _records(cfg, "speech")
     key = _digest([asdict(cfg.audio), _digest([asdict(r) for r in records], 16)])
@@ -221,8 +218,6 @@ def audio_tokenizer(cfg: Config):
 
 def audio_store(cfg: Config, tok, pool: str, need_transcript: bool = False) -> Path:
     """Token store of an audio pool (resumable, bad files skipped and counted)."""
-    from zipper_pl.data.audio_cache import tokenize_manifest
-
     return tokenize_manifest(
         corpus_manifests(cfg)[pool],
         tok,
@@ -275,8 +270,6 @@ def prepare_pretraining(cfg: Config) -> LMData:
 
 def prepare_aligned(cfg: Config, text_tok: TextTokenizer, audio_tok, max_total: int) -> dict:
     """Aligned pairs (transcript tokens + cached speech tokens) of train / valid / test."""
-    from zipper_pl.data.aligned import load_pairs
-
     manifests = corpus_manifests(cfg)
     pairs, skipped = {}, {}
     for pool in ("aligned_train", "valid", "test"):
