@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import ROOT, tiny_config, zip_config
 from tests.test_readers import _audio, _librispeech
 from zipper_pl.config import Config, field_paths, load_config, save_config
+from zipper_pl.data.audio_tokenizers import AUDIO_TOKENIZERS
 from zipper_pl.data.manifest import Record, read_manifest, write_manifest
 from zipper_pl.data.prepare import corpus_manifests
 from zipper_pl.data.readers import read_jsonl_manifest
@@ -45,9 +46,11 @@ def test_every_schema_key_is_either_result_or_inert():
     assert uncovered(schema_keys()) == []
     # the check is live: a key in no list is reported
     assert uncovered([*schema_keys(), "train.new_knob"]) == ["train.new_knob"]
-    for key in schema_keys():  # every result key changes at least one kind of stage
+    # every result key changes at least one kind of stage (a codec's keys: with that codec)
+    configs = [load_config(None, [f"audio.codec={c}"]) for c in AUDIO_TOKENIZERS]
+    for key in schema_keys():
         assert category(key) != "result" or any(
-            key in result_config(load_config(), k) for k in KINDS
+            key in result_config(c, k, by_content=False) for c in configs for k in KINDS
         ), key
 
 
@@ -72,6 +75,19 @@ def test_pretrain_identity_follows_what_changes_its_result(override):
 def test_pretrain_identity_ignores_what_cannot_change_it(override):
     base = load_config(TINY / "pretrain_text.yaml")
     assert ident(load_config(TINY / "pretrain_text.yaml", [override])) == ident(base)
+
+
+@pytest.mark.parametrize(
+    ("override", "changes"),
+    [("audio.units_k=7", True), ("audio.codec=encodec", True), ("audio.ssl_layer=3", False),
+     ("audio.ssl_model=/elsewhere", False), ("audio.encodec_bandwidth=6.0", False)],
+)  # fmt: skip
+def test_speech_identity_follows_the_active_codecs_keys_only(override, changes):
+    """Another codec's keys cannot change a units tower: adding a codec (and its keys) must not
+    give every existing stage a new identity."""
+    base = load_config(TINY / "pretrain_speech.yaml")
+    other = load_config(TINY / "pretrain_speech.yaml", [override])
+    assert (ident(other) != ident(base)) == changes
 
 
 @pytest.mark.parametrize(

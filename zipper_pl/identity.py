@@ -190,8 +190,15 @@ def result_config(cfg: Config, kind: str, by_content: bool = True) -> dict[str, 
     for name, value in preset.items():
         if flat.get(f"model.{name}") == 0:
             flat[f"model.{name}"] = value
+    codec = AUDIO_TOKENIZERS[cfg.audio.codec]
+    # another codec's fields cannot change this config's tokens (a new codec's keys would
+    # otherwise give every existing stage a new identity)
+    foreign = {f"audio.{f}" for c in AUDIO_TOKENIZERS.values() for f in c.reads} - {
+        f"audio.{f}" for f in codec.reads
+    }
+    flat = {k: v for k, v in flat.items() if k not in foreign}
     if by_content and kind in kinds_of("audio.codec"):
-        flat |= AUDIO_TOKENIZERS[cfg.audio.codec].source_digests(cfg.audio)
+        flat |= codec.source_digests(cfg.audio)
     return {k: v for k, v in flat.items() if kind in kinds_of(k)}
 
 

@@ -45,6 +45,9 @@ class AudioTokenizer:
     frame_rate: float  # tokens per second of audio (before any de-duplication)
     needs_fit: ClassVar[bool] = False
     identity_fields: ClassVar[tuple[str, ...]] = ()  # config fields that change the tokens
+    # every audio.* field this codec reads besides the shared ones (codec, seed, batch_seconds,
+    # max_seconds, device): another codec's fields never enter a stage's identity
+    reads: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: AudioTokenizerConfig) -> None:
         self.cfg = cfg
@@ -159,6 +162,7 @@ class UnitsTokenizer(AudioTokenizer):
     sample_rate = 16000
     needs_fit = True
     identity_fields = ("units_k", "units_features", "units_deltas", "units_dedup")
+    reads = (*identity_fields, "units_fit_max_frames")
     hop = 320  # 20 ms at 16 kHz: 50 frames/s
 
     def __init__(self, cfg: AudioTokenizerConfig, centroids: np.ndarray | None = None) -> None:
@@ -261,6 +265,7 @@ class EncodecTokenizer(AudioTokenizer):
     name = "encodec"
     sample_rate = 24000
     identity_fields = ("encodec_bandwidth", "encodec_codebooks")
+    reads = (*identity_fields, "encodec_weights_dir")
 
     def __init__(self, cfg: AudioTokenizerConfig, model: torch.nn.Module | None = None) -> None:
         super().__init__(cfg)

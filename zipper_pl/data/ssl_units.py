@@ -101,6 +101,7 @@ class SSLUnitsTokenizer(AudioTokenizer):
     sample_rate = SAMPLE_RATE
     # the model and the centroids enter as their bytes (``_state_bytes``), never as paths
     identity_fields = ("units_k", "units_dedup", "ssl_layer")
+    reads = (*identity_fields, "units_fit_max_frames", "ssl_model", "ssl_centroids")
     piece_samples = 1_600_000  # 100 s = 5,000 frames: fairseq's dump_hubert_feature max_chunk
 
     def __init__(self, cfg: AudioTokenizerConfig, centroids: np.ndarray | None = None) -> None:
