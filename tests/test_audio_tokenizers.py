@@ -150,3 +150,18 @@ def test_encodec_offline_error_names_the_key(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"audio.encodec_weights_dir") as e:
         EncodecTokenizer(AudioTokenizerConfig(codec="encodec"))
     assert "name resolution" in str(e.value) and e.value.__suppress_context__
+
+
+def test_encodec_token_cache_key_follows_the_chunk_length():
+    """EnCodec cuts long files into batch_seconds chunks and its LSTM restarts in each: tokens
+    cached at one chunk length must never be served for another."""
+    wave = np.random.default_rng(0).standard_normal(24000 * 3).astype(np.float32) * 0.1
+    toks = {}
+    for seconds in (1.0, 4.0):
+        cfg = AudioTokenizerConfig(codec="encodec", batch_seconds=seconds, device="cpu")
+        torch.manual_seed(0)  # the same weights for both: only the chunk length differs
+        tok = EncodecTokenizer(cfg, model=random_encodec_model(0))
+        toks[seconds] = (tok.fingerprint(), tok.encode([wave])[0], tok._state_bytes())
+    assert toks[1.0][2] == toks[4.0][2]
+    assert not np.array_equal(toks[1.0][1], toks[4.0][1])  # the chunk length changes the codes
+    assert toks[1.0][0] != toks[4.0][0]  # so it is part of the cache key

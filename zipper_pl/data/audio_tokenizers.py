@@ -264,8 +264,10 @@ def random_encodec_model(seed: int = 0) -> torch.nn.Module:
 class EncodecTokenizer(AudioTokenizer):
     name = "encodec"
     sample_rate = 24000
-    identity_fields = ("encodec_bandwidth", "encodec_codebooks")
-    reads = (*identity_fields, "encodec_weights_dir")
+    # batch_seconds too: long files are cut into chunks of that length, and the encoder's LSTM
+    # starts afresh in each, so the chunk length changes the codes (55 of 450 on a 3 s file)
+    identity_fields = ("encodec_bandwidth", "encodec_codebooks", "batch_seconds")
+    reads = ("encodec_bandwidth", "encodec_codebooks", "encodec_weights_dir")
 
     def __init__(self, cfg: AudioTokenizerConfig, model: torch.nn.Module | None = None) -> None:
         super().__init__(cfg)
