@@ -211,3 +211,16 @@ def test_make_zip_asr_with_an_hf_text_tower_keeps_frozen_logits(tmp_path, data_r
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
     with torch.no_grad():
         assert (back(ids).logits - hf(ids).logits).abs().max() < 1e-5
+
+
+def test_sliding_window_cap_and_missing_specials_are_shown(tmp_path, capsys):
+    """Nothing silent: the max_seq_len cap and eos standing in for bos / pad print a line."""
+    cfg = LlamaConfig(**SMALL).to_dict() | {"model_type": "mistral", "sliding_window": 64}
+    assert tower_config_from_hf(cfg).max_seq_len == 64
+    assert "max_seq_len 256 -> 64" in capsys.readouterr().out
+    folder = save_model(tmp_path)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("bos_token", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = HFTextTokenizer(folder)
+    assert tok.bos_id == tok.eos_id and "no bos token: eos stands in" in capsys.readouterr().out

@@ -41,6 +41,9 @@ class HFTextTokenizer:
         self.pad_id = int(
             self.tok.pad_token_id if self.tok.pad_token_id is not None else self.eos_id
         )
+        missing = [n for n in ("bos", "pad") if getattr(self.tok, f"{n}_token_id") is None]
+        if missing:  # shown, not silent: Qwen2 has no bos, many LMs no pad
+            print(f"[hf] {self.path.name}: no {' / '.join(missing)} token: eos stands in")
         # the model's embedding may be larger than the tokenizer (padded to a multiple)
         model_vocab = json.loads((self.path / CONFIG_JSON).read_text()).get("vocab_size", 0)
         if len(self.tok) > model_vocab:

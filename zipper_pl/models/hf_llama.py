@@ -90,9 +90,11 @@ def tower_config_from_hf(hf: dict[str, Any]) -> TowerConfig:
     head_dim = int(hf.get("head_dim") or d_model // n_heads)
     max_len = int(hf.get("max_position_embeddings") or 2048)
     window = hf.get("sliding_window")
-    if window and (family == "mistral" or hf.get("use_sliding_window")):
+    sliding = window and (family == "mistral" or hf.get("use_sliding_window"))
+    if sliding and int(window) < max_len:
         # sliding-window attention equals full attention up to the window: stay inside it
-        max_len = min(max_len, int(window))
+        print(f"[hf] {family}: max_seq_len {max_len} -> {int(window)}, its sliding window")
+        max_len = int(window)
     return TowerConfig(
         vocab_size=int(hf["vocab_size"]),
         n_layers=int(hf["num_hidden_layers"]),
