@@ -4,12 +4,19 @@ a lent GPU (CI has none)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from tests.conftest import tiny_config
+from tests.test_hf_towers import LLAMA3_ROPE, save_model
+from tests.test_ssl_units import cfg as units_config
+from tests.test_ssl_units import pool, save_tiny_hubert
 from tests.test_zipper import PRIOR, SPECS, model, samples, sharpen
+from zipper_pl.data.ssl_units import SSLUnitsTokenizer
 from zipper_pl.identity import read_identity
+from zipper_pl.models.hf_llama import load_hf_tower
 from zipper_pl.models.sequences import collate_segments, zipper_loss
 from zipper_pl.stages import pretrain
 
@@ -79,3 +86,33 @@ def test_bf16_mixed_pretraining_with_gradient_clipping(data_root, tmp_path):
     )  # fmt: skip
     out = pretrain(cfg)
     assert (out / "model.safetensors").is_file() and read_identity(out)
+
+
+def test_cuda_hf_imported_tower_matches_transformers_on_the_gpu(tmp_path):
+    """The imported Llama (GQA, llama3 rope) on CUDA: full and KV-cached logits equal HF's."""
+    folder = save_model(tmp_path, rope_scaling=LLAMA3_ROPE)
+    hf = AutoModelForCausalLM.from_pretrained(folder).eval().to(CUDA)
+    tower = load_hf_tower(folder).eval().to(CUDA)
+    ids = torch.randint(0, hf.config.vocab_size, (2, 40), device=CUDA)
+    with torch.no_grad():
+        ref = hf(ids).logits
+        assert (tower(ids) - ref).abs().max() < 1e-4
+        cache = tower.new_cache(2, 64)
+        steps = [tower(ids[:, :25], cache=cache)]
+        steps += [tower(ids[:, t : t + 1], cache=cache) for t in range(25, 40)]
+        assert (torch.cat(steps, 1) - ref).abs().max() < 1e-4
+
+
+def test_cuda_hubert_units_equal_cpu_units(tmp_path):
+    """audio.device=cuda gives the CPU's features and (argmin over the same centroids) units."""
+    folder = save_tiny_hubert(tmp_path / "hubert")
+    cpu = SSLUnitsTokenizer(units_config(folder))
+    cpu.fit(pool())
+    gpu = SSLUnitsTokenizer(units_config(folder, device="cuda"))
+    gpu.centroids = cpu.centroids.to(CUDA)
+    waves = pool()
+    for a, b in zip(gpu.features(waves), cpu.features(waves), strict=True):
+        assert a.device.type == "cuda"
+        torch.testing.assert_close(a.cpu(), b, atol=1e-4, rtol=1e-4)
+    same = [np.mean(a == b) for a, b in zip(gpu.encode(waves), cpu.encode(waves), strict=True)]
+    assert min(same) > 0.97, same  # near-ties may flip a frame; most must not

@@ -94,10 +94,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 def cfg(folder: Path, **kw) -> AudioTokenizerConfig:
-    kw = {"ssl_layer": 2, **kw}  # the tiny model's last layer (default 6: HuBERT-base's)
-    return AudioTokenizerConfig(
-        codec="hubert", ssl_model=str(folder), units_k=8, device="cpu", **kw
-    )
+    kw = {"ssl_layer": 2, "device": "cpu", **kw}  # ssl_layer 2: the tiny model's last layer
+    return AudioTokenizerConfig(codec="hubert", ssl_model=str(folder), units_k=8, **kw)
 
 
 def pool() -> list[np.ndarray]:
