@@ -19,7 +19,8 @@ from benchmarks import synthetic as syn
 from benchmarks.common import Env, peak_memory, sync, time_fn
 from zipper_pl.config import TrainConfig
 from zipper_pl.lit.common import adamw
-from zipper_pl.models.sequences import IGNORE, collate_segments, zipper_loss
+from zipper_pl.models.sequences import IGNORE, collate_segments, token_loss
+from zipper_pl.models.single import STREAM
 from zipper_pl.models.tower import Tower
 from zipper_pl.trainer import compile_forward
 
@@ -139,7 +140,7 @@ def run_size(size: str, env: Env, reps: int) -> list[dict]:
         rows += _measure(
             label,
             model,
-            lambda m=model: zipper_loss(m(zb, outputs=loss_towers), zb)[0],
+            lambda m=model: token_loss(m(zb, outputs=loss_towers), zb)[0],
             n_tok,
             f,
             env,
@@ -177,14 +178,21 @@ def run_size(size: str, env: Env, reps: int) -> list[dict]:
     # -- single decoder on the same pairs, one stream --
     model = syn.single(size)
     sb = _to(model.collate(samples, loss_on="last"), dev)
-    s_len = sb["valid"].sum(1).tolist()
+    s_len = sb[STREAM]["valid"].sum(1).tolist()
     f = fl.tower_flops(model.tower.cfg, s_len)
     s_info = {
-        "batch": f"{len(samples)} pairs ({sb['ids'].size(1)} cols)",
-        "padding": 1.0 - sum(s_len) / sb["valid"].numel(),
+        "batch": f"{len(samples)} pairs ({sb[STREAM]['ids'].size(1)} cols)",
+        "padding": 1.0 - sum(s_len) / sb[STREAM]["valid"].numel(),
     }
     rows += _measure(
-        "single decoder ASR", model, lambda m=model: m.loss(sb)[0], sum(s_len), f, env, reps, s_info
+        "single decoder ASR",
+        model,
+        lambda m=model: token_loss(m(sb), sb)[0],
+        sum(s_len),
+        f,
+        env,
+        reps,
+        s_info,
     )
     for r in rows:
         r["size"] = size

@@ -17,7 +17,7 @@ from benchmarks import synthetic as syn
 from benchmarks.common import detect
 from benchmarks.report import targets
 from benchmarks.run import run
-from zipper_pl.models.sequences import collate_segments, zipper_loss
+from zipper_pl.models.sequences import collate_segments, token_loss
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_analytic_flops_match_pytorch_counter(one_thread):
                 pairs = sum(a * b for a, b in zip(lengths[dst], lengths[src], strict=True))
                 attn += 3 * 4 * layer.xattn.n_heads * layer.xattn.head_dim * pairs
         analytic = fl.zipper_flops(m, lengths, {"text": True, "speech": False})
-        counted = _matmul_flops(lambda m=m: zipper_loss(m(batch, outputs=["text"]), batch)[0])
+        counted = _matmul_flops(lambda m=m: token_loss(m(batch, outputs=["text"]), batch)[0])
         assert counted == analytic - attn, freeze
 
 

@@ -17,7 +17,7 @@ from tests.test_zipper import PRIOR, SPECS, model, samples, sharpen
 from zipper_pl.data.ssl_units import SSLUnitsTokenizer
 from zipper_pl.identity import read_identity
 from zipper_pl.models.hf_llama import load_hf_tower
-from zipper_pl.models.sequences import collate_segments, zipper_loss
+from zipper_pl.models.sequences import collate_segments, token_loss
 from zipper_pl.stages import pretrain
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -70,7 +70,7 @@ def test_bf16_autocast_training_lowers_the_loss():
     for _ in range(20):
         opt.zero_grad()
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = zipper_loss(m(batch), batch)[0]
+            loss = token_loss(m(batch), batch)[0]
         loss.backward()
         opt.step()
         losses.append(loss.item())

@@ -165,13 +165,15 @@ def test_tts_budget_is_clipped_to_the_single_decoders_length(evaluated):
     cfg, out = evaluated
     res = json.loads((out / "results.json").read_text())
     ft = load_finetuned(res["systems"][0]["folders"]["tts"])
-    assert ft.arch == "single"
+    assert ft.cfg.arch == "single"
     text = " ".join(["word"] * 20)  # wants 20 words x 12 tokens
     n_text = len(ft.text_tok.encode([text])[0])
-    ft.model.tower.cfg.max_seq_len = n_text + 5 + 10  # room for 10 generated tokens only
+    # bos text eos, then bos + 10 generated + eos: room for 10 generated tokens exactly
+    ft.model.tower.cfg.max_seq_len = (n_text + 2) + 10 + 2
     utts = [Utterance("a", text, np.zeros(3, dtype=np.int64))]
     tokens, clipped = generate_tts(ft, utts, cfg, 1.0, seed=0)
     assert clipped == 1 and len(tokens[0]) <= 10
+    assert ft.model.budget_cap("speech", n_text) == 10
 
 
 def test_significance_pairs_systems_on_shared_tasks():

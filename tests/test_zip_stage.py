@@ -92,7 +92,7 @@ def test_single_decoder_and_finetune_from_zipped(data_root, tiny_towers, tmp_pat
             "train.single_lr=2.5e-4",
         )
     )
-    assert load_finetuned(single).arch == "single"
+    assert load_finetuned(single).cfg.arch == "single"
     # the baseline's own learning rate is the one it trained with, and its config says so
     assert yaml.safe_load((single / "config.yaml").read_text())["train"]["lr"] == 2.5e-4
     zipped = zip_stage(zip_config(data_root, tiny_towers, tmp_path / "z2", "train.max_steps=2"))

@@ -5,17 +5,17 @@ import torch
 
 from zipper_pl.errors import UserError
 from zipper_pl.models.fusion import GatedCrossAttention
-from zipper_pl.models.generation import CachedRunner, UncachedRunner
 from zipper_pl.models.sequences import (
     IGNORE,
     PAD_POS,
     ModalitySpec,
     Segment,
     collate_segments,
-    zipper_loss,
+    token_loss,
 )
 from zipper_pl.models.tower import Tower, tower_config
 from zipper_pl.models.zipper import ZipperConfig, ZipperModel
+from zipper_pl.models.zipper_runners import CachedRunner, UncachedRunner
 from zipper_pl.trainer import compile_forward
 
 SPECS = {
@@ -141,7 +141,7 @@ def test_masking_by_gradient():
 def test_query_without_keys_is_finite():
     m = model(gate_init=0.5, freeze="none").train()
     batch = collate_segments(samples(["speech", "text"], [(4, 3), (2, 5)]), SPECS)
-    loss, per = zipper_loss(m(batch), batch)  # speech queries see no text key
+    loss, per = token_loss(m(batch), batch)  # speech queries see no text key
     loss.backward()
     assert torch.isfinite(loss) and set(per) == {"text", "speech"}
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
@@ -156,7 +156,7 @@ def test_frozen_tower_is_bit_identical_after_training():
     batch = collate_segments(samples(["speech", "text"], [(4, 3), (2, 5)]), SPECS, loss_on="all")
     for _ in range(3):
         opt.zero_grad()
-        zipper_loss(m(batch), batch)[0].backward()
+        token_loss(m(batch), batch)[0].backward()
         opt.step()
     after = m.state_dict()
     for k, v in before.items():
@@ -323,7 +323,7 @@ def test_frozen_tower_prefix_runs_without_autograd_and_gradients_are_unchanged()
     for no_grad_prefix in (True, False):
         m.zero_grad()
         m.frozen = {"text"} if no_grad_prefix else set()  # bypass: the plain full-graph path
-        zipper_loss(m(batch), batch)[0].backward()
+        token_loss(m(batch), batch)[0].backward()
         grads.append({k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None})
     m.frozen = {"text"}
     assert grads[0].keys() == grads[1].keys() and grads[0]
@@ -349,7 +349,7 @@ def test_zipper_forward_compiles_and_matches_eager(traced_compile):
         m = sharpen(model(**kw)).train()
         if compile_:
             compile_forward(m)
-        loss = zipper_loss(m(batch, outputs=["text"]), batch)[0]
+        loss = token_loss(m(batch, outputs=["text"]), batch)[0]
         loss.backward()
         grads = {k: p.grad for k, p in m.named_parameters() if p.grad is not None}
         results.append((loss.detach(), grads))

@@ -32,6 +32,7 @@ from zipper_pl.layout import (
     tower_input,
 )
 from zipper_pl.machine import check_machine
+from zipper_pl.registry import ARCHS
 from zipper_pl.scoring import tts_cell_metrics
 from zipper_pl.training import run_zip
 
@@ -45,16 +46,17 @@ def _cells(cfg: Config) -> list[dict]:
         if not 0 < frac <= 1:
             raise UserError(f"ablation.fracs: {frac} is outside (0, 1] (as data.aligned_frac)")
         for model in a.models:
-            for freeze in a.freeze if model == "zipper" else ["none"]:
+            if model not in ARCHS:
+                raise UserError(f"ablation.models: {model!r} is not one of {', '.join(ARCHS)}")
+            for freeze in a.freeze if ARCHS[model].zipped else ["none"]:
                 for seed in a.seeds:
                     cells.append({"frac": frac, "model": model, "freeze": freeze, "seed": seed})
     return cells
 
 
 def _system(cell: dict) -> str:
-    if cell["model"] == "single":
-        return "Single Decoder"
-    return "Zipper (speech frozen)" if cell["freeze"] in ("both", "all") else "Zipper"
+    label = ARCHS[cell["model"]].label
+    return f"{label} (speech frozen)" if cell["freeze"] in ("both", "all") else label
 
 
 def _cell_config(cfg: Config, cell: dict, task: str) -> Config:
@@ -63,7 +65,7 @@ def _cell_config(cfg: Config, cell: dict, task: str) -> Config:
         cfg.data, aligned_frac=cell["frac"], task=task, shrink_batch_to_subset=True
     )
     zcfg = dataclasses.replace(
-        cfg.zip, freeze=cell["freeze"] if cell["model"] == "zipper" else "text"
+        cfg.zip, freeze=cell["freeze"] if ARCHS[cell["model"]].zipped else "text"
     )
     return dataclasses.replace(
         cfg, arch=cell["model"], seed=cell["seed"], data=data, zip=zcfg, out=""

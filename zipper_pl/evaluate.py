@@ -53,15 +53,15 @@ from zipper_pl.layout import (
     tower_input,
 )
 from zipper_pl.machine import check_machine
-from zipper_pl.models.sequences import IGNORE, ModalitySpec, Segment, collate_segments
+from zipper_pl.models.sequences import IGNORE, ModalitySpec, Segment
 from zipper_pl.models.tower import Tower
+from zipper_pl.registry import ARCHS, frozen_towers
 from zipper_pl.report import render_markdown
 from zipper_pl.scoring import eval_asr, eval_tts, significance
 from zipper_pl.training import run_zip
 
 __all__ = ["evaluate_stage", "resolve_systems"]
 
-LABELS = {"zipper": "Zipper", "single": "Single Decoder"}
 N_SAMPLES = 5  # utterances shown in TensorBoard text / written as wav per system
 
 
@@ -91,7 +91,7 @@ def resolve_systems(cfg: Config) -> list[System]:
             tasks = _tasks_of(scfg.data.task)
             systems.append(System(name, scfg.arch, dict.fromkeys(tasks, folder), scfg))
         return systems
-    for arch in ("single", "zipper"):  # the paper's table order
+    for arch in ARCHS:  # the paper's table order: the baseline first
         system = System(arch, arch)
         for task in ["mix"] if cfg.data.task == "mix" else ["asr", "tts"]:
             scfg = dataclasses.replace(
@@ -164,13 +164,15 @@ def _tower_step(tower: Tower, spec: ModalitySpec) -> Callable:
     return step
 
 
-def _zipped_step(ft: Finetuned) -> Callable:
-    """The whole Zipper on text alone: input projection and fusion layers with no speech keys."""
+def _model_step(ft: Finetuned) -> Callable:
+    """The whole fine-tuned model on text alone (the Zipper: its input projection and fusion
+    layers with no speech keys); the logits of the one stream that carries the text's targets."""
 
     def step(seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         samples = [[Segment("text", torch.as_tensor(s, dtype=torch.long), loss=True)] for s in seqs]
-        batch = collate_segments(samples, ft.specs)
-        return ft.model(batch)["text"], batch["text"]["targets"]
+        batch = ft.model.collate(samples)
+        (name,) = (t for t in batch if bool((batch[t]["targets"] != IGNORE).any()))
+        return ft.model(batch, outputs={"text"})[name], batch[name]["targets"]
 
     return step
 
@@ -178,9 +180,8 @@ def _zipped_step(ft: Finetuned) -> Callable:
 def text_retention(ft: Finetuned, cfg: Config) -> dict:
     """Text perplexity on held-out text: pretrained text tower (before) vs the fine-tuned model's
     text tower run standalone (after; the single decoder's extended tower, over its full
-    vocabulary) and, for the Zipper, the zipped model on text only."""
-    zipper = ft.arch == "zipper"
-    after = ft.model.towers["text"] if zipper else ft.model.tower
+    vocabulary) and, for a model with fusion layers (gates), the whole model on text only."""
+    after = ft.model.tower_for("text")
     lines = text_lines(cfg, "valid")[: cfg.eval.max_utterances or None]
     seqs = [s[: after.cfg.max_seq_len - 2] for s in ft.text_tok.encode(lines) if len(s)]
     spec, bs = ft.specs["text"], cfg.eval.batch_size
@@ -192,22 +193,21 @@ def text_retention(ft: Finetuned, cfg: Config) -> dict:
         "ppl_after": math.exp(nll_after / n),
         "ppl_before": None,
         "identical": None,
-        "frozen_text": zipper and "text" in ft.model.frozen,
+        "frozen_text": "text" in ft.model.frozen,
     }
     before_dir = Path(ft.cfg.inputs.text) if ft.cfg.inputs.text else None
     if before_dir is not None and (is_finished(before_dir) or is_hf_folder(before_dir)):
         before = load_tower(before_dir).eval()
         nll_before, _ = _nll(_tower_step(before, spec), seqs, bs)
         res |= {"ppl_before": math.exp(nll_before / n), "identical": nll_before == nll_after}
-        if zipper:
-            a, b = before.state_dict(), after.state_dict()
-            res["weights_identical"] = a.keys() == b.keys() and all(
-                torch.equal(a[k], b[k]) for k in a
-            )
+        a, b = before.state_dict(), after.state_dict()
+        res["weights_identical"] = a.keys() == b.keys() and all(
+            a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a
+        )
     else:
         res["before_missing"] = f"pretrained text stage {before_dir} not found"
-    if zipper:
-        res["ppl_zipped_text_only"] = math.exp(_nll(_zipped_step(ft), seqs, bs)[0] / n)
+    if ft.model.gates():  # else the model on text alone is its tower alone: ppl_after
+        res["ppl_zipped_text_only"] = math.exp(_nll(_model_step(ft), seqs, bs)[0] / n)
     return res
 
 
@@ -281,12 +281,12 @@ def evaluate_stage(cfg: Config) -> Path:
     }
     errors: dict[str, dict[str, list[float]]] = {}
     for system in systems:
-        label = LABELS.get(system.name, system.name)
+        label = ARCHS[system.name].label if system.name in ARCHS else system.name
         entry = {
             "name": system.name,
             "label": label,
             "arch": system.arch,
-            "freeze": system.cfg.zip.freeze if system.arch == "zipper" else "none",
+            "freeze": frozen_towers(system.cfg),
             "aligned_frac": system.cfg.data.aligned_frac,
             "folders": {t: str(f) for t, f in system.folders.items()},
         }

@@ -1,5 +1,5 @@
-"""Build, save and load fine-tuned models (Zipper or single decoder) and their stage folders,
-and the pretrained towers they start from (``load_tower``): the models the stages train and read.
+"""Save and load fine-tuned models (any architecture in ``registry.ARCHS``: the Zipper, the single
+decoder) and their stage folders, and the pretrained towers they start from (``load_tower``).
 
 A zipped stage folder holds everything needed to use the model: ``model.safetensors``,
 ``config.yaml``, ``towers.json`` (tower configs), ``text_tokenizer.model`` and ``audio_tokenizer/``.
@@ -7,14 +7,11 @@ A zipped stage folder holds everything needed to use the model: ``model.safetens
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from zipper_pl.config import Config, load_config
 from zipper_pl.data.audio_tokenizers import AudioTokenizer
@@ -24,11 +21,11 @@ from zipper_pl.errors import UserError
 from zipper_pl.hub import is_hf_folder
 from zipper_pl.io import atomic_write_json, load_weights, read_json
 from zipper_pl.layout import TOWER_JSON, WEIGHTS, require_stage
+from zipper_pl.models.generation import FinetunedModel
 from zipper_pl.models.hf_llama import load_hf_tower
-from zipper_pl.models.sequences import ModalitySpec, Segment, collate_segments
-from zipper_pl.models.single import SingleDecoder
+from zipper_pl.models.sequences import ModalitySpec, Segment
 from zipper_pl.models.tower import Tower, TowerConfig
-from zipper_pl.models.zipper import ZipperModel
+from zipper_pl.registry import build_model
 
 AUDIO_TOKENIZER_DIR = "audio_tokenizer"
 TOWERS_JSON = "towers.json"
@@ -47,32 +44,16 @@ def modality_specs(
     }
 
 
-def build_model(cfg: Config, towers: dict[str, Tower], specs: dict[str, ModalitySpec]) -> nn.Module:
-    if cfg.arch == "zipper":
-        return ZipperModel(cfg.zip, towers, specs)
-    return SingleDecoder.from_text_tower(towers["text"], [specs["text"], specs["speech"]], cfg.seed)
-
-
-def collate_fn(cfg: Config, model: nn.Module, specs: dict[str, ModalitySpec]) -> Callable:
-    if cfg.arch == "zipper":
-        return functools.partial(collate_segments, specs=specs, loss_on="last")
-    return functools.partial(model.collate, loss_on="last")
-
-
 @dataclass
 class Finetuned:
     """A loaded fine-tuned stage: model + tokenizers + config."""
 
-    model: nn.Module
+    model: FinetunedModel
     cfg: Config
     specs: dict[str, ModalitySpec]
     text_tok: TextTokenizer | HFTextTokenizer
     audio_tok: AudioTokenizer
     folder: Path
-
-    @property
-    def arch(self) -> str:
-        return self.cfg.arch
 
     def decode_text(self, ids: list[int]) -> str:
         return self.text_tok.decode(ids)
@@ -163,8 +144,6 @@ def load_finetuned(folder: str | Path, device: str | torch.device = "cpu") -> Fi
 __all__ = [
     "Finetuned",
     "UserError",
-    "build_model",
-    "collate_fn",
     "load_finetuned",
     "load_tower",
     "modality_specs",

@@ -32,6 +32,7 @@ from zipper_pl.identity import (
     stage_fingerprint,
 )
 from zipper_pl.io import TMP_MARK, atomic_write_bytes, atomic_write_json, weights_readable
+from zipper_pl.registry import ARCHS, frozen_towers
 
 WEIGHTS, CONFIG, METRICS, TOWER_JSON, PROVENANCE = (
     "model.safetensors",
@@ -77,9 +78,8 @@ def _readable_name(cfg: Config, kind: str) -> str:
     if kind == "ablation":
         return f"ablation-{codec}-steps{cfg.train.max_steps}"
     if kind in ("zip", "finetune"):
-        freeze = cfg.zip.freeze if cfg.arch == "zipper" else "none"
         name = (
-            f"{cfg.arch}-{cfg.data.task}-{codec}-frac{frac}-freeze_{freeze}"
+            f"{cfg.arch}-{cfg.data.task}-{codec}-frac{frac}-freeze_{frozen_towers(cfg)}"
             f"-steps{cfg.train.max_steps}-s{cfg.seed}"
         )
         return name if kind == "zip" else f"{name}-ft"
@@ -307,7 +307,7 @@ def chain_paths(cfgs: Mapping[str, Config], towers: Mapping[str, str] | None = N
         f"{arch.upper()}_{task.upper()}_DIR": stage_dir(
             _with_task(cfgs[f"zip_{task}"], arch, task), "zip", tower_fps
         )
-        for arch in ("zipper", "single")
+        for arch in ARCHS
         for task in ("asr", "tts")
     }
     judge_cfg = dataclasses.replace(cfgs["judge"], out="")
@@ -315,7 +315,7 @@ def chain_paths(cfgs: Mapping[str, Config], towers: Mapping[str, str] | None = N
     judge = stage_dir(judge_cfg, "judge", {"speech": speech_fp})
     ev = dataclasses.replace(cfgs["evaluate"], out="")
     eval_inputs = {"judge": judge_fp, "text": text_fp}
-    for arch in ("single", "zipper"):
+    for arch in ARCHS:
         for task in ("asr", "tts"):
             zcfg = _with_task(cfgs[f"zip_{task}"], arch, task)
             eval_inputs[f"{arch}.{task}"] = stage_identity(zcfg, "zip", tower_fps)["fingerprint"]

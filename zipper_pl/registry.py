@@ -1,15 +1,20 @@
-"""Name -> builder tables. Plain dicts: add an entry to add a size, a codec or a corpus."""
+"""Name -> builder tables. Plain dicts: add an entry to add a size, a codec, a corpus or a
+fine-tuned architecture; nothing outside a table branches on these names."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
-from zipper_pl.config import ModelConfig
+from zipper_pl.config import Config, ModelConfig
 from zipper_pl.data.audio_tokenizers import AUDIO_TOKENIZERS
 from zipper_pl.data.readers import CORPUS_READERS
 from zipper_pl.errors import UserError
+from zipper_pl.models.generation import FinetunedModel
+from zipper_pl.models.sequences import ModalitySpec
+from zipper_pl.models.single import SingleDecoder
 from zipper_pl.models.tower import TOWER_PRESETS, Tower, TowerConfig, tower_config
+from zipper_pl.models.zipper import ZipperModel
 
 # Tower sizes: name -> builder(vocab_size, **field overrides) -> Tower
 TOWERS: dict[str, Callable[..., Tower]] = {
@@ -17,7 +22,64 @@ TOWERS: dict[str, Callable[..., Tower]] = {
     for name in TOWER_PRESETS
 }
 
-__all__ = ["AUDIO_TOKENIZERS", "CORPUS_READERS", "TOWERS", "resolve_tower_config"]
+
+@dataclass(frozen=True)
+class Arch:
+    """A fine-tuned architecture (``arch=NAME``): its builder and the config keys it reads."""
+
+    build: Callable[[Config, dict[str, Tower], dict[str, ModalitySpec]], FinetunedModel]
+    zipped: bool  # reads zip.* (freeze, placement, alignment prior); else every weight trains
+    lr_key: str  # the train.* key with its peak learning rate (0 there = train.lr)
+    label: str  # its name in tables
+
+
+def _single(cfg: Config, towers: dict[str, Tower], specs: dict[str, ModalitySpec]):
+    return SingleDecoder.from_text_tower(towers["text"], [specs["text"], specs["speech"]], cfg.seed)
+
+
+# in the paper's table order: the baseline first
+ARCHS: dict[str, Arch] = {
+    "single": Arch(_single, zipped=False, lr_key="single_lr", label="Single Decoder"),
+    "zipper": Arch(
+        lambda cfg, towers, specs: ZipperModel(cfg.zip, towers, specs),
+        zipped=True,
+        lr_key="lr",
+        label="Zipper",
+    ),
+}
+
+
+def build_model(cfg: Config, towers: dict[str, Tower], specs: dict[str, ModalitySpec]):
+    """The fine-tuned model ``cfg.arch`` names, from its pretrained towers."""
+    return ARCHS[cfg.arch].build(cfg, towers, specs)
+
+
+def frozen_towers(cfg: Config) -> str:
+    """What stays frozen, as stage names and tables write it (``none`` for a model that
+    fine-tunes every weight)."""
+    return cfg.zip.freeze if ARCHS[cfg.arch].zipped else "none"
+
+
+def uses_align_prior(cfg: Config) -> bool:
+    return ARCHS[cfg.arch].zipped and bool(cfg.zip.align_prior)
+
+
+def peak_lr(cfg: Config) -> float:
+    return getattr(cfg.train, ARCHS[cfg.arch].lr_key) or cfg.train.lr
+
+
+__all__ = [
+    "ARCHS",
+    "AUDIO_TOKENIZERS",
+    "CORPUS_READERS",
+    "TOWERS",
+    "Arch",
+    "build_model",
+    "frozen_towers",
+    "peak_lr",
+    "resolve_tower_config",
+    "uses_align_prior",
+]
 
 
 def resolve_tower_config(model: ModelConfig, vocab_size: int) -> TowerConfig:

@@ -84,7 +84,8 @@ def render_markdown(r: dict) -> str:
                 "changed: the frozen weights were modified."
             )
         elif t["frozen_text"] is False and t["identical"] is not None:
-            what = "every parameter is" if "single" in t["label"].lower() else "the text tower is"
+            zipped = "ppl_zipped_text_only" in t  # a model with fusion layers
+            what = "the text tower is" if zipped else "every parameter is"
             notes.append(
                 f"- {t['label']} ({'+'.join(t['tasks'])}): {what} fine-tuned, so the "
                 "text perplexity may change (the single decoder's over its full "

@@ -29,18 +29,11 @@ def _chunks(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[lo : lo + batch_size] for lo in range(0, len(order), batch_size)]
 
 
-def _budget_cap(ft: Finetuned, out_mod: str, longest_input: int) -> int:
-    """Largest generation budget the model's max_seq_len allows after the longest prompt."""
-    if ft.arch == "zipper":  # the output tower holds only bos + generated + eos
-        return ft.model.towers[out_mod].cfg.max_seq_len - 2
-    return ft.model.tower.cfg.max_seq_len - (longest_input + 3) - 2  # one shared sequence
-
-
 def generate_asr(ft: Finetuned, utts: list[Utterance], cfg: Config) -> tuple[list[str], int]:
     """Greedy transcripts (batched, KV-cached) and how many batches had their budget clipped."""
     hyps, clipped = [""] * len(utts), 0
     for idx in _chunks([len(u.tokens) for u in utts], cfg.eval.batch_size):
-        cap = _budget_cap(ft, "text", max(len(utts[i].tokens) for i in idx))
+        cap = ft.model.budget_cap("text", max(len(utts[i].tokens) for i in idx))
         clipped += cap < cfg.eval.max_new_text
         out = ft.transcribe(
             [utts[i].tokens for i in idx], len(idx), min(cfg.eval.max_new_text, cap)
@@ -59,7 +52,7 @@ def generate_tts(
     out: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(utts)
     clipped = 0
     for k, idx in enumerate(_chunks(want, cfg.eval.batch_size)):
-        cap = _budget_cap(ft, "speech", max(text_len[i] for i in idx))
+        cap = ft.model.budget_cap("speech", max(text_len[i] for i in idx))
         budget = min(max(want[i] for i in idx), cap)
         clipped += budget < max(want[i] for i in idx)
         gen = ft.speak(

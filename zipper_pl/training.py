@@ -27,8 +27,6 @@ from zipper_pl.errors import UserError
 from zipper_pl.finetuned import (
     AUDIO_TOKENIZER_DIR,
     Finetuned,
-    build_model,
-    collate_fn,
     load_tower,
     modality_specs,
     save_towers_json,
@@ -52,7 +50,13 @@ from zipper_pl.lit.finetune import FinetuneModule
 from zipper_pl.lit.lm import LMModule
 from zipper_pl.metrics import corpus_cer, corpus_wer
 from zipper_pl.models.tower import Tower, TowerConfig
-from zipper_pl.registry import resolve_tower_config
+from zipper_pl.registry import (
+    build_model,
+    frozen_towers,
+    peak_lr,
+    resolve_tower_config,
+    uses_align_prior,
+)
 from zipper_pl.trainer import (
     BEST_CKPT,
     LAST_CKPT,
@@ -225,7 +229,7 @@ def _teacher_forced(module, dm) -> dict:
 def _with_tokens_per_word(cfg: Config, prepared: dict, init: Path | None) -> Config:
     """Fill zip.tokens_per_word for align_prior: from the zipped stage continued from, else
     measured on this run's aligned training subset (the resolved value is saved with the stage)."""
-    if cfg.arch != "zipper" or not cfg.zip.align_prior or cfg.zip.tokens_per_word:
+    if not uses_align_prior(cfg) or cfg.zip.tokens_per_word:
         return cfg
     if init is not None and load_config(init / CONFIG).zip.tokens_per_word:
         tpw = dict(load_config(init / CONFIG).zip.tokens_per_word)
@@ -241,8 +245,8 @@ def _train_finetune(
     cfg: Config, out: Path, towers_from: dict[str, Path], init: Path | None
 ) -> Path:
     """Shared by zip (fresh from pretrained towers) and finetune (from a zipped stage)."""
-    if cfg.arch == "single" and cfg.train.single_lr:  # resolved here so config.yaml shows it
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=cfg.train.single_lr))
+    if peak_lr(cfg) != cfg.train.lr:  # resolved here so config.yaml shows it
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=peak_lr(cfg)))
     text_tok = load_text_tokenizer(towers_from["text"])
     audio_tok = AudioTokenizer.load(towers_from["speech"] / AUDIO_TOKENIZER_DIR)
     specs = modality_specs(text_tok, audio_tok)
@@ -266,7 +270,7 @@ def _train_finetune(
         load_weights(model, init / WEIGHTS)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / CONFIG)
-    dm = AlignedDataModule(cfg, lambda c: prepared, collate_fn(cfg, model, specs))
+    dm = AlignedDataModule(cfg, lambda c: prepared, model.collator(loss_on="last"))
     dm.prepare_data()
     module = FinetuneModule(model, cfg, text_tok.decode)
     run = _fit(cfg, out, module, dm, select_best=cfg.train.select_best)
@@ -281,7 +285,7 @@ def _train_finetune(
         "stage": f"{'zip' if init is None else 'finetune'}-{cfg.data.task}",
         "arch": cfg.arch,
         "aligned_frac": cfg.data.aligned_frac,
-        "freeze": cfg.zip.freeze if cfg.arch == "zipper" else "none",
+        "freeze": frozen_towers(cfg),
         "steps": trainer.global_step,
         "params": sum(p.numel() for p in model.parameters()),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),

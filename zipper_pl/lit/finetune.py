@@ -1,9 +1,10 @@
-"""Fine-tuning on aligned pairs, for the Zipper and the single-decoder baseline alike.
+"""Fine-tuning on aligned pairs, for every architecture alike (the fine-tuned-model interface of
+``models/generation.py``: the Zipper, the single-decoder baseline, ...).
 
-Both models produce per-stream logits with next-token targets (-100 = no loss); this module turns
-them into the training loss (token mean), per-tower and per-task losses, validation WER on a small
-fixed subset (torchmetrics, so it is synchronised across DDP ranks) and, for the Zipper, the tanh
-gate value of every zipped layer.
+The model produces per-stream logits with next-token targets (-100 = no loss); this module turns
+them into the training loss (token mean, ``sequences.stream_losses``), per-stream and per-task
+losses, validation WER on a small fixed subset (torchmetrics, so it is synchronised across DDP
+ranks) and the gate values the model reports (the Zipper's tanh gates of every zipped layer).
 """
 
 from __future__ import annotations
@@ -12,41 +13,25 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from zipper_pl.config import Config
 from zipper_pl.data.aligned import TASK_OUTPUT
 from zipper_pl.lit.common import TrainModule
-from zipper_pl.models.sequences import IGNORE, Segment
-
-
-def stream_logits(
-    model: nn.Module, arch: str, batch: dict, tasks: list[str] | None = None
-) -> dict[str, tuple]:
-    """{stream: (logits [B,T,V], targets [B,T])}: one stream per tower (Zipper) or one (single).
-
-    ``tasks`` name the output towers, so the Zipper skips the softmax of towers without loss.
-    """
-    if arch == "zipper":
-        outputs = None if tasks is None else {TASK_OUTPUT[t] for t in tasks}
-        logits = model(batch, outputs=outputs)
-        return {t: (logits[t], batch[t]["targets"]) for t in logits}
-    return {"single": (model(batch["ids"]), batch["targets"])}
+from zipper_pl.models.generation import FinetunedModel
+from zipper_pl.models.sequences import IGNORE, Segment, stream_losses
 
 
 class FinetuneModule(TrainModule):
     def __init__(
         self,
-        model: nn.Module,
+        model: FinetunedModel,
         cfg: Config,
         decode_text: Callable[[list[int]], str],
         wer_batches: int = 2,
     ) -> None:
         super().__init__(cfg.train)
         self.model = model
-        self.arch = cfg.arch
         self.cfg = cfg
         self.decode_text = decode_text
         self.wer_batches = wer_batches
@@ -60,31 +45,26 @@ class FinetuneModule(TrainModule):
 
     # ---- loss -----------------------------------------------------------------------------
     def _losses(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
-        """Token-mean loss, plus summed losses/counts per stream and per task (for logging)."""
-        streams = stream_logits(self.model, self.arch, batch["model"], batch["tasks"])
+        """Token-mean loss, plus summed losses/counts per stream and per task (for logging).
+
+        The tasks name the output modalities, so a model can skip the softmax of the others.
+        """
+        tasks = batch["tasks"]
+        logits = self.model(batch["model"], outputs={TASK_OUTPUT[t] for t in tasks})
         total, count = 0.0, 0
         sums: dict[str, torch.Tensor] = {}
-        tasks = batch["tasks"]
-        for name, (logits, targets) in streams.items():
-            ce = F.cross_entropy(
-                logits.float().flatten(0, 1),
-                targets.flatten(),
-                ignore_index=IGNORE,
-                reduction="none",
-            ).view_as(targets)  # [B,T]
-            mask = targets != IGNORE
-            per_sample = (ce * mask).sum(1)  # [B]
-            n_sample = mask.sum(1)
+        for name, (per_sample, n_sample) in stream_losses(logits, batch["model"]).items():
             total = total + per_sample.sum()
             count = count + n_sample.sum()
             if n_sample.sum() > 0:
                 sums[f"loss_{name}"] = torch.stack([per_sample.sum(), n_sample.sum().float()])
             for task in set(tasks):
-                sel = torch.tensor([t == task for t in tasks], device=ce.device)
+                sel = torch.tensor([t == task for t in tasks], device=per_sample.device)
                 key = f"loss_{task}"
                 part = torch.stack([per_sample[sel].sum(), n_sample[sel].sum().float()])
                 sums[key] = sums.get(key, 0) + part
         loss = total / torch.clamp(torch.as_tensor(count, device=self.device), min=1)
+        streams = {t: (logits[t], batch["model"][t]["targets"]) for t in logits}
         return loss, sums, streams
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -96,24 +76,12 @@ class FinetuneModule(TrainModule):
                 if n > 0:
                     self.log(f"train/{k}", s / n, on_step=True, batch_size=bs)
             self.log_gates()
-        n_tokens = (
-            sum(int(v["valid"].sum()) for v in batch["model"].values())
-            if (self.arch == "zipper")
-            else int(batch["model"]["valid"].sum())
-        )
-        self.log_throughput(n_tokens)
+        self.log_throughput(sum(int(v["valid"].sum()) for v in batch["model"].values()))
         return loss
 
     def log_gates(self) -> None:
-        """tanh(alpha) (cross-attention) and tanh(beta) (feed-forward) of every zipped layer."""
-        fusion = getattr(self.model, "fusion", None)
-        if fusion is None:
-            return
-        for direction, layers in fusion.items():
-            for n, layer in enumerate(layers):
-                x = layer.xattn
-                self.log(f"gates/{direction}/{n}_attn", torch.tanh(x.alpha.detach()), on_step=True)
-                self.log(f"gates/{direction}/{n}_ffw", torch.tanh(x.beta.detach()), on_step=True)
+        for name, value in self.model.gates().items():
+            self.log(f"gates/{name}", value, on_step=True)
 
     # ---- validation -------------------------------------------------------------------------
     def validation_sums(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -196,4 +164,4 @@ class FinetuneModule(TrainModule):
         return [self.decode_text(o[-1].tokens.tolist()) for o in outs]
 
 
-__all__ = ["FinetuneModule", "stream_logits"]
+__all__ = ["FinetuneModule"]

@@ -135,21 +135,30 @@ def collate_segments(
     loss_on: str = "last",
 ) -> dict:
     """Samples of segments -> per-tower batch. loss_on: "last" (the output segment) or "all"."""
-    if loss_on not in ("last", "all"):
-        raise UserError(f"loss_on must be 'last' or 'all', got {loss_on!r}")
     streams = []
     for sample in samples:
         pieces = []
-        for j, seg in enumerate(sample):
+        for seg, loss in zip(sample, loss_flags(sample, loss_on), strict=True):
             if seg.modality not in specs:
                 raise UserError(
                     f"segment modality {seg.modality!r} has no tower: known {list(specs)} "
                     "(model towers / data modalities)"
                 )
-            loss = seg.loss if seg.loss is not None else (loss_on == "all" or j == len(sample) - 1)
             pieces.append((seg.modality, wrap(seg, specs[seg.modality]), loss))
         streams.append(pieces)
     return collate_streams(streams, specs)
+
+
+def loss_flags(sample: Sequence[Segment], loss_on: str) -> list[bool]:
+    """Which segments get next-token targets: ``Segment.loss`` where set, else every segment
+    (``loss_on="all"``) or only the last, the output (``"last"``)."""
+    if loss_on not in ("last", "all"):
+        raise UserError(f"loss_on must be 'last' or 'all', got {loss_on!r}")
+    last = len(sample) - 1
+    return [
+        s.loss if s.loss is not None else loss_on == "all" or j == last
+        for j, s in enumerate(sample)
+    ]
 
 
 def cross_mask(query: Mapping[str, Tensor], key: Mapping[str, Tensor]) -> Tensor:
@@ -171,21 +180,34 @@ def word_distance(
     return (k - q).abs()[:, None]
 
 
-def zipper_loss(logits: Mapping[str, Tensor], batch: Mapping[str, dict]) -> tuple[Tensor, dict]:
-    """Token-weighted mean cross-entropy over every tower's targets, and the per-tower means.
+def stream_losses(
+    logits: Mapping[str, Tensor], batch: Mapping[str, Mapping[str, Tensor]]
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """{stream: (summed cross-entropy per sample [B], target count per sample [B])}.
 
-    A tower without targets in this batch reports 0 and adds nothing to the total.
+    The one loss of every fine-tuned model: a stream is a Zipper tower or the single decoder's
+    one sequence; ``batch[stream]["targets"]`` holds next-token ids, IGNORE = no loss.
     """
-    sums, counts = {}, {}
-    for t, lg in logits.items():
-        tgt = batch[t]["targets"]
-        sums[t] = F_.cross_entropy(
-            lg.float().reshape(-1, lg.size(-1)),
-            tgt.reshape(-1),
-            ignore_index=IGNORE,
-            reduction="sum",
-        )
-        counts[t] = (tgt != IGNORE).sum()
-    total = sum(sums.values()) / sum(counts.values()).clamp(min=1)
-    per_tower = {t: sums[t] / counts[t].clamp(min=1) for t in sums}
-    return total, per_tower
+    out = {}
+    for name, lg in logits.items():
+        tgt = batch[name]["targets"]  # [B,T]
+        ce = F_.cross_entropy(
+            lg.float().flatten(0, 1), tgt.flatten(), ignore_index=IGNORE, reduction="none"
+        ).view_as(tgt)  # [B,T], 0 where ignored
+        mask = tgt != IGNORE
+        out[name] = ((ce * mask).sum(1), mask.sum(1))
+    return out
+
+
+def token_loss(
+    logits: Mapping[str, Tensor], batch: Mapping[str, Mapping[str, Tensor]]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Token-weighted mean cross-entropy over every stream's targets, and the per-stream means.
+
+    A stream without targets in this batch reports 0 and adds nothing to the total.
+    """
+    parts = stream_losses(logits, batch)
+    total = sum(s.sum() for s, _ in parts.values())
+    count = sum(n.sum() for _, n in parts.values())
+    per_stream = {t: s.sum() / n.sum().clamp(min=1) for t, (s, n) in parts.items()}
+    return total / count.clamp(min=1), per_stream

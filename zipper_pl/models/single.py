@@ -6,23 +6,27 @@ speech token ``s`` becomes id ``text_vocab + s``; with the speech tower's vocabu
 every segment in the original order, each wrapped in its modality's own bos/eos (text keeps its
 ids), e.g. ASR = ``[boa s.. eoa bos t.. eos]``. Every parameter is fine-tuned.
 
-``generate`` mirrors ``ZipperModel.generate``: the caller names the output modalities; the model
-continues in the current modality (sampling restricted to that modality's ids) until its end token
-or its budget, then the next modality's bos is fed and generation continues there.
+It implements the fine-tuned-model interface of ``models/generation.py`` as the Zipper does, with
+one stream named ``single``; generation is the shared loop and sampler, and its runner reads each
+output modality's logits from that modality's slice of the joint vocabulary (so a modality only
+ever generates its own ids).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F_
-from torch import Tensor, nn
+from torch import Tensor
 
 from zipper_pl.errors import UserError
-from zipper_pl.models.sequences import IGNORE, ModalitySpec, Segment, wrap
+from zipper_pl.models.generation import FinetunedModel
+from zipper_pl.models.sequences import IGNORE, ModalitySpec, Segment, loss_flags, wrap
 from zipper_pl.models.tower import Tower
+
+STREAM = "single"  # the one stream of the batch and of the logits
 
 
 def extend_vocabulary(tower: Tower, n_new: int, seed: int, noise: float = 0.02) -> Tower:
@@ -52,7 +56,7 @@ def extend_vocabulary(tower: Tower, n_new: int, seed: int, noise: float = 0.02) 
     return new.train(tower.training)
 
 
-class SingleDecoder(nn.Module):
+class SingleDecoder(FinetunedModel):
     """One decoder over the concatenated vocabularies of ``specs`` (the first is the tower's own).
 
     ``specs[i]``'s local id ``j`` is global id ``offsets[name] + j``; offsets follow ``specs``
@@ -71,14 +75,6 @@ class SingleDecoder(nn.Module):
                 f"{list(self.specs)} need {total}: build it with SingleDecoder.from_text_tower"
             )
         self.tower = tower
-        # Per modality: the global ids it may generate (its own range minus its bos and pad).
-        allowed = torch.zeros(len(specs), total, dtype=torch.bool)
-        for i, s in enumerate(specs):
-            off = self.offsets[s.name]
-            allowed[i, off : off + s.vocab_size] = True
-            allowed[i, [off + s.bos_id, off + s.pad_id]] = False
-        self.register_buffer("allowed", allowed, persistent=False)
-        self.modality_index = {s.name: i for i, s in enumerate(specs)}
 
     @classmethod
     def from_text_tower(
@@ -93,261 +89,132 @@ class SingleDecoder(nn.Module):
         n_new = sum(s.vocab_size for s in specs[1:])
         return cls(extend_vocabulary(tower, n_new, seed), specs)
 
-    # ---- training -----------------------------------------------------------------------------
-    def to_global(self, modality: str, ids: Tensor) -> Tensor:
-        return ids + self.offsets[modality]
+    # ---- the fine-tuned-model interface (models/generation.py) ------------------------------
+    def collator(self, loss_on: str = "last") -> Callable[[Sequence[Sequence[Segment]]], dict]:
+        return functools.partial(
+            collate_joint, specs=self.specs, offsets=self.offsets, loss_on=loss_on
+        )
 
-    def collate(self, samples: Sequence[Sequence[Segment]], loss_on: str = "last") -> dict:
-        """Samples of segments -> {"ids", "targets", "valid"} [B,T], one right-padded stream.
+    def forward(
+        self, batch: Mapping[str, Mapping[str, Tensor]], outputs: Collection[str] | None = None
+    ) -> dict[str, Tensor]:
+        """Right-padded ids [B,T] -> {"single": logits [B,T,V_total]} (causal: pads come last;
+        ``outputs`` changes nothing: one softmax serves every modality)."""
+        return {STREAM: self.tower(batch[STREAM]["ids"])}
 
-        Targets follow the Zipper's convention inside each loss segment: bos predicts the first
-        token, ..., the last token predicts eos; nothing predicts a segment's bos (the caller
-        chooses modality switches). ``loss_on``: "last" (the output segment) or "all";
-        ``Segment.loss`` overrides it per segment.
-        """
-        if loss_on not in ("last", "all"):
-            raise UserError(f"loss_on must be 'last' or 'all', got {loss_on!r}")
-        rows = []
-        for sample in samples:
-            ids, tgt = [], []
-            for j, seg in enumerate(sample):
-                if seg.modality not in self.specs:
-                    raise UserError(
-                        f"segment modality {seg.modality!r} is not in the single decoder's "
-                        f"vocabulary {list(self.specs)} (model modalities / data modalities)"
-                    )
-                g = self.to_global(seg.modality, wrap(seg, self.specs[seg.modality]))  # (L+2,)
-                loss = (
-                    seg.loss if seg.loss is not None else (loss_on == "all" or j == len(sample) - 1)
-                )
-                t = torch.full_like(g, IGNORE)
-                if loss:
-                    t[:-1] = g[1:]
-                ids.append(g)
-                tgt.append(t)
-            rows.append((torch.cat(ids), torch.cat(tgt)))
-        B, T = len(rows), max(len(r[0]) for r in rows)
-        pad = self.offsets[next(iter(self.specs))] + next(iter(self.specs.values())).pad_id
-        out = {
-            "ids": torch.full((B, T), pad, dtype=torch.long),
-            "targets": torch.full((B, T), IGNORE, dtype=torch.long),
-            "valid": torch.zeros(B, T, dtype=torch.bool),
-        }
-        for b, (ids, tgt) in enumerate(rows):
-            out["ids"][b, : len(ids)], out["targets"][b, : len(ids)] = ids, tgt
-            out["valid"][b, : len(ids)] = True
-        return out
+    def runner(self, cached, inputs, outputs, budgets, device) -> SingleRunner:
+        return SingleRunner(self, cached, inputs, outputs, budgets, device)
 
-    def forward(self, ids: Tensor) -> Tensor:
-        """Right-padded ids [B,T] -> logits [B,T,V_total] (causal: pads come after real tokens)."""
-        return self.tower(ids)
-
-    def loss(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """Token-mean cross-entropy over all targets, and the mean per target modality."""
-        logits = self(batch["ids"]).float()  # (B, T, V)
-        tgt = batch["targets"]
-        ce = F_.cross_entropy(
-            logits.reshape(-1, logits.size(-1)),
-            tgt.reshape(-1),
-            ignore_index=IGNORE,
-            reduction="none",
-        ).view_as(tgt)  # (B, T), 0 where ignored
-        total = ce.sum() / (tgt != IGNORE).sum().clamp(min=1)
-        per = {}
-        for name, s in self.specs.items():
-            off = self.offsets[name]
-            in_mod = (tgt >= off) & (tgt < off + s.vocab_size)
-            per[name] = (ce * in_mod).sum() / in_mod.sum().clamp(min=1)
-        return total, per
-
-    # ---- generation ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(
-        self,
-        inputs: list[list[Segment]],
-        output_modalities: list[str],
-        max_new_tokens: dict[str, int] | int,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        seed: int | None = None,
-    ) -> list[list[Segment]]:
-        """Continue each sample's input segments with one segment per output modality, in order.
-
-        Greedy when temperature == 0. Batched with one KV cache; ragged prompts are left-padded
-        with per-sample RoPE positions and ``key_valid``. ``max_new_tokens`` bounds each output
-        segment's tokens (eos excluded); a segment that hits it is closed with a fed eos.
-        """
-        args = (inputs, output_modalities, max_new_tokens, temperature, top_k, seed)
-        return self._generate(True, *args)
-
-    @torch.no_grad()
-    def generate_uncached(
-        self,
-        inputs: list[list[Segment]],
-        output_modalities: list[str],
-        max_new_tokens: dict[str, int] | int,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        seed: int | None = None,
-    ) -> list[list[Segment]]:
-        """Same tokens as ``generate``, recomputing the whole prefix each step (reference)."""
-        args = (inputs, output_modalities, max_new_tokens, temperature, top_k, seed)
-        return self._generate(False, *args)
-
-    def _budgets(self, outs: list[str], max_new_tokens: dict[str, int] | int) -> list[int]:
-        if not outs:
-            raise UserError("output_modalities is empty: name at least one, e.g. ['text']")
-        for m in outs:
-            if m not in self.specs:
-                raise UserError(f"output modality {m!r} unknown: choose from {list(self.specs)}")
-        if isinstance(max_new_tokens, int):
-            budgets = [max_new_tokens] * len(outs)
-        else:
-            missing = [m for m in outs if m not in max_new_tokens]
-            if missing:
-                raise UserError(f"max_new_tokens has no budget for output modalities {missing}")
-            budgets = [int(max_new_tokens[m]) for m in outs]
-        if min(budgets) < 1:
-            raise UserError(f"max_new_tokens must be >= 1 per output modality, got {budgets}")
-        return budgets
-
-    def _prompts(self, inputs: list[list[Segment]], first_out: str) -> list[Tensor]:
-        prompts = []
-        for sample in inputs:
-            parts = []
-            for seg in sample:
-                if seg.modality not in self.specs:
-                    raise UserError(
-                        f"input modality {seg.modality!r} unknown: choose from {list(self.specs)}"
-                    )
-                parts.append(self.to_global(seg.modality, wrap(seg, self.specs[seg.modality])))
-            bos = self.specs[first_out].bos_id + self.offsets[first_out]
-            parts.append(torch.tensor([bos]))
-            prompts.append(torch.cat(parts))
-        return prompts
-
-    def _generate(self, cached, inputs, outs, max_new_tokens, temperature, top_k, seed):
-        budgets = self._budgets(outs, max_new_tokens)
-        if temperature < 0:
-            raise UserError(f"temperature must be >= 0, got {temperature}")
-        if not inputs:
-            return []
-        device = self.tower.tok_emb.weight.device
-        prompts = self._prompts(inputs, outs[0])
-        B, P = len(prompts), max(len(p) for p in prompts)
-        max_steps = sum(b + 2 for b in budgets)  # content + eos + next bos per segment
-        if P + max_steps > self.tower.cfg.max_seq_len:
+    def check_lengths(
+        self, inputs: list[list[Segment]], outputs: list[str], budgets: dict[str, int]
+    ) -> None:
+        prompt = max(sum(len(s.tokens) + 2 for s in x) for x in inputs)
+        steps = sum(budgets[m] + 2 for m in outputs)  # bos + content + eos per segment
+        if prompt + steps > self.tower.cfg.max_seq_len:
             raise UserError(
-                f"prompt ({P}) + generation budget ({max_steps}) exceed the tower's max_seq_len="
+                f"prompt ({prompt}) + generation budget ({steps}) exceed the tower's max_seq_len="
                 f"{self.tower.cfg.max_seq_len}: lower max_new_tokens or shorten the inputs"
             )
-        # Left-pad so every sample's next token lands in the same column.
+
+    def budget_cap(self, output: str, longest_input: int) -> int:
+        """One shared sequence: the wrapped input, then bos + generated + eos."""
+        return self.tower.cfg.max_seq_len - (longest_input + 2) - 2
+
+    def tower_for(self, modality: str) -> Tower:
+        return self.tower  # its full vocabulary: every modality lives in the one tower
+
+
+def wrap_global(seg: Segment, specs: Mapping[str, ModalitySpec], offsets: Mapping[str, int]):
+    """bos + tokens + eos of the segment's modality, as ids of the joint vocabulary [L+2]."""
+    if seg.modality not in specs:
+        raise UserError(
+            f"segment modality {seg.modality!r} is not in the single decoder's "
+            f"vocabulary {list(specs)} (model modalities / data modalities)"
+        )
+    return wrap(seg, specs[seg.modality]) + offsets[seg.modality]
+
+
+def collate_joint(
+    samples: Sequence[Sequence[Segment]],
+    specs: Mapping[str, ModalitySpec],
+    offsets: Mapping[str, int],
+    loss_on: str = "last",
+) -> dict:
+    """Samples of segments -> {"single": {"ids", "targets", "valid"} [B,T]}, right-padded.
+
+    Targets follow the Zipper's convention inside each loss segment: bos predicts the first
+    token, ..., the last token predicts eos; nothing predicts a segment's bos (the caller
+    chooses modality switches). ``loss_on``: "last" (the output segment) or "all";
+    ``Segment.loss`` overrides it per segment.
+    """
+    rows = []
+    for sample in samples:
+        ids, tgt = [], []
+        for seg, loss in zip(sample, loss_flags(sample, loss_on), strict=True):
+            g = wrap_global(seg, specs, offsets)  # (L+2,)
+            t = torch.full_like(g, IGNORE)
+            if loss:
+                t[:-1] = g[1:]
+            ids.append(g)
+            tgt.append(t)
+        rows.append((torch.cat(ids), torch.cat(tgt)))
+    B, T = len(rows), max(len(r[0]) for r in rows)
+    first = next(iter(specs.values()))
+    out = {
+        "ids": torch.full((B, T), offsets[first.name] + first.pad_id, dtype=torch.long),
+        "targets": torch.full((B, T), IGNORE, dtype=torch.long),
+        "valid": torch.zeros(B, T, dtype=torch.bool),
+    }
+    for b, (ids, tgt) in enumerate(rows):
+        out["ids"][b, : len(ids)], out["targets"][b, : len(ids)] = ids, tgt
+        out["valid"][b, : len(ids)] = True
+    return {STREAM: out}
+
+
+class SingleRunner:
+    """One decoding step of the single decoder: the inputs are one left-padded prompt per sample
+    (per-sample RoPE positions and ``key_valid``), fed with the first output bos; each later step
+    feeds one column, with a KV cache or recomputing the whole prefix (the reference)."""
+
+    def __init__(self, model: SingleDecoder, cached: bool, inputs, outputs, budgets, device):
+        self.model, self.device, self.cached = model, device, cached
+        prompts = [
+            torch.cat([wrap_global(s, model.specs, model.offsets) for s in sample])
+            if sample
+            else torch.zeros(0).long()
+            for sample in inputs
+        ]
+        B, P = len(prompts), max(len(p) for p in prompts)
         lens = torch.tensor([len(p) for p in prompts], device=device)
         ids = torch.zeros(B, P, dtype=torch.long, device=device)
         for b, p in enumerate(prompts):
             ids[b, P - len(p) :] = p.to(device)
         cols = torch.arange(P, device=device)[None]  # (1, P)
         valid = cols >= (P - lens)[:, None]  # (B, P)
-        pos = (cols - (P - lens)[:, None]).clamp(min=0)  # (B, P) per-sample RoPE positions
-        runner = _Runner(self.tower, cached, B, P + max_steps)
-        gen = None
-        if seed is not None:
-            gen = torch.Generator(device=device).manual_seed(seed)
-        was_training = self.training
-        self.eval()
-        try:
-            logits = runner.step(ids, valid, pos)  # (B, V)
-            sampling = (temperature, top_k, gen)
-            out = _decode(self, logits, runner, lens, outs, budgets, max_steps, *sampling)
-        finally:
-            self.train(was_training)
-        return [
-            [
-                Segment(m, torch.tensor(toks, dtype=torch.long))
-                for m, toks in zip(outs, row, strict=True)
-            ]
-            for row in out
-        ]
-
-
-class _Runner:
-    """One decoding step over new columns: with a KV cache, or recomputing the whole prefix."""
-
-    def __init__(self, tower: Tower, cached: bool, batch: int, max_len: int) -> None:
-        self.tower, self.cached = tower, cached
-        self.cache = tower.new_cache(batch, max_len) if cached else None
+        pos = (cols - (P - lens)[:, None]).clamp(min=0)  # (B, P)
+        self.pending: tuple | None = (ids, valid, pos)  # run together with the first token
+        self.next_pos = lens  # (B,) RoPE position of the next real token
+        steps = sum(budgets[m] + 2 for m in outputs)
+        self.cache = model.tower.new_cache(B, P + steps) if cached else None
         self.ids = self.valid = self.pos = None
 
-    def step(self, ids: Tensor, valid: Tensor, pos: Tensor) -> Tensor:
-        """New columns ids/valid/pos [B,T] -> logits of the last column [B,V]."""
-        first = self.valid is None
+    def feed(self, m: str, tok: Tensor, valid: Tensor, new_segment: bool) -> Tensor:
+        off, size = self.model.offsets[m], self.model.specs[m].vocab_size
+        ids, live, pos = (tok + off)[:, None], valid[:, None], self.next_pos[:, None]  # (B, 1)
+        self.next_pos = self.next_pos + valid.long()
+        if self.pending is not None:  # the prompt columns, then this token
+            p_ids, p_valid, p_pos = self.pending
+            pairs = ((p_ids, ids), (p_valid, live), (p_pos, pos))
+            ids, live, pos = (torch.cat(pair, 1) for pair in pairs)
+            self.pending = None
+        return self._step(ids, live, pos)[:, off : off + size]  # (B, V_m)
+
+    def _step(self, ids: Tensor, valid: Tensor, pos: Tensor) -> Tensor:
+        """New columns ids/valid/pos [B,T] -> logits of the last column [B,V_total]."""
+        tower, first = self.model.tower, self.valid is None
         self.valid = valid if first else torch.cat([self.valid, valid], 1)  # (B, all columns)
         if self.cached:
-            return self.tower(ids, positions=pos, key_valid=self.valid, cache=self.cache)[:, -1]
+            return tower(ids, positions=pos, key_valid=self.valid, cache=self.cache)[:, -1]
         self.ids = ids if first else torch.cat([self.ids, ids], 1)
         self.pos = pos if first else torch.cat([self.pos, pos], 1)
-        return self.tower(self.ids, positions=self.pos, key_valid=self.valid)[:, -1]
-
-
-def _pick(logits: Tensor, temperature: float, top_k: int | None, gen) -> Tensor:
-    """Greedy or temperature/top-k sampling over masked logits [B,V] -> ids [B]."""
-    if temperature <= 0.0:
-        return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if top_k is not None:
-        kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
-
-
-def _decode(model, logits, runner, lens, outs, budgets, max_steps, temperature, top_k, gen):
-    """The per-sample state machine shared by cached and uncached generation, as tensors.
-
-    Each step feeds exactly one column: a sampled token, a forced special (eos when a budget
-    runs out, the next modality's bos after an eos) or, once a sample is done, an invalid pad.
-    """
-    B, device, n_out = len(lens), logits.device, len(outs)
-    rows = torch.tensor([model.modality_index[m] for m in outs], device=device)
-    offs = torch.tensor([model.offsets[m] for m in outs], device=device)
-    eos_of = torch.tensor([model.specs[m].eos_id for m in outs], device=device) + offs
-    bos_of = torch.tensor([model.specs[m].bos_id for m in outs], device=device) + offs
-    budget_of = torch.tensor(budgets, device=device)
-    none = torch.full((B,), -1, device=device)
-    seg = torch.zeros(B, dtype=torch.long, device=device)  # index into outs being generated
-    count = torch.zeros_like(seg)
-    forced, forced_next = none.clone(), none.clone()  # up to two queued specials per sample
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    toks, segs, keeps = [], [], []
-    next_pos = lens.clone()
-    for _ in range(max_steps):
-        s = seg.clamp(max=n_out - 1)
-        masked = logits.masked_fill(~model.allowed[rows[s]], float("-inf"))  # (B, V)
-        sampled = _pick(masked, temperature, top_k, gen)  # (B,)
-        has_forced = forced >= 0
-        act = ~done & ~has_forced  # samples that consume their sampled token
-        is_eos = act & (sampled == eos_of[s])
-        keep = act & ~is_eos
-        toks.append(sampled - offs[s])
-        segs.append(s)
-        keeps.append(keep)
-        count = count + keep.long()
-        switch = act & (is_eos | (count == budget_of[s]))
-        seg = seg + switch.long()
-        count = torch.where(switch, 0, count)
-        finished = switch & (seg == n_out)
-        starts = switch & ~finished  # queue [next bos] after an eos, [eos, next bos] otherwise
-        nxt = bos_of[seg.clamp(max=n_out - 1)]
-        feed = torch.where(has_forced, forced, sampled)
-        forced = torch.where(has_forced, forced_next, forced)
-        forced_next = torch.where(has_forced, none, forced_next)
-        forced = torch.where(starts, torch.where(is_eos, nxt, eos_of[s]), forced)
-        forced_next = torch.where(starts & ~is_eos, nxt, forced_next)
-        done = done | finished
-        if bool(done.all()):
-            break
-        feed = torch.where(done, 0, feed)
-        live = ~done[:, None]  # (B, 1)
-        logits = runner.step(feed[:, None], live, next_pos[:, None])
-        next_pos += live[:, 0].long()
-    T, S, K = (torch.stack(x, 1).cpu() for x in (toks, segs, keeps))  # (B, steps)
-    return [[T[b][K[b] & (S[b] == k)].tolist() for k in range(n_out)] for b in range(B)]
+        return tower(self.ids, positions=self.pos, key_valid=self.valid)[:, -1]

@@ -9,7 +9,8 @@ N > 2 towers work the same way (a tower reading several sources applies them in 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+import functools
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -18,12 +19,19 @@ from torch import Tensor
 from zipper_pl.config.components import ZipperConfig
 from zipper_pl.errors import UserError
 from zipper_pl.models.fusion import FusionLayer, InputProjection
-from zipper_pl.models.generation import CachedRunner, UncachedRunner, run_generation
-from zipper_pl.models.sequences import ModalitySpec, Segment, cross_mask, word_distance
+from zipper_pl.models.generation import FinetunedModel
+from zipper_pl.models.sequences import (
+    ModalitySpec,
+    Segment,
+    collate_segments,
+    cross_mask,
+    word_distance,
+)
 from zipper_pl.models.tower import Tower
+from zipper_pl.models.zipper_runners import CachedRunner, UncachedRunner
 
 
-class ZipperModel(nn.Module):
+class ZipperModel(FinetunedModel):
     def __init__(
         self, cfg: ZipperConfig, towers: Mapping[str, Tower], specs: Mapping[str, ModalitySpec]
     ) -> None:
@@ -142,9 +150,6 @@ class ZipperModel(nn.Module):
             self.towers[t].eval()  # Lightning calls train() every epoch: keep frozen towers in eval
         return self
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
     def distances(
         self, query: Mapping[str, Mapping[str, Tensor]], key: Mapping[str, Mapping[str, Tensor]]
     ) -> dict[tuple[str, str], Tensor]:
@@ -234,44 +239,38 @@ class ZipperModel(nn.Module):
             distances=self.distances(batch, batch),
         )
 
-    # ---- generation ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(
-        self,
-        inputs: list[list[Segment]],
-        output_modalities: list[str],
-        max_new_tokens: dict[str, int] | int,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        seed: int | None = None,
-    ) -> list[list[Segment]]:
-        """Continue each sample's input segments with one segment per output modality, in order.
+    # ---- the fine-tuned-model interface (models/generation.py) ------------------------------
+    def collator(self, loss_on: str = "last") -> Callable[[Sequence[Sequence[Segment]]], dict]:
+        """One stream per tower (``collate_segments``)."""
+        return functools.partial(collate_segments, specs=self.specs, loss_on=loss_on)
 
-        Greedy when temperature == 0. Per-tower KV caches and cached cross-attention keys/values:
-        each new token is one incremental step of its tower. See ``run_generation``.
-        """
-        return run_generation(
-            self, CachedRunner, inputs, output_modalities, max_new_tokens, temperature, top_k, seed
-        )
+    def runner(self, cached, inputs, outputs, budgets, device) -> CachedRunner | UncachedRunner:
+        return (CachedRunner if cached else UncachedRunner)(self, inputs, outputs, budgets, device)
 
-    @torch.no_grad()
-    def generate_uncached(
-        self,
-        inputs: list[list[Segment]],
-        output_modalities: list[str],
-        max_new_tokens: dict[str, int] | int,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        seed: int | None = None,
-    ) -> list[list[Segment]]:
-        """Same tokens as ``generate``, recomputing the whole prefix each step (reference)."""
-        return run_generation(
-            self,
-            UncachedRunner,
-            inputs,
-            output_modalities,
-            max_new_tokens,
-            temperature,
-            top_k,
-            seed,
-        )
+    def check_lengths(
+        self, inputs: list[list[Segment]], outputs: list[str], budgets: dict[str, int]
+    ) -> None:
+        for t in self.names:
+            extra = sum(budgets[m] + 2 for m in outputs if m == t)
+            longest = max(sum(len(s.tokens) + 2 for s in x if s.modality == t) for x in inputs)
+            if longest + extra > self.towers[t].cfg.max_seq_len:
+                raise UserError(
+                    f"{t}: {longest} input + {extra} generated tokens exceed max_seq_len="
+                    f"{self.towers[t].cfg.max_seq_len}: lower max_new_tokens or shorten the input"
+                )
+
+    def budget_cap(self, output: str, longest_input: int) -> int:
+        """The output tower holds only bos + generated + eos (inputs live in other towers)."""
+        return self.towers[output].cfg.max_seq_len - 2
+
+    def tower_for(self, modality: str) -> Tower:
+        return self.towers[modality]
+
+    def gates(self) -> dict[str, Tensor]:
+        """tanh(alpha) (cross-attention) and tanh(beta) (feed-forward) of every zipped layer."""
+        out = {}
+        for direction, layers in self.fusion.items():
+            for n, layer in enumerate(layers):
+                out[f"{direction}/{n}_attn"] = torch.tanh(layer.xattn.alpha.detach())
+                out[f"{direction}/{n}_ffw"] = torch.tanh(layer.xattn.beta.detach())
+        return out

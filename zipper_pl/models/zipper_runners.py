@@ -1,0 +1,155 @@
+"""The Zipper's generation runners: what one decoding step of ``ZipperModel`` computes.
+
+``CachedRunner`` keeps per-tower KV caches and each zipped layer's projected cross-attention
+keys/values; ``UncachedRunner`` rebuilds the interleaved batch and runs the full model (the
+reference the cached one must equal). Both implement ``feed`` for the shared decoding loop in
+``models/generation.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from zipper_pl.models.sequences import (
+    PAD_POS,
+    Segment,
+    collate_segments,
+    collate_streams,
+    cross_mask,
+    wrap,
+)
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {t: {k: v.to(device) for k, v in d.items()} for t, d in batch.items()}
+
+
+class CachedRunner:
+    """Incremental state: per-tower KV caches and per-direction, per-zipped-layer projected
+    cross-attention keys/values, all indexed by the source tower's cache slot. Slots of
+    finished samples hold padding (invalid keys); RoPE and original positions skip them."""
+
+    def __init__(
+        self,
+        model: nn.Module,  # a ZipperModel: models/zipper.py imports this module, not back
+        inputs: list[list[Segment]],
+        outputs: list[str],
+        budgets: dict[str, int],
+        device: torch.device,
+    ) -> None:
+        self.model, self.device, B = model, device, len(inputs)
+        pre = _to(collate_segments(inputs, model.specs), device)
+        cap = {
+            t: pre[t]["ids"].size(1) + sum(budgets[m] + 2 for m in outputs if m == t)
+            for t in model.names
+        }
+        self.cache = {t: model.towers[t].new_cache(B, cap[t]) for t in model.names}
+        self.valid = {t: torch.zeros(B, cap[t], dtype=torch.bool, device=device) for t in cap}
+        self.opos = {t: torch.full((B, cap[t]), PAD_POS, device=device) for t in cap}
+        self.spos = {t: torch.zeros(B, cap[t], dtype=torch.long, device=device) for t in cap}
+        self.used = dict.fromkeys(model.names, 0)
+        self.xkv = {}
+        for dst, src in model.dirs:
+            for n, layer in enumerate(model.fusion[f"{dst}_from_{src}"]):
+                shape = (B, layer.xattn.n_heads, cap[src], layer.xattn.head_dim)
+                w = model.towers[dst].tok_emb.weight
+                self.xkv[(dst, src), n] = tuple(
+                    torch.zeros(shape, dtype=w.dtype, device=device) for _ in range(2)
+                )
+        new = {}
+        for t in model.names:
+            if pre[t]["valid"].any():
+                T = pre[t]["ids"].size(1)
+                new[t] = {**pre[t], "pos": torch.arange(T, device=device).expand(B, T)}
+        self.advance(new)
+        self.next_pos = {t: pre[t]["valid"].sum(1) for t in model.names}  # [B] RoPE position
+        self.next_orig = sum(self.next_pos.values())  # [B] original-order position
+        self.next_seg = torch.zeros(B, dtype=torch.long, device=device)  # [B] in-segment index
+
+    def advance(self, new: dict[str, dict]) -> dict[str, Tensor]:
+        """Feed new[t] = {ids, valid, orig_pos, pos} [B,T] of the towers that get tokens."""
+        end = dict(self.used)
+        for t, x in new.items():
+            s, T = self.used[t], x["ids"].size(1)
+            end[t] = s + T
+            self.valid[t][:, s : end[t]] = x["valid"]
+            self.opos[t][:, s : end[t]] = torch.where(x["valid"], x["orig_pos"], PAD_POS)
+            self.spos[t][:, s : end[t]] = x["seg_pos"]
+        keys = {
+            t: {
+                "orig_pos": self.opos[t][:, : end[t]],
+                "seg_pos": self.spos[t][:, : end[t]],
+                "valid": self.valid[t][:, : end[t]],
+            }
+            for t in end
+        }
+        masks = {
+            (a, b): cross_mask({"orig_pos": self.opos[a][:, self.used[a] : end[a]]}, keys[b])
+            for a, b in self.model.dirs
+            if a in new
+        }
+        run_kw = {
+            t: {"positions": x["pos"], "key_valid": keys[t]["valid"], "cache": self.cache[t]}
+            for t, x in new.items()
+        }
+
+        def kv_fn(d: tuple[str, str], n: int, kv: tuple[Tensor, Tensor] | None):
+            K, V = self.xkv[d, n]
+            src = d[1]
+            if kv is not None:
+                K[:, :, self.used[src] : end[src]] = kv[0]
+                V[:, :, self.used[src] : end[src]] = kv[1]
+            return K[:, :, : end[src]], V[:, :, : end[src]]
+
+        h = {t: self.model.embed(t, x["ids"]) for t, x in new.items()}
+        distances = self.model.distances(new, keys)
+        logits = self.model.zip_pass(h, run_kw, masks, kv_fn, distances=distances)
+        self.used = end
+        return logits
+
+    def feed(self, m: str, tok: Tensor, valid: Tensor, new_segment: bool) -> Tensor:
+        """One token [B] of tower m (valid [B]: False = padding) -> next-token logits [B,V]."""
+        if new_segment:
+            self.next_seg = torch.zeros_like(self.next_seg)
+        x = {
+            "ids": tok[:, None],
+            "valid": valid[:, None],
+            "orig_pos": self.next_orig[:, None],
+            "seg_pos": self.next_seg[:, None],
+            "pos": self.next_pos[m][:, None],
+        }
+        logits = self.advance({m: x})[m][:, 0]
+        self.next_pos[m] = self.next_pos[m] + valid
+        self.next_orig = self.next_orig + valid
+        self.next_seg = self.next_seg + valid
+        return logits
+
+
+class UncachedRunner:
+    """Reference: rebuild every sample's interleaved sequence and run the full model each step."""
+
+    def __init__(
+        self,
+        model: nn.Module,  # a ZipperModel: models/zipper.py imports this module, not back
+        inputs: list[list[Segment]],
+        outputs: list[str],
+        budgets: dict[str, int],
+        device: torch.device,
+    ) -> None:
+        self.model, self.device = model, device
+        self.streams = [
+            [(s.modality, wrap(s, model.specs[s.modality]).tolist(), False) for s in sample]
+            for sample in inputs
+        ]
+
+    def feed(self, m: str, tok: Tensor, valid: Tensor, new_segment: bool) -> Tensor:
+        for b, (t, ok) in enumerate(zip(tok.tolist(), valid.tolist(), strict=True)):
+            if ok and new_segment:
+                self.streams[b].append((m, [t], False))
+            elif ok:
+                self.streams[b][-1][1].append(t)
+        batch = _to(collate_streams(self.streams, self.model.specs), self.device)
+        logits = self.model(batch)[m]  # [B,T,V]
+        last = (batch[m]["valid"].sum(1) - 1).clamp(min=0)
+        return logits[torch.arange(logits.size(0), device=self.device), last]
