@@ -62,7 +62,7 @@ def run(size: str, n_batches: int) -> dict[str, dict]:
             }
     sp = syn.specs()
     prs = syn.pairs(size, n=max(64, 8 * w.pairs), seed=5)
-    pairs = [Pair(f"p{i}", "", t, s) for i, (s, t) in enumerate(prs)]
+    pairs = [Pair(f"p{i}", "", {"text": t, "speech": s}) for i, (s, t) in enumerate(prs)]
     prepared = {"pairs": {"aligned_train": pairs, "valid": pairs[:8], "test": []}, "skipped": {}}
     single = syn.single("tiny")  # the collate depends on the vocab layout, not the tower size
     collates = {

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf.nodes import BooleanNode, StringNode
 
 from zipper_pl.config import Config, describe_schema, load_config, save_config, to_dict
 from zipper_pl.errors import UserError
@@ -50,6 +51,21 @@ def test_override_one_entry_of_a_dict_key(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("zip: {intervals: {text: 2, speech: 4}}\n")
     assert load_config(path, ["zip.intervals.speech=1"]).zip.intervals == {"text": 2, "speech": 1}
+
+
+def test_scalars_stricter_than_omegaconf_nodes(tmp_path):
+    """Why config/schema.py coerces itself: OmegaConf's nodes take a typo and hide it."""
+    assert BooleanNode(2)._value() is True and StringNode(True)._value() == "True"
+    path = tmp_path / "typos.yaml"
+    path.write_text("out: true\ntrain: {compile: 2, max_steps: 3.5}\nseed: 1.0\n")
+    with pytest.raises(UserError) as e:
+        load_config(path)
+    msg = str(e.value)  # every problem in one error; 1.0 is a fine integer
+    assert "out" in msg and "train.compile" in msg and "train.max_steps" in msg
+    assert "seed" not in msg
+    cfg = load_config(None, ["seed=1.0", "train.lr=1", "train.max_steps=7", "out=runs/x"])
+    assert (cfg.seed, cfg.train.lr, cfg.train.max_steps) == (1, 1.0, 7)
+    assert isinstance(cfg.seed, int) and isinstance(cfg.train.lr, float)
 
 
 def test_unknown_key_suggests_closest():

@@ -6,15 +6,17 @@ import torch
 from zipper_pl.errors import UserError
 from zipper_pl.metrics import corpus_cer
 from zipper_pl.models.judge import (
-    CHARS,
     JudgeASR,
     JudgeConfig,
+    prepare_items,
+    train_judge,
+)
+from zipper_pl.models.judge_vocab import (
+    CHARS,
     WordVocab,
     build_vocab,
     ctc_greedy_decode,
     ctc_min_frames,
-    prepare_items,
-    train_judge,
     vocab_from_json,
     vocab_to_json,
 )

@@ -35,13 +35,14 @@ import torch.nn.functional as Fn
 from torch.utils.tensorboard import SummaryWriter
 
 from zipper_pl.config import Config, load_config, save_config, to_dict
+from zipper_pl.data.aligned import tasks_of
 from zipper_pl.data.hf_tokenizer import load_text_tokenizer
 from zipper_pl.data.prepare import text_lines
 from zipper_pl.errors import UserError
-from zipper_pl.finetuned import TOWERS_JSON, Finetuned, load_finetuned, load_tower
+from zipper_pl.finetuned import Finetuned, load_finetuned, load_tower
 from zipper_pl.hub import is_hf_folder
 from zipper_pl.identity import IDENTITY_FILE, PROVENANCE_FILE, provenance
-from zipper_pl.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from zipper_pl.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from zipper_pl.judging import Utterance, gold_utterances, load_judge, oracle_scores, run_judge
 from zipper_pl.layout import (
     CONFIG,
@@ -57,7 +58,7 @@ from zipper_pl.models.sequences import IGNORE, ModalitySpec, Segment
 from zipper_pl.models.tower import Tower
 from zipper_pl.registry import ARCHS, frozen_towers
 from zipper_pl.report import render_markdown
-from zipper_pl.scoring import eval_asr, eval_tts, significance
+from zipper_pl.scoring import eval_asr, eval_tts, fitting, significance
 from zipper_pl.training import run_zip
 
 __all__ = ["evaluate_stage", "resolve_systems"]
@@ -75,10 +76,6 @@ class System:
     cfg: Config | None = None
 
 
-def _tasks_of(task: str) -> list[str]:
-    return ["asr", "tts"] if task == "mix" else [task]
-
-
 def resolve_systems(cfg: Config) -> list[System]:
     """The systems to evaluate; in the default mode missing stages are trained (``run_zip``: the
     zip stage's work, the machine checked by ``evaluate_stage``)."""
@@ -88,7 +85,7 @@ def resolve_systems(cfg: Config) -> list[System]:
             folder = require_stage(f, "evaluated", "eval.stages")
             scfg = load_config(folder / CONFIG)
             name = folder.name if folder.name not in {s.name for s in systems} else str(folder)
-            tasks = _tasks_of(scfg.data.task)
+            tasks = tasks_of(scfg.data.task)
             systems.append(System(name, scfg.arch, dict.fromkeys(tasks, folder), scfg))
         return systems
     for arch in ARCHS:  # the paper's table order: the baseline first
@@ -98,7 +95,7 @@ def resolve_systems(cfg: Config) -> list[System]:
                 cfg, arch=arch, out="", data=dataclasses.replace(cfg.data, task=task)
             )
             folder = run_zip(scfg)  # returns at once when the stage is finished
-            system.folders.update(dict.fromkeys(_tasks_of(task), folder))
+            system.folders.update(dict.fromkeys(tasks_of(task), folder))
             system.cfg = load_config(folder / CONFIG)
         systems.append(system)
     return systems
@@ -116,18 +113,14 @@ def _judge_folder(cfg: Config) -> Path:
 
 
 def _test_set(cfg: Config, systems: list[System], judge_tok) -> tuple[list[Utterance], int]:
-    """Test utterances every system can take (same rule as training: speech + text + 4 specials
-    within the shortest tower), capped at ``eval.max_utterances``; returns (utterances, skipped)."""
+    """Test utterances every system can take (the training rule, ``aligned.fits``, within the
+    shortest tower), capped at ``eval.max_utterances``; returns (utterances, skipped)."""
     utts = gold_utterances(cfg, judge_tok, "test")
     if cfg.eval.max_utterances:
         utts = utts[: cfg.eval.max_utterances]
     keep = np.ones(len(utts), dtype=bool)
     for folder in {f for s in systems for f in s.folders.values()}:
-        max_total = min(c["max_seq_len"] for c in read_json(folder / TOWERS_JSON).values())
-        text_ids = load_text_tokenizer(folder).encode([u.text for u in utts])
-        keep &= [
-            len(u.tokens) + len(t) + 4 <= max_total for u, t in zip(utts, text_ids, strict=True)
-        ]
+        keep &= fitting(utts, folder, load_text_tokenizer(folder).encode)
     return [u for u, k in zip(utts, keep, strict=True) if k], int((~keep).sum())
 
 

@@ -16,6 +16,7 @@ import torch
 from zipper_pl.config import Config, load_config
 from zipper_pl.data.audio_tokenizers import AudioTokenizer
 from zipper_pl.data.hf_tokenizer import HFTextTokenizer, load_text_tokenizer
+from zipper_pl.data.modalities import modality_specs
 from zipper_pl.data.text import TextTokenizer
 from zipper_pl.errors import UserError
 from zipper_pl.hub import is_hf_folder
@@ -29,19 +30,6 @@ from zipper_pl.registry import build_model
 
 AUDIO_TOKENIZER_DIR = "audio_tokenizer"
 TOWERS_JSON = "towers.json"
-
-
-def modality_specs(
-    text_tok: TextTokenizer | HFTextTokenizer, audio_tok: AudioTokenizer
-) -> dict[str, ModalitySpec]:
-    """Text keeps SentencePiece's ids; speech = K codec tokens + begin/end-of-audio."""
-    k = audio_tok.vocab_size
-    return {
-        "text": ModalitySpec(
-            "text", text_tok.vocab_size, text_tok.bos_id, text_tok.eos_id, text_tok.pad_id
-        ),
-        "speech": ModalitySpec("speech", k + 2, k, k + 1, k + 1),
-    }
 
 
 @dataclass
@@ -132,7 +120,7 @@ def load_finetuned(folder: str | Path, device: str | torch.device = "cpu") -> Fi
     cfg = load_config(folder / "config.yaml")
     text_tok = load_text_tokenizer(folder)
     audio_tok = AudioTokenizer.load(folder / AUDIO_TOKENIZER_DIR)
-    specs = modality_specs(text_tok, audio_tok)
+    specs = modality_specs({"text": text_tok, "speech": audio_tok})
     tower_cfgs = read_json(folder / TOWERS_JSON)
     towers = {t: Tower(TowerConfig(**c)) for t, c in tower_cfgs.items()}
     model = build_model(cfg, towers, specs)
@@ -146,5 +134,4 @@ __all__ = [
     "UserError",
     "load_finetuned",
     "load_tower",
-    "modality_specs",
 ]

@@ -51,8 +51,10 @@ from zipper_pl.metrics import error_rows, summarize_rows
 from zipper_pl.models.judge import (
     JudgeASR,
     JudgeConfig,
-    build_vocab,
     train_judge,
+)
+from zipper_pl.models.judge_vocab import (
+    build_vocab,
     vocab_from_json,
     vocab_to_json,
 )

@@ -20,6 +20,7 @@ from pathlib import Path
 import filelock
 
 from zipper_pl.config import Config, to_dict
+from zipper_pl.data.modalities import MODALITIES
 from zipper_pl.data.sources import data_fingerprint
 from zipper_pl.errors import UserError
 from zipper_pl.hub import CONFIG_JSON, HF_PREFIX, folder_fingerprint, hub_folder, is_hf_folder
@@ -67,8 +68,8 @@ def stage_identity(cfg: Config, kind: str, inputs: Mapping[str, str] | None = No
 def _readable_name(cfg: Config, kind: str) -> str:
     codec = cfg.audio.codec
     if kind == "pretrain":
-        name = "pretrain-text" if cfg.modality == "text" else f"pretrain-speech-{codec}"
-        return f"{name}-steps{cfg.train.max_steps}-s{cfg.seed}"
+        tag = MODALITIES[cfg.modality].tag(cfg)
+        return f"pretrain-{tag}-steps{cfg.train.max_steps}-s{cfg.seed}"
     if kind == "judge":
         return f"judge-{codec}-s{cfg.seed}"
     frac = _frac_tag(cfg.data.aligned_frac)

@@ -15,10 +15,21 @@ from pathlib import Path
 import numpy as np
 
 from zipper_pl.config import Config
+from zipper_pl.data.aligned import fits
 from zipper_pl.finetuned import TOWERS_JSON, Finetuned, load_finetuned
 from zipper_pl.io import read_json
 from zipper_pl.judging import Utterance, gold_utterances, load_judge, oracle_scores
 from zipper_pl.metrics import best_of, error_rows, wilcoxon_paired
+
+
+def fitting(utts: list[Utterance], folder: Path, encode_text) -> list[bool]:
+    """Which test utterances the stage in ``folder`` can take: the training rule
+    (``aligned.fits``) within its shortest tower."""
+    max_total = min(c["max_seq_len"] for c in read_json(folder / TOWERS_JSON).values())
+    text_ids = encode_text([u.text for u in utts])
+    pairs = zip(utts, text_ids, strict=True)
+    return [fits([len(u.tokens), len(t)], max_total) for u, t in pairs]
+
 
 # ---- generation ------------------------------------------------------------------------------
 
@@ -193,11 +204,7 @@ def tts_cell_metrics(folder: Path, judge_dir: Path, cfg: Config) -> dict:
     utts = gold_utterances(cfg, judge_tok, "test")
     if cfg.eval.max_utterances:
         utts = utts[: cfg.eval.max_utterances]
-    max_total = min(c["max_seq_len"] for c in read_json(folder / TOWERS_JSON).values())
-    text_ids = ft.text_tok.encode([u.text for u in utts])
-    utts = [
-        u for u, t in zip(utts, text_ids, strict=True) if len(u.tokens) + len(t) + 4 <= max_total
-    ]
+    utts = [u for u, ok in zip(utts, fitting(utts, folder, ft.text_tok.encode), strict=True) if ok]
     targets = oracle_scores(judge, utts, cfg.eval.batch_size)["hyps"]
     summary, _, _ = eval_tts(ft, judge, utts, targets, cfg)
     return {

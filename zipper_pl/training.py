@@ -18,17 +18,23 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from zipper_pl.config import Config, load_config, save_config
-from zipper_pl.data.aligned import AlignedDataModule, PairTasks, nested_subset, tokens_per_word
+from zipper_pl.data.aligned import (
+    AlignedDataModule,
+    PairTasks,
+    nested_subset,
+    tasks_of,
+    tokens_per_word,
+)
 from zipper_pl.data.audio_tokenizers import AudioTokenizer
 from zipper_pl.data.hf_tokenizer import load_text_tokenizer
 from zipper_pl.data.lm_datamodule import LMDataModule
-from zipper_pl.data.prepare import prepare_aligned, prepare_pretraining
+from zipper_pl.data.modalities import modality_specs, prepare_pretraining
+from zipper_pl.data.prepare import prepare_aligned
 from zipper_pl.errors import UserError
 from zipper_pl.finetuned import (
     AUDIO_TOKENIZER_DIR,
     Finetuned,
     load_tower,
-    modality_specs,
     save_towers_json,
 )
 from zipper_pl.inventory import distinguishing_keys
@@ -194,7 +200,7 @@ def _asr_test(ft, pairs, cfg: Config) -> dict:
     if cfg.eval.max_utterances:
         pairs = pairs[: cfg.eval.max_utterances]
     hyps = ft.transcribe(
-        [p.speech_tokens for p in pairs], cfg.eval.batch_size, cfg.eval.max_new_text
+        [p.tokens["speech"] for p in pairs], cfg.eval.batch_size, cfg.eval.max_new_text
     )
     refs = [p.text for p in pairs]
     return {
@@ -206,7 +212,7 @@ def _asr_test(ft, pairs, cfg: Config) -> dict:
 
 def _teacher_forced(module, dm) -> dict:
     """Token accuracy / perplexity of the output segments on the test split."""
-    tasks = ["asr", "tts"] if module.cfg.data.task == "mix" else [module.cfg.data.task]
+    tasks = tasks_of(module.cfg.data.task)
     res = {}
     for task in tasks:
         ds = PairTasks(dm.test_pairs, [(i, task) for i in range(len(dm.test_pairs))])
@@ -249,7 +255,7 @@ def _train_finetune(
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=peak_lr(cfg)))
     text_tok = load_text_tokenizer(towers_from["text"])
     audio_tok = AudioTokenizer.load(towers_from["speech"] / AUDIO_TOKENIZER_DIR)
-    specs = modality_specs(text_tok, audio_tok)
+    specs = modality_specs({"text": text_tok, "speech": audio_tok})
     if init is None:
         towers = {
             "text": load_tower(towers_from["text"]),

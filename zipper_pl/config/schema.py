@@ -37,7 +37,13 @@ def F(
 
 
 def coerce(value: Any, tp: Any) -> Any:
-    """Convert a YAML/CLI value to the declared type; raise ValueError with a short reason."""
+    """Convert a YAML/CLI value to the declared type; raise ValueError with a short reason.
+
+    Our own rather than OmegaConf's structured-config nodes, because those accept what a typo
+    makes and then hide it: ``BooleanNode(2)`` is True, ``StringNode(True)`` is "True" (a
+    ``name=true`` typo for a path), and a value is checked one key at a time, so a config with
+    three mistakes would take three runs to find them (tests/test_config.py pins the
+    difference). OmegaConf still reads the YAML files (``${...}`` interpolation)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -52,30 +58,19 @@ def coerce(value: Any, tp: Any) -> Any:
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
         raise ValueError(f"expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ValueError(f"expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+    if tp in (int, float):
         if isinstance(value, str):
             try:
-                return int(value)
+                return tp(value)
             except ValueError:
                 pass
-        raise ValueError(f"expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ValueError(f"expected a number, got {value!r}")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ValueError(f"expected a number, got {value!r}")
+        elif (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and (tp is float or float(value).is_integer())  # 3.0 is an integer, 3.5 is not
+        ):
+            return tp(value)
+        raise ValueError(f"expected {'an integer' if tp is int else 'a number'}, got {value!r}")
     if tp is str:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)

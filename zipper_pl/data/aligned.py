@@ -1,8 +1,10 @@
 """Aligned (speech, transcript) pairs for fine-tuning: nested ``aligned_frac`` subsets, tasks.
 
-A sample is an ordered list of segments: ASR = [speech, text], TTS = [text, speech]. The model
-decides how segments become tensors (``collate``); this module only decides which pairs, which
-tasks and in which order.
+A pair holds one token array per modality. A task is data (``TASKS``): its ordered input
+modalities and its output modality sequence, e.g. ASR = speech -> [text]; a sample is that
+pair's segments in the task's order, the outputs marked for loss. The model decides how segments
+become tensors (``collate``); this module only decides which pairs, which tasks and in which
+order.
 """
 
 from __future__ import annotations
@@ -24,16 +26,46 @@ from zipper_pl.data.store import TokenStore
 from zipper_pl.errors import UserError
 from zipper_pl.models.sequences import Segment
 
-TASK_OUTPUT = {"asr": "text", "tts": "speech"}
-TASK_INPUT = {"asr": "speech", "tts": "text"}
+SPECIALS_PER_SEGMENT = 2  # bos + eos around every segment, in every architecture
+
+
+def fits(segment_lengths: Sequence[int], max_total: int) -> bool:
+    """Whether segments of these lengths, each wrapped in bos/eos, fit one sequence of
+    ``max_total`` (the single decoder's): the one length rule of training and evaluation, so
+    every system is trained and tested on the same pairs."""
+    return sum(segment_lengths) + SPECIALS_PER_SEGMENT * len(segment_lengths) <= max_total
+
+
+@dataclass(frozen=True)
+class Task:
+    """Ordered input modalities -> output modality sequence (each output segment gets loss)."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.inputs + self.outputs
+
+
+TASKS: dict[str, Task] = {
+    "asr": Task(inputs=("speech",), outputs=("text",)),
+    "tts": Task(inputs=("text",), outputs=("speech",)),
+}
+
+
+def tasks_of(task: str) -> list[str]:
+    """The tasks ``data.task`` names: one, or every task for ``mix``."""
+    return list(TASKS) if task == "mix" else [task]
 
 
 @dataclass
 class Pair:
+    """One utterance: its transcript and its token array per modality (in a fixed order)."""
+
     id: str
     text: str
-    text_tokens: np.ndarray
-    speech_tokens: np.ndarray
+    tokens: dict[str, np.ndarray]
 
 
 def nested_subset(n: int, frac: float, seed: int) -> np.ndarray:
@@ -46,7 +78,7 @@ def nested_subset(n: int, frac: float, seed: int) -> np.ndarray:
 def task_items(n_pairs: int, task: str, asr_tts_ratio: float) -> list[tuple[int, str]]:
     """(pair, task) items; ``mix`` keeps ASR:TTS at ``asr_tts_ratio`` using every pair once for
     the larger task and the first pairs again for the smaller one."""
-    if task in ("asr", "tts"):
+    if task in TASKS:
         return [(i, task) for i in range(n_pairs)]
     if asr_tts_ratio <= 1.0:
         n_asr, n_tts = round(asr_tts_ratio * n_pairs), n_pairs
@@ -56,20 +88,21 @@ def task_items(n_pairs: int, task: str, asr_tts_ratio: float) -> list[tuple[int,
 
 
 def tokens_per_word(pairs: Sequence[Pair]) -> dict[str, float]:
-    """Mean text and speech tokens per transcript word over ``pairs`` (for zip.align_prior)."""
+    """Mean tokens per transcript word of every modality over ``pairs`` (zip.align_prior)."""
     words = sum(len(p.text.split()) for p in pairs)
     if not pairs or words == 0:
         raise UserError("cannot measure tokens per word: no aligned pair has a transcript word")
-    return {
-        "text": sum(len(p.text_tokens) for p in pairs) / words,
-        "speech": sum(len(p.speech_tokens) for p in pairs) / words,
-    }
+    return {m: sum(len(p.tokens[m]) for p in pairs) / words for m in pairs[0].tokens}
 
 
 def make_sample(pair: Pair, task: str) -> list[Segment]:
-    speech = Segment("speech", torch.from_numpy(pair.speech_tokens.astype(np.int64)))
-    text = Segment("text", torch.from_numpy(pair.text_tokens.astype(np.int64)))
-    return [speech, text] if task == "asr" else [text, speech]
+    """The pair's segments in the task's order; the output segments get next-token loss."""
+    t = TASKS[task]
+    roles = [(m, False) for m in t.inputs] + [(m, True) for m in t.outputs]  # by position:
+    # a modality can be an input and an output of one task (continuation)
+    return [
+        Segment(m, torch.from_numpy(pair.tokens[m].astype(np.int64)), loss=out) for m, out in roles
+    ]
 
 
 class PairTasks(Dataset):
@@ -82,12 +115,7 @@ class PairTasks(Dataset):
         return len(self.items)
 
     def lengths(self) -> np.ndarray:
-        return np.array(
-            [
-                len(self.pairs[i].text_tokens) + len(self.pairs[i].speech_tokens)
-                for i, _ in self.items
-            ]
-        )
+        return np.array([sum(map(len, self.pairs[i].tokens.values())) for i, _ in self.items])
 
     def __getitem__(self, k: int) -> dict:
         i, task = self.items[k]
@@ -103,7 +131,8 @@ def load_pairs(
 ) -> tuple[list[Pair], dict[str, int]]:
     """Join manifest transcripts with cached speech tokens by utterance id; count what is dropped.
 
-    ``max_total``: longest speech + text + 4 specials kept (the single decoder's one sequence).
+    ``max_total``: longest speech + text + their specials kept (the single decoder's one
+    sequence holds both segments).
     """
     store = TokenStore(speech_store_dir)
     by_id = {uid: j for j, uid in enumerate(store.ids)}
@@ -115,10 +144,10 @@ def load_pairs(
     for r, tt in zip(records, text_tokens, strict=True):
         st = np.array(store[by_id[r.id]])  # a copy: memmap views are read-only
         # one limit for both layouts, so the Zipper and the single decoder see the same pairs
-        if len(st) + len(tt) + 4 > max_total or len(st) == 0 or len(tt) == 0:
+        if not fits([len(st), len(tt)], max_total) or not len(st) or not len(tt):
             too_long += 1
             continue
-        pairs.append(Pair(r.id, r.text, tt, st))
+        pairs.append(Pair(r.id, r.text, {"text": tt, "speech": st}))
     skipped["too_long_or_empty"] = too_long
     return pairs, skipped
 
@@ -166,7 +195,7 @@ class AlignedDataModule(L.LightningDataModule):
         self.train_set = PairTasks(
             self.train_pairs, task_items(len(chosen), d.task, d.asr_tts_ratio)
         )
-        tasks = ["asr", "tts"] if d.task == "mix" else [d.task]
+        tasks = tasks_of(d.task)
         self.valid_set = PairTasks(
             p["pairs"]["valid"], [(i, t) for i in range(len(p["pairs"]["valid"])) for t in tasks]
         )

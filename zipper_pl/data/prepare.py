@@ -16,7 +16,6 @@ from zipper_pl.data.aligned import load_pairs
 from zipper_pl.data.audio_cache import fit_audio_tokenizer, tokenize_manifest
 from zipper_pl.data.audio_tokenizers import build_audio_tokenizer
 from zipper_pl.data.embedded import build_embedded_corpus, split_pools
-from zipper_pl.data.lm_datamodule import LMData
 from zipper_pl.data.manifest import Record, read_manifest, write_manifest
 from zipper_pl.data.readers import CORPUS_READERS, summary_line
 from zipper_pl.data.sources import split_fingerprints
@@ -224,44 +223,6 @@ def audio_store(cfg: Config, tok, pool: str, need_transcript: bool = False) -> P
         cache_root(cfg) / "audio_tokens",
         max_bad_share=cfg.data.max_bad_share,
         need_transcript=need_transcript,
-    )
-
-
-# ---- what the pretraining stage needs --------------------------------------------------------
-
-
-def prepare_pretraining(cfg: Config) -> LMData:
-    if cfg.modality == "text":
-        tok = text_tokenizer(cfg)
-        train = text_store(cfg, tok, "text")
-        valid = text_store(cfg, tok, "valid")
-        store = TokenStore(train)
-        return LMData(
-            vocab_size=tok.vocab_size,
-            bos_id=tok.bos_id,
-            eos_id=tok.eos_id,
-            train_store=train,
-            valid_store=valid,
-            artefacts=[tok.path],
-            info={"train_utterances": len(store), "train_tokens": store.total_tokens},
-        )
-    tok, folder = audio_tokenizer(cfg)
-    train = audio_store(cfg, tok, "speech")
-    valid = audio_store(cfg, tok, "valid")
-    k = tok.vocab_size
-    return LMData(
-        vocab_size=k + 2,  # + begin/end-of-audio
-        bos_id=k,
-        eos_id=k + 1,
-        train_store=train,
-        valid_store=valid,
-        artefacts=[folder],
-        info={
-            "train_utterances": len(store := TokenStore(train)),
-            "train_tokens": store.total_tokens,
-            "audio_vocab": k,
-            "frame_rate": tok.frame_rate,
-        },
     )
 
 

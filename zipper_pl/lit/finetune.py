@@ -16,7 +16,7 @@ import torch
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from zipper_pl.config import Config
-from zipper_pl.data.aligned import TASK_OUTPUT
+from zipper_pl.data.aligned import TASKS
 from zipper_pl.lit.common import TrainModule
 from zipper_pl.models.generation import FinetunedModel
 from zipper_pl.models.sequences import IGNORE, Segment, stream_losses
@@ -50,7 +50,9 @@ class FinetuneModule(TrainModule):
         The tasks name the output modalities, so a model can skip the softmax of the others.
         """
         tasks = batch["tasks"]
-        logits = self.model(batch["model"], outputs={TASK_OUTPUT[t] for t in tasks})
+        logits = self.model(
+            batch["model"], outputs={m for t in set(tasks) for m in TASKS[t].outputs}
+        )
         total, count = 0.0, 0
         sums: dict[str, torch.Tensor] = {}
         for name, (per_sample, n_sample) in stream_losses(logits, batch["model"]).items():
@@ -106,8 +108,8 @@ class FinetuneModule(TrainModule):
                 n = totals.get(f"{base}_n", 0.0)
                 if n > 0:
                     res[f"val/{base}"] = totals[key] / n
-        tasks_n = sum(totals.get(f"loss_{t}_n", 0.0) for t in ("asr", "tts"))
-        tasks_s = sum(totals.get(f"loss_{t}_sum", 0.0) for t in ("asr", "tts"))
+        tasks_n = sum(totals.get(f"loss_{t}_n", 0.0) for t in TASKS)
+        tasks_s = sum(totals.get(f"loss_{t}_sum", 0.0) for t in TASKS)
         if tasks_n:
             res["val/loss"] = tasks_s / tasks_n
             res["val/ppl"] = math.exp(min(res["val/loss"], 50.0))

@@ -10,6 +10,7 @@ architecture: a model contributes a runner whose ``feed`` advances one token col
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol
 
@@ -84,28 +85,20 @@ class FinetunedModel(nn.Module):
         temperature: float = 0.0,
         top_k: int | None = None,
         seed: int | None = None,
+        *,
+        cached: bool = True,
     ) -> list[list[Segment]]:
         """Continue each sample's input segments with one segment per output modality, in order.
 
         Greedy when temperature == 0, else temperature / top-k sampling seeded by ``seed``.
         Batched and KV-cached; ``max_new_tokens`` bounds each output segment (eos excluded).
+        ``cached=False`` recomputes the whole prefix each step: the reference the cached run must
+        equal token for token (``generate_uncached``).
         """
         args = (inputs, output_modalities, max_new_tokens, temperature, top_k, seed)
-        return run_generation(self, True, *args)
+        return run_generation(self, cached, *args)
 
-    @torch.no_grad()
-    def generate_uncached(
-        self,
-        inputs: list[list[Segment]],
-        output_modalities: list[str],
-        max_new_tokens: dict[str, int] | int,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        seed: int | None = None,
-    ) -> list[list[Segment]]:
-        """Same tokens as ``generate``, recomputing the whole prefix each step (reference)."""
-        args = (inputs, output_modalities, max_new_tokens, temperature, top_k, seed)
-        return run_generation(self, False, *args)
+    generate_uncached = functools.partialmethod(generate, cached=False)
 
 
 def sample(logits: Tensor, temperature: float, top_k: int | None, gen, banned: list[int]) -> Tensor:
