@@ -9,6 +9,8 @@
 # 4. runs `make bench` with SCALE=s (bf16 autocast training steps of the `s` towers and Zipper).
 # On a machine without CUDA it runs the same steps on the CPU in fp32, with the tiny chain and a
 # --quick bench instead of SCALE=s (minutes per step on a CPU), and says so: it is never run blind.
+# BENCH_ARGS is appended to the bench step's arguments (e.g. BENCH_ARGS=--compile also times every
+# training case torch.compile'd: about 70 s of compilation per Zipper case on an H100).
 # Each step's log and exit status land under OUT; the script's exit status is the number of
 # failed steps.
 set -uo pipefail
@@ -59,7 +61,8 @@ cat "$OUT/env.txt"
 step tests "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests/test_zipper.py \
   tests/test_tower.py tests/test_single.py
 step tiny_chain make --no-print-directory zip-asr SCALE=tiny "${MAKEVARS[@]}" "${ACCEL[@]}"
-step bench "$PY" -m benchmarks "${BENCH[@]}"
+# shellcheck disable=SC2086  # BENCH_ARGS holds several words on purpose
+step bench "$PY" -m benchmarks "${BENCH[@]}" ${BENCH_ARGS:-}
 rm -rf "$WORK"
 echo "device_check: $failed failed step(s); logs in $OUT"
 exit $failed
