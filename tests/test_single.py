@@ -1,6 +1,10 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
+from torch import nn
 
+from zipper_pl.data.modalities import units_spec
 from zipper_pl.errors import UserError
 from zipper_pl.models.sequences import IGNORE, ModalitySpec, Segment, token_loss, wrap
 from zipper_pl.models.single import STREAM, SingleDecoder, extend_vocabulary
@@ -172,3 +176,30 @@ def test_greedy_generation_equals_a_per_sample_reference():
         slow = [_greedy_alone(model, x, ["text", "speech"], budgets) for x in inputs]
     assert fast == slow
     assert len({len(row[0][1]) for row in fast} | {len(row[1][1]) for row in fast}) > 1
+
+
+class _EoaTower(nn.Module):
+    """Stands in for the extended tower: every position's logits favour end-of-audio."""
+
+    def __init__(self, total: int, eoa: int) -> None:
+        super().__init__()
+        self.cfg = SimpleNamespace(vocab_size=total, max_seq_len=64)
+        self.tok_emb = nn.Embedding(1, 1)  # a parameter: the device generation runs on
+        self.eoa = eoa
+
+    def forward(self, ids, positions=None, key_valid=None, cache=None):
+        logits = torch.zeros(*ids.shape, self.cfg.vocab_size)
+        logits[..., self.eoa] = 10.0
+        return logits
+
+
+def test_speech_generation_can_end_with_its_eos_although_pad_is_eos():
+    """Regression: speech's pad id is its end-of-audio, and the single decoder banned pad from
+    sampling, so it could never end a speech segment and always ran to the budget (the Zipper
+    bans pad only where it differs from eos). Its TTS scores were worse for that alone."""
+    speech = units_spec("speech", SimpleNamespace(vocab_size=16))  # as stages build it
+    assert speech.pad_id == speech.eos_id == 17
+    model = SingleDecoder(_EoaTower(38, 20 + speech.eos_id), [TEXT, speech])
+    for kw in ({}, {"temperature": 1.0, "seed": 0}):
+        out = model.generate_uncached([[Segment("text", [5, 6])]], ["speech"], 8, **kw)
+        assert out[0][0].tokens.tolist() == []  # eos first: an empty segment, not 8 tokens
