@@ -15,8 +15,8 @@ import torch
 
 from zipper_pl.config import Config, load_config
 from zipper_pl.data.audio_tokenizers import AudioTokenizer
-from zipper_pl.data.hf_tokenizer import HFTextTokenizer, load_text_tokenizer
-from zipper_pl.data.modalities import modality_specs
+from zipper_pl.data.hf_tokenizer import HFTextTokenizer
+from zipper_pl.data.modalities import load_tokenizers, modality_specs
 from zipper_pl.data.text import TextTokenizer
 from zipper_pl.errors import UserError
 from zipper_pl.hub import is_hf_folder
@@ -28,7 +28,6 @@ from zipper_pl.models.sequences import ModalitySpec, Segment
 from zipper_pl.models.tower import Tower, TowerConfig
 from zipper_pl.registry import build_model
 
-AUDIO_TOKENIZER_DIR = "audio_tokenizer"
 TOWERS_JSON = "towers.json"
 
 
@@ -118,15 +117,14 @@ def load_finetuned(folder: str | Path, device: str | torch.device = "cpu") -> Fi
     """Rebuild a zipped / single-decoder stage from its folder alone."""
     folder = require_stage(folder, "fine-tuned", "eval.stages / inputs.init")
     cfg = load_config(folder / "config.yaml")
-    text_tok = load_text_tokenizer(folder)
-    audio_tok = AudioTokenizer.load(folder / AUDIO_TOKENIZER_DIR)
-    specs = modality_specs({"text": text_tok, "speech": audio_tok})
-    tower_cfgs = read_json(folder / TOWERS_JSON)
+    tower_cfgs = read_json(folder / TOWERS_JSON)  # {modality: tower config}
+    toks = load_tokenizers(dict.fromkeys(tower_cfgs, folder))
+    specs = modality_specs(toks)
     towers = {t: Tower(TowerConfig(**c)) for t, c in tower_cfgs.items()}
     model = build_model(cfg, towers, specs)
     load_weights(model, folder / WEIGHTS)
     model.to(device).eval()
-    return Finetuned(model, cfg, specs, text_tok, audio_tok, folder)
+    return Finetuned(model, cfg, specs, toks["text"], toks["speech"], folder)
 
 
 __all__ = [

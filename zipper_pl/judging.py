@@ -29,8 +29,9 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from zipper_pl.config import Config, save_config
-from zipper_pl.data.audio_tokenizers import AudioTokenizer
+from zipper_pl.data.audio_tokenizers import AUDIO_TOKENIZER_DIR, AudioTokenizer
 from zipper_pl.data.manifest import read_manifest
+from zipper_pl.data.modalities import load_units_tokenizer
 from zipper_pl.data.prepare import audio_store, corpus_manifests
 from zipper_pl.data.store import TokenStore
 from zipper_pl.errors import UserError
@@ -61,7 +62,6 @@ from zipper_pl.models.judge_vocab import (
 
 JUDGE_JSON = "judge.json"
 JUDGE_VOCAB_JSON = "judge_vocab.json"
-AUDIO_TOKENIZER_DIR = "audio_tokenizer"
 
 
 @dataclass
@@ -129,7 +129,7 @@ def run_judge(cfg: Config) -> Path:
 
 def _train_judge_stage(cfg: Config, out: Path) -> None:
     speech = tower_input(cfg, "speech")
-    audio_tok = AudioTokenizer.load(speech / AUDIO_TOKENIZER_DIR)
+    audio_tok = load_units_tokenizer(speech)
     # the vocabulary always follows the tokenizer; the saved config says what was used
     cfg = dataclasses.replace(cfg, judge=dataclasses.replace(cfg.judge, vocab=audio_tok.vocab_size))
     if cfg.train.threads:
@@ -208,4 +208,4 @@ def load_judge(
     vocab = vocab_from_json(read_json(vocab_file) if vocab_file.is_file() else {})
     judge = JudgeASR(JudgeConfig(**read_json(folder / JUDGE_JSON)), vocab)
     load_weights(judge, folder / WEIGHTS)
-    return judge.to(device).eval(), AudioTokenizer.load(folder / AUDIO_TOKENIZER_DIR)
+    return judge.to(device).eval(), load_units_tokenizer(folder)

@@ -25,14 +25,12 @@ from zipper_pl.data.aligned import (
     tasks_of,
     tokens_per_word,
 )
-from zipper_pl.data.audio_tokenizers import AudioTokenizer
-from zipper_pl.data.hf_tokenizer import load_text_tokenizer
+from zipper_pl.data.audio_tokenizers import AUDIO_TOKENIZER_DIR
 from zipper_pl.data.lm_datamodule import LMDataModule
-from zipper_pl.data.modalities import modality_specs, prepare_pretraining
+from zipper_pl.data.modalities import load_tokenizers, modality_specs, prepare_pretraining
 from zipper_pl.data.prepare import prepare_aligned
 from zipper_pl.errors import UserError
 from zipper_pl.finetuned import (
-    AUDIO_TOKENIZER_DIR,
     Finetuned,
     load_tower,
     save_towers_json,
@@ -253,14 +251,11 @@ def _train_finetune(
     """Shared by zip (fresh from pretrained towers) and finetune (from a zipped stage)."""
     if peak_lr(cfg) != cfg.train.lr:  # resolved here so config.yaml shows it
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=peak_lr(cfg)))
-    text_tok = load_text_tokenizer(towers_from["text"])
-    audio_tok = AudioTokenizer.load(towers_from["speech"] / AUDIO_TOKENIZER_DIR)
-    specs = modality_specs({"text": text_tok, "speech": audio_tok})
+    toks = load_tokenizers(towers_from)
+    text_tok, audio_tok = toks["text"], toks["speech"]
+    specs = modality_specs(toks)
     if init is None:
-        towers = {
-            "text": load_tower(towers_from["text"]),
-            "speech": load_tower(towers_from["speech"]),
-        }
+        towers = {m: load_tower(folder) for m, folder in towers_from.items()}
     else:
         tower_cfgs = read_json(init / "towers.json")
         towers = {t: Tower(TowerConfig(**c)) for t, c in tower_cfgs.items()}

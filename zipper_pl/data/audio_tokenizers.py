@@ -31,6 +31,8 @@ from zipper_pl.data.encodec_weights import pretrained_encodec
 from zipper_pl.data.store import atomic_write_bytes, atomic_write_json
 from zipper_pl.errors import UserError
 
+AUDIO_TOKENIZER_DIR = "audio_tokenizer"  # a stage folder's copy of its audio tokenizer
+
 ENCODEC_BINS = 1024
 ENCODEC_HOP = 320  # samples per frame at 24 kHz: 75 frames/s
 ENCODEC_MIN_FRAMES = 8  # > the 6-frame reflect padding of the encoder's last conv

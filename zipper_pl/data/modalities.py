@@ -6,11 +6,14 @@ table branches on a modality's name to build a vocabulary or a pretraining corpu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from zipper_pl.config import Config
+from zipper_pl.data.audio_tokenizers import AUDIO_TOKENIZER_DIR, AudioTokenizer
+from zipper_pl.data.hf_tokenizer import load_text_tokenizer
 from zipper_pl.data.lm_datamodule import LMData
 from zipper_pl.data.prepare import audio_store, audio_tokenizer, text_store, text_tokenizer
 from zipper_pl.data.store import TokenStore
@@ -55,25 +58,38 @@ def speech_lm_data(cfg: Config) -> LMData:
     return _lm_data(units_spec(cfg.modality, tok), train, valid, [folder], info)
 
 
+def load_units_tokenizer(folder: Path) -> AudioTokenizer:
+    return AudioTokenizer.load(folder / AUDIO_TOKENIZER_DIR)
+
+
 @dataclass(frozen=True)
 class Modality:
-    """One modality: its vocabulary rule, its pretraining data and its stage-name tag."""
+    """One modality: its vocabulary rule, pretraining data, stage-name tag and the tokenizer a
+    stage folder (its pretraining stage, or a zipped stage) holds."""
 
     spec: Callable[[str, Any], ModalitySpec]  # (name, tokenizer) -> tower vocabulary
     lm_data: Callable[[Config], LMData]  # what ``pretrain`` with ``modality=NAME`` trains on
     tag: Callable[[Config], str]  # the pretraining folder's name part
+    load: Callable[[Path], Any]  # stage folder -> its tokenizer
 
 
 MODALITIES: dict[str, Modality] = {
-    "text": Modality(text_spec, text_lm_data, lambda cfg: "text"),
+    "text": Modality(text_spec, text_lm_data, lambda cfg: "text", load_text_tokenizer),
     # the codec names the speech stage: towers of different codecs never share a folder name
-    "speech": Modality(units_spec, speech_lm_data, lambda cfg: f"speech-{cfg.audio.codec}"),
+    "speech": Modality(
+        units_spec, speech_lm_data, lambda cfg: f"speech-{cfg.audio.codec}", load_units_tokenizer
+    ),
 }
 
 
 def prepare_pretraining(cfg: Config) -> LMData:
     """The token streams of the modality ``cfg.modality`` names (train and valid)."""
     return MODALITIES[cfg.modality].lm_data(cfg)
+
+
+def load_tokenizers(folders: Mapping[str, Path]) -> dict[str, Any]:
+    """{modality: the tokenizer its stage folder holds}, in the order of ``folders``."""
+    return {m: MODALITIES[m].load(Path(f)) for m, f in folders.items()}
 
 
 def modality_specs(tokenizers: dict[str, Any]) -> dict[str, ModalitySpec]:
