@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import csv
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from tests.conftest import tiny_config
-from zipper_pl import ablation
+from zipper_pl import ablation, scoring
 from zipper_pl.ablation import _cells, write_tables
 from zipper_pl.config import load_config
 from zipper_pl.errors import UserError
 from zipper_pl.io import save_weights
+from zipper_pl.judging import Utterance
 
 
 def test_cells_cover_systems_without_duplicate_single_rows(data_root, tmp_path):
@@ -85,3 +88,30 @@ def test_cached_tts_scores_belong_to_their_judge(monkeypatch, tmp_path):
     budget = load_config(None, ["eval.max_new_speech_per_word=15"])
     ablation._tts_score(cell, judges["judge_b"], budget)
     assert calls == ["judge_a", "judge_b", "judge_b"]
+
+
+def test_tts_cell_counts_and_shows_utterances_too_long(monkeypatch, tmp_path, capsys):
+    """A TTS cell scores only the test utterances its stage can hold; the rest are counted and
+    shown on the console, not dropped silently."""
+    folder = tmp_path / "single-tts-x"
+    folder.mkdir()
+    (folder / "towers.json").write_text('{"text": {"max_seq_len": 12}}')
+    utts = [Utterance(str(i), "a b", np.zeros(n, dtype=np.int64)) for i, n in enumerate((3, 9))]
+    tok = SimpleNamespace(encode=lambda texts: [[1, 2] for _ in texts])
+    monkeypatch.setattr(scoring, "load_judge", lambda d: (None, None))
+    monkeypatch.setattr(scoring, "load_finetuned", lambda f: SimpleNamespace(text_tok=tok))
+    monkeypatch.setattr(scoring, "gold_utterances", lambda cfg, t, pool: utts)
+    monkeypatch.setattr(scoring, "oracle_scores", lambda j, u, bs: {"hyps": [x.text for x in u]})
+    seen = []
+
+    def fake_eval(ft, judge, kept, targets, cfg):
+        seen.extend(kept)
+        wer = {"wer_gold": 0.0, "wer_target": 0.0}
+        return {"best_of_n": wer, "greedy": wer, "n": len(kept)}, None, None
+
+    monkeypatch.setattr(scoring, "eval_tts", fake_eval)
+    cfg = load_config(None, ["eval.max_utterances=0"])
+    res = scoring.tts_cell_metrics(folder, tmp_path / "judge", cfg)
+    assert [u.id for u in seen] == ["0"]  # 3 + 2 + 4 specials fit in 12; 9 + 2 + 4 do not
+    assert res["skipped_too_long"] == 1 and res["n"] == 1
+    assert "1 of 2 test utterances too long" in capsys.readouterr().out

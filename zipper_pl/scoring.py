@@ -204,7 +204,11 @@ def tts_cell_metrics(folder: Path, judge_dir: Path, cfg: Config) -> dict:
     utts = gold_utterances(cfg, judge_tok, "test")
     if cfg.eval.max_utterances:
         utts = utts[: cfg.eval.max_utterances]
-    utts = [u for u, ok in zip(utts, fitting(utts, folder, ft.text_tok.encode), strict=True) if ok]
+    keep = fitting(utts, folder, ft.text_tok.encode)
+    skipped = keep.count(False)
+    if skipped:
+        print(f"[tts] {folder.name}: {skipped} of {len(utts)} test utterances too long, skipped")
+    utts = [u for u, ok in zip(utts, keep, strict=True) if ok]
     targets = oracle_scores(judge, utts, cfg.eval.batch_size)["hyps"]
     summary, _, _ = eval_tts(ft, judge, utts, targets, cfg)
     return {
@@ -212,4 +216,5 @@ def tts_cell_metrics(folder: Path, judge_dir: Path, cfg: Config) -> dict:
         "tts_wer_target": summary["best_of_n"]["wer_target"],
         "tts_wer_gold_greedy": summary["greedy"]["wer_gold"],
         "n": summary["n"],
+        "skipped_too_long": skipped,
     }
