@@ -7,16 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from tests.conftest import tiny_config
-from tests.test_hf_towers import LLAMA3_ROPE, save_model
+from tests.test_hf_towers import LLAMA3_ROPE, logits_match, save_model
 from tests.test_ssl_units import cfg as units_config
 from tests.test_ssl_units import pool, save_tiny_hubert
 from tests.test_zipper import PRIOR, SPECS, model, samples, sharpen
 from zipper_pl.data.ssl_units import SSLUnitsTokenizer
 from zipper_pl.identity import read_identity
-from zipper_pl.models.hf_llama import load_hf_tower
 from zipper_pl.models.sequences import collate_segments, token_loss
 from zipper_pl.stages import pretrain
 
@@ -90,17 +88,7 @@ def test_bf16_mixed_pretraining_with_gradient_clipping(data_root, tmp_path):
 
 def test_cuda_hf_imported_tower_matches_transformers_on_the_gpu(tmp_path):
     """The imported Llama (GQA, llama3 rope) on CUDA: full and KV-cached logits equal HF's."""
-    folder = save_model(tmp_path, rope_scaling=LLAMA3_ROPE)
-    hf = AutoModelForCausalLM.from_pretrained(folder).eval().to(CUDA)
-    tower = load_hf_tower(folder).eval().to(CUDA)
-    ids = torch.randint(0, hf.config.vocab_size, (2, 40), device=CUDA)
-    with torch.no_grad():
-        ref = hf(ids).logits
-        assert (tower(ids) - ref).abs().max() < 1e-4
-        cache = tower.new_cache(2, 64)
-        steps = [tower(ids[:, :25], cache=cache)]
-        steps += [tower(ids[:, t : t + 1], cache=cache) for t in range(25, 40)]
-        assert (torch.cat(steps, 1) - ref).abs().max() < 1e-4
+    logits_match(save_model(tmp_path, rope_scaling=LLAMA3_ROPE), CUDA)
 
 
 def test_cuda_hubert_units_equal_cpu_units(tmp_path):

@@ -84,12 +84,13 @@ def save_model(folder: Path, family: str = "llama", seed: int = 0, **overrides) 
     return folder
 
 
-def _logits_match(folder: Path) -> None:
-    hf = AutoModelForCausalLM.from_pretrained(folder).eval()
-    tower = load_hf_tower(folder).eval()
+def logits_match(folder: Path, device: str | torch.device = "cpu") -> None:
+    """The imported tower's full and KV-cached logits equal transformers' (on ``device``)."""
+    hf = AutoModelForCausalLM.from_pretrained(folder).eval().to(device)
+    tower = load_hf_tower(folder).eval().to(device)
     ids = torch.randint(
         0, hf.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1)
-    )
+    ).to(device)
     with torch.no_grad():
         ref = hf(ids).logits
         assert ref.std() > 0.5  # a test that can fail: logits are not all alike
@@ -101,13 +102,13 @@ def _logits_match(folder: Path) -> None:
 
 
 def test_llama_gqa_llama3_rope_logits_equal_transformers(tmp_path):
-    _logits_match(save_model(tmp_path, rope_scaling=LLAMA3_ROPE))
+    logits_match(save_model(tmp_path, rope_scaling=LLAMA3_ROPE))
     assert tower_config_from_hf(json.loads((tmp_path / "config.json").read_text())).n_kv_heads == 2
 
 
 def test_qwen2_qkv_bias_logits_equal_transformers(tmp_path):
     folder = save_model(tmp_path, family="qwen2")
-    _logits_match(folder)
+    logits_match(folder)
     assert load_hf_tower(folder).cfg.qkv_bias
 
 
