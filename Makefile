@@ -23,6 +23,8 @@ SEED         ?=#           seed for data order, init and subsets
 RUNS         ?= runs#      root of all stage folders
 ARGS         ?=#           extra key=value overrides of every stage the command runs, towers included
 FT_ARGS      ?=#           extra key=value overrides of the fine-tuning stages only, e.g. FT_ARGS="train.lr=5e-4"
+TASK         ?= asr#       `make zip` task (asr | tts | asr_phonemes: speech -> [phonemes, text]); reads EXP/zip_TASK.yaml
+TOWERS       ?=#           `make zip` towers, comma-separated modalities, e.g. text,speech,phonemes; empty = the file's zip.towers
 TEXT_TOWER   ?=#           the text tower to zip: a finished stage folder, or hf:<hub id or folder> (a Llama/Mistral/Qwen2 causal LM)
 SPEECH_TOWER ?=#           a finished speech-tower stage folder to zip (e.g. pretrained on LibriLight)
 EXP          ?= experiments/$(strip $(SCALE))#  folder of the experiment YAML files
@@ -50,12 +52,20 @@ ZPL   := $(PY) -m zipper_pl
 # (only once the venv exists; the chain targets re-enter make after `setup` for that reason)
 ifneq ($(wildcard $(STAMP)),)
 ifneq ($(MAKELEVEL),0)
-PATHS := $(shell $(ZPL) paths $(EXP) $(COMMON) -- $(ZIPVARS) 2>/dev/null)
+PATHS := $(shell $(ZPL) paths $(EXP) --zip-task=$(strip $(TASK)) --zip-towers=$(strip $(TOWERS)) \
+  $(COMMON) -- $(ZIPVARS) 2>/dev/null)
 path_of = $(patsubst $(1)=%,%,$(filter $(1)=%,$(PATHS)))
-TEXT_DIR       := $(call path_of,TEXT_DIR)
-SPEECH_DIR     := $(call path_of,SPEECH_DIR)
-TEXT_DONE      := $(call path_of,TEXT_DONE)
-SPEECH_DONE    := $(call path_of,SPEECH_DONE)
+comma := ,
+# one tower per modality with a pretrain_<modality>.yaml in EXP: DIR_<m> (folder), DONE_<m>
+MODALITY_NAMES := $(subst $(comma), ,$(call path_of,MODALITIES))
+$(foreach m,$(MODALITY_NAMES),$(eval DIR_$(m) := $(call path_of,DIR_$(m)))$(eval DONE_$(m) := $(call path_of,DONE_$(m))))
+TEXT_DIR       := $(DIR_text)
+SPEECH_DIR     := $(DIR_speech)
+TEXT_DONE      := $(DONE_text)
+SPEECH_DONE    := $(DONE_speech)
+ZIP_DIR        := $(call path_of,ZIP_DIR)
+ZIP_DONE       := $(subst $(comma), ,$(call path_of,ZIP_DONE))
+ZIP_INPUTS     := $(subst $(comma), ,$(call path_of,ZIP_INPUTS))
 ZIPPER_ASR_DIR := $(call path_of,ZIPPER_ASR_DIR)
 ZIPPER_TTS_DIR := $(call path_of,ZIPPER_TTS_DIR)
 SINGLE_ASR_DIR := $(call path_of,SINGLE_ASR_DIR)
@@ -68,12 +78,12 @@ W := model.safetensors
 ASR_DIR = $(if $(filter single,$(strip $(MODEL))),$(SINGLE_ASR_DIR),$(ZIPPER_ASR_DIR))
 TTS_DIR = $(if $(filter single,$(strip $(MODEL))),$(SINGLE_TTS_DIR),$(ZIPPER_TTS_DIR))
 
-.PHONY: help setup test lint format data pretrain-text pretrain-speech zip-asr zip-tts finetune \
-  judge evaluate demo ablation bench tensorboard clean-runs _check-paths
+.PHONY: help setup test lint format data zip zip-asr zip-tts finetune judge evaluate demo ablation \
+  bench tensorboard clean-runs _check-paths
 
 help: ## list targets and variables
 	@echo "zipper_pl: make TARGET [VAR=value ...]"; echo; echo "targets:"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/; s/%/<modality>/' | awk -F'\t' '{printf "  %-20s %s\n", $$1, $$2}'
 	@echo; echo "variables (default):"
 	@grep -E '^[A-Z_]+ +\?=' $(MAKEFILE_LIST) | sed -E 's/ +\?= */\t/; s/# +/\t/' | \
 	  awk -F'\t' '{printf "  %-15s %-22s %s\n", $$1, ($$2==""?"(experiment file)":$$2), $$3}'
@@ -102,10 +112,10 @@ _check-paths:
 data: $(STAMP) ## prepare corpus, tokenizers and token caches (DATA, DATA_ROOT, CODEC)
 	$(ZPL) data $(EXP)/pretrain_speech.yaml $(COMMON)
 
-pretrain-text: $(STAMP) ## pretrain the text tower (next-token LM)
-	@$(MAKE) --no-print-directory _check-paths _pretrain-text
-pretrain-speech: $(STAMP) ## pretrain the speech-token tower
-	@$(MAKE) --no-print-directory _check-paths _pretrain-speech
+pretrain-%: $(STAMP) ## pretrain one tower: pretrain-text, pretrain-speech, pretrain-phonemes (EXP/pretrain_<m>.yaml)
+	@$(MAKE) --no-print-directory _check-paths _pretrain-$*
+zip: $(STAMP) ## zip TOWERS (default: EXP/zip_TASK.yaml's) and fine-tune on TASK, e.g. TASK=asr_phonemes
+	@$(MAKE) --no-print-directory _check-paths _zip
 zip-asr: $(STAMP) ## zip the towers, fine-tune on ASR pairs (MODEL=single: the baseline)
 	@$(MAKE) --no-print-directory _check-paths _zip-asr
 zip-tts: $(STAMP) ## zip the towers, fine-tune on TTS pairs (MODEL=single: the baseline)
@@ -117,9 +127,12 @@ evaluate: $(STAMP) ## Zipper vs Single Decoder: ASR/TTS WER, text retention, tab
 finetune: $(STAMP) ## continue a zipped stage: INIT=<stage folder> (e.g. ARGS="data.task=mix")
 	$(ZPL) finetune $(EXP)/zip_asr.yaml $(COMMON) $(ZIPVARS) inputs.init=$(INIT)
 
-.PHONY: _pretrain-text _pretrain-speech _zip-asr _zip-tts _judge _evaluate
-_pretrain-text: $(TEXT_DONE)
-_pretrain-speech: $(SPEECH_DONE)
+.PHONY: _zip _zip-asr _zip-tts _judge _evaluate
+.SECONDEXPANSION:
+_pretrain-%: $$(DONE_$$*)
+	@test -n "$(DONE_$*)" || { echo "error: no tower '$*': EXP=$(EXP) has no pretrain_$*.yaml" \
+	  "(modalities with one: $(MODALITY_NAMES))" >&2; exit 2; }
+_zip: $(ZIP_DIR)/$(W)
 _zip-asr: $(ASR_DIR)/$(W)
 _zip-tts: $(TTS_DIR)/$(W)
 _judge: $(JUDGE_DIR)/$(W)
@@ -127,10 +140,16 @@ _evaluate: $(EVAL_DIR)/results.json
 	@cat $(EVAL_DIR)/results.md
 
 ifneq ($(TEXT_DIR),)
-$(TEXT_DIR)/$(W):
-	$(ZPL) pretrain $(EXP)/pretrain_text.yaml $(COMMON) out=$(TEXT_DIR)
-$(SPEECH_DIR)/$(W):
-	$(ZPL) pretrain $(EXP)/pretrain_speech.yaml $(COMMON) out=$(SPEECH_DIR)
+define pretrain_rule
+$(DIR_$(1))/$(W):
+	$(ZPL) pretrain $(EXP)/pretrain_$(1).yaml $(COMMON) out=$(DIR_$(1))
+endef
+$(foreach m,$(MODALITY_NAMES),$(eval $(call pretrain_rule,$(m))))
+ifneq ($(ZIP_DIR),)
+$(ZIP_DIR)/$(W): $(ZIP_DONE)
+	$(ZPL) zip $(EXP)/zip_$(strip $(TASK)).yaml $(COMMON) $(ZIPVARS) data.task=$(strip $(TASK)) \
+	  $(if $(strip $(TOWERS)),zip.towers=[$(strip $(TOWERS))]) out=$(@D) $(ZIP_INPUTS)
+endif
 $(ZIPPER_ASR_DIR)/$(W) $(SINGLE_ASR_DIR)/$(W): $(TEXT_DONE) $(SPEECH_DONE)
 	$(ZPL) zip $(EXP)/zip_asr.yaml $(COMMON) $(ZIPVARS) out=$(@D) \
 	  arch=$(if $(findstring /single-,$@),single,zipper) inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR)

@@ -124,7 +124,7 @@ def test_fine_tuning_step_budget_is_in_the_stage_folder_names():
     for key in ("ZIPPER_ASR_DIR", "ZIPPER_TTS_DIR", "SINGLE_ASR_DIR", "SINGLE_TTS_DIR", "EVAL_DIR"):
         assert a[key] != b[key] and "steps500" in b[key].name, key
     # towers and judge do not depend on the fine-tuning budget: a short demo reuses them
-    for key in ("TEXT_DIR", "SPEECH_DIR", "JUDGE_DIR"):
+    for key in ("DIR_text", "DIR_speech", "DIR_phonemes", "JUDGE_DIR"):
         assert a[key] == b[key], key
 
 

@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import ROOT, tiny_config, zip_config
 from tests.test_readers import _audio, _librispeech
 from zipper_pl.config import Config, field_paths, load_config, save_config
+from zipper_pl.config.sections import MODALITY_NAMES
 from zipper_pl.data.audio_tokenizers import AUDIO_TOKENIZERS
 from zipper_pl.data.manifest import Record, read_manifest, write_manifest
 from zipper_pl.data.prepare import corpus_manifests
@@ -46,8 +47,10 @@ def test_every_schema_key_is_either_result_or_inert():
     assert uncovered(schema_keys()) == []
     # the check is live: a key in no list is reported
     assert uncovered([*schema_keys(), "train.new_knob"]) == ["train.new_knob"]
-    # every result key changes at least one kind of stage (a codec's keys: with that codec)
+    # every result key changes at least one kind of stage (a codec's keys: with that codec; a
+    # modality's keys: its own tower's pretraining)
     configs = [load_config(None, [f"audio.codec={c}"]) for c in AUDIO_TOKENIZERS]
+    configs += [load_config(None, [f"modality={m}"]) for m in MODALITY_NAMES]
     for key in schema_keys():
         assert category(key) != "result" or any(
             key in result_config(c, k, by_content=False) for c in configs for k in KINDS
@@ -56,6 +59,16 @@ def test_every_schema_key_is_either_result_or_inert():
 
 def ident(cfg, kind="pretrain", inputs=None) -> str:
     return stage_identity(cfg, kind, inputs)["fingerprint"]
+
+
+def test_a_modalitys_keys_name_only_its_own_towers():
+    """phonemes.voice shapes the phoneme tower; the text and speech towers (and every existing
+    stage folder) keep their identities whatever it is."""
+    for m in ("text", "speech"):
+        base = load_config(None, [f"modality={m}"])
+        assert ident(base) == ident(load_config(None, [f"modality={m}", "phonemes.voice=de"]))
+    ph = load_config(None, ["modality=phonemes"])
+    assert ident(ph) != ident(load_config(None, ["modality=phonemes", "phonemes.voice=de"]))
 
 
 @pytest.mark.parametrize(

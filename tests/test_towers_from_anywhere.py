@@ -65,7 +65,7 @@ def test_librilight_speech_tower_zipped_on_librispeech(tmp_path):
          f"inputs.text={text}", "--", "data.aligned_frac=1.0",
          "data.shrink_batch_to_subset=true"]
     )  # fmt: skip
-    assert paths["SPEECH_DIR"] == speech and paths["ZIPPER_ASR_DIR"] == out
+    assert paths["DIR_speech"] == speech and paths["ZIPPER_ASR_DIR"] == out
 
 
 def test_a_zip_stage_needs_its_towers_named(tmp_path):

@@ -61,6 +61,7 @@ CHECK_MACHINE = "zipper_pl.machine:check_machine"
 PATH_OF = "zipper_pl.layout:path_of"
 CHAIN_PATHS = "zipper_pl.layout:chain_paths"
 CHAIN_FILES = "zipper_pl.layout:CHAIN_FILES"
+MODALITY_NAMES = "zipper_pl.config.sections:MODALITY_NAMES"
 LIST_RUNS = "zipper_pl.inventory:list_runs"
 FORMAT_RUNS = "zipper_pl.inventory:format_runs"
 LOAD_MODEL = "zipper_pl.api:load"
@@ -89,19 +90,29 @@ FINETUNING_FILES = ("zip_asr", "zip_tts", "evaluate")
 
 
 def _chain_paths(args: list[str]) -> dict:
-    """``paths EXP [common overrides] [-- fine-tuning overrides]``."""
+    """``paths EXP [--zip-task=TASK [--zip-towers=a,b,c]] [common overrides] [-- fine-tuning
+    overrides]``: with ``--zip-task``, also the folders of ``make zip`` (EXP/zip_TASK.yaml)."""
     load_config = _entry(LOAD_CONFIG)
     if not args or "=" in args[0]:
         raise UserError("usage: python -m zipper_pl paths EXPERIMENT_FOLDER [key=value ...]")
     exp, rest = Path(args[0]), args[1:]
+    opts = dict(a[2:].split("=", 1) for a in rest if a.startswith("--") and "=" in a)
+    rest = [a for a in rest if not (a.startswith("--") and "=" in a)]
     cut = rest.index("--") if "--" in rest else len(rest)
     common, ft = rest[:cut], rest[cut + 1 :]
     cfgs = {
         name: load_config(exp / file, common + (ft if name in FINETUNING_FILES else []))
         for name, file in _entry(CHAIN_FILES).items()
+        if (exp / file).is_file() or not name.startswith("pretrain_")
     }
-    towers = {m: getattr(cfgs["zip_asr"].inputs, m) for m in ("text", "speech")}
-    return _entry(CHAIN_PATHS)(cfgs, towers)
+    zip_cfg = None
+    if opts.get("zip-task"):
+        towers = opts.get("zip-towers", "").strip(",")
+        extra = [f"data.task={opts['zip-task']}"] + ([f"zip.towers=[{towers}]"] if towers else [])
+        zip_cfg = load_config(exp / f"zip_{opts['zip-task']}.yaml", common + ft + extra)
+    inputs = cfgs["zip_asr"].inputs
+    towers = {m: getattr(inputs, m) for m in _entry(MODALITY_NAMES)}
+    return _entry(CHAIN_PATHS)(cfgs, towers, zip_cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,18 +2,21 @@
 decoder) and their stage folders, and the pretrained towers they start from (``load_tower``).
 
 A zipped stage folder holds everything needed to use the model: ``model.safetensors``,
-``config.yaml``, ``towers.json`` (tower configs), ``text_tokenizer.model`` and ``audio_tokenizer/``.
+``config.yaml``, ``towers.json`` (tower configs, one per modality) and each modality's tokenizer
+(``text_tokenizer.model``, ``audio_tokenizer/``, ``phoneme_tokenizer.json``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from zipper_pl.config import Config, load_config
+from zipper_pl.config.components import TASKS
 from zipper_pl.data.audio_tokenizers import AudioTokenizer
 from zipper_pl.data.hf_tokenizer import HFTextTokenizer
 from zipper_pl.data.modalities import load_tokenizers, modality_specs
@@ -38,18 +41,26 @@ class Finetuned:
     model: FinetunedModel
     cfg: Config
     specs: dict[str, ModalitySpec]
-    text_tok: TextTokenizer | HFTextTokenizer
-    audio_tok: AudioTokenizer
+    tokenizers: dict[str, Any]  # {modality: its tokenizer}, one per tower
     folder: Path
+
+    @property
+    def text_tok(self) -> TextTokenizer | HFTextTokenizer:
+        return self.tokenizers["text"]
+
+    @property
+    def audio_tok(self) -> AudioTokenizer:
+        return self.tokenizers["speech"]
 
     def decode_text(self, ids: list[int]) -> str:
         return self.text_tok.decode(ids)
 
     @torch.no_grad()
     def transcribe(
-        self, speech: list[np.ndarray], batch_size: int = 32, max_new: int = 96
+        self, speech: list[np.ndarray], batch_size: int = 32, max_new: int = 96, task: str = "asr"
     ) -> list[str]:
-        """Greedy ASR of speech-token arrays (batched, KV-cached)."""
+        """Greedy ASR of speech-token arrays (batched, KV-cached): the transcript that ``task``
+        (``asr``, or ``asr_phonemes``: phonemes first, then text) writes last."""
         out: list[str] = []
         device = next(self.model.parameters()).device
         for lo in range(0, len(speech), batch_size):
@@ -57,7 +68,8 @@ class Finetuned:
                 [Segment("speech", torch.as_tensor(s, dtype=torch.long, device=device))]
                 for s in speech[lo : lo + batch_size]
             ]
-            gen = self.model.generate(inputs, ["text"], max_new_tokens=max_new)
+            t = TASKS[task]
+            gen = self.model.generate(inputs, list(t.outputs), max_new_tokens=t.budgets(max_new))
             out += [self.text_tok.decode(g[-1].tokens.tolist()) for g in gen]
         return out
 
@@ -124,7 +136,7 @@ def load_finetuned(folder: str | Path, device: str | torch.device = "cpu") -> Fi
     model = build_model(cfg, towers, specs)
     load_weights(model, folder / WEIGHTS)
     model.to(device).eval()
-    return Finetuned(model, cfg, specs, toks["text"], toks["speech"], folder)
+    return Finetuned(model, cfg, specs, toks, folder)
 
 
 __all__ = [

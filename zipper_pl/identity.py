@@ -69,7 +69,14 @@ INERT_KEYS = frozenset(
 
 # Names of earlier stage folders: they enter as those stages' fingerprints, not as paths.
 INPUT_KEYS = frozenset(
-    ["inputs.text", "inputs.speech", "inputs.init", "inputs.judge", "eval.stages"]
+    [
+        "inputs.text",
+        "inputs.speech",
+        "inputs.phonemes",
+        "inputs.init",
+        "inputs.judge",
+        "eval.stages",
+    ]
 )
 
 # Keys whose values reach the identity through the data fingerprint (a listing of the files they
@@ -91,6 +98,7 @@ _EVAL_ALL = ("eval", "ablation")
 RESULT_KEYS: dict[str, tuple[str, ...]] = {
     "seed": _ALL,
     "modality": ("pretrain",),
+    "phonemes.voice": ("pretrain",),  # zipped stages read it through their phoneme tower
     "arch": FINETUNING,
     **dict.fromkeys(
         _keys("size n_layers n_heads d_model d_ff max_seq_len dropout", "model."),
@@ -149,6 +157,9 @@ RESULT_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+MODALITY_KEYS = {"phonemes.voice": "phonemes"}  # key -> the one modality whose tower it shapes
+
+
 def flat_config(cfg: Config) -> dict[str, Any]:
     """Every leaf key of the schema as ``{"a.b": value}`` (dict-valued keys stay whole)."""
     out: dict[str, Any] = {}
@@ -197,6 +208,9 @@ def result_config(cfg: Config, kind: str, by_content: bool = True) -> dict[str, 
         f"audio.{f}" for f in codec.reads
     }
     flat = {k: v for k, v in flat.items() if k not in foreign}
+    # keys only one modality's pretraining reads cannot change another modality's tower (a new
+    # modality's keys would otherwise give every existing tower a new identity)
+    flat = {k: v for k, v in flat.items() if MODALITY_KEYS.get(k, cfg.modality) == cfg.modality}
     if by_content and kind in kinds_of("audio.codec"):
         flat |= codec.source_digests(cfg.audio)
     return {k: v for k, v in flat.items() if kind in kinds_of(k)}

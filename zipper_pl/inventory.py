@@ -27,7 +27,7 @@ def experiment_file(cfg: Config, kind: str) -> Path:
     """The experiment file a ``kind`` stage of ``cfg.scale`` starts from."""
     name = {
         "pretrain": f"pretrain_{cfg.modality}.yaml",
-        "zip": f"zip_{'tts' if cfg.data.task == 'tts' else 'asr'}.yaml",
+        "zip": f"zip_{'asr' if cfg.data.task == 'mix' else cfg.data.task}.yaml",
         "finetune": "zip_asr.yaml",
         "judge": "judge.yaml",
         "eval": "evaluate.yaml",

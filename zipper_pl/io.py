@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -159,3 +160,22 @@ def read_json(path: Path) -> Any:
         raise UserError(
             f"{path} is unreadable ({e}): delete its stage folder and re-run that stage"
         ) from None
+
+
+def copy_artefact(src: Path, out: Path) -> None:
+    """Copy a tokenizer file or folder into a stage folder atomically: a unique temp name,
+    removed on any failure (a full disk leaves nothing behind that a re-run trips over)."""
+    src = Path(src)
+    dst = out / src.name
+    if not src.is_dir():
+        atomic_write_bytes(dst, src.read_bytes())
+        return
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{src.name}{TMP_MARK}"))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes 0700; artefacts are meant to be shared
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.replace(dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

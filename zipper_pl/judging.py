@@ -35,13 +35,12 @@ from zipper_pl.data.modalities import load_units_tokenizer
 from zipper_pl.data.prepare import audio_store, corpus_manifests
 from zipper_pl.data.store import TokenStore
 from zipper_pl.errors import UserError
-from zipper_pl.io import atomic_write_json, load_weights, read_json, save_weights
+from zipper_pl.io import atomic_write_json, copy_artefact, load_weights, read_json, save_weights
 from zipper_pl.layout import (
     CONFIG,
     METRICS,
     WEIGHTS,
     claim_stage,
-    copy_artefact,
     input_fingerprints,
     require_stage,
     stage_dir,

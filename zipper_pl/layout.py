@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +30,7 @@ from zipper_pl.identity import (
     read_identity,
     stage_fingerprint,
 )
-from zipper_pl.io import TMP_MARK, atomic_write_bytes, atomic_write_json, weights_readable
+from zipper_pl.io import atomic_write_json, weights_readable
 from zipper_pl.registry import ARCHS, frozen_towers
 
 WEIGHTS, CONFIG, METRICS, TOWER_JSON, PROVENANCE = (
@@ -183,27 +181,13 @@ def require_stage(folder: str | Path, what: str, key: str) -> Path:
     return p
 
 
-def copy_artefact(src: Path, out: Path) -> None:
-    """Copy a tokenizer file or folder into a stage folder atomically: a unique temp name,
-    removed on any failure (a full disk leaves nothing behind that a re-run trips over)."""
-    src = Path(src)
-    dst = out / src.name
-    if not src.is_dir():
-        atomic_write_bytes(dst, src.read_bytes())
-        return
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{src.name}{TMP_MARK}"))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes 0700; artefacts are meant to be shared
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
-        shutil.rmtree(dst, ignore_errors=True)
-        tmp.replace(dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 TOWER_KEYS = {"text": "inputs.text (make: TEXT_TOWER=<folder> or hf:<hub id or folder>)",
               "speech": "inputs.speech (make: SPEECH_TOWER=<folder>)"}  # fmt: skip
+
+
+def tower_key(modality: str) -> str:
+    """How a user names a modality's tower folder (the config key, and make's variable)."""
+    return TOWER_KEYS.get(modality, f'inputs.{modality} (make: ARGS="inputs.{modality}=<folder>")')
 
 
 def tower_input(cfg: Config, modality: str) -> Path:
@@ -212,7 +196,7 @@ def tower_input(cfg: Config, modality: str) -> Path:
     folder = getattr(cfg.inputs, modality)
     if not folder:
         raise UserError(
-            f"no {modality} tower given: set {TOWER_KEYS[modality]} to a finished "
+            f"no {modality} tower given: set {tower_key(modality)} to a finished "
             f"pretraining stage folder (make pretrain-{modality} prints it)"
         )
     return _tower_folder(folder, modality, f"inputs.{modality}")
@@ -256,7 +240,7 @@ def path_of(cfg: Config, kind: str) -> Path:
     """The folder a ``kind`` stage run with ``cfg`` uses (its input stages must be finished)."""
     inputs: dict[str, Path] = {}
     if kind == "zip":
-        inputs = {m: tower_input(cfg, m) for m in ("text", "speech")}
+        inputs = {m: tower_input(cfg, m) for m in cfg.zip.towers}
     elif kind == "finetune":
         inputs = {"init": require_stage(cfg.inputs.init, "zipped", "inputs.init")}
     elif kind == "judge":
@@ -267,8 +251,7 @@ def path_of(cfg: Config, kind: str) -> Path:
 
 
 CHAIN_FILES = {
-    "pretrain_text": "pretrain_text.yaml",
-    "pretrain_speech": "pretrain_speech.yaml",
+    **{f"pretrain_{m}": f"pretrain_{m}.yaml" for m in MODALITIES},
     "zip_asr": "zip_asr.yaml",
     "zip_tts": "zip_tts.yaml",
     "judge": "judge.yaml",
@@ -296,36 +279,52 @@ def done_file(tower: Path) -> Path:
     return tower / (CONFIG_JSON if is_hf_folder(tower) else WEIGHTS)
 
 
-def chain_paths(cfgs: Mapping[str, Config], towers: Mapping[str, str] | None = None) -> dict:
+def chain_paths(
+    cfgs: Mapping[str, Config],
+    towers: Mapping[str, str] | None = None,
+    zip_cfg: Config | None = None,
+) -> dict:
     """Every stage folder of an experiment's chain, from the config of each stage file
-    (``CHAIN_FILES``), for the Makefile's file targets. ``towers`` may name finished tower
-    folders (TEXT_TOWER / SPEECH_TOWER) instead of the ones the pretraining files describe."""
+    (``CHAIN_FILES``), for the Makefile's file targets: ``DIR_<modality>`` / ``DONE_<modality>``
+    per tower, the evaluation chain's zips, judge and evaluation, and with ``zip_cfg`` the
+    ``make zip`` stage (``ZIP_DIR``, its towers' done files and ``inputs.*``, comma-joined).
+    ``towers`` may name finished tower folders (TEXT_TOWER, ...) instead of the ones the
+    pretraining files describe."""
     towers = towers or {}
-    text, text_fp = _tower(cfgs["pretrain_text"], towers.get("text", ""), "text")
-    speech, speech_fp = _tower(cfgs["pretrain_speech"], towers.get("speech", ""), "speech")
-    tower_fps = {"text": text_fp, "speech": speech_fp}
-    zips = {
-        f"{arch.upper()}_{task.upper()}_DIR": stage_dir(
-            _with_task(cfgs[f"zip_{task}"], arch, task), "zip", tower_fps
-        )
-        for arch in ARCHS
-        for task in ("asr", "tts")
+    tower = {
+        m: _tower(cfgs[f"pretrain_{m}"], towers.get(m, ""), m)
+        for m in MODALITIES
+        if f"pretrain_{m}" in cfgs
     }
-    judge_cfg = dataclasses.replace(cfgs["judge"], out="")
-    judge_fp = stage_identity(judge_cfg, "judge", {"speech": speech_fp})["fingerprint"]
-    judge = stage_dir(judge_cfg, "judge", {"speech": speech_fp})
-    ev = dataclasses.replace(cfgs["evaluate"], out="")
-    eval_inputs = {"judge": judge_fp, "text": text_fp}
+    fps = {m: fp for m, (_, fp) in tower.items()}
+
+    def zip_fps(zcfg: Config) -> dict[str, str]:
+        return {m: fps[m] for m in zcfg.zip.towers}
+
+    out: dict[str, object] = {"MODALITIES": ",".join(tower)}
+    for m, (folder, _) in tower.items():
+        out |= {f"DIR_{m}": folder, f"DONE_{m}": done_file(folder)}
     for arch in ARCHS:
         for task in ("asr", "tts"):
             zcfg = _with_task(cfgs[f"zip_{task}"], arch, task)
-            eval_inputs[f"{arch}.{task}"] = stage_identity(zcfg, "zip", tower_fps)["fingerprint"]
-    return {
-        "TEXT_DIR": text,
-        "SPEECH_DIR": speech,
-        "TEXT_DONE": done_file(text),
-        "SPEECH_DONE": done_file(speech),
-        **zips,
-        "JUDGE_DIR": judge,
-        "EVAL_DIR": stage_dir(ev, "eval", eval_inputs),
+            out[f"{arch.upper()}_{task.upper()}_DIR"] = stage_dir(zcfg, "zip", zip_fps(zcfg))
+    judge_cfg = dataclasses.replace(cfgs["judge"], out="")
+    judge_inputs = {"speech": fps["speech"]}
+    out["JUDGE_DIR"] = stage_dir(judge_cfg, "judge", judge_inputs)
+    eval_inputs = {
+        "judge": stage_identity(judge_cfg, "judge", judge_inputs)["fingerprint"],
+        "text": fps["text"],
     }
+    for arch in ARCHS:
+        for task in ("asr", "tts"):
+            zcfg = _with_task(cfgs[f"zip_{task}"], arch, task)
+            eval_inputs[f"{arch}.{task}"] = stage_identity(zcfg, "zip", zip_fps(zcfg))[
+                "fingerprint"
+            ]
+    out["EVAL_DIR"] = stage_dir(dataclasses.replace(cfgs["evaluate"], out=""), "eval", eval_inputs)
+    if zip_cfg is not None:
+        zcfg = dataclasses.replace(zip_cfg, out="")
+        out["ZIP_DIR"] = stage_dir(zcfg, "zip", zip_fps(zcfg))
+        out["ZIP_DONE"] = ",".join(str(done_file(tower[m][0])) for m in zcfg.zip.towers)
+        out["ZIP_INPUTS"] = ",".join(f"inputs.{m}={tower[m][0]}" for m in zcfg.zip.towers)
+    return out

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from zipper_pl.config import Config
+from zipper_pl.config.components import MIX, TASKS
 from zipper_pl.errors import UserError
 
 LAST_CKPT = "last.ckpt"
@@ -70,8 +71,10 @@ def selection_metric(cfg: Config) -> tuple[str, str]:
     the ASR and TTS stages with it (tests/test_config.py holds it equal to zip_asr.yaml and
     zip_tts.yaml's), and ``make ablation`` runs its TTS cells from zip_asr.yaml. The paper selects
     on ASR validation WER a model trained on an ASR+TTS mixture (data.task=mix logs WER)."""
-    if cfg.train.select_on == "wer" and cfg.data.task == "tts":
-        return "val/loss", "data.task=tts logs no validation WER: selecting on the validation loss"
+    tasks = MIX if cfg.data.task == "mix" else (cfg.data.task,)
+    if cfg.train.select_on == "wer" and not any(TASKS[t].writes_text for t in tasks):
+        why = f"data.task={cfg.data.task} logs no validation WER: selecting on the validation loss"
+        return "val/loss", why
     return SELECT_METRICS[cfg.train.select_on], ""
 
 

@@ -19,31 +19,31 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from zipper_pl.config import Config, load_config, save_config
 from zipper_pl.data.aligned import (
+    TASKS,
     AlignedDataModule,
     PairTasks,
     nested_subset,
     tasks_of,
     tokens_per_word,
 )
-from zipper_pl.data.audio_tokenizers import AUDIO_TOKENIZER_DIR
 from zipper_pl.data.lm_datamodule import LMDataModule
-from zipper_pl.data.modalities import load_tokenizers, modality_specs, prepare_pretraining
-from zipper_pl.data.prepare import prepare_aligned
-from zipper_pl.errors import UserError
-from zipper_pl.finetuned import (
-    Finetuned,
-    load_tower,
-    save_towers_json,
+from zipper_pl.data.modalities import (
+    copy_tokenizers,
+    load_tokenizers,
+    modality_specs,
+    prepare_pairs,
+    prepare_pretraining,
 )
+from zipper_pl.errors import UserError
+from zipper_pl.finetuned import TOWERS_JSON, Finetuned, load_tower, save_towers_json
 from zipper_pl.inventory import distinguishing_keys
-from zipper_pl.io import atomic_write_json, load_weights, read_json, save_weights
+from zipper_pl.io import atomic_write_json, copy_artefact, load_weights, read_json, save_weights
 from zipper_pl.layout import (
     CONFIG,
     METRICS,
     TOWER_JSON,
     WEIGHTS,
     claim_stage,
-    copy_artefact,
     input_fingerprints,
     require_stage,
     stage_dir,
@@ -195,10 +195,12 @@ def _pretrain(cfg: Config, out: Path) -> None:
 
 
 def _asr_test(ft, pairs, cfg: Config) -> dict:
+    """Test WER / CER of the stage's transcribing task (ASR, or ASR through phonemes)."""
     if cfg.eval.max_utterances:
         pairs = pairs[: cfg.eval.max_utterances]
+    task = next(t for t in tasks_of(cfg.data.task) if TASKS[t].writes_text)
     hyps = ft.transcribe(
-        [p.tokens["speech"] for p in pairs], cfg.eval.batch_size, cfg.eval.max_new_text
+        [p.tokens["speech"] for p in pairs], cfg.eval.batch_size, cfg.eval.max_new_text, task
     )
     refs = [p.text for p in pairs]
     return {
@@ -252,17 +254,16 @@ def _train_finetune(
     if peak_lr(cfg) != cfg.train.lr:  # resolved here so config.yaml shows it
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=peak_lr(cfg)))
     toks = load_tokenizers(towers_from)
-    text_tok, audio_tok = toks["text"], toks["speech"]
     specs = modality_specs(toks)
     if init is None:
         towers = {m: load_tower(folder) for m, folder in towers_from.items()}
     else:
-        tower_cfgs = read_json(init / "towers.json")
+        tower_cfgs = read_json(init / TOWERS_JSON)
         towers = {t: Tower(TowerConfig(**c)) for t, c in tower_cfgs.items()}
     tower_cfg_dicts = {t: towers[t].config_dict() for t in towers}
     max_total = min(c["max_seq_len"] for c in tower_cfg_dicts.values())
     with filelock.FileLock(str(Path(cfg.data.cache_dir).with_suffix(".lock"))):
-        prepared = prepare_aligned(cfg, text_tok, audio_tok, max_total)
+        prepared = prepare_pairs(cfg, toks, max_total)
     cfg = _with_tokens_per_word(cfg, prepared, init)
     _seed(cfg)  # the fusion layers' init depends on the seed alone
     model = build_model(cfg, towers, specs)
@@ -273,7 +274,7 @@ def _train_finetune(
     save_config(cfg, out / CONFIG)
     dm = AlignedDataModule(cfg, lambda c: prepared, model.collator(loss_on="last"))
     dm.prepare_data()
-    module = FinetuneModule(model, cfg, text_tok.decode)
+    module = FinetuneModule(model, cfg, toks["text"].decode)
     run = _fit(cfg, out, module, dm, select_best=cfg.train.select_best)
     trainer = run["trainer"]
     final = {**_final_metrics(trainer), **module.run_validation_pass()}
@@ -281,7 +282,7 @@ def _train_finetune(
         return out
     dm.setup("test")
     model.eval()
-    ft = Finetuned(model, cfg, specs, text_tok, audio_tok, out)
+    ft = Finetuned(model, cfg, specs, toks, out)
     metrics: dict = {
         "stage": f"{'zip' if init is None else 'finetune'}-{cfg.data.task}",
         "arch": cfg.arch,
@@ -298,11 +299,10 @@ def _train_finetune(
         "fit_wall_s": run["wall_s"],
         **dm.info,
     }
-    if cfg.data.task in ("asr", "mix"):
+    if any(TASKS[t].writes_text for t in tasks_of(cfg.data.task)):
         metrics.update(_asr_test(ft, dm.test_pairs, cfg))
     metrics.update(_teacher_forced(module, dm))
-    text_tok.copy_to(out)
-    copy_artefact(towers_from["speech"] / AUDIO_TOKENIZER_DIR, out)
+    copy_tokenizers(toks, towers_from, out)
     save_towers_json(out, towers)
     _log_hparams(trainer, cfg, "zip" if init is None else "finetune", metrics)
     atomic_write_json(out / METRICS, metrics)
@@ -315,7 +315,7 @@ def run_zip(cfg: Config) -> Path:
     """Zip the pretrained towers (or extend the text tower: arch=single) and fine-tune them: the
     stage folder, trained now unless finished (what ``stages.zip_stage``, ``evaluate`` and
     ``ablation`` run; the machine is their entry point's to check)."""
-    towers = {"text": tower_input(cfg, "text"), "speech": tower_input(cfg, "speech")}
+    towers = {m: tower_input(cfg, m) for m in cfg.zip.towers}
     identity = stage_identity(cfg, "zip", input_fingerprints(**towers))
     out = stage_dir(cfg, "zip", identity["inputs"])
     with claim_stage(out, "zip", identity) as todo:
@@ -334,5 +334,5 @@ def run_finetune(cfg: Config) -> Path:
     out = stage_dir(cfg, "finetune", identity["inputs"])
     with claim_stage(out, "finetune", identity) as todo:
         if todo:
-            _train_finetune(cfg, out, {"text": init, "speech": init}, init=init)
+            _train_finetune(cfg, out, dict.fromkeys(read_json(init / TOWERS_JSON), init), init)
     return out

@@ -26,6 +26,40 @@ VOICES = (
 )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Task:
+    """Ordered input modalities -> output modality sequence (each output segment gets loss)."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.inputs + self.outputs
+
+    @property
+    def writes_text(self) -> bool:
+        """Its last output is a transcript: scored by WER (ASR, and ASR through phonemes)."""
+        return self.outputs[-1] == "text" and "text" not in self.inputs
+
+    def budgets(self, last: int) -> dict[str, int]:
+        """Token budgets of the outputs: ``last`` for the final one; an earlier one (phonemes
+        before text) gets 4x: a phoneme string is ~3-5x as long as its subword transcript."""
+        return {
+            m: last if k == len(self.outputs) - 1 else 4 * last for k, m in enumerate(self.outputs)
+        }
+
+
+# The fine-tuning tasks, as data: a new task is an entry (``data.task`` accepts its name).
+TASKS: dict[str, Task] = {
+    "asr": Task(inputs=("speech",), outputs=("text",)),
+    "tts": Task(inputs=("text",), outputs=("speech",)),
+    # ASR through phonemes: the phoneme tower writes what it hears, the text tower reads both
+    "asr_phonemes": Task(inputs=("speech",), outputs=("phonemes", "text")),
+}
+MIX = ("asr", "tts")  # data.task=mix: ASR and TTS items at data.asr_tts_ratio (the paper's)
+
+
 @dataclass
 class ZipperConfig:
     towers: list[str] = F(
@@ -73,6 +107,14 @@ class ZipperConfig:
         "tower -> mean tokens per transcript word, converts segment positions to words for "
         "align_prior; empty = measured on the aligned training pairs when the stage starts",
         factory=dict,
+    )
+
+
+@dataclass
+class PhonemeConfig:
+    voice: str = F(
+        "en-us",
+        "espeak-ng language whose rules turn transcripts into phonemes (the phoneme modality)",
     )
 
 

@@ -26,8 +26,9 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from zipper_pl.config.components import MIX, TASKS
 from zipper_pl.config.schema import check_range, coerce
-from zipper_pl.config.sections import Config
+from zipper_pl.config.sections import MODALITY_NAMES, Config
 from zipper_pl.errors import UserError
 from zipper_pl.io import atomic_write_text
 
@@ -201,6 +202,20 @@ def _check_settings(cfg: Config) -> list[str]:
     ):
         problems.append(
             f"train.devices: {t.devices!r} is not a count >= 1, 'auto' or a list like '0,1'"
+        )
+    unknown = [t for t in cfg.zip.towers if t not in MODALITY_NAMES]
+    if unknown or len(set(cfg.zip.towers)) != len(cfg.zip.towers) or len(cfg.zip.towers) < 2:
+        problems.append(
+            f"zip.towers: {cfg.zip.towers}; list two or more distinct modalities of "
+            f"{', '.join(MODALITY_NAMES)}"
+        )
+    needed = {
+        m for t in (MIX if cfg.data.task == "mix" else [cfg.data.task]) for m in TASKS[t].modalities
+    }
+    if not needed <= set(cfg.zip.towers):
+        problems.append(
+            f"data.task={cfg.data.task} needs the towers {sorted(needed)}; zip.towers has "
+            f"{cfg.zip.towers}: add the missing ones (and their inputs.<modality> folders)"
         )
     freeze = {x.strip() for x in cfg.zip.freeze.split(",") if x.strip()}
     if not freeze or not (

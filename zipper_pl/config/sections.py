@@ -12,14 +12,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from zipper_pl.config.components import (
+    TASKS,
     AudioTokenizerConfig,
     EmbeddedCorpusConfig,
     JudgeConfig,
+    PhonemeConfig,
     ZipperConfig,
 )
 from zipper_pl.config.schema import F
 
 SCALES = ("tiny", "demo", "s", "l")
+# the names of ``data.modalities.MODALITIES`` (a test keeps them equal): the config layer
+# imports no data code
+MODALITY_NAMES = ("text", "speech", "phonemes")
 
 
 @dataclass
@@ -97,7 +102,7 @@ class DataConfig:
     aligned_frac: float = F(
         1.0, "share of aligned training pairs used for fine-tuning (nested subsets)", gt=0.0, le=1.0
     )
-    task: str = F("asr", "fine-tuning task", choices=("asr", "tts", "mix"))
+    task: str = F("asr", "fine-tuning task (config/components.py TASKS)", choices=(*TASKS, "mix"))
     asr_tts_ratio: float = F(0.8, "ASR:TTS sample ratio for task=mix (paper: 1:1.26)", gt=0.0)
     shrink_batch_to_subset: bool = F(
         False,
@@ -172,6 +177,7 @@ class StageInputs:
 
     text: str = F("", "stage folder of the pretrained text tower")
     speech: str = F("", "stage folder of the pretrained speech tower")
+    phonemes: str = F("", "stage folder of the pretrained phoneme tower (zip.towers lists it)")
     init: str = F("", "zipped stage folder to continue from (finetune)")
     judge: str = F("", "stage folder of the judge ASR (evaluation)")
 
@@ -200,11 +206,12 @@ class Config:
     )
     runs: str = F("runs", "root folder for stage folders (RUNS)")
     out: str = F("", "this stage's folder; empty = derived from the config (see stage_dir)")
-    modality: str = F("text", "what a pretraining stage models", choices=("text", "speech"))
+    modality: str = F("text", "what a pretraining stage models", choices=MODALITY_NAMES)
     arch: str = F("zipper", "fine-tuned model", choices=("zipper", "single"))
     model: ModelConfig = F(None, "decoder tower", factory=ModelConfig)
     text_tokenizer: TextTokenizerConfig = F(None, "text tokenizer", factory=TextTokenizerConfig)
     audio: AudioTokenizerConfig = F(None, "audio tokenizer", factory=AudioTokenizerConfig)
+    phonemes: PhonemeConfig = F(None, "phoneme modality", factory=PhonemeConfig)
     data: DataConfig = F(None, "corpus and batching", factory=DataConfig)
     train: TrainConfig = F(None, "optimisation and Trainer", factory=TrainConfig)
     zip: ZipperConfig = F(None, "Zipper fusion", factory=ZipperConfig)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -20,7 +21,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from zipper_pl.config import Config
-from zipper_pl.data.manifest import read_manifest
+from zipper_pl.config.components import MIX, TASKS, Task  # noqa: F401 (Task: re-exported)
+from zipper_pl.data.manifest import Record, read_manifest
 from zipper_pl.data.sampling import train_loader, valid_loader
 from zipper_pl.data.store import TokenStore
 from zipper_pl.errors import UserError
@@ -36,27 +38,9 @@ def fits(segment_lengths: Sequence[int], max_total: int) -> bool:
     return sum(segment_lengths) + SPECIALS_PER_SEGMENT * len(segment_lengths) <= max_total
 
 
-@dataclass(frozen=True)
-class Task:
-    """Ordered input modalities -> output modality sequence (each output segment gets loss)."""
-
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return self.inputs + self.outputs
-
-
-TASKS: dict[str, Task] = {
-    "asr": Task(inputs=("speech",), outputs=("text",)),
-    "tts": Task(inputs=("text",), outputs=("speech",)),
-}
-
-
 def tasks_of(task: str) -> list[str]:
     """The tasks ``data.task`` names: one, or every task for ``mix``."""
-    return list(TASKS) if task == "mix" else [task]
+    return list(MIX) if task == "mix" else [task]
 
 
 @dataclass
@@ -84,7 +68,8 @@ def task_items(n_pairs: int, task: str, asr_tts_ratio: float) -> list[tuple[int,
         n_asr, n_tts = round(asr_tts_ratio * n_pairs), n_pairs
     else:
         n_asr, n_tts = n_pairs, round(n_pairs / asr_tts_ratio)
-    return [(i, "asr") for i in range(n_asr)] + [(i, "tts") for i in range(n_tts)]
+    asr, tts = MIX
+    return [(i, asr) for i in range(n_asr)] + [(i, tts) for i in range(n_tts)]
 
 
 def tokens_per_word(pairs: Sequence[Pair]) -> dict[str, float]:
@@ -123,33 +108,45 @@ class PairTasks(Dataset):
         return {"segments": make_sample(p, task), "task": task, "id": p.id, "text": p.text}
 
 
-def load_pairs(
-    manifest_path,
-    speech_store_dir,
-    encode_text: Callable[[list[str]], list[np.ndarray]],
-    max_total: int,
-) -> tuple[list[Pair], dict[str, int]]:
-    """Join manifest transcripts with cached speech tokens by utterance id; count what is dropped.
+# modality -> (records -> one token array per record, None where it has none)
+Encoders = Mapping[str, Callable[[Sequence[Record]], list[np.ndarray | None]]]
 
-    ``max_total``: longest speech + text + their specials kept (the single decoder's one
-    sequence holds both segments).
+
+def load_pairs(
+    manifest_path: Path, encoders: Encoders, max_total: int
+) -> tuple[list[Pair], dict[str, int]]:
+    """One pair per manifest record with a transcript and a token array of every modality in
+    ``encoders``; count what is dropped, by reason.
+
+    ``max_total``: longest total of all segments + their specials kept (the single decoder's one
+    sequence holds them all): one limit for every architecture, so all see the same pairs.
     """
-    store = TokenStore(speech_store_dir)
-    by_id = {uid: j for j, uid in enumerate(store.ids)}
     all_records = read_manifest(manifest_path)
-    records = [r for r in all_records if r.id in by_id and r.text]
-    skipped = {"no_audio_tokens": len(all_records) - len(records)}
-    text_tokens = encode_text([r.text for r in records])
-    pairs, too_long = [], 0
-    for r, tt in zip(records, text_tokens, strict=True):
-        st = np.array(store[by_id[r.id]])  # a copy: memmap views are read-only
-        # one limit for both layouts, so the Zipper and the single decoder see the same pairs
-        if not fits([len(st), len(tt)], max_total) or not len(st) or not len(tt):
-            too_long += 1
-            continue
-        pairs.append(Pair(r.id, r.text, {"text": tt, "speech": st}))
-    skipped["too_long_or_empty"] = too_long
+    records = [r for r in all_records if r.text]
+    arrays = {m: encode(records) for m, encode in encoders.items()}
+    pairs, skipped = [], {"no_transcript": len(all_records) - len(records)}
+    skipped |= {f"no_{m}_tokens": 0 for m in encoders} | {"too_long_or_empty": 0}
+    for k, r in enumerate(records):
+        tokens = {m: arrays[m][k] for m in encoders}
+        missing = [m for m, t in tokens.items() if t is None]
+        if missing:
+            skipped[f"no_{missing[0]}_tokens"] += 1
+        elif not all(map(len, tokens.values())) or not fits(
+            list(map(len, tokens.values())), max_total
+        ):
+            skipped["too_long_or_empty"] += 1
+        else:
+            pairs.append(Pair(r.id, r.text, tokens))
     return pairs, skipped
+
+
+def store_encoder(store_dir: Path) -> Callable[[Sequence[Record]], list[np.ndarray | None]]:
+    """Records -> their cached token arrays (copies: memmap views are read-only)."""
+    store = TokenStore(store_dir)
+    by_id = {uid: j for j, uid in enumerate(store.ids)}
+    return lambda records: [
+        np.array(store[by_id[r.id]]) if r.id in by_id else None for r in records
+    ]
 
 
 def collate_with_meta(collate: Callable) -> Callable[[list[dict]], dict]:

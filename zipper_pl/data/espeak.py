@@ -121,7 +121,7 @@ class Speaker:
         return f"{self.voice}_r{self.rate}_p{self.pitch}"
 
 
-def _library_paths() -> tuple[str, str]:
+def library_paths() -> tuple[str, str]:
     try:
         import espeakng_loader
 
@@ -137,7 +137,7 @@ class Synthesizer:
     """One helper process. Calls are serialised by a lock: use one per thread for parallelism."""
 
     def __init__(self) -> None:
-        lib_path, data_path = _library_paths()
+        lib_path, data_path = library_paths()
         self.pid = os.getpid()
         self.lock = threading.Lock()
         # A file, not a pipe, so it can never fill up and block; it lives as long as the helper.

@@ -6,18 +6,34 @@ table branches on a modality's name to build a vocabulary or a pretraining corpu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zipper_pl.config import Config
+import numpy as np
+
+from zipper_pl.config import Config, load_config
+from zipper_pl.data.aligned import store_encoder
 from zipper_pl.data.audio_tokenizers import AUDIO_TOKENIZER_DIR, AudioTokenizer
 from zipper_pl.data.hf_tokenizer import load_text_tokenizer
 from zipper_pl.data.lm_datamodule import LMData
-from zipper_pl.data.prepare import audio_store, audio_tokenizer, text_store, text_tokenizer
+from zipper_pl.data.manifest import Record
+from zipper_pl.data.phonemes import PHONEME_TOKENIZER_FILE, PhonemeTokenizer
+from zipper_pl.data.prepare import (
+    audio_store,
+    audio_tokenizer,
+    phoneme_tokenizer,
+    prepare_aligned,
+    text_store,
+    text_tokenizer,
+)
 from zipper_pl.data.store import TokenStore
+from zipper_pl.io import copy_artefact
 from zipper_pl.models.sequences import ModalitySpec
+
+CONFIG_FILE = "config.yaml"  # a stage folder's resolved config (layout.CONFIG, a layer above)
+Encoder = Callable[[Sequence[Record]], list[np.ndarray | None]]
 
 
 def text_spec(name: str, tok: Any) -> ModalitySpec:
@@ -58,8 +74,53 @@ def speech_lm_data(cfg: Config) -> LMData:
     return _lm_data(units_spec(cfg.modality, tok), train, valid, [folder], info)
 
 
+def phonemes_lm_data(cfg: Config) -> LMData:
+    tok = phoneme_tokenizer(cfg)
+    train, valid = text_store(cfg, tok, "text"), text_store(cfg, tok, "valid")
+    _show_unknown(tok, "the pretraining text")
+    return _lm_data(text_spec(cfg.modality, tok), train, valid, [tok.path], {})
+
+
+def _show_unknown(tok: Any, what: str) -> None:
+    if getattr(tok, "unknown", 0):
+        print(f"[phonemes] {tok.unknown} phoneme(s) of {what} are not in the tower's symbol "
+              "table: encoded as <unk>")  # fmt: skip
+        tok.unknown = 0
+
+
 def load_units_tokenizer(folder: Path) -> AudioTokenizer:
     return AudioTokenizer.load(folder / AUDIO_TOKENIZER_DIR)
+
+
+def load_phoneme_tokenizer(folder: Path) -> PhonemeTokenizer:
+    """The folder's symbol table, with the espeak-ng language its stage was configured with."""
+    return PhonemeTokenizer(
+        folder / PHONEME_TOKENIZER_FILE, load_config(folder / CONFIG_FILE).phonemes.voice
+    )
+
+
+def copy_units_tokenizer(tok: AudioTokenizer, folder: Path, out: Path) -> None:
+    copy_artefact(folder / AUDIO_TOKENIZER_DIR, out)  # as fitted (k-means centroids included)
+
+
+def copy_file_tokenizer(tok: Any, folder: Path, out: Path) -> None:
+    tok.copy_to(out)
+
+
+def transcript_tokens(cfg: Config, tok: Any, pool: str) -> Encoder:
+    """A pool's transcripts through the modality's tokenizer (text, phonemes)."""
+
+    def encode(records: Sequence[Record]) -> list[np.ndarray | None]:
+        ids = tok.encode([r.text for r in records])
+        _show_unknown(tok, f"the {pool} transcripts")
+        return ids
+
+    return encode
+
+
+def audio_tokens(cfg: Config, tok: Any, pool: str) -> Encoder:
+    """A pool's cached audio tokens (tokenized now where missing; bad files counted)."""
+    return store_encoder(audio_store(cfg, tok, pool, need_transcript=True))
 
 
 @dataclass(frozen=True)
@@ -71,13 +132,37 @@ class Modality:
     lm_data: Callable[[Config], LMData]  # what ``pretrain`` with ``modality=NAME`` trains on
     tag: Callable[[Config], str]  # the pretraining folder's name part
     load: Callable[[Path], Any]  # stage folder -> its tokenizer
+    save: Callable[[Any, Path, Path], None]  # (tokenizer, its stage folder, another stage
+    # folder): copies what ``load`` reads back
+    pair_tokens: Callable[[Config, Any, str], Encoder]  # (cfg, tokenizer, pool) -> an aligned
+    # pair's token arrays of this modality
 
 
 MODALITIES: dict[str, Modality] = {
-    "text": Modality(text_spec, text_lm_data, lambda cfg: "text", load_text_tokenizer),
-    # the codec names the speech stage: towers of different codecs never share a folder name
+    "text": Modality(
+        spec=text_spec,
+        lm_data=text_lm_data,
+        tag=lambda cfg: "text",
+        load=load_text_tokenizer,
+        save=copy_file_tokenizer,
+        pair_tokens=transcript_tokens,
+    ),
     "speech": Modality(
-        units_spec, speech_lm_data, lambda cfg: f"speech-{cfg.audio.codec}", load_units_tokenizer
+        spec=units_spec,
+        lm_data=speech_lm_data,
+        # the codec names the stage: towers of different codecs never share a folder name
+        tag=lambda cfg: f"speech-{cfg.audio.codec}",
+        load=load_units_tokenizer,
+        save=copy_units_tokenizer,
+        pair_tokens=audio_tokens,
+    ),
+    "phonemes": Modality(
+        spec=text_spec,
+        lm_data=phonemes_lm_data,
+        tag=lambda cfg: f"phonemes-{cfg.phonemes.voice}",
+        load=load_phoneme_tokenizer,
+        save=copy_file_tokenizer,
+        pair_tokens=transcript_tokens,
     ),
 }
 
@@ -90,6 +175,23 @@ def prepare_pretraining(cfg: Config) -> LMData:
 def load_tokenizers(folders: Mapping[str, Path]) -> dict[str, Any]:
     """{modality: the tokenizer its stage folder holds}, in the order of ``folders``."""
     return {m: MODALITIES[m].load(Path(f)) for m, f in folders.items()}
+
+
+def prepare_pairs(cfg: Config, tokenizers: Mapping[str, Any], max_total: int) -> dict:
+    """Aligned train / valid / test pairs carrying a token array of every modality in
+    ``tokenizers`` (``data.prepare.prepare_aligned``)."""
+
+    def encoders_of(pool: str) -> dict[str, Encoder]:
+        return {m: MODALITIES[m].pair_tokens(cfg, tok, pool) for m, tok in tokenizers.items()}
+
+    return prepare_aligned(cfg, encoders_of, max_total)
+
+
+def copy_tokenizers(tokenizers: Mapping[str, Any], folders: Mapping[str, Path], out: Path) -> None:
+    """Every modality's tokenizer, loaded from ``folders[m]``, into the stage folder ``out``
+    (where ``load_tokenizers`` finds them)."""
+    for m, tok in tokenizers.items():
+        MODALITIES[m].save(tok, Path(folders[m]), out)
 
 
 def modality_specs(tokenizers: dict[str, Any]) -> dict[str, ModalitySpec]:

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 from zipper_pl.config import Config
-from zipper_pl.data.aligned import load_pairs
+from zipper_pl.data.aligned import Encoders, load_pairs
 from zipper_pl.data.audio_cache import fit_audio_tokenizer, tokenize_manifest
 from zipper_pl.data.audio_tokenizers import build_audio_tokenizer
 from zipper_pl.data.embedded import build_embedded_corpus, split_pools
 from zipper_pl.data.manifest import Record, read_manifest, write_manifest
+from zipper_pl.data.phonemes import PHONEME_TOKENIZER_FILE, PhonemeTokenizer
 from zipper_pl.data.readers import CORPUS_READERS, summary_line
 from zipper_pl.data.sources import split_fingerprints
 from zipper_pl.data.store import ShardedTokenWriter, TokenStore, token_dtype
@@ -177,10 +179,23 @@ def text_tokenizer(cfg: Config) -> TextTokenizer:
     return TextTokenizer.train(lines, path, t.vocab_size, t.model_type, t.max_sentences)
 
 
+def phoneme_tokenizer(cfg: Config) -> PhonemeTokenizer:
+    """The phoneme symbol table of the text training pool (cached by content hash)."""
+    lines = text_lines(cfg, "text")
+    key = _digest([asdict(cfg.phonemes), _digest(lines, 16)])
+    path = cache_root(cfg) / "phoneme_tokenizer" / key / PHONEME_TOKENIZER_FILE
+    if path.is_file():
+        return PhonemeTokenizer(path, cfg.phonemes.voice)
+    return PhonemeTokenizer.train(lines, path, cfg.phonemes.voice)
+
+
 def text_store(cfg: Config, tok: TextTokenizer, pool: str, lines: list[str] | None = None) -> Path:
     """Token store of a text pool (one item per sentence)."""
     lines = text_lines(cfg, pool) if lines is None else lines
-    key = _digest([hashlib.sha256(tok.path.read_bytes()).hexdigest(), _digest(lines, 16)])
+    key_parts = [hashlib.sha256(tok.path.read_bytes()).hexdigest(), _digest(lines, 16)]
+    if getattr(tok, "voice", None):  # phonemes: the language's rules make the tokens too
+        key_parts.append(tok.voice)
+    key = _digest(key_parts)
     folder = cache_root(cfg) / "text_tokens" / f"{pool}-{key}"
     if TokenStore.exists(folder):
         return folder
@@ -229,13 +244,13 @@ def audio_store(cfg: Config, tok, pool: str, need_transcript: bool = False) -> P
 # ---- what fine-tuning needs ------------------------------------------------------------------
 
 
-def prepare_aligned(cfg: Config, text_tok: TextTokenizer, audio_tok, max_total: int) -> dict:
-    """Aligned pairs (transcript tokens + cached speech tokens) of train / valid / test."""
+def prepare_aligned(cfg: Config, encoders_of: Callable[[str], Encoders], max_total: int) -> dict:
+    """Aligned pairs of train / valid / test, with the token arrays of every modality that
+    ``encoders_of(pool)`` encodes (``data.modalities.prepare_pairs`` builds it)."""
     manifests = corpus_manifests(cfg)
     pairs, skipped = {}, {}
     for pool in ("aligned_train", "valid", "test"):
-        store = audio_store(cfg, audio_tok, pool, need_transcript=True)
-        pairs[pool], skip = load_pairs(manifests[pool], store, text_tok.encode, max_total)
+        pairs[pool], skip = load_pairs(manifests[pool], encoders_of(pool), max_total)
         for k, v in skip.items():
             skipped[f"{pool}_{k}"] = v
         if not pairs[pool]:

@@ -16,7 +16,7 @@ import torch
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from zipper_pl.config import Config
-from zipper_pl.data.aligned import TASKS
+from zipper_pl.data.aligned import TASKS, tasks_of
 from zipper_pl.lit.common import TrainModule
 from zipper_pl.models.generation import FinetunedModel
 from zipper_pl.models.sequences import IGNORE, Segment, stream_losses
@@ -124,11 +124,12 @@ class FinetuneModule(TrainModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         for k, v in self.validation_sums(batch).items():
             self._val[k] = self._val.get(k, 0) + v.to(self.device)
-        if batch_idx < self.wer_batches:
-            asr = [i for i, t in enumerate(batch["tasks"]) if t == "asr"]
-            if asr:
-                hyps = self.transcribe([batch["segments"][i][0] for i in asr])
-                refs = [batch["texts"][i] for i in asr]
+        for task in sorted(set(batch["tasks"])) if batch_idx < self.wer_batches else []:
+            items = [i for i, t in enumerate(batch["tasks"]) if t == task]
+            if TASKS[task].writes_text:
+                inputs = [batch["segments"][i][: len(TASKS[task].inputs)] for i in items]
+                hyps = self.transcribe(inputs, task)
+                refs = [batch["texts"][i] for i in items]
                 self.val_wer.update(hyps, refs)
                 self.val_cer.update(hyps, refs)
                 if batch_idx == 0:
@@ -147,7 +148,7 @@ class FinetuneModule(TrainModule):
         # decided by the task, the same on every rank: compute() gathers over ranks, and a
         # best.ckpt monitoring val/wer (train.select_on=wer) needs it on each. With data.task=mix
         # on an even number of ranks, a rank's validation shard can hold no ASR pair at all.
-        if self.cfg.data.task in ("asr", "mix") and self.wer_batches > 0:
+        if any(TASKS[t].writes_text for t in tasks_of(self.cfg.data.task)) and self.wer_batches:
             self.log("val/wer", self.val_wer.compute(), prog_bar=True)
             self.log("val/cer", self.val_cer.compute())
             self.val_wer.reset()
@@ -159,10 +160,11 @@ class FinetuneModule(TrainModule):
 
     # ---- inference helpers -------------------------------------------------------------------
     @torch.no_grad()
-    def transcribe(self, speech: list[Segment], max_new: int | None = None) -> list[str]:
-        """Greedy ASR of speech segments -> normalised-free decoded strings."""
-        max_new = max_new or self.cfg.eval.max_new_text
-        outs = self.model.generate([[s] for s in speech], ["text"], max_new_tokens=max_new)
+    def transcribe(self, inputs: list[list[Segment]], task: str = "asr") -> list[str]:
+        """Greedy transcripts (the last output of ``task``) -> normalised-free decoded strings."""
+        t = TASKS[task]
+        budgets = t.budgets(self.cfg.eval.max_new_text)
+        outs = self.model.generate(inputs, list(t.outputs), max_new_tokens=budgets)
         return [self.decode_text(o[-1].tokens.tolist()) for o in outs]
 
 
