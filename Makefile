@@ -31,6 +31,7 @@ EXP          ?= experiments/$(strip $(SCALE))#  folder of the experiment YAML fi
 ABLATION_FRACS ?= 0.01 0.03 0.1 0.3 1.0#  aligned fractions of `make ablation`
 ABLATION_SEEDS ?= 0#       seeds of `make ablation`
 ABLATION_FREEZE ?= text both#  `make ablation` FREEZE values (text = speech tower trained, both = frozen)
+ABLATION_LRS ?=#           `make ablation` lr grid per system, selected on validation (e.g. 5e-4 1e-3 2e-3); empty = the file's
 TB_BIND_ALL  ?=#           1: `make tensorboard` listens on every interface (no authentication: anyone who can reach the port reads every run)
 BENCH_ARGS   ?=#           `make bench` flags: --quick, --sizes demo,s, --threads N, --compile
 
@@ -145,7 +146,8 @@ $(DIR_$(1))/$(W):
 	$(ZPL) pretrain $(EXP)/pretrain_$(1).yaml $(COMMON) out=$(DIR_$(1))
 endef
 $(foreach m,$(MODALITY_NAMES),$(eval $(call pretrain_rule,$(m))))
-ifneq ($(ZIP_DIR),)
+# (a `make zip` stage that is one of the chain's, e.g. TASK=asr, keeps the chain's rule)
+ifeq ($(filter $(ZIP_DIR),$(ZIPPER_ASR_DIR) $(ZIPPER_TTS_DIR) $(SINGLE_ASR_DIR) $(SINGLE_TTS_DIR)),)
 $(ZIP_DIR)/$(W): $(ZIP_DONE)
 	$(ZPL) zip $(EXP)/zip_$(strip $(TASK)).yaml $(COMMON) $(ZIPVARS) data.task=$(strip $(TASK)) \
 	  $(if $(strip $(TOWERS)),zip.towers=[$(strip $(TOWERS))]) out=$(@D) $(ZIP_INPUTS)
@@ -173,7 +175,7 @@ ablation: $(STAMP) ## aligned-fraction sweep: ABLATION_FRACS x zipper/single x A
 .PHONY: _ablation
 _ablation: $(TEXT_DONE) $(SPEECH_DONE) $(JUDGE_DIR)/$(W)
 	$(ZPL) ablation $(EXP)/zip_asr.yaml $(COMMON) $(call fwd,FT_STEPS,train.max_steps) $(FT_ARGS) "ablation.fracs=$(ABLATION_FRACS)" \
-	  "ablation.seeds=$(ABLATION_SEEDS)" "ablation.freeze=$(ABLATION_FREEZE)" \
+	  "ablation.seeds=$(ABLATION_SEEDS)" "ablation.freeze=$(ABLATION_FREEZE)" "ablation.lrs=$(ABLATION_LRS)" \
 	  inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR) inputs.judge=$(JUDGE_DIR)
 
 bench: $(STAMP) ## benchmarks: matmul roofline, training, generation, tokenization, data loading

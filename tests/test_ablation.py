@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,7 +12,8 @@ import torch
 
 from tests.conftest import tiny_config
 from zipper_pl import ablation, scoring
-from zipper_pl.ablation import _cells, write_tables
+from zipper_pl.ablation import _cells
+from zipper_pl.ablation_tables import adjust_p, paired_tests, write_tables
 from zipper_pl.config import load_config
 from zipper_pl.errors import UserError
 from zipper_pl.io import save_weights
@@ -36,39 +38,89 @@ def test_cells_cover_systems_without_duplicate_single_rows(data_root, tmp_path):
         _cells(bad)
 
 
-def test_tables_and_plots(tmp_path):
+def synthetic_rows(zipper_better_by: int = 2) -> list[dict]:
+    """Two systems x two fractions x two seeds; the Zipper makes ``zipper_better_by`` fewer
+    errors than the single decoder on most of 30 utterances."""
     rows = []
     for system, wers in (("Zipper", (0.9, 0.3)), ("Single Decoder", (1.0, 0.5))):
         for frac, wer in zip((0.1, 1.0), wers, strict=True):
             for seed in (0, 1):
-                rows.append(
-                    {
-                        "system": system,
-                        "frac": frac,
-                        "model": "m",
-                        "freeze": "text",
-                        "seed": seed,
-                        "aligned_pairs": 10,
-                        "asr_wer": wer + 0.01 * seed,
-                        "asr_cer": wer / 2,
-                        "tts_wer": None,
-                    }
-                )
-    write_tables(tmp_path, rows)
-    assert len(list(csv.DictReader((tmp_path / "ablation.csv").open()))) == 8
+                extra = 0 if system == "Zipper" else zipper_better_by
+                errors = {f"u{i}": 3 + (i % 4) + (extra if i % 5 else 0) for i in range(30)}
+                rows.append({"system": system, "frac": frac, "model": "m", "freeze": "text",
+                             "seed": seed, "aligned_pairs": 10, "asr_wer": wer + 0.02 * seed,
+                             "asr_lr": 1e-3, "asr_best_step": 40, "asr_errors": errors,
+                             "tts_wer": None, "tts_lr": None, "tts_best_step": None,
+                             "tts_errors": None})  # fmt: skip
+    return rows
+
+
+def test_tables_and_plots(tmp_path):
+    rows = synthetic_rows()
+    tests = write_tables(tmp_path, rows, "Single Decoder", ["## extra section"])
+    table = list(csv.DictReader((tmp_path / "ablation.csv").open()))
+    assert len(table) == 8 and "asr_errors" not in table[0] and table[0]["asr_best_step"] == "40"
     md = (tmp_path / "ablation.md").read_text()
-    assert "| Zipper | 90.5 | 30.5 |" in md and "TTS" not in md  # mean over seeds, in %
+    # mean ± sample sd over the two seeds, in %; TTS has no values: no TTS table, no TTS plot
+    assert "| Zipper | 91.0 ± 1.4 | 31.0 ± 1.4 |" in md and "TTS WER" not in md
+    assert "p (Zipper vs Single Decoder) |" in md and "Benjamini-Hochberg" in md
+    assert md.rstrip().endswith("## extra section")
+    assert [t["frac"] for t in tests] == [0.1, 1.0] and all(t["p_adjusted"] < 0.01 for t in tests)
     png = (tmp_path / "asr_wer.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "tts_wer.png").exists()
 
 
-def test_cached_tts_scores_belong_to_their_judge(monkeypatch, tmp_path):
+def test_paired_tests_pair_utterances_of_the_same_seed_only():
+    rows = synthetic_rows(zipper_better_by=0)  # identical errors: nothing to tell apart
+    (t, _) = paired_tests(rows, "Single Decoder")
+    assert t["p_value"] == 1.0 and t["n"] == 60  # 30 utterances x 2 seeds
+    seedless = [r for r in rows if not (r["system"] == "Zipper" and r["seed"] == 1)]
+    assert paired_tests(seedless, "Single Decoder")[0]["n"] == 30
+
+
+def test_benjamini_hochberg_on_hand_made_p_values():
+    # sorted 0.01, 0.03, 0.04, 0.5 -> p * 4 / rank = 0.04, 0.06, 0.0533, 0.5 -> running minimum
+    # from the largest: 0.04, 0.0533, 0.0533, 0.5 (given back in the input order)
+    got = adjust_p([0.01, 0.04, 0.03, 0.5])
+    assert got == pytest.approx([0.04, 0.16 / 3, 0.16 / 3, 0.5])
+    assert adjust_p([]) == [] and adjust_p([0.2]) == [0.2]
+
+
+def test_lr_selection_reads_validation_only(monkeypatch, data_root, tmp_path):
+    """The grid's cells plant a test-set-only signal (the lr with the worst validation WER has
+    by far the best test WER): the selection must ignore it."""
+    val = {5e-4: 0.40, 1e-3: 0.20, 2e-3: 0.60}
+    test = {5e-4: 0.90, 1e-3: 0.95, 2e-3: 0.01}
+
+    def fake_zip(cfg):
+        folder = tmp_path / f"lr{cfg.train.lr:g}-{cfg.data.task}"
+        folder.mkdir(exist_ok=True)
+        lr = cfg.train.lr
+        metrics = {"val_wer": val[lr], "val_loss": 2.0 - lr, "test_wer": test[lr],
+                   "test_asr_token_acc": 1.0 - test[lr]}  # fmt: skip
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        return folder
+
+    monkeypatch.setattr(ablation, "run_zip", fake_zip)
+    cfg = tiny_config(data_root, tmp_path, "zip_asr.yaml", "ablation.lrs=5e-4 1e-3 2e-3")
+    chosen, grid = ablation._select_lrs(
+        cfg, [{"model": "zipper", "freeze": "text"}], ("asr", "tts")
+    )
+    assert chosen[("zipper", "text", "asr")] == 1e-3  # lowest validation WER
+    assert chosen[("zipper", "text", "tts")] == 2e-3  # lowest validation loss
+    assert all("test" not in k for g in grid for k in g)
+    # the selection function itself never sees a test figure
+    assert ablation.validation_view({"val_wer": 0.1, "test_wer": 0.2}) == {"val_wer": 0.1}
+    assert ablation.select_lr({1e-3: {"val_wer": 0.3}, 5e-4: {"val_wer": 0.3}}, "asr") == 5e-4
+
+
+def test_cached_scores_belong_to_their_judge_and_eval_settings(monkeypatch, tmp_path):
     """A retrained judge must not reuse TTS scores the previous judge gave (stale cache)."""
     calls = []
 
     def fake_scores(folder, judge, cfg):
         calls.append(judge.name)
-        return {"tts_wer_gold": 0.5 if judge.name == "judge_a" else 0.1}
+        return {"tts_wer_gold": 0.5 if judge.name == "judge_a" else 0.1, "errors": {}}
 
     monkeypatch.setattr("zipper_pl.ablation.tts_cell_metrics", fake_scores)
     cell = tmp_path / "cell"
@@ -80,13 +132,16 @@ def test_cached_tts_scores_belong_to_their_judge(monkeypatch, tmp_path):
         save_weights({"w": torch.full((2,), value)}, judges[name] / "model.safetensors")
         (judges[name] / "metrics.json").write_text("{}")
     cfg = load_config(None)
-    assert ablation._tts_score(cell, judges["judge_a"], cfg)["tts_wer_gold"] == 0.5
-    assert ablation._tts_score(cell, judges["judge_a"], cfg)["tts_wer_gold"] == 0.5
-    assert ablation._tts_score(cell, judges["judge_b"], cfg)["tts_wer_gold"] == 0.1
+
+    def score(judge, c=cfg):
+        return ablation._score("tts", cell, judge, c, ablation._score_keys(judge, c)["tts"])
+
+    assert score(judges["judge_a"])["tts_wer_gold"] == 0.5
+    assert score(judges["judge_a"])["tts_wer_gold"] == 0.5
+    assert score(judges["judge_b"])["tts_wer_gold"] == 0.1
     assert calls == ["judge_a", "judge_b"]  # the second call was a cache hit, the third not
     # another token budget is another measurement (a looping model's WER grows with it)
-    budget = load_config(None, ["eval.max_new_speech_per_word=15"])
-    ablation._tts_score(cell, judges["judge_b"], budget)
+    score(judges["judge_b"], load_config(None, ["eval.max_new_speech_per_word=15"]))
     assert calls == ["judge_a", "judge_b", "judge_b"]
 
 
@@ -107,11 +162,19 @@ def test_tts_cell_counts_and_shows_utterances_too_long(monkeypatch, tmp_path, ca
     def fake_eval(ft, judge, kept, targets, cfg):
         seen.extend(kept)
         wer = {"wer_gold": 0.0, "wer_target": 0.0}
-        return {"best_of_n": wer, "greedy": wer, "n": len(kept)}, None, None
+        rows = [{"id": u.id, "best_errors_gold": 2} for u in kept]
+        return {"best_of_n": wer, "greedy": wer, "n": len(kept)}, rows, None
 
     monkeypatch.setattr(scoring, "eval_tts", fake_eval)
     cfg = load_config(None, ["eval.max_utterances=0"])
     res = scoring.tts_cell_metrics(folder, tmp_path / "judge", cfg)
     assert [u.id for u in seen] == ["0"]  # 3 + 2 + 4 specials fit in 12; 9 + 2 + 4 do not
-    assert res["skipped_too_long"] == 1 and res["n"] == 1
+    assert res["skipped_too_long"] == 1 and res["n"] == 1 and res["errors"] == {"0": 2}
     assert "1 of 2 test utterances too long" in capsys.readouterr().out
+    # an ASR cell scores the same utterances, with per-utterance errors for the paired tests
+    monkeypatch.setattr(
+        scoring, "load_finetuned", lambda f: SimpleNamespace(text_tok=tok, audio_tok=None)
+    )
+    monkeypatch.setattr(scoring, "generate_asr", lambda ft, kept, cfg: (["a x"] * len(kept), 0))
+    res = scoring.asr_cell_metrics(folder, cfg)
+    assert res["errors"] == {"0": 1} and res["asr_wer"] == 0.5 and res["skipped_too_long"] == 1

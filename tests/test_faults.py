@@ -26,8 +26,8 @@ from zipper_pl.data.text import TextTokenizer
 from zipper_pl.errors import UserError
 from zipper_pl.evaluate import safe_file_name
 from zipper_pl.finetuned import load_tower
-from zipper_pl.io import TMP_MARK, atomic_write_json, save_weights
-from zipper_pl.layout import copy_artefact, is_finished, require_stage, stage_dir, stage_identity
+from zipper_pl.io import TMP_MARK, atomic_write_json, copy_artefact, save_weights
+from zipper_pl.layout import is_finished, require_stage, stage_dir, stage_identity
 from zipper_pl.lit.common import NonFiniteTraining
 from zipper_pl.stages import pretrain
 

@@ -21,7 +21,9 @@ from zipper_pl.data.modalities import MODALITIES
 from zipper_pl.data.phonemes import WORD_BOUNDARY, PhonemeTokenizer, phonemize
 from zipper_pl.errors import UserError
 from zipper_pl.finetuned import load_finetuned
+from zipper_pl.judging import Utterance
 from zipper_pl.models.sequences import Segment
+from zipper_pl.scoring import generate_asr
 
 
 def test_phonemize_gives_ipa_symbols_with_word_boundaries():
@@ -116,6 +118,14 @@ def test_three_tower_chain_through_make(tmp_path, data_root, tiny_towers):
     assert set(ft.tokenizers) == {"text", "speech", "phonemes"}
     (hyp,) = ft.transcribe([np.arange(12) % 30], max_new=6, task="asr_phonemes")
     assert isinstance(hyp, str)
+    # the stage transcribes through its own task (phonemes, then text): the API and scoring too
+    asked, generate = [], ft.model.generate
+    ft.model.generate = lambda xs, outs, **kw: asked.append(list(outs)) or generate(xs, outs, **kw)
+    ft.transcribe([np.arange(12) % 30], max_new=6)
+    generate_asr(
+        ft, [Utterance("u", "a b", np.arange(12) % 30)], load_config(stage / "config.yaml")
+    )
+    assert asked == [["phonemes", "text"]] * 2
     speech = [[Segment("speech", torch.arange(12) % 30)]]
     out = ft.model.generate(speech, ["phonemes", "text"], max_new_tokens=5)
     assert [s.modality for s in out[0]] == ["phonemes", "text"]

@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from tests.test_zipper import SPECS, sharpen, towers, vary_stops
+from tests.test_zipper import SPECS, open_input_gates, sharpen, towers, vary_stops
 from zipper_pl.models.sequences import (
     ModalitySpec,
     Segment,
@@ -47,11 +47,7 @@ def model3(gate_init=0.0, seed=0, input_proj="gated", **cfg):
         **cfg,
     }
     m = ZipperModel.from_towers(towers3(seed), ZipperConfig(**cfg), SPECS3).eval()
-    if gate_init:  # input projections active too, so every path is exercised
-        for p in m.input_proj.values():
-            if hasattr(p, "gamma"):
-                p.gamma.data.fill_(gate_init)
-    return m
+    return open_input_gates(m, gate_init)
 
 
 def seg(modality, n, gen):

@@ -32,14 +32,18 @@ def towers(text_layers=4, speech_layers=2, seed=0):
     }
 
 
+def open_input_gates(m, gate_init):
+    """Input projections active too (gamma = gate_init), so every path is exercised."""
+    for p in m.input_proj.values():
+        if hasattr(p, "gamma"):
+            p.gamma.data.fill_(gate_init)
+    return m
+
+
 def model(gate_init=0.0, seed=0, **cfg):
     tw = towers(seed=seed)
     m = ZipperModel.from_towers(tw, ZipperConfig(gate_init=gate_init, **cfg), SPECS).eval()
-    if gate_init:  # input projections active too, so every path is exercised
-        for p in m.input_proj.values():
-            if hasattr(p, "gamma"):
-                p.gamma.data.fill_(gate_init)
-    return m
+    return open_input_gates(m, gate_init)
 
 
 def seg(modality, n, gen):

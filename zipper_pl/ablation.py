@@ -2,24 +2,27 @@
 
 Cells = fractions x models (zipper, single) x speech-tower freezing x seeds. Every cell is an
 ordinary zip stage (``training.run_zip``: finished cells are skipped and interrupted ones resume)
-sharing the same pretrained towers; the sweep only collects their test metrics into a CSV, a
-markdown table and plots. ``ablation.shard=i/n`` runs every n-th cell, so n processes (one per
-GPU, e.g. with ``CUDA_VISIBLE_DEVICES=i``) split a sweep; any of them (or a last plain run) writes
-the tables.
+sharing the same pretrained towers. With ``ablation.lrs`` each system first runs that learning-rate
+grid at ``ablation.lr_frac`` and keeps the rate with the best *validation* score (ASR: validation
+WER; TTS: validation loss), never a test figure; the sweep then scores every cell on the test
+split (per-utterance errors, cached in the cell's folder) and writes a CSV, a markdown table with
+mean +- sd over seeds and paired tests (``ablation_tables``), and plots.
+``ablation.shard=i/n`` runs every n-th cell, so n processes (one per GPU, e.g. with
+``CUDA_VISIBLE_DEVICES=i``) split a sweep (each runs the lr grid first: its cells are stages,
+trained once); any of them (or a last plain run) writes the tables.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import statistics
+import math
 from pathlib import Path
 
+from zipper_pl.ablation_tables import write_tables
 from zipper_pl.config import Config, save_config, to_dict
 from zipper_pl.errors import UserError
 from zipper_pl.identity import IDENTITY_FILE, PROVENANCE_FILE, provenance
-from zipper_pl.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from zipper_pl.io import atomic_write_json, read_json
 from zipper_pl.judging import judge_fingerprint, run_judge
 from zipper_pl.layout import (
     CONFIG,
@@ -32,8 +35,8 @@ from zipper_pl.layout import (
     tower_input,
 )
 from zipper_pl.machine import check_machine
-from zipper_pl.registry import ARCHS
-from zipper_pl.scoring import tts_cell_metrics
+from zipper_pl.registry import ARCHS, peak_lr
+from zipper_pl.scoring import asr_cell_metrics, tts_cell_metrics
 from zipper_pl.training import run_zip
 
 TTS_EVAL = "tts_eval.json"
@@ -41,6 +44,8 @@ TTS_EVAL = "tts_eval.json"
 
 def _cells(cfg: Config) -> list[dict]:
     a = cfg.ablation
+    if any(not lr > 0 for lr in a.lrs):
+        raise UserError(f"ablation.lrs: {a.lrs} must all be > 0 (e.g. 5e-4 1e-3 2e-3)")
     cells = []
     for frac in a.fracs:
         if not 0 < frac <= 1:
@@ -67,9 +72,77 @@ def _cell_config(cfg: Config, cell: dict, task: str) -> Config:
     zcfg = dataclasses.replace(
         cfg.zip, freeze=cell["freeze"] if ARCHS[cell["model"]].zipped else "text"
     )
+    train = cfg.train  # the system's own lr key (train.lr or train.single_lr) takes the grid's
+    if cell.get("lr") is not None:
+        train = dataclasses.replace(train, **{ARCHS[cell["model"]].lr_key: cell["lr"]})
     return dataclasses.replace(
-        cfg, arch=cell["model"], seed=cell["seed"], data=data, zip=zcfg, out=""
+        cfg, arch=cell["model"], seed=cell["seed"], data=data, zip=zcfg, train=train, out=""
     )
+
+
+# ---- learning-rate selection, on validation data only ----------------------------------------
+SELECT_ON = {"asr": "val_wer", "tts": "val_loss"}  # ASR falls back to val_loss without a WER
+
+
+def validation_view(metrics: dict) -> dict:
+    """The validation figures of a cell's metrics.json: all lr selection ever reads."""
+    return {k: v for k, v in metrics.items() if k.startswith("val_")}
+
+
+def select_lr(results: dict[float, dict], task: str) -> float:
+    """The grid's learning rate whose cell scored best on validation (lowest; ties: smaller lr).
+    ``results`` maps each lr to ``validation_view`` of its cell's metrics."""
+
+    def score(lr: float) -> tuple[float, float]:
+        v = results[lr].get(SELECT_ON[task])
+        v = results[lr].get("val_loss") if v is None else v
+        return (math.inf if v is None or not math.isfinite(v) else v, lr)
+
+    return min(results, key=score)
+
+
+def _select_lrs(cfg: Config, systems: list[dict], tasks: tuple[str, ...]) -> tuple[dict, list]:
+    """{(model, freeze, task): selected lr} and the grid's rows (every lr's validation score),
+    running the grid's cells at ``ablation.lr_frac`` with the first seed."""
+    a, chosen, grid = cfg.ablation, {}, []
+    for system in systems:
+        for task in tasks:
+            results = {}
+            for lr in a.lrs:
+                cell = {**system, "frac": a.lr_frac, "seed": a.seeds[0], "lr": lr}
+                print(f"[ablation] lr grid {task}: {cell}")
+                metrics = read_json(run_zip(_cell_config(cfg, cell, task)) / METRICS)
+                results[lr] = validation_view(metrics)
+            best = select_lr(results, task)
+            chosen[(system["model"], system["freeze"], task)] = best
+            for lr, val in results.items():
+                grid.append({"system": _system(system), "task": task, "lr": lr,
+                             SELECT_ON[task]: val.get(SELECT_ON[task]),
+                             "val_loss": val.get("val_loss"), "selected": lr == best})  # fmt: skip
+    return chosen, grid
+
+
+def _grid_lines(grid: list[dict], frac: float, seed: int) -> list[str]:
+    if not grid:
+        return []
+    lines = [
+        "## Learning rate per system (selected on validation only)",
+        "",
+        f"Grid at aligned fraction {frac:g}, seed {seed}; ASR selects on validation WER, TTS on "
+        "validation loss. **bold** = selected, used for every cell of that system.",
+        "",
+        "| system | task | lr | validation WER | validation loss |",
+        "|---|---|---|---|---|",
+    ]
+    for g in grid:
+        wer = g.get("val_wer")
+        row = [g["system"], g["task"], f"{g['lr']:g}",
+               "-" if wer is None else f"{100 * wer:.1f}",
+               "-" if g["val_loss"] is None else f"{g['val_loss']:.3f}"]  # fmt: skip
+        if g["selected"]:
+            row[2] = f"**{row[2]}**"
+        lines.append("| " + " | ".join(row) + " |")
+    return [*lines, ""]
 
 
 def _shard(spec: str) -> tuple[int, int]:
@@ -84,30 +157,47 @@ def _shard(spec: str) -> tuple[int, int]:
     return i, n
 
 
+def _systems(cells: list[dict]) -> list[dict]:
+    return [
+        dict(t) for t in dict.fromkeys(tuple((k, c[k]) for k in ("model", "freeze")) for c in cells)
+    ]
+
+
+def _reference(cells: list[dict]) -> str:
+    """The system the paired tests compare against: the first unzipped one (the paper's
+    baseline), else the first system."""
+    base = [c for c in cells if not ARCHS[c["model"]].zipped] or cells
+    return _system(base[0])
+
+
 def ablation_stage(cfg: Config) -> Path:
-    """Run (or resume) every cell, then write ablation.csv / .md and the WER plots."""
+    """Run (or resume) the lr grid and every cell, then write ablation.csv / .md and plots."""
     check_machine(cfg)
     cells = _cells(cfg)
     towers = input_fingerprints(text=tower_input(cfg, "text"), speech=tower_input(cfg, "speech"))
     tasks = ("asr", "tts") if cfg.ablation.tts else ("asr",)
+    chosen, grid = _select_lrs(cfg, _systems(cells), tasks) if cfg.ablation.lrs else ({}, [])
+
+    def config_of(cell: dict, task: str) -> Config:
+        lr = chosen.get((cell["model"], cell["freeze"], task))
+        return _cell_config(cfg, {**cell, "lr": lr}, task)
+
     # the sweep is what its cells are: their identities (not their settings' names) are its inputs
     cell_ids = {
-        f"cell{k}.{task}": stage_identity(_cell_config(cfg, cell, task), "zip", towers)[
-            "fingerprint"
-        ]
+        f"cell{k}.{task}": stage_identity(config_of(cell, task), "zip", towers)["fingerprint"]
         for k, cell in enumerate(cells)
         for task in tasks
     }
     i, n = _shard(cfg.ablation.shard)
-    judge, score_key = None, None
+    judge = None
     if cfg.ablation.tts:
         judge = require_stage(
             cfg.inputs.judge or run_judge(dataclasses.replace(cfg, out="")),
             "judge",
             "inputs.judge",
         )
-        score_key = _score_key(judge, cfg)
-        cell_ids["judge"] = score_key["judge"]
+        cell_ids["judge"] = judge_fingerprint(judge)
+    keys = _score_keys(judge, cfg)
     identity = stage_identity(cfg, "ablation", cell_ids)
     out = stage_dir(cfg, "ablation", cell_ids)
     for k, cell in enumerate(cells):
@@ -115,146 +205,77 @@ def ablation_stage(cfg: Config) -> Path:
             continue
         for task in tasks:
             print(f"[ablation] cell {k + 1}/{len(cells)} {task}: {cell}")
-            folder = run_zip(_cell_config(cfg, cell, task))
-            if task == "tts":
-                _tts_score(folder, judge, cfg, score_key)
-    rows = _collect(cfg, cells, score_key, towers)
+            folder = run_zip(config_of(cell, task))
+            _score(task, folder, judge, cfg, keys[task])
+    rows = _collect(cells, tasks, config_of, keys, towers)
     if rows is None:
         print("[ablation] some cells are not finished yet (other shards?): tables not written")
         return out
     atomic_write_json(out / IDENTITY_FILE, identity)
     atomic_write_json(out / PROVENANCE_FILE, provenance())
     save_config(cfg, out / CONFIG)
-    write_tables(out, rows)  # ablation.csv first: it marks the sweep's tables as written
+    extra = _grid_lines(grid, cfg.ablation.lr_frac, cfg.ablation.seeds[0])
+    write_tables(out, rows, _reference(cells), extra)  # ablation.csv first: marks it written
     print((out / "ablation.md").read_text())
     return out
 
 
-def _score_key(judge: Path, cfg: Config) -> dict:
-    """What a cached TTS score depends on besides the cell: the judge's weights and ``eval``."""
-    return {"judge": judge_fingerprint(judge), "eval": to_dict(cfg.eval)}
+SCORES = {"asr": "asr_eval.json", "tts": "tts_eval.json"}  # per cell, next to its metrics
 
 
-def _tts_score(folder: Path, judge: Path, cfg: Config, key: dict | None = None) -> dict:
-    """TTS WER of one TTS cell through the judge, cached next to the stage's metrics.
+def _score_keys(judge: Path | None, cfg: Config) -> dict[str, dict]:
+    """What a cached cell score depends on besides the cell: ``eval.*``, and for TTS the judge's
+    weights."""
+    keys = {"asr": {"eval": to_dict(cfg.eval)}}
+    if judge is not None:
+        keys["tts"] = {"judge": judge_fingerprint(judge), "eval": to_dict(cfg.eval)}
+    return keys
 
-    The cache carries ``_score_key``: scores from another judge (retrained, or pointed
-    elsewhere with inputs.judge) or another token budget are recomputed, not mixed into the
-    table. ``key`` is that key when the caller computed it already (once per sweep).
-    """
-    judge = require_stage(judge, "judge", "inputs.judge")
-    key = key or _score_key(judge, cfg)
-    cached = _cached_tts(folder, key)
+
+def _score(task: str, folder: Path, judge: Path | None, cfg: Config, key: dict) -> dict:
+    """One cell's test score with per-utterance errors, cached next to its metrics. The cache
+    carries ``key``: scores from another judge (retrained, or pointed elsewhere with
+    inputs.judge) or other eval settings are recomputed, not mixed into the table."""
+    cached = _cached(folder, task, key)
     if cached is not None:
         return cached
-    res = {**tts_cell_metrics(folder, judge, cfg), **key}
-    atomic_write_json(folder / TTS_EVAL, res)
+    if task == "tts":
+        res = tts_cell_metrics(folder, require_stage(judge, "judge", "inputs.judge"), cfg)
+    else:
+        res = asr_cell_metrics(folder, cfg)
+    res = {**res, **key}
+    atomic_write_json(folder / SCORES[task], res)
     return res
 
 
-def _cached_tts(folder: Path, key: dict | None) -> dict | None:
-    cache = folder / TTS_EVAL
+def _cached(folder: Path, task: str, key: dict | None) -> dict | None:
+    cache = folder / SCORES[task]
     if key is None or not cache.is_file():
         return None
     res = read_json(cache)
     return res if all(res.get(k) == v for k, v in key.items()) else None
 
 
-def _collect(
-    cfg: Config, cells: list[dict], score_key: dict | None, towers: dict[str, str]
-) -> list[dict] | None:
+def _collect(cells, tasks, config_of, keys, towers) -> list[dict] | None:
+    """One row per cell (None while a cell of another shard is unfinished)."""
     rows = []
     for cell in cells:
-        asr = stage_dir(_cell_config(cfg, cell, "asr"), "zip", towers)
-        if not is_finished(asr):
-            return None
-        m = read_json(asr / METRICS)
-        row = {
-            "system": _system(cell),
-            **cell,
-            "aligned_pairs": m.get("aligned_pairs_used"),
-            "asr_wer": m.get("test_wer"),
-            "asr_cer": m.get("test_cer"),
-            "tts_wer": None,
-        }
-        if cfg.ablation.tts:
-            scored = _cached_tts(
-                stage_dir(_cell_config(cfg, cell, "tts"), "zip", towers), score_key
-            )
+        row = {"system": _system(cell), **cell}
+        for task in ("asr", "tts"):
+            row |= {f"{task}_wer": None, f"{task}_lr": None, f"{task}_best_step": None}
+            row[f"{task}_errors"] = None
+            if task not in tasks:
+                continue
+            cfg = config_of(cell, task)
+            folder = stage_dir(cfg, "zip", towers)
+            scored = _cached(folder, task, keys[task]) if is_finished(folder) else None
             if scored is None:
                 return None
-            row["tts_wer"] = scored.get("tts_wer_gold")
+            m = read_json(folder / METRICS)
+            row["aligned_pairs"] = m.get("aligned_pairs_used")
+            row[f"{task}_wer"] = scored.get("asr_wer" if task == "asr" else "tts_wer_gold")
+            row[f"{task}_lr"] = peak_lr(cfg)
+            row[f"{task}_best_step"] = m.get("selected_step", m.get("steps"))
+            row[f"{task}_errors"] = scored["errors"]
         rows.append(row)
     return rows
-
-
-def _mean(values: list) -> float | None:
-    vals = [v for v in values if v is not None]
-    return statistics.fmean(vals) if vals else None
-
-
-def write_tables(out: Path, rows: list[dict]) -> None:
-    """ablation.csv (one row per cell), ablation.md (mean over seeds) and two PNG plots."""
-    out.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "ablation.csv", buf.getvalue())
-
-    systems = list(dict.fromkeys(r["system"] for r in rows))
-    fracs = sorted({r["frac"] for r in rows})
-    lines = ["# Aligned-data ablation (test WER %, mean over seeds)", ""]
-    for metric, title in (("asr_wer", "ASR WER"), ("tts_wer", "TTS WER (judge, vs gold)")):
-        if all(r[metric] is None for r in rows):
-            continue
-        lines += [
-            f"## {title}",
-            "",
-            "| system | " + " | ".join(f"{f:g}" for f in fracs) + " |",
-            "|---|" + "---|" * len(fracs),
-        ]
-        for s in systems:
-            cells = []
-            for f in fracs:
-                m = _mean([r[metric] for r in rows if r["system"] == s and r["frac"] == f])
-                cells.append("-" if m is None else f"{100 * m:.1f}")
-            lines.append(f"| {s} | " + " | ".join(cells) + " |")
-        lines.append("")
-        _plot(out / f"{metric}.png", rows, systems, metric, title)
-    atomic_write_text(out / "ablation.md", "\n".join(lines) + "\n")
-
-
-def _plot(path: Path, rows: list[dict], systems: list[str], metric: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for s in systems:
-        pts = sorted({r["frac"] for r in rows if r["system"] == s})
-        means, spread = [], []
-        for f in pts:
-            vals = [
-                100 * r[metric]
-                for r in rows
-                if r["system"] == s and r["frac"] == f and r[metric] is not None
-            ]
-            means.append(statistics.fmean(vals) if vals else float("nan"))
-            spread.append(statistics.pstdev(vals) if len(vals) > 1 else 0.0)
-        ax.errorbar([100 * f for f in pts], means, yerr=spread, marker="o", capsize=3, label=s)
-    ax.set_xscale("log")
-    fracs = sorted({100 * r["frac"] for r in rows})
-    ax.set_xticks(fracs, [f"{f:g}%" for f in fracs])
-    ax.minorticks_off()
-    ax.set_xlabel("aligned training data (%)")
-    ax.set_ylabel(f"{title} (%)")
-    ax.set_title(f"{title} vs aligned data")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())

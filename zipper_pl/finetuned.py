@@ -17,6 +17,7 @@ import torch
 
 from zipper_pl.config import Config, load_config
 from zipper_pl.config.components import TASKS
+from zipper_pl.data.aligned import transcribing_task
 from zipper_pl.data.audio_tokenizers import AudioTokenizer
 from zipper_pl.data.hf_tokenizer import HFTextTokenizer
 from zipper_pl.data.modalities import load_tokenizers, modality_specs
@@ -57,10 +58,16 @@ class Finetuned:
 
     @torch.no_grad()
     def transcribe(
-        self, speech: list[np.ndarray], batch_size: int = 32, max_new: int = 96, task: str = "asr"
+        self,
+        speech: list[np.ndarray],
+        batch_size: int = 32,
+        max_new: int = 96,
+        task: str | None = None,
     ) -> list[str]:
         """Greedy ASR of speech-token arrays (batched, KV-cached): the transcript that ``task``
-        (``asr``, or ``asr_phonemes``: phonemes first, then text) writes last."""
+        (default: the stage's own, ``asr``, or ``asr_phonemes``: phonemes first, then text)
+        writes last."""
+        task = task or transcribing_task(self.cfg.data.task)
         out: list[str] = []
         device = next(self.model.parameters()).device
         for lo in range(0, len(speech), batch_size):

@@ -153,7 +153,7 @@ RESULT_KEYS: dict[str, tuple[str, ...]] = {
         ),
         ("judge",),
     ),
-    **dict.fromkeys(_keys("fracs seeds freeze models tts", "ablation."), ("ablation",)),
+    **dict.fromkeys(_keys("fracs seeds freeze models tts lrs lr_frac", "ablation."), ("ablation",)),
 }
 
 

@@ -3,7 +3,8 @@
 
 Generation is batched and KV-cached, with budgets clipped to the model's ``max_seq_len``. Scores:
 ASR WER/CER, TTS WER through the judge (greedy and best of N seeds), Wilcoxon signed-rank tests
-between systems on per-utterance errors, and one ablation cell's TTS WER (``tts_cell_metrics``).
+between systems on per-utterance errors, and one ablation cell's TTS or ASR WER with its
+per-utterance errors (``tts_cell_metrics``, ``asr_cell_metrics``).
 """
 
 from __future__ import annotations
@@ -210,11 +211,34 @@ def tts_cell_metrics(folder: Path, judge_dir: Path, cfg: Config) -> dict:
         print(f"[tts] {folder.name}: {skipped} of {len(utts)} test utterances too long, skipped")
     utts = [u for u, ok in zip(utts, keep, strict=True) if ok]
     targets = oracle_scores(judge, utts, cfg.eval.batch_size)["hyps"]
-    summary, _, _ = eval_tts(ft, judge, utts, targets, cfg)
+    summary, rows, _ = eval_tts(ft, judge, utts, targets, cfg)
     return {
+        "errors": {r["id"]: r["best_errors_gold"] for r in rows},  # for paired tests
         "tts_wer_gold": summary["best_of_n"]["wer_gold"],
         "tts_wer_target": summary["best_of_n"]["wer_target"],
         "tts_wer_gold_greedy": summary["greedy"]["wer_gold"],
         "n": summary["n"],
         "skipped_too_long": skipped,
+    }
+
+
+def asr_cell_metrics(folder: Path, cfg: Config) -> dict:
+    """Test ASR WER of one ASR stage on the test utterances every system fits (as ``make
+    evaluate`` scores them), with per-utterance errors for paired tests: an ablation cell."""
+    ft = load_finetuned(folder)
+    utts = gold_utterances(cfg, ft.audio_tok, "test")
+    if cfg.eval.max_utterances:
+        utts = utts[: cfg.eval.max_utterances]
+    keep = fitting(utts, folder, ft.text_tok.encode)
+    if keep.count(False):
+        print(f"[asr] {folder.name}: {keep.count(False)} of {len(utts)} test utterances too "
+              "long, skipped")  # fmt: skip
+    utts = [u for u, ok in zip(utts, keep, strict=True) if ok]
+    summary, rows = eval_asr(ft, utts, cfg)
+    return {
+        "errors": {r["id"]: r["errors"] for r in rows},
+        "asr_wer": summary["wer"],
+        "asr_cer": summary["cer"],
+        "n": summary["n"],
+        "skipped_too_long": keep.count(False),
     }

@@ -198,9 +198,8 @@ def _asr_test(ft, pairs, cfg: Config) -> dict:
     """Test WER / CER of the stage's transcribing task (ASR, or ASR through phonemes)."""
     if cfg.eval.max_utterances:
         pairs = pairs[: cfg.eval.max_utterances]
-    task = next(t for t in tasks_of(cfg.data.task) if TASKS[t].writes_text)
     hyps = ft.transcribe(
-        [p.tokens["speech"] for p in pairs], cfg.eval.batch_size, cfg.eval.max_new_text, task
+        [p.tokens["speech"] for p in pairs], cfg.eval.batch_size, cfg.eval.max_new_text
     )
     refs = [p.text for p in pairs]
     return {

@@ -44,6 +44,16 @@ class AblationConfig:
         None, "systems: zipper and/or single", factory=lambda: ["zipper", "single"]
     )
     tts: bool = F(True, "also train TTS cells and score them with the judge")
+    lrs: list[float] = F(
+        None,
+        "peak learning-rate grid per system and task, selected on validation data at lr_frac "
+        "(paper: 5e-5 1e-4 5e-4 1e-3); empty = train.lr / train.single_lr as given",
+        factory=list,
+    )
+    lr_frac: float = F(
+        0.1, "aligned fraction (first seed) the lr grid runs at; its choice serves every fraction",
+        gt=0.0, le=1.0,
+    )  # fmt: skip
     shard: str = F("", "run only cells i, i+n, ... as 'i/n' (parallel GPUs); empty = all")
 
 

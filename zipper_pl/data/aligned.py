@@ -43,6 +43,12 @@ def tasks_of(task: str) -> list[str]:
     return list(MIX) if task == "mix" else [task]
 
 
+def transcribing_task(task: str) -> str:
+    """The task a stage trained with ``data.task`` transcribes speech with (its task whose last
+    output is text: ``asr``, or ``asr_phonemes``); ``asr`` for a stage that has none (TTS)."""
+    return next((t for t in tasks_of(task) if TASKS[t].writes_text), "asr")
+
+
 @dataclass
 class Pair:
     """One utterance: its transcript and its token array per modality (in a fixed order)."""

@@ -1,0 +1,167 @@
+"""The aligned-data ablation's tables and plots, from one row per finished cell.
+
+A row holds the cell (system, fraction, seed, learning rate), its corpus test WERs, the step its
+exported weights come from, and its per-utterance error counts (``asr_errors`` / ``tts_errors``:
+{utterance id: errors}). Tables show mean +- sd over seeds; every fraction gets a paired test
+between each other system and the reference system (Wilcoxon signed-rank on the errors of the
+same utterances under the same seed, pooled over seeds), with the p-values adjusted for the number
+of tests in the table (Benjamini-Hochberg, ``scipy.stats.false_discovery_control``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from pathlib import Path
+
+from scipy.stats import false_discovery_control
+
+from zipper_pl.io import atomic_write_bytes, atomic_write_text
+from zipper_pl.metrics import wilcoxon_paired
+
+METRICS = {"asr": ("asr_wer", "ASR WER"), "tts": ("tts_wer", "TTS WER (judge, vs gold)")}
+CSV_SKIP = ("asr_errors", "tts_errors")  # per-utterance lists: in the cells' folders, not the CSV
+
+
+def spread(values: list[float | None]) -> tuple[float | None, float | None, int]:
+    """(mean, sample sd or None for one value, n) of the values that are not None."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None, 0
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None, len(vals)
+
+
+def _spread_of(rows: list[dict], system: str, frac: float, metric: str) -> tuple:
+    return spread([r[metric] for r in rows if r["system"] == system and r["frac"] == frac])
+
+
+def paired_errors(a_rows: list[dict], b_rows: list[dict], task: str) -> tuple[list, list]:
+    """Errors of the utterances both systems scored under the same seed, pooled over seeds."""
+    key = f"{task}_errors"
+    by_seed = {r["seed"]: r[key] or {} for r in b_rows}
+    ea, eb = [], []
+    for r in a_rows:
+        other = by_seed.get(r["seed"], {})
+        for uid, err in sorted((r[key] or {}).items()):
+            if uid in other:
+                ea.append(err)
+                eb.append(other[uid])
+    return ea, eb
+
+
+def paired_tests(rows: list[dict], reference: str) -> list[dict]:
+    """One Wilcoxon test per (task, fraction, system other than ``reference``), with
+    Benjamini-Hochberg adjusted p-values over all of them."""
+    tests = []
+    systems = [s for s in dict.fromkeys(r["system"] for r in rows) if s != reference]
+    for task in METRICS:
+        for frac in sorted({r["frac"] for r in rows}):
+            ref = [r for r in rows if r["system"] == reference and r["frac"] == frac]
+            for s in systems:
+                mine = [r for r in rows if r["system"] == s and r["frac"] == frac]
+                ea, eb = paired_errors(mine, ref, task)
+                if ea:
+                    res = wilcoxon_paired(ea, eb)
+                    tests.append({"task": task, "frac": frac, "system": s, "vs": reference, **res})
+    for t, p in zip(tests, adjust_p([t["p_value"] for t in tests]), strict=True):
+        t["p_adjusted"] = p
+    return tests
+
+
+def adjust_p(p_values: list[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p-values (false discovery rate over the family), in order."""
+    if not p_values:
+        return []
+    return [float(p) for p in false_discovery_control(p_values, method="bh")]
+
+
+def _cell(mean: float | None, sd: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.1f}" + ("" if sd is None else f" ± {100 * sd:.1f}")
+
+
+def _p(p: float) -> str:
+    return f"{p:.2g}" if p >= 1e-4 else f"{p:.0e}"
+
+
+def table_lines(rows: list[dict], tests: list[dict], task: str, reference: str) -> list[str]:
+    metric, title = METRICS[task]
+    fracs = sorted({r["frac"] for r in rows})
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [
+        f"## {title}",
+        "",
+        f"Test WER %, mean ± sd over seeds {seeds}. p: two-sided Wilcoxon signed-rank test against "
+        f"{reference} on per-utterance errors (same utterances and seed, pooled over seeds), "
+        f"Benjamini-Hochberg adjusted over the {len(tests)} tests of this ablation.",
+        "",
+        "| system | " + " | ".join(f"{f:g}" for f in fracs) + " |",
+        "|---|" + "---|" * len(fracs),
+    ]
+    for s in dict.fromkeys(r["system"] for r in rows):
+        stats = [
+            spread([r[metric] for r in rows if r["system"] == s and r["frac"] == f]) for f in fracs
+        ]
+        lines.append(f"| {s} | " + " | ".join(_cell(m, sd) for m, sd, _ in stats) + " |")
+        mine = {t["frac"]: t for t in tests if t["task"] == task and t["system"] == s}
+        if mine:
+            ps = [_p(mine[f]["p_adjusted"]) if f in mine else "-" for f in fracs]
+            lines.append(f"| p ({s} vs {reference}) | " + " | ".join(ps) + " |")
+    lines.append("")
+    return lines
+
+
+def write_tables(out: Path, rows: list[dict], reference: str, extra: list[str] = ()) -> list[dict]:
+    """ablation.csv (one row per cell), ablation.md (mean ± sd, p-values, ``extra`` lines such
+    as the learning-rate selection) and one PNG per task; returns the paired tests."""
+    out.mkdir(parents=True, exist_ok=True)
+    fields = [k for k in rows[0] if k not in CSV_SKIP]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "ablation.csv", buf.getvalue())
+    tests = paired_tests(rows, reference)
+    lines = ["# Aligned-data ablation", ""]
+    for task, (metric, title) in METRICS.items():
+        if all(r[metric] is None for r in rows):
+            continue
+        lines += table_lines(rows, tests, task, reference)
+        plot(out / f"{metric}.png", rows, metric, title)
+    atomic_write_text(out / "ablation.md", "\n".join([*lines, *extra]) + "\n")
+    return tests
+
+
+def plot(path: Path, rows: list[dict], metric: str, title: str) -> None:
+    """WER vs aligned fraction per system: mean over seeds, error bars one sd."""
+    import matplotlib  # optional heavy dependency: only the ablation plots need it
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for s in dict.fromkeys(r["system"] for r in rows):
+        fracs = sorted({r["frac"] for r in rows if r["system"] == s})
+        stats = [
+            spread([r[metric] for r in rows if r["system"] == s and r["frac"] == f]) for f in fracs
+        ]
+        means = [math.nan if m is None else 100 * m for m, _, _ in stats]
+        sds = [0.0 if sd is None else 100 * sd for _, sd, _ in stats]
+        ax.errorbar([100 * f for f in fracs], means, yerr=sds, marker="o", capsize=3, label=s)
+    fracs = sorted({100 * r["frac"] for r in rows})
+    ax.set_xscale("log")
+    ax.set_xticks(fracs, [f"{f:g}%" for f in fracs])
+    ax.minorticks_off()
+    ax.set_xlabel("aligned training data (%)")
+    ax.set_ylabel(f"{title} (%)")
+    ax.set_title(f"{title} vs aligned data (mean ± sd over seeds)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
