@@ -22,7 +22,9 @@ from zipper_pl.data.phonemes import WORD_BOUNDARY, PhonemeTokenizer, phonemize
 from zipper_pl.errors import UserError
 from zipper_pl.finetuned import load_finetuned
 from zipper_pl.judging import Utterance
-from zipper_pl.models.sequences import Segment
+from zipper_pl.models.sequences import ModalitySpec, Segment
+from zipper_pl.models.tower import Tower, tower_config
+from zipper_pl.registry import build_model
 from zipper_pl.scoring import generate_asr
 
 
@@ -88,6 +90,29 @@ def test_a_task_needs_its_towers_zipped():
     assert cfg.zip.towers == ["text", "speech", "phonemes"]
     with pytest.raises(UserError, match="zip.towers"):
         load_config(None, ["zip.towers=[text,pictures]"])
+
+
+def test_the_single_decoder_extends_its_text_tower_by_every_other_modality():
+    """arch=single with three towers (make zip TASK=asr_phonemes MODEL=single): one vocabulary
+    text + speech + phonemes; generation of speech -> [phonemes, text], cached = uncached."""
+    torch.manual_seed(0)
+    specs = {
+        "text": ModalitySpec("text", 40, 1, 2, 3),
+        "speech": ModalitySpec("speech", 32, 30, 31, 31),
+        "phonemes": ModalitySpec("phonemes", 20, 1, 2, 0),
+    }
+    towers = {m: Tower(tower_config("tiny", s.vocab_size)) for m, s in specs.items()}
+    cfg = load_config(None, ["arch=single", "zip.towers=[text,speech,phonemes]"])
+    model = build_model(cfg, towers, specs).eval()
+    assert model.tower.cfg.vocab_size == 40 + 32 + 20
+    xs = [[Segment("speech", torch.arange(n) % 30)] for n in (5, 9)]
+    kw = {"max_new_tokens": 4, "temperature": 1.0, "seed": 0}
+    cached = model.generate(xs, ["phonemes", "text"], **kw)
+    assert [[s.modality for s in r] for r in cached] == [["phonemes", "text"]] * 2
+    uncached = model.generate_uncached(xs, ["phonemes", "text"], **kw)
+    assert [[s.tokens.tolist() for s in r] for r in cached] == [
+        [s.tokens.tolist() for s in r] for r in uncached
+    ]
 
 
 def test_three_tower_chain_through_make(tmp_path, data_root, tiny_towers):

@@ -34,7 +34,9 @@ class Arch:
 
 
 def _single(cfg: Config, towers: dict[str, Tower], specs: dict[str, ModalitySpec]):
-    return SingleDecoder.from_text_tower(towers["text"], [specs["text"], specs["speech"]], cfg.seed)
+    # the text tower's vocabulary extended by every other modality's, in zip.towers order
+    others = [spec for m, spec in specs.items() if m != "text"]
+    return SingleDecoder.from_text_tower(towers["text"], [specs["text"], *others], cfg.seed)
 
 
 # in the paper's table order: the baseline first
