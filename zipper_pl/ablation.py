@@ -158,9 +158,9 @@ def _shard(spec: str) -> tuple[int, int]:
 
 
 def _systems(cells: list[dict]) -> list[dict]:
-    return [
-        dict(t) for t in dict.fromkeys(tuple((k, c[k]) for k in ("model", "freeze")) for c in cells)
-    ]
+    """The distinct (model, freeze) systems of the cells, in order."""
+    pairs = dict.fromkeys((c["model"], c["freeze"]) for c in cells)
+    return [{"model": m, "freeze": f} for m, f in pairs]
 
 
 def _reference(cells: list[dict]) -> str:
@@ -260,7 +260,7 @@ def _collect(cells, tasks, config_of, keys, towers) -> list[dict] | None:
     """One row per cell (None while a cell of another shard is unfinished)."""
     rows = []
     for cell in cells:
-        row = {"system": _system(cell), **cell}
+        row = {"system": _system(cell), **cell, "asr_cer": None}
         for task in ("asr", "tts"):
             row |= {f"{task}_wer": None, f"{task}_lr": None, f"{task}_best_step": None}
             row[f"{task}_errors"] = None
@@ -274,6 +274,8 @@ def _collect(cells, tasks, config_of, keys, towers) -> list[dict] | None:
             m = read_json(folder / METRICS)
             row["aligned_pairs"] = m.get("aligned_pairs_used")
             row[f"{task}_wer"] = scored.get("asr_wer" if task == "asr" else "tts_wer_gold")
+            if task == "asr":
+                row["asr_cer"] = scored.get("asr_cer")  # the CSV keeps its CER column
             row[f"{task}_lr"] = peak_lr(cfg)
             row[f"{task}_best_step"] = m.get("selected_step", m.get("steps"))
             row[f"{task}_errors"] = scored["errors"]
