@@ -49,6 +49,8 @@ def test_phoneme_tokenizer_round_trip_unknown_count_and_bad_files(tmp_path, caps
     assert [x.tolist() for x in again.encode(["hello"])] == [
         x.tolist() for x in tok.encode(["hello"])
     ]
+    # caches of its tokens are keyed by the language and the espeak-ng build, not the voice alone
+    assert tok.rules.startswith("en-us@espeakng-loader-") and tok.rules == again.rules
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(UserError, match="unreadable"):
         PhonemeTokenizer(tmp_path / "bad.json")

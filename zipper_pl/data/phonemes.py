@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,12 @@ class _Phonemizer:
 _phonemizer: _Phonemizer | None = None
 
 
+def phoneme_rules(voice: str) -> str:
+    """What turns a text into phonemes, for cache keys: the language and the espeak-ng build
+    (its rules change between releases, so caches made by another build are not reused)."""
+    return f"{voice}@espeakng-loader-{metadata.version('espeakng-loader')}"
+
+
 def phonemize(texts: Sequence[str], voice: str = "en-us") -> list[list[str]]:
     """Each text as its IPA phoneme symbols, words separated by ``|``."""
     global _phonemizer
@@ -105,6 +112,7 @@ class PhonemeTokenizer:
                 f"{str(self.path.parent)!r} and re-run the stage that made it"
             ) from None
         self.voice = voice
+        self.rules = phoneme_rules(voice)  # keys the token caches made with this tokenizer
         self.unknown = 0  # symbols encoded as <unk> so far (shown by whoever encodes a pool)
 
     @classmethod

@@ -18,7 +18,7 @@ from zipper_pl.data.audio_cache import fit_audio_tokenizer, tokenize_manifest
 from zipper_pl.data.audio_tokenizers import build_audio_tokenizer
 from zipper_pl.data.embedded import build_embedded_corpus, split_pools
 from zipper_pl.data.manifest import Record, read_manifest, write_manifest
-from zipper_pl.data.phonemes import PHONEME_TOKENIZER_FILE, PhonemeTokenizer
+from zipper_pl.data.phonemes import PHONEME_TOKENIZER_FILE, PhonemeTokenizer, phoneme_rules
 from zipper_pl.data.readers import CORPUS_READERS, summary_line
 from zipper_pl.data.sources import split_fingerprints
 from zipper_pl.data.store import ShardedTokenWriter, TokenStore, token_dtype
@@ -182,7 +182,7 @@ def text_tokenizer(cfg: Config) -> TextTokenizer:
 def phoneme_tokenizer(cfg: Config) -> PhonemeTokenizer:
     """The phoneme symbol table of the text training pool (cached by content hash)."""
     lines = text_lines(cfg, "text")
-    key = _digest([asdict(cfg.phonemes), _digest(lines, 16)])
+    key = _digest([asdict(cfg.phonemes), phoneme_rules(cfg.phonemes.voice), _digest(lines, 16)])
     path = cache_root(cfg) / "phoneme_tokenizer" / key / PHONEME_TOKENIZER_FILE
     if path.is_file():
         return PhonemeTokenizer(path, cfg.phonemes.voice)
@@ -193,8 +193,8 @@ def text_store(cfg: Config, tok: TextTokenizer, pool: str, lines: list[str] | No
     """Token store of a text pool (one item per sentence)."""
     lines = text_lines(cfg, pool) if lines is None else lines
     key_parts = [hashlib.sha256(tok.path.read_bytes()).hexdigest(), _digest(lines, 16)]
-    if getattr(tok, "voice", None):  # phonemes: the language's rules make the tokens too
-        key_parts.append(tok.voice)
+    if getattr(tok, "rules", None):  # phonemes: the language's rules make the tokens too
+        key_parts.append(tok.rules)
     key = _digest(key_parts)
     folder = cache_root(cfg) / "text_tokens" / f"{pool}-{key}"
     if TokenStore.exists(folder):
