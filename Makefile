@@ -28,10 +28,12 @@ TOWERS       ?=#           `make zip` towers, comma-separated modalities, e.g. t
 TEXT_TOWER   ?=#           the text tower to zip: a finished stage folder, or hf:<hub id or folder> (a Llama/Mistral/Qwen2 causal LM)
 SPEECH_TOWER ?=#           a finished speech-tower stage folder to zip (e.g. pretrained on LibriLight)
 EXP          ?= experiments/$(strip $(SCALE))#  folder of the experiment YAML files
-ABLATION_FRACS ?= 0.01 0.03 0.1 0.3 1.0#  aligned fractions of `make ablation`
-ABLATION_SEEDS ?= 0#       seeds of `make ablation`
-ABLATION_FREEZE ?= text both#  `make ablation` FREEZE values (text = speech tower trained, both = frozen)
-ABLATION_LRS ?=#           `make ablation` lr grid per system, selected on validation (e.g. 5e-4 1e-3 2e-3); empty = the file's
+ABLATION_FRACS ?=#         `make ablation` aligned fractions (the file's: 0.01 0.03 0.1 0.3 1.0 at demo scale)
+ABLATION_SEEDS ?=#         `make ablation` seeds, each with towers pretrained with it (demo: 0 1 2)
+ABLATION_FREEZE ?=#        `make ablation` Zipper FREEZE values of the TTS cells (demo: text both; text = speech tower trained)
+ABLATION_LRS ?=#           `make ablation` lr grid per system, selected on validation (demo: 5e-4 1e-3 2e-3)
+ABLATION_TTS ?=#           false: `make ablation` runs ASR cells only (no judge)
+ABLATION_QUICK_FRACS ?= 0.01 0.1 1.0#  `make ablation-quick`: these fractions, seeds 0 1, ASR only, the file's lrs (no grid)
 TB_BIND_ALL  ?=#           1: `make tensorboard` listens on every interface (no authentication: anyone who can reach the port reads every run)
 BENCH_ARGS   ?=#           `make bench` flags: --quick, --sizes demo,s, --threads N, --compile
 
@@ -80,14 +82,14 @@ ASR_DIR = $(if $(filter single,$(strip $(MODEL))),$(SINGLE_ASR_DIR),$(ZIPPER_ASR
 TTS_DIR = $(if $(filter single,$(strip $(MODEL))),$(SINGLE_TTS_DIR),$(ZIPPER_TTS_DIR))
 
 .PHONY: help setup test lint format data zip zip-asr zip-tts finetune judge evaluate demo ablation \
-  bench tensorboard clean-runs _check-paths
+  bench tensorboard clean-runs _check-paths ablation-quick
 
 help: ## list targets and variables
 	@echo "zipper_pl: make TARGET [VAR=value ...]"; echo; echo "targets:"
 	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/; s/%/<modality>/' | awk -F'\t' '{printf "  %-20s %s\n", $$1, $$2}'
 	@echo; echo "variables (default):"
 	@grep -E '^[A-Z_]+ +\?=' $(MAKEFILE_LIST) | sed -E 's/ +\?= */\t/; s/# +/\t/' | \
-	  awk -F'\t' '{printf "  %-15s %-22s %s\n", $$1, ($$2==""?"(experiment file)":$$2), $$3}'
+	  awk -F'\t' '{printf "  %-20s %-22s %s\n", $$1, ($$2==""?"(experiment file)":$$2), $$3}'
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
@@ -169,14 +171,22 @@ endif
 demo: $(STAMP) ## the whole chain on the embedded corpus at SCALE=demo, ending with the results table
 	@$(MAKE) --no-print-directory evaluate SCALE=demo FT_STEPS=$(or $(strip $(FT_STEPS)),$(strip $(DEMO_FT_STEPS)))
 
-ablation: $(STAMP) ## aligned-fraction sweep: ABLATION_FRACS x zipper/single x ABLATION_FREEZE x ABLATION_SEEDS
+ablation: $(STAMP) ## the paper's Fig. 3 study (EXP/ablation.yaml): WER vs aligned fraction, seeds, lr grid, tests
 	@$(MAKE) --no-print-directory _check-paths _ablation
 
+ablation-quick: $(STAMP) ## the study cut to ABLATION_QUICK_FRACS x seeds 0 1, ASR only (cells shared with the full one)
+	@$(MAKE) --no-print-directory ablation ABLATION_FRACS="$(ABLATION_QUICK_FRACS)" ABLATION_SEEDS="0 1" ABLATION_TTS=false \
+	  ABLATION_LRS="[]"
+
+qfwd = $(if $(strip $($(1))),"$(2)=$(strip $($(1)))")
+NO_TTS = $(filter false,$(strip $(ABLATION_TTS)))
 .PHONY: _ablation
-_ablation: $(TEXT_DONE) $(SPEECH_DONE) $(JUDGE_DIR)/$(W)
-	$(ZPL) ablation $(EXP)/zip_asr.yaml $(COMMON) $(call fwd,FT_STEPS,train.max_steps) $(FT_ARGS) "ablation.fracs=$(ABLATION_FRACS)" \
-	  "ablation.seeds=$(ABLATION_SEEDS)" "ablation.freeze=$(ABLATION_FREEZE)" "ablation.lrs=$(ABLATION_LRS)" \
-	  inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR) inputs.judge=$(JUDGE_DIR)
+_ablation: $(TEXT_DONE) $(SPEECH_DONE) $(if $(NO_TTS),,$(JUDGE_DIR)/$(W))
+	$(ZPL) ablation $(EXP)/ablation.yaml $(COMMON) $(call fwd,FT_STEPS,train.max_steps) $(FT_ARGS) \
+	  $(call qfwd,ABLATION_FRACS,ablation.fracs) $(call qfwd,ABLATION_SEEDS,ablation.seeds) \
+	  $(call qfwd,ABLATION_FREEZE,ablation.freeze) $(call qfwd,ABLATION_LRS,ablation.lrs) \
+	  $(call fwd,ABLATION_TTS,ablation.tts) inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR) \
+	  $(if $(NO_TTS),,inputs.judge=$(JUDGE_DIR))
 
 bench: $(STAMP) ## benchmarks: matmul roofline, training, generation, tokenization, data loading
 	$(PY) -m benchmarks $(BENCH_ARGS)

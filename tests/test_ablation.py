@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from tests.conftest import tiny_config
-from zipper_pl import ablation, scoring
+from zipper_pl import ablation, scoring, training
 from zipper_pl.ablation import _cells
 from zipper_pl.ablation_tables import adjust_p, paired_tests, write_tables
 from zipper_pl.config import load_config
 from zipper_pl.errors import UserError
 from zipper_pl.io import save_weights
 from zipper_pl.judging import Utterance
+from zipper_pl.layout import input_fingerprints, stage_dir
 
 
 def test_cells_cover_systems_without_duplicate_single_rows(data_root, tmp_path):
@@ -30,12 +31,48 @@ def test_cells_cover_systems_without_duplicate_single_rows(data_root, tmp_path):
         "ablation.freeze=text,both",
     )
     cells = _cells(cfg)
-    # zipper: 2 fracs x 2 freeze x 2 seeds; single: 2 fracs x 2 seeds (freezing does not apply)
-    assert len(cells) == 8 + 4
+    # ASR (asr_freeze: text): zipper + single; TTS: zipper trained and frozen speech + single;
+    # each x 2 fracs x 2 seeds (freezing does not apply to the single decoder)
+    assert len(cells) == 2 * 2 * 2 + 3 * 2 * 2
     assert {c["freeze"] for c in cells if c["model"] == "single"} == {"none"}
+    assert {c["freeze"] for c in cells if c["task"] == "asr"} == {"text", "none"}
+    assert {c["freeze"] for c in cells if c["task"] == "tts"} == {"text", "both", "none"}
     bad = tiny_config(data_root, tmp_path, "zip_asr.yaml", "ablation.fracs=0,1")
     with pytest.raises(UserError, match="ablation.fracs"):
         _cells(bad)
+    with pytest.raises(UserError, match="ablation.seeds"):
+        _cells(tiny_config(data_root, tmp_path, "zip_asr.yaml", "ablation.seeds=[]"))
+
+
+def test_each_seed_zips_towers_pretrained_with_that_seed(data_root, tiny_towers, monkeypatch):
+    """ABLATION_SEEDS varies the towers too: seed 1's cells zip towers pretrained with seed 1
+    (the given towers' own configs, seed replaced), and a second run trains nothing."""
+    cfg = tiny_config(
+        data_root, tiny_towers["runs"], "zip_asr.yaml",
+        f"inputs.text={tiny_towers['text']}", f"inputs.speech={tiny_towers['speech']}",
+        "ablation.fracs=1.0", "ablation.seeds=0,1", "ablation.tts=false",
+        "ablation.models=zipper", "train.max_steps=2", "train.val_every=2", "eval.max_utterances=4",
+    )  # fmt: skip
+    out = ablation.ablation_stage(cfg)
+    towers = ablation.seed_towers(cfg)
+    assert towers[0] == {"text": tiny_towers["text"], "speech": tiny_towers["speech"]}
+    for m in ("text", "speech"):
+        assert towers[1][m] != towers[0][m]
+        assert load_config(towers[1][m] / "config.yaml").seed == 1
+    rows = list(csv.DictReader((out / "ablation.csv").open()))
+    assert [r["seed"] for r in rows] == ["0", "1"] and all(r["asr_wer"] for r in rows)
+    for seed in (0, 1):
+        cell = ablation._cell_config(cfg, {**_cells(cfg)[seed]}, towers[seed])
+        folder = stage_dir(cell, "zip", input_fingerprints(**towers[seed]))
+        inputs = json.loads((folder / "identity.json").read_text())["inputs"]
+        assert inputs == input_fingerprints(**towers[seed])
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished tower or cell was trained again")
+
+    monkeypatch.setattr(training, "_pretrain", no_training)
+    monkeypatch.setattr(training, "_train_finetune", no_training)
+    assert ablation.ablation_stage(cfg) == out
 
 
 def synthetic_rows(zipper_better_by: int = 2) -> list[dict]:
@@ -103,9 +140,10 @@ def test_lr_selection_reads_validation_only(monkeypatch, data_root, tmp_path):
 
     monkeypatch.setattr(ablation, "run_zip", fake_zip)
     cfg = tiny_config(data_root, tmp_path, "zip_asr.yaml", "ablation.lrs=5e-4 1e-3 2e-3")
-    chosen, grid = ablation._select_lrs(
-        cfg, [{"model": "zipper", "freeze": "text"}], ("asr", "tts")
-    )
+    cells = [{"task": t, "model": "zipper", "freeze": "text", "frac": 1.0, "seed": 0}
+             for t in ("asr", "tts")]  # fmt: skip
+    towers = {0: {"text": tmp_path / "text", "speech": tmp_path / "speech"}}
+    chosen, grid = ablation._select_lrs(cfg, cells, towers)
     assert chosen[("zipper", "text", "asr")] == 1e-3  # lowest validation WER
     assert chosen[("zipper", "text", "tts")] == 2e-3  # lowest validation loss
     assert all("test" not in k for g in grid for k in g)
@@ -178,3 +216,10 @@ def test_tts_cell_counts_and_shows_utterances_too_long(monkeypatch, tmp_path, ca
     monkeypatch.setattr(scoring, "generate_asr", lambda ft, kept, cfg: (["a x"] * len(kept), 0))
     res = scoring.asr_cell_metrics(folder, cfg)
     assert res["errors"] == {"0": 1} and res["asr_wer"] == 0.5 and res["skipped_too_long"] == 1
+
+
+def test_bad_ablation_freeze_is_a_config_error(data_root, tmp_path):
+    with pytest.raises(UserError, match="ablation.freeze: 'speech_tower'"):
+        tiny_config(data_root, tmp_path, "zip_asr.yaml", "ablation.freeze=text,speech_tower")
+    with pytest.raises(UserError, match="ablation.asr_freeze: 'nothing'"):
+        tiny_config(data_root, tmp_path, "zip_asr.yaml", "ablation.asr_freeze=nothing")

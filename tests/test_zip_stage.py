@@ -222,3 +222,26 @@ def test_compile_switch_trains_through_the_compiled_forward(
     eager = zip_stage(zip_config(data_root, tiny_towers, tmp_path / "e", "train.max_steps=2"))
     got, want = (load_file(str(o / "model.safetensors")) for o in (out, eager))
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_patience_stops_when_validation_stops_improving(data_root, tiny_towers, tmp_path):
+    """train.patience=1: the first validation without a new best ends the stage; the exported
+    weights are still the best validation's, and metrics.json says how far it trained."""
+    out = zip_stage(
+        zip_config(
+            data_root,
+            tiny_towers,
+            tmp_path / "p",
+            "train.max_steps=40",
+            "train.val_every=2",
+            "train.lr=5.0",
+            "train.warmup_steps=0",
+            "train.patience=1",
+        )
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    # stopped at the first validation (every 2 steps) after the best one, long before step 40
+    assert metrics["steps"] == metrics["selected_step"] + 2 < 40
+    with pytest.raises(UserError, match="train.patience=2 .* train.select_best=true"):
+        zip_config(data_root, tiny_towers, tmp_path / "q", "train.patience=2",
+                   "train.select_best=false")  # fmt: skip

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from pathlib import Path
 
-from zipper_pl.ablation_tables import write_tables
-from zipper_pl.config import Config, save_config, to_dict
+from zipper_pl.ablation_tables import grid_lines, write_tables
+from zipper_pl.config import Config, load_config, save_config, to_dict
 from zipper_pl.errors import UserError
+from zipper_pl.hub import is_hf_folder
 from zipper_pl.identity import IDENTITY_FILE, PROVENANCE_FILE, provenance
 from zipper_pl.io import atomic_write_json, read_json
 from zipper_pl.judging import judge_fingerprint, run_judge
@@ -37,26 +39,38 @@ from zipper_pl.layout import (
 from zipper_pl.machine import check_machine
 from zipper_pl.registry import ARCHS, peak_lr
 from zipper_pl.scoring import asr_cell_metrics, tts_cell_metrics
-from zipper_pl.training import run_zip
+from zipper_pl.training import run_pretrain, run_zip
 
 TTS_EVAL = "tts_eval.json"
 
 
 def _cells(cfg: Config) -> list[dict]:
+    """One cell per task x fraction x system x seed; a system is a model with a freeze setting
+    (``ablation.asr_freeze`` for ASR cells, ``ablation.freeze`` for TTS cells)."""
     a = cfg.ablation
     if any(not lr > 0 for lr in a.lrs):
         raise UserError(f"ablation.lrs: {a.lrs} must all be > 0 (e.g. 5e-4 1e-3 2e-3)")
-    cells = []
+    if not a.seeds:
+        raise UserError("ablation.seeds is empty: name at least one seed (e.g. 0 1 2)")
     for frac in a.fracs:
         if not 0 < frac <= 1:
             raise UserError(f"ablation.fracs: {frac} is outside (0, 1] (as data.aligned_frac)")
-        for model in a.models:
-            if model not in ARCHS:
-                raise UserError(f"ablation.models: {model!r} is not one of {', '.join(ARCHS)}")
-            for freeze in a.freeze if ARCHS[model].zipped else ["none"]:
-                for seed in a.seeds:
-                    cells.append({"frac": frac, "model": model, "freeze": freeze, "seed": seed})
-    return cells
+    for model in a.models:
+        if model not in ARCHS:
+            raise UserError(f"ablation.models: {model!r} is not one of {', '.join(ARCHS)}")
+    freezes = {"asr": a.asr_freeze, "tts": a.freeze}
+    return [
+        {"task": task, "frac": frac, "model": model, "freeze": freeze, "seed": seed}
+        for task in _tasks(cfg)
+        for frac in a.fracs
+        for model in a.models
+        for freeze in (freezes[task] if ARCHS[model].zipped else ["none"])
+        for seed in a.seeds
+    ]
+
+
+def _tasks(cfg: Config) -> tuple[str, ...]:
+    return ("asr", "tts") if cfg.ablation.tts else ("asr",)
 
 
 def _system(cell: dict) -> str:
@@ -64,10 +78,11 @@ def _system(cell: dict) -> str:
     return f"{label} (speech frozen)" if cell["freeze"] in ("both", "all") else label
 
 
-def _cell_config(cfg: Config, cell: dict, task: str) -> Config:
+def _cell_config(cfg: Config, cell: dict, towers: dict[str, Path]) -> Config:
+    """The zip stage of one cell, zipping ``towers`` (its seed's)."""
     # the smallest fractions can hold fewer pairs than a batch: train on all of them per step
     data = dataclasses.replace(
-        cfg.data, aligned_frac=cell["frac"], task=task, shrink_batch_to_subset=True
+        cfg.data, aligned_frac=cell["frac"], task=cell["task"], shrink_batch_to_subset=True
     )
     zcfg = dataclasses.replace(
         cfg.zip, freeze=cell["freeze"] if ARCHS[cell["model"]].zipped else "text"
@@ -75,9 +90,39 @@ def _cell_config(cfg: Config, cell: dict, task: str) -> Config:
     train = cfg.train  # the system's own lr key (train.lr or train.single_lr) takes the grid's
     if cell.get("lr") is not None:
         train = dataclasses.replace(train, **{ARCHS[cell["model"]].lr_key: cell["lr"]})
+    inputs = dataclasses.replace(cfg.inputs, **{m: str(f) for m, f in towers.items()})
     return dataclasses.replace(
-        cfg, arch=cell["model"], seed=cell["seed"], data=data, zip=zcfg, train=train, out=""
-    )
+        cfg, arch=cell["model"], seed=cell["seed"], data=data, zip=zcfg, train=train,
+        inputs=inputs, out="",
+    )  # fmt: skip
+
+
+# ---- towers per seed --------------------------------------------------------------------------
+def seed_towers(cfg: Config) -> dict[int, dict[str, Path]]:
+    """{seed: {modality: tower folder}}: with ``ablation.tower_seeds`` each seed's towers are the
+    given towers pretrained again with that seed (their own saved configs, seed replaced: the
+    same stage `make pretrain-<modality> SEED=<seed>` names, reused once finished)."""
+    given = {m: tower_input(cfg, m) for m in cfg.zip.towers}
+    return {
+        seed: {
+            m: _reseeded(f, m, seed) if cfg.ablation.tower_seeds else f for m, f in given.items()
+        }
+        for seed in cfg.ablation.seeds
+    }
+
+
+def _reseeded(folder: Path, modality: str, seed: int) -> Path:
+    if is_hf_folder(folder):  # published weights: there is no pretraining to repeat
+        print(f"[ablation] seed {seed}: the {modality} tower is a Hugging Face model, the same "
+              "for every seed (seeds vary the subset, data order and fusion init)")  # fmt: skip
+        return folder
+    tcfg = load_config(folder / CONFIG)
+    if tcfg.seed == seed:
+        return folder
+    print(f"[ablation] seed {seed}: {modality} tower pretrained with seed {seed}")
+    tcfg = dataclasses.replace(tcfg, seed=seed, out="")
+    check_machine(tcfg)
+    return run_pretrain(tcfg)
 
 
 # ---- learning-rate selection, on validation data only ----------------------------------------
@@ -101,48 +146,26 @@ def select_lr(results: dict[float, dict], task: str) -> float:
     return min(results, key=score)
 
 
-def _select_lrs(cfg: Config, systems: list[dict], tasks: tuple[str, ...]) -> tuple[dict, list]:
+def _select_lrs(cfg: Config, cells: list[dict], towers: dict) -> tuple[dict, list]:
     """{(model, freeze, task): selected lr} and the grid's rows (every lr's validation score),
-    running the grid's cells at ``ablation.lr_frac`` with the first seed."""
+    running each system's grid cells at ``ablation.lr_frac`` with the first seed."""
     a, chosen, grid = cfg.ablation, {}, []
-    for system in systems:
-        for task in tasks:
-            results = {}
-            for lr in a.lrs:
-                cell = {**system, "frac": a.lr_frac, "seed": a.seeds[0], "lr": lr}
-                print(f"[ablation] lr grid {task}: {cell}")
-                metrics = read_json(run_zip(_cell_config(cfg, cell, task)) / METRICS)
-                results[lr] = validation_view(metrics)
-            best = select_lr(results, task)
-            chosen[(system["model"], system["freeze"], task)] = best
-            for lr, val in results.items():
-                grid.append({"system": _system(system), "task": task, "lr": lr,
-                             SELECT_ON[task]: val.get(SELECT_ON[task]),
-                             "val_loss": val.get("val_loss"), "selected": lr == best})  # fmt: skip
+    seed = a.seeds[0]
+    for system in _systems(cells):
+        task = system["task"]
+        results = {}
+        for lr in a.lrs:
+            cell = {**system, "frac": a.lr_frac, "seed": seed, "lr": lr}
+            print(f"[ablation] lr grid {task}: {cell}")
+            metrics = read_json(run_zip(_cell_config(cfg, cell, towers[seed])) / METRICS)
+            results[lr] = validation_view(metrics)
+        best = select_lr(results, task)
+        chosen[(system["model"], system["freeze"], task)] = best
+        for lr, val in results.items():
+            grid.append({"system": _system(system), "task": task, "lr": lr,
+                         SELECT_ON[task]: val.get(SELECT_ON[task]),
+                         "val_loss": val.get("val_loss"), "selected": lr == best})  # fmt: skip
     return chosen, grid
-
-
-def _grid_lines(grid: list[dict], frac: float, seed: int) -> list[str]:
-    if not grid:
-        return []
-    lines = [
-        "## Learning rate per system (selected on validation only)",
-        "",
-        f"Grid at aligned fraction {frac:g}, seed {seed}; ASR selects on validation WER, TTS on "
-        "validation loss. **bold** = selected, used for every cell of that system.",
-        "",
-        "| system | task | lr | validation WER | validation loss |",
-        "|---|---|---|---|---|",
-    ]
-    for g in grid:
-        wer = g.get("val_wer")
-        row = [g["system"], g["task"], f"{g['lr']:g}",
-               "-" if wer is None else f"{100 * wer:.1f}",
-               "-" if g["val_loss"] is None else f"{g['val_loss']:.3f}"]  # fmt: skip
-        if g["selected"]:
-            row[2] = f"**{row[2]}**"
-        lines.append("| " + " | ".join(row) + " |")
-    return [*lines, ""]
 
 
 def _shard(spec: str) -> tuple[int, int]:
@@ -158,9 +181,9 @@ def _shard(spec: str) -> tuple[int, int]:
 
 
 def _systems(cells: list[dict]) -> list[dict]:
-    """The distinct (model, freeze) systems of the cells, in order."""
-    pairs = dict.fromkeys((c["model"], c["freeze"]) for c in cells)
-    return [{"model": m, "freeze": f} for m, f in pairs]
+    """The distinct (task, model, freeze) systems of the cells, in order."""
+    keys = dict.fromkeys((c["task"], c["model"], c["freeze"]) for c in cells)
+    return [{"task": t, "model": m, "freeze": f} for t, m, f in keys]
 
 
 def _reference(cells: list[dict]) -> str:
@@ -171,22 +194,24 @@ def _reference(cells: list[dict]) -> str:
 
 
 def ablation_stage(cfg: Config) -> Path:
-    """Run (or resume) the lr grid and every cell, then write ablation.csv / .md and plots."""
+    """Run (or resume) the towers per seed, the lr grid and every cell, then write ablation.csv
+    / .md and plots."""
     check_machine(cfg)
-    cells = _cells(cfg)
-    towers = input_fingerprints(text=tower_input(cfg, "text"), speech=tower_input(cfg, "speech"))
-    tasks = ("asr", "tts") if cfg.ablation.tts else ("asr",)
-    chosen, grid = _select_lrs(cfg, _systems(cells), tasks) if cfg.ablation.lrs else ({}, [])
+    started, cells = time.monotonic(), _cells(cfg)
+    towers = seed_towers(cfg)
+    fps = {seed: input_fingerprints(**t) for seed, t in towers.items()}
+    chosen, grid = _select_lrs(cfg, cells, towers) if cfg.ablation.lrs else ({}, [])
 
-    def config_of(cell: dict, task: str) -> Config:
-        lr = chosen.get((cell["model"], cell["freeze"], task))
-        return _cell_config(cfg, {**cell, "lr": lr}, task)
+    def config_of(cell: dict) -> Config:
+        lr = chosen.get((cell["model"], cell["freeze"], cell["task"]))
+        return _cell_config(cfg, {**cell, "lr": lr}, towers[cell["seed"]])
 
     # the sweep is what its cells are: their identities (not their settings' names) are its inputs
     cell_ids = {
-        f"cell{k}.{task}": stage_identity(config_of(cell, task), "zip", towers)["fingerprint"]
+        f"cell{k}.{cell['task']}": stage_identity(config_of(cell), "zip", fps[cell["seed"]])[
+            "fingerprint"
+        ]
         for k, cell in enumerate(cells)
-        for task in tasks
     }
     i, n = _shard(cfg.ablation.shard)
     judge = None
@@ -201,22 +226,22 @@ def ablation_stage(cfg: Config) -> Path:
     identity = stage_identity(cfg, "ablation", cell_ids)
     out = stage_dir(cfg, "ablation", cell_ids)
     for k, cell in enumerate(cells):
-        if k % n != i:
-            continue
-        for task in tasks:
-            print(f"[ablation] cell {k + 1}/{len(cells)} {task}: {cell}")
-            folder = run_zip(config_of(cell, task))
-            _score(task, folder, judge, cfg, keys[task])
-    rows = _collect(cells, tasks, config_of, keys, towers)
+        if k % n == i:
+            print(f"[ablation] cell {k + 1}/{len(cells)}: {cell}")
+            _score(cell["task"], run_zip(config_of(cell)), judge, cfg, keys[cell["task"]])
+    rows = _collect(cells, config_of, keys, fps)
     if rows is None:
         print("[ablation] some cells are not finished yet (other shards?): tables not written")
         return out
     atomic_write_json(out / IDENTITY_FILE, identity)
     atomic_write_json(out / PROVENANCE_FILE, provenance())
     save_config(cfg, out / CONFIG)
-    extra = _grid_lines(grid, cfg.ablation.lr_frac, cfg.ablation.seeds[0])
+    extra = grid_lines(grid, cfg.ablation.lr_frac, cfg.ablation.seeds[0])
     write_tables(out, rows, _reference(cells), extra)  # ablation.csv first: marks it written
     print((out / "ablation.md").read_text())
+    print(
+        f"[ablation] {len(cells)} cells; this run took {(time.monotonic() - started) / 60:.1f} min"
+    )
     return out
 
 
@@ -256,28 +281,32 @@ def _cached(folder: Path, task: str, key: dict | None) -> dict | None:
     return res if all(res.get(k) == v for k, v in key.items()) else None
 
 
-def _collect(cells, tasks, config_of, keys, towers) -> list[dict] | None:
-    """One row per cell (None while a cell of another shard is unfinished)."""
-    rows = []
+def _collect(cells, config_of, keys, fps) -> list[dict] | None:
+    """One row per system, fraction and seed, with each task's columns ("-" where the system
+    has no cell of that task); None while a cell of another shard is unfinished."""
+    rows: dict[tuple, dict] = {}
     for cell in cells:
-        row = {"system": _system(cell), **cell, "asr_cer": None}
-        for task in ("asr", "tts"):
-            row |= {f"{task}_wer": None, f"{task}_lr": None, f"{task}_best_step": None}
-            row[f"{task}_errors"] = None
-            if task not in tasks:
-                continue
-            cfg = config_of(cell, task)
-            folder = stage_dir(cfg, "zip", towers)
-            scored = _cached(folder, task, keys[task]) if is_finished(folder) else None
-            if scored is None:
-                return None
-            m = read_json(folder / METRICS)
-            row["aligned_pairs"] = m.get("aligned_pairs_used")
-            row[f"{task}_wer"] = scored.get("asr_wer" if task == "asr" else "tts_wer_gold")
-            if task == "asr":
-                row["asr_cer"] = scored.get("asr_cer")  # the CSV keeps its CER column
-            row[f"{task}_lr"] = peak_lr(cfg)
-            row[f"{task}_best_step"] = m.get("selected_step", m.get("steps"))
-            row[f"{task}_errors"] = scored["errors"]
-        rows.append(row)
-    return rows
+        key = (cell["model"], cell["freeze"], cell["frac"], cell["seed"])
+        row = rows.setdefault(key, _empty_row(cell))
+        task, cfg = cell["task"], config_of(cell)
+        folder = stage_dir(cfg, "zip", fps[cell["seed"]])
+        scored = _cached(folder, task, keys[task]) if is_finished(folder) else None
+        if scored is None:
+            return None
+        m = read_json(folder / METRICS)
+        row["aligned_pairs"] = m.get("aligned_pairs_used")
+        row[f"{task}_wer"] = scored.get("asr_wer" if task == "asr" else "tts_wer_gold")
+        if task == "asr":
+            row["asr_cer"] = scored.get("asr_cer")  # the CSV keeps its CER column
+        row[f"{task}_lr"] = peak_lr(cfg)
+        row[f"{task}_best_step"] = m.get("selected_step", m.get("steps"))
+        row[f"{task}_errors"] = scored["errors"]
+    return list(rows.values())
+
+
+def _empty_row(cell: dict) -> dict:
+    row = {"system": _system(cell), **{k: v for k, v in cell.items() if k != "task"}}
+    row |= {"aligned_pairs": None, "asr_cer": None}
+    for task in ("asr", "tts"):
+        row |= dict.fromkeys(f"{task}_{c}" for c in ("wer", "lr", "best_step", "errors"))
+    return row

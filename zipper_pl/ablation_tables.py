@@ -33,8 +33,9 @@ def spread(values: list[float | None]) -> tuple[float | None, float | None, int]
     return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None, len(vals)
 
 
-def _spread_of(rows: list[dict], system: str, frac: float, metric: str) -> tuple:
-    return spread([r[metric] for r in rows if r["system"] == system and r["frac"] == frac])
+def systems_of(rows: list[dict], metric: str) -> list[str]:
+    """The systems, in order, with a value of ``metric`` (a system can be in one task only)."""
+    return list(dict.fromkeys(r["system"] for r in rows if r[metric] is not None))
 
 
 def paired_errors(a_rows: list[dict], b_rows: list[dict], task: str) -> tuple[list, list]:
@@ -101,7 +102,7 @@ def table_lines(rows: list[dict], tests: list[dict], task: str, reference: str) 
         "| system | " + " | ".join(f"{f:g}" for f in fracs) + " |",
         "|---|" + "---|" * len(fracs),
     ]
-    for s in dict.fromkeys(r["system"] for r in rows):
+    for s in systems_of(rows, metric):
         stats = [
             spread([r[metric] for r in rows if r["system"] == s and r["frac"] == f]) for f in fracs
         ]
@@ -112,6 +113,30 @@ def table_lines(rows: list[dict], tests: list[dict], task: str, reference: str) 
             lines.append(f"| p ({s} vs {reference}) | " + " | ".join(ps) + " |")
     lines.append("")
     return lines
+
+
+def grid_lines(grid: list[dict], frac: float, seed: int) -> list[str]:
+    """The lr grid's section of ablation.md: every rate's validation scores, the chosen bold."""
+    if not grid:
+        return []
+    lines = [
+        "## Learning rate per system (selected on validation only)",
+        "",
+        f"Grid at aligned fraction {frac:g}, seed {seed}; ASR selects on validation WER, TTS on "
+        "validation loss. **bold** = selected, used for every cell of that system.",
+        "",
+        "| system | task | lr | validation WER | validation loss |",
+        "|---|---|---|---|---|",
+    ]
+    for g in grid:
+        wer = g.get("val_wer")
+        row = [g["system"], g["task"], f"{g['lr']:g}",
+               "-" if wer is None else f"{100 * wer:.1f}",
+               "-" if g["val_loss"] is None else f"{g['val_loss']:.3f}"]  # fmt: skip
+        if g["selected"]:
+            row[2] = f"**{row[2]}**"
+        lines.append("| " + " | ".join(row) + " |")
+    return [*lines, ""]
 
 
 def write_tables(out: Path, rows: list[dict], reference: str, extra: list[str] = ()) -> list[dict]:
@@ -143,7 +168,7 @@ def plot(path: Path, rows: list[dict], metric: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for s in dict.fromkeys(r["system"] for r in rows):
+    for s in systems_of(rows, metric):
         fracs = sorted({r["frac"] for r in rows if r["system"] == s})
         stats = [
             spread([r[metric] for r in rows if r["system"] == s and r["frac"] == f]) for f in fracs

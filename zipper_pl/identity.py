@@ -129,7 +129,9 @@ RESULT_KEYS: dict[str, tuple[str, ...]] = {
         ),
         TRAINING,
     ),
-    **dict.fromkeys(_keys("gate_lr_mult single_lr select_best select_on", "train."), FINETUNING),
+    **dict.fromkeys(
+        _keys("gate_lr_mult single_lr select_best select_on patience", "train."), FINETUNING
+    ),
     **dict.fromkeys(
         _keys(
             "towers intervals layers directions proj_layers proj_hidden gate_init xattn_heads "
@@ -153,7 +155,10 @@ RESULT_KEYS: dict[str, tuple[str, ...]] = {
         ),
         ("judge",),
     ),
-    **dict.fromkeys(_keys("fracs seeds freeze models tts lrs lr_frac", "ablation."), ("ablation",)),
+    **dict.fromkeys(
+        _keys("fracs seeds freeze asr_freeze tower_seeds models tts lrs lr_frac", "ablation."),
+        ("ablation",),
+    ),
 }
 
 

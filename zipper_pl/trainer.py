@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from zipper_pl.config import Config
@@ -115,7 +115,10 @@ def make_trainer(
         num_sanity_val_steps=0,
         log_every_n_steps=t.log_every,
         logger=TensorBoardLogger(save_dir=str(out), name="tb", version="", default_hp_metric=False),
-        callbacks=[checkpoint, *_best_checkpoint(out, select_best, selection_metric(cfg)[0])],
+        callbacks=[
+            checkpoint,
+            *_best_checkpoint(out, select_best, selection_metric(cfg)[0], t.patience),
+        ],
         # our StepBatchSampler shards by rank itself, exactly and resumably
         use_distributed_sampler=False,
         enable_model_summary=False,
@@ -124,17 +127,23 @@ def make_trainer(
     )
 
 
-def _best_checkpoint(out: Path, enabled: bool, monitor: str) -> list[ModelCheckpoint]:
+def _best_checkpoint(out: Path, enabled: bool, monitor: str, patience: int) -> list:
+    """best.ckpt, and with ``patience`` a stop once that many validations brought no new best
+    (its counters are in last.ckpt, so a resumed stage stops where an uninterrupted one would)."""
     if not enabled:
         return []
+    best = ModelCheckpoint(
+        dirpath=out,
+        filename=Path(BEST_CKPT).stem,
+        monitor=monitor,
+        mode="min",
+        save_top_k=1,
+        save_last=False,
+        enable_version_counter=False,
+    )
+    if not patience:
+        return [best]
     return [
-        ModelCheckpoint(
-            dirpath=out,
-            filename=Path(BEST_CKPT).stem,
-            monitor=monitor,
-            mode="min",
-            save_top_k=1,
-            save_last=False,
-            enable_version_counter=False,
-        )
+        best,
+        EarlyStopping(monitor, patience=patience, mode="min", check_on_train_epoch_end=False),
     ]

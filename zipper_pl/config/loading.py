@@ -217,12 +217,20 @@ def _check_settings(cfg: Config) -> list[str]:
             f"data.task={cfg.data.task} needs the towers {sorted(needed)}; zip.towers has "
             f"{cfg.zip.towers}: add the missing ones (and their inputs.<modality> folders)"
         )
-    freeze = {x.strip() for x in cfg.zip.freeze.split(",") if x.strip()}
-    if not freeze or not (
-        freeze <= set(cfg.zip.towers) or (len(freeze) == 1 and freeze <= set(FREEZE_WORDS))
-    ):
-        allowed = ", ".join([*FREEZE_WORDS, *cfg.zip.towers])
-        problems.append(f"zip.freeze: {cfg.zip.freeze!r}; use {allowed} (or towers joined by ,)")
+    allowed = ", ".join([*FREEZE_WORDS, *cfg.zip.towers])
+    a = cfg.ablation
+    for key, value in [("zip.freeze", cfg.zip.freeze), *(("ablation.freeze", f) for f in a.freeze),
+                       *(("ablation.asr_freeze", f) for f in a.asr_freeze)]:  # fmt: skip
+        freeze = {x.strip() for x in value.split(",") if x.strip()}
+        if not freeze or not (
+            freeze <= set(cfg.zip.towers) or (len(freeze) == 1 and freeze <= set(FREEZE_WORDS))
+        ):
+            problems.append(f"{key}: {value!r}; use {allowed} (or towers joined by ,)")
+    if t.patience and not t.select_best:
+        problems.append(
+            f"train.patience={t.patience} stops on the validation score that train.select_best "
+            "keeps: set train.select_best=true, or train.patience=0"
+        )
     return problems
 
 

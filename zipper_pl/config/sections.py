@@ -37,8 +37,20 @@ class AblationConfig:
     seeds: list[int] = F(None, "seeds per cell (mean and spread over them)", factory=lambda: [0])
     freeze: list[str] = F(
         None,
-        "Zipper freeze settings: text = speech tower trained, both = frozen",
+        "Zipper freeze settings of the TTS cells: text = speech tower trained, both = frozen "
+        "(the paper's frozen vs unfrozen speech backbone)",
         factory=lambda: ["text", "both"],
+    )
+    asr_freeze: list[str] = F(
+        None,
+        "Zipper freeze settings of the ASR cells (paper: text frozen)",
+        factory=lambda: ["text"],
+    )
+    tower_seeds: bool = F(
+        True,
+        "each seed zips towers pretrained with that seed (the given towers' configs, seed "
+        "replaced; finished pretraining stages are reused); false: every seed zips the given "
+        "towers and varies only the subset, data order and fusion init",
     )
     models: list[str] = F(
         None, "systems: zipper and/or single", factory=lambda: ["zipper", "single"]
@@ -177,6 +189,12 @@ class TrainConfig:
         "what select_best minimises: loss (validation loss) | wer (validation ASR WER, the "
         "paper's model selection); data.task=tts has no WER and falls back to the loss, saying so",
         choices=("loss", "wer"),
+    )
+    patience: int = F(
+        0,
+        "fine-tuning stops after this many validations without a better select_on score (the "
+        "exported weights are the best ones either way); 0 = always train max_steps",
+        ge=0,
     )
     threads: int = F(0, "CPU threads for torch; 0 = torch's default", ge=0)
 

@@ -49,11 +49,12 @@ EMBEDDED_PRESETS: dict[str, dict[str, int]] = {
         "n_test": 8,
         "n_speakers": 4,
     },
-    # CPU demo: ~6.4k utterances (~6 h of audio, ~1 GB of WAV), about a minute on 2 cores
+    # CPU demo (its files also set 1 voice and sentences of 4-8 words): ~23.4k utterances
+    # (~2 GB of WAV), ~3.5 min of speaking and ~2 min of tokenizing on 2 cores
     "demo": {
         "n_text": 20_000,
         "n_speech": 3_000,
-        "n_aligned_train": 3_000,
+        "n_aligned_train": 20_000,
         "n_valid": 200,
         "n_test": 200,
         "n_speakers": 8,
