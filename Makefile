@@ -174,7 +174,7 @@ demo: $(STAMP) ## the whole chain on the embedded corpus at SCALE=demo, ending w
 ablation: $(STAMP) ## the paper's Fig. 3 study (EXP/ablation.yaml): WER vs aligned fraction, seeds, lr grid, tests
 	@$(MAKE) --no-print-directory _check-paths _ablation
 
-ablation-quick: $(STAMP) ## the study cut to ABLATION_QUICK_FRACS x seeds 0 1, ASR only (cells shared with the full one)
+ablation-quick: $(STAMP) ## the study cut to ABLATION_QUICK_FRACS x seeds 0 1, ASR only, no lr grid (~1.5 h on 2 CPU cores)
 	@$(MAKE) --no-print-directory ablation ABLATION_FRACS="$(ABLATION_QUICK_FRACS)" ABLATION_SEEDS="0 1" ABLATION_TTS=false \
 	  ABLATION_LRS="[]"
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import tiny_config
+from tests.conftest import ROOT, tiny_config
 from zipper_pl import ablation, scoring, training
-from zipper_pl.ablation import _cells
+from zipper_pl.ablation_cells import cell_config, cells_of, seed_towers
 from zipper_pl.ablation_tables import adjust_p, paired_tests, write_tables
 from zipper_pl.config import load_config
 from zipper_pl.errors import UserError
@@ -30,7 +32,7 @@ def test_cells_cover_systems_without_duplicate_single_rows(data_root, tmp_path):
         "ablation.seeds=0,1",
         "ablation.freeze=text,both",
     )
-    cells = _cells(cfg)
+    cells = cells_of(cfg)
     # ASR (asr_freeze: text): zipper + single; TTS: zipper trained and frozen speech + single;
     # each x 2 fracs x 2 seeds (freezing does not apply to the single decoder)
     assert len(cells) == 2 * 2 * 2 + 3 * 2 * 2
@@ -39,9 +41,9 @@ def test_cells_cover_systems_without_duplicate_single_rows(data_root, tmp_path):
     assert {c["freeze"] for c in cells if c["task"] == "tts"} == {"text", "both", "none"}
     bad = tiny_config(data_root, tmp_path, "zip_asr.yaml", "ablation.fracs=0,1")
     with pytest.raises(UserError, match="ablation.fracs"):
-        _cells(bad)
+        cells_of(bad)
     with pytest.raises(UserError, match="ablation.seeds"):
-        _cells(tiny_config(data_root, tmp_path, "zip_asr.yaml", "ablation.seeds=[]"))
+        cells_of(tiny_config(data_root, tmp_path, "zip_asr.yaml", "ablation.seeds=[]"))
 
 
 def test_each_seed_zips_towers_pretrained_with_that_seed(data_root, tiny_towers, monkeypatch):
@@ -54,15 +56,19 @@ def test_each_seed_zips_towers_pretrained_with_that_seed(data_root, tiny_towers,
         "ablation.models=zipper", "train.max_steps=2", "train.val_every=2", "eval.max_utterances=4",
     )  # fmt: skip
     out = ablation.ablation_stage(cfg)
-    towers = ablation.seed_towers(cfg)
+    towers = seed_towers(cfg)
     assert towers[0] == {"text": tiny_towers["text"], "speech": tiny_towers["speech"]}
+    short = ("train.max_steps=3", "train.val_every=3", "train.ckpt_every=3")  # tiny_towers'
     for m in ("text", "speech"):
         assert towers[1][m] != towers[0][m]
         assert load_config(towers[1][m] / "config.yaml").seed == 1
+        # the very stage `make pretrain-<m> SEED=1` names (its saved config names its own)
+        again = tiny_config(data_root, tiny_towers["runs"], f"pretrain_{m}.yaml", *short, "seed=1")
+        assert stage_dir(again, "pretrain") == towers[1][m]
     rows = list(csv.DictReader((out / "ablation.csv").open()))
     assert [r["seed"] for r in rows] == ["0", "1"] and all(r["asr_wer"] for r in rows)
     for seed in (0, 1):
-        cell = ablation._cell_config(cfg, {**_cells(cfg)[seed]}, towers[seed])
+        cell = cell_config(cfg, {**cells_of(cfg)[seed]}, towers[seed])
         folder = stage_dir(cell, "zip", input_fingerprints(**towers[seed]))
         inputs = json.loads((folder / "identity.json").read_text())["inputs"]
         assert inputs == input_fingerprints(**towers[seed])
@@ -223,3 +229,30 @@ def test_bad_ablation_freeze_is_a_config_error(data_root, tmp_path):
         tiny_config(data_root, tmp_path, "zip_asr.yaml", "ablation.freeze=text,speech_tower")
     with pytest.raises(UserError, match="ablation.asr_freeze: 'nothing'"):
         tiny_config(data_root, tmp_path, "zip_asr.yaml", "ablation.asr_freeze=nothing")
+
+
+def test_ablation_quick_through_make(tmp_path, data_root, tiny_towers):
+    """`make ablation-quick` (the Makefile's quoted lists, ASR only: no judge, no lr grid): every
+    system x fraction x seed has its row, and seed 1 zipped towers pretrained with seed 1 (the
+    tiny study file names other fractions, seeds 0-2 and a grid, so each override shows)."""
+    runs = tmp_path / "runs"
+    args = f"ARGS=data.cache_dir={data_root / 'cache'} train.accelerator=cpu eval.max_utterances=4"
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "ablation-quick", "SCALE=tiny", "FT_STEPS=2",
+         "ABLATION_QUICK_FRACS=1.0", f"RUNS={runs}", f"DATA_ROOT={data_root}",
+         f"PY={sys.executable}", args, f"TEXT_TOWER={tiny_towers['text']}",
+         f"SPEECH_TOWER={tiny_towers['speech']}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (table,) = runs.glob("*/ablation-*/ablation.csv")
+    rows = list(csv.DictReader(table.open()))
+    assert sorted((r["system"], r["frac"], r["seed"]) for r in rows) == sorted(
+        (s, f, seed) for s in ("Zipper", "Single Decoder") for f in ("1.0",) for seed in ("0", "1")
+    )
+    # the file's fractions, seeds and lr grid are not the quick study's
+    assert all(r["asr_wer"] and not r["tts_wer"] for r in rows)
+    assert "lr grid" not in proc.stdout  # ABLATION_LRS="[]": the file's train.lr, single_lr
+    assert {float(r["asr_lr"]) for r in rows if r["system"] == "Zipper"} == {1e-3}
+    assert "seed 1: text tower pretrained with seed 1" in proc.stdout
+    assert not list(runs.glob("*/judge-*"))

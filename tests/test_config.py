@@ -142,3 +142,17 @@ def test_evaluate_yaml_trains_what_the_stage_files_train(scale):
         assert drop_task == {k: v for k, v in stage["data"].items() if k != "task"}, stage_file
     judge = to_dict(load_config(folder / "judge.yaml"))
     assert evaluate["judge"] == judge["judge"], f"{scale}: judge vs judge.yaml"
+
+
+@pytest.mark.parametrize("scale", sorted(p.name for p in (ROOT / "experiments").iterdir()))
+def test_the_study_zips_what_zip_asr_zips(scale):
+    """ablation.yaml repeats zip_asr.yaml's sections (no config composition): its cells must zip
+    towers of the same world, size and tokenizers with the same fusion; only the schedule (train,
+    validation batches) and the ablation section may differ."""
+    folder = ROOT / "experiments" / scale
+    study = to_dict(load_config(folder / "ablation.yaml"))
+    stage = to_dict(load_config(folder / "zip_asr.yaml"))
+    for section in ("zip", "model", "audio", "text_tokenizer", "eval", "scale", "arch"):
+        assert study[section] == stage[section], f"{scale}: {section}"
+    for key in ("embedded", "corpus", "task", "batch_size", "train_splits", "test_splits"):
+        assert study["data"][key] == stage["data"][key], f"{scale}: data.{key}"

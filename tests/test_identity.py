@@ -23,6 +23,7 @@ from zipper_pl.errors import UserError
 from zipper_pl.identity import (
     IDENTITY_FILE,
     KINDS,
+    LATE_KEYS,
     PROVENANCE_FILE,
     category,
     read_identity,
@@ -51,6 +52,8 @@ def test_every_schema_key_is_either_result_or_inert():
     # modality's keys: its own tower's pretraining)
     configs = [load_config(None, [f"audio.codec={c}"]) for c in AUDIO_TOKENIZERS]
     configs += [load_config(None, [f"modality={m}"]) for m in MODALITY_NAMES]
+    # a key added later enters identities away from its old behaviour (LATE_KEYS: numbers)
+    configs += [load_config(None, [f"{k}={v + 1}"]) for k, v in LATE_KEYS.items()]
     for key in schema_keys():
         assert category(key) != "result" or any(
             key in result_config(c, k, by_content=False) for c in configs for k in KINDS
@@ -113,6 +116,18 @@ def test_zip_folder_follows_config_and_towers(override):
     other = load_config(TINY / "zip_asr.yaml", [override])
     assert stage_dir(other, "zip", towers) != stage_dir(base, "zip", towers)
     assert stage_dir(base, "zip", {**towers, "text": "c"}) != stage_dir(base, "zip", towers)
+
+
+def test_a_key_added_later_keeps_existing_stages_at_its_old_behaviour():
+    """train.patience=0 trains exactly as stages did before the key existed: it stays out of
+    their identities (they are reused); another value is a new stage."""
+    towers = {"text": "a", "speech": "b"}
+    base = load_config(TINY / "zip_asr.yaml")
+    assert "train.patience" not in result_config(base, "zip")
+    assert set(LATE_KEYS) <= set(field_paths(Config))
+    patient = load_config(TINY / "zip_asr.yaml", ["train.patience=2"])
+    assert result_config(patient, "zip")["train.patience"] == 2
+    assert stage_dir(patient, "zip", towers) != stage_dir(base, "zip", towers)
 
 
 def test_saved_config_names_the_same_stage(tmp_path):

@@ -20,7 +20,9 @@ from zipper_pl.models.tower import TOWER_PRESETS
 from zipper_pl.trainer import BEST_CKPT, make_trainer, selection_metric
 
 EXP = ROOT / "experiments"
-PAPER_FILES = [(scale, f) for scale in ("s", "l") for f in ("zip_asr", "zip_tts", "evaluate")]
+PAPER_FILES = [
+    (scale, f) for scale in ("s", "l") for f in ("zip_asr", "zip_tts", "evaluate", "ablation")
+]
 # PAPER.md: best lr 5e-4 with the speech tower trained, 1e-3 with it frozen (text always frozen)
 PAPER_LR = {"text": 5e-4, "both": 1e-3}
 PAPER_ZIPPED_LAYERS = {"s": 4, "l": 9}  # Tiny/128M: 4, Gecko/1B: 9
@@ -181,14 +183,15 @@ def test_zip_stage_selecting_on_wer_exports_the_lowest_wer_weights(
 
 # keys of the paper's recipe: where `demo` differs from `s` on one, the README must turn it off
 _TRAIN = ("max_steps lr min_lr_ratio warmup_steps weight_decay gate_lr_mult single_lr beta1 beta2 "
-          "grad_clip accumulate select_best select_on")  # fmt: skip
+          "grad_clip accumulate select_best select_on patience")  # fmt: skip
 _ZIP = ("towers intervals layers directions proj_layers proj_hidden gate_init xattn_heads "
         "xattn_d_ff input_proj freeze dropout align_prior")  # fmt: skip
 RECIPE_KEYS = [
     *(f"train.{k}" for k in _TRAIN.split()),
     *(f"zip.{k}" for k in _ZIP.split()),
     *["model.size", "audio.codec", "audio.units_k", "data.corpus", "data.aligned_frac",
-      "data.batch_size", "data.task", "eval.max_utterances", "eval.tts_seeds"],
+      "data.batch_size", "data.task", "eval.max_utterances", "eval.tts_seeds", "ablation.fracs",
+      "ablation.lrs"],
 ]  # fmt: skip
 CONFIG_KEY = re.compile(r"(?<![\w.])([a-z_]+(?:\.[a-z_]+)+)=")
 MAKE_VAR = re.compile(r"(?<![\w.])([A-Z][A-Z_]+)=")
@@ -206,7 +209,7 @@ def deviation_rows(readme: str) -> list[list[str]]:
 def make_forwards(makefile: str) -> dict[str, set[str]]:
     """Make variable -> the config keys it sets ($(call fwd,VAR,key) in the Makefile)."""
     fwd: dict[str, set[str]] = {"SCALE": {"model.size"}}  # SCALE picks experiments/$(SCALE)/
-    for var, key in re.findall(r"\$\(call fwd,([A-Z_]+),([a-z_.]+)\)", makefile):
+    for var, key in re.findall(r"\$\(call q?fwd,([A-Z_]+),([a-z_.]+)\)", makefile):
         fwd.setdefault(var, set()).add(key)
     return fwd
 
@@ -224,7 +227,7 @@ def covered_keys(rows: list[list[str]], fwd: dict[str, set[str]]) -> set[str]:
 def demo_deviations() -> dict[str, tuple]:
     """Recipe keys where a demo fine-tuning file differs from its `s` (paper) counterpart."""
     out: dict[str, tuple] = {}
-    for name in ("zip_asr", "zip_tts", "evaluate"):
+    for name in ("zip_asr", "zip_tts", "evaluate", "ablation"):
         demo = flat_config(load_config(EXP / "demo" / f"{name}.yaml"))
         paper = flat_config(load_config(EXP / "s" / f"{name}.yaml"))
         out |= {k: (demo[k], paper[k]) for k in RECIPE_KEYS if demo[k] != paper[k]}
@@ -263,3 +266,11 @@ def test_deviation_table_turns_off_every_demo_deviation():
     fewer = [r for r in rows if "zip.input_proj=" not in r[-1]]
     assert "zip.input_proj" in set(deviations) - covered_keys(fewer, fwd)
     assert "`s` and `l` fine-tuning configs" in readme and "follow the paper" in readme
+
+
+@pytest.mark.parametrize("scale", ["s", "l"])
+def test_the_study_files_run_the_papers_fig3(scale):
+    a = paper_cfg(scale, "ablation").ablation
+    assert a.lrs == [5e-5, 1e-4, 5e-4, 1e-3]  # PAPER.md: the lr was searched in this grid
+    assert {0.001, 0.005, 0.01, 0.03, 0.1, 0.3} <= set(a.fracs)  # Fig. 3's fractions
+    assert (a.freeze, a.asr_freeze, a.models) == (["text", "both"], ["text"], ["zipper", "single"])

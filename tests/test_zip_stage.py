@@ -13,6 +13,8 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT, zip_config
+from tests.test_pretrain import _Crash, _CrashAtStep
+from zipper_pl import training
 from zipper_pl.config import load_config
 from zipper_pl.data.aligned import nested_subset, task_items
 from zipper_pl.errors import UserError
@@ -245,3 +247,35 @@ def test_patience_stops_when_validation_stops_improving(data_root, tiny_towers, 
     with pytest.raises(UserError, match="train.patience=2 .* train.select_best=true"):
         zip_config(data_root, tiny_towers, tmp_path / "q", "train.patience=2",
                    "train.select_best=false")  # fmt: skip
+
+
+def test_a_stage_killed_after_a_validation_resumes_knowing_it(
+    data_root, tiny_towers, tmp_path, monkeypatch
+):
+    """Killed after a validation and before the next checkpoint, a stage resumes with that
+    validation's score: the best weights and the patience stop are those of an uninterrupted
+    run (the step checkpoint is written before the step's validation, which resuming skips)."""
+    args = ("train.max_steps=40", "train.val_every=2", "train.ckpt_every=2", "train.lr=5.0",
+            "train.warmup_steps=0", "train.patience=2")  # fmt: skip
+    straight = zip_stage(zip_config(data_root, tiny_towers, tmp_path / "s", *args))
+    want = json.loads((straight / "metrics.json").read_text())
+    kill = want["selected_step"] + 1  # right after the best validation
+    real_make = training.make_trainer
+
+    def killed(cfg, out, **kw):
+        trainer = real_make(cfg, out, **kw)
+        trainer.callbacks.insert(0, _CrashAtStep(kill))
+        return trainer
+
+    cfg = zip_config(data_root, tiny_towers, tmp_path / "r", *args)
+    monkeypatch.setattr(training, "make_trainer", killed)
+    with pytest.raises(_Crash):
+        zip_stage(cfg)
+    last = torch.load(tmp_path / "r" / "last.ckpt", map_location="cpu", weights_only=False)
+    (best,) = [v for k, v in last["callbacks"].items() if "'monitor': 'val/loss'" in k and
+               k.startswith("ModelCheckpoint")]  # fmt: skip
+    assert float(best["best_model_score"]) == pytest.approx(want["selected_score"])
+    monkeypatch.setattr(training, "make_trainer", real_make)
+    got = json.loads((zip_stage(cfg) / "metrics.json").read_text())
+    for key in ("steps", "selected_step", "selected_score", "val_loss"):
+        assert got[key] == pytest.approx(want[key]), key

@@ -1,15 +1,15 @@
-"""Aligned-data ablation (the paper's Fig. 3): WER against the share of aligned pairs.
+"""Aligned-data study (the paper's Fig. 3): test WER against the share of aligned pairs.
 
-Cells = fractions x models (zipper, single) x speech-tower freezing x seeds. Every cell is an
-ordinary zip stage (``training.run_zip``: finished cells are skipped and interrupted ones resume)
-sharing the same pretrained towers. With ``ablation.lrs`` each system first runs that learning-rate
-grid at ``ablation.lr_frac`` and keeps the rate with the best *validation* score (ASR: validation
-WER; TTS: validation loss), never a test figure; the sweep then scores every cell on the test
-split (per-utterance errors, cached in the cell's folder) and writes a CSV, a markdown table with
-mean +- sd over seeds and paired tests (``ablation_tables``), and plots.
-``ablation.shard=i/n`` runs every n-th cell, so n processes (one per GPU, e.g. with
-``CUDA_VISIBLE_DEVICES=i``) split a sweep (each runs the lr grid first: its cells are stages,
-trained once); any of them (or a last plain run) writes the tables.
+Cells (``ablation_cells``) = task x fraction x system (model and freeze setting) x seed. Every
+cell is an ordinary zip stage (``training.run_zip``: finished cells are skipped, interrupted ones
+resume), zipping towers pretrained with the cell's seed. With ``ablation.lrs`` each system first
+runs that learning-rate grid at ``ablation.lr_frac`` and keeps the rate with the best
+*validation* score (ASR: validation WER; TTS: validation loss), never a test figure; the study
+then scores every cell on the test split (per-utterance errors, cached in the cell's folder) and
+writes a CSV, a markdown table with mean +- sd over seeds and paired tests (``ablation_tables``),
+and plots. ``ablation.shard=i/n`` runs every n-th cell, so n processes (one per GPU, e.g. with
+``CUDA_VISIBLE_DEVICES=i``) split a study (towers and grid cells are stages, trained once by
+whichever shard gets there first); any of them (or a last plain run) writes the tables.
 """
 
 from __future__ import annotations
@@ -19,10 +19,17 @@ import math
 import time
 from pathlib import Path
 
+from zipper_pl.ablation_cells import (
+    cell_config,
+    cells_of,
+    parse_shard,
+    reference_of,
+    seed_towers,
+    system_label,
+    systems_of,
+)
 from zipper_pl.ablation_tables import grid_lines, write_tables
-from zipper_pl.config import Config, load_config, save_config, to_dict
-from zipper_pl.errors import UserError
-from zipper_pl.hub import is_hf_folder
+from zipper_pl.config import Config, save_config, to_dict
 from zipper_pl.identity import IDENTITY_FILE, PROVENANCE_FILE, provenance
 from zipper_pl.io import atomic_write_json, read_json
 from zipper_pl.judging import judge_fingerprint, run_judge
@@ -34,95 +41,13 @@ from zipper_pl.layout import (
     require_stage,
     stage_dir,
     stage_identity,
-    tower_input,
 )
 from zipper_pl.machine import check_machine
-from zipper_pl.registry import ARCHS, peak_lr
+from zipper_pl.registry import peak_lr
 from zipper_pl.scoring import asr_cell_metrics, tts_cell_metrics
-from zipper_pl.training import run_pretrain, run_zip
+from zipper_pl.training import run_zip
 
 TTS_EVAL = "tts_eval.json"
-
-
-def _cells(cfg: Config) -> list[dict]:
-    """One cell per task x fraction x system x seed; a system is a model with a freeze setting
-    (``ablation.asr_freeze`` for ASR cells, ``ablation.freeze`` for TTS cells)."""
-    a = cfg.ablation
-    if any(not lr > 0 for lr in a.lrs):
-        raise UserError(f"ablation.lrs: {a.lrs} must all be > 0 (e.g. 5e-4 1e-3 2e-3)")
-    if not a.seeds:
-        raise UserError("ablation.seeds is empty: name at least one seed (e.g. 0 1 2)")
-    for frac in a.fracs:
-        if not 0 < frac <= 1:
-            raise UserError(f"ablation.fracs: {frac} is outside (0, 1] (as data.aligned_frac)")
-    for model in a.models:
-        if model not in ARCHS:
-            raise UserError(f"ablation.models: {model!r} is not one of {', '.join(ARCHS)}")
-    freezes = {"asr": a.asr_freeze, "tts": a.freeze}
-    return [
-        {"task": task, "frac": frac, "model": model, "freeze": freeze, "seed": seed}
-        for task in _tasks(cfg)
-        for frac in a.fracs
-        for model in a.models
-        for freeze in (freezes[task] if ARCHS[model].zipped else ["none"])
-        for seed in a.seeds
-    ]
-
-
-def _tasks(cfg: Config) -> tuple[str, ...]:
-    return ("asr", "tts") if cfg.ablation.tts else ("asr",)
-
-
-def _system(cell: dict) -> str:
-    label = ARCHS[cell["model"]].label
-    return f"{label} (speech frozen)" if cell["freeze"] in ("both", "all") else label
-
-
-def _cell_config(cfg: Config, cell: dict, towers: dict[str, Path]) -> Config:
-    """The zip stage of one cell, zipping ``towers`` (its seed's)."""
-    # the smallest fractions can hold fewer pairs than a batch: train on all of them per step
-    data = dataclasses.replace(
-        cfg.data, aligned_frac=cell["frac"], task=cell["task"], shrink_batch_to_subset=True
-    )
-    zcfg = dataclasses.replace(
-        cfg.zip, freeze=cell["freeze"] if ARCHS[cell["model"]].zipped else "text"
-    )
-    train = cfg.train  # the system's own lr key (train.lr or train.single_lr) takes the grid's
-    if cell.get("lr") is not None:
-        train = dataclasses.replace(train, **{ARCHS[cell["model"]].lr_key: cell["lr"]})
-    inputs = dataclasses.replace(cfg.inputs, **{m: str(f) for m, f in towers.items()})
-    return dataclasses.replace(
-        cfg, arch=cell["model"], seed=cell["seed"], data=data, zip=zcfg, train=train,
-        inputs=inputs, out="",
-    )  # fmt: skip
-
-
-# ---- towers per seed --------------------------------------------------------------------------
-def seed_towers(cfg: Config) -> dict[int, dict[str, Path]]:
-    """{seed: {modality: tower folder}}: with ``ablation.tower_seeds`` each seed's towers are the
-    given towers pretrained again with that seed (their own saved configs, seed replaced: the
-    same stage `make pretrain-<modality> SEED=<seed>` names, reused once finished)."""
-    given = {m: tower_input(cfg, m) for m in cfg.zip.towers}
-    return {
-        seed: {
-            m: _reseeded(f, m, seed) if cfg.ablation.tower_seeds else f for m, f in given.items()
-        }
-        for seed in cfg.ablation.seeds
-    }
-
-
-def _reseeded(folder: Path, modality: str, seed: int) -> Path:
-    if is_hf_folder(folder):  # published weights: there is no pretraining to repeat
-        print(f"[ablation] seed {seed}: the {modality} tower is a Hugging Face model, the same "
-              "for every seed (seeds vary the subset, data order and fusion init)")  # fmt: skip
-        return folder
-    tcfg = load_config(folder / CONFIG)
-    if tcfg.seed == seed:
-        return folder
-    print(f"[ablation] seed {seed}: {modality} tower pretrained with seed {seed}")
-    tcfg = dataclasses.replace(tcfg, seed=seed, out="")
-    check_machine(tcfg)
-    return run_pretrain(tcfg)
 
 
 # ---- learning-rate selection, on validation data only ----------------------------------------
@@ -146,65 +71,47 @@ def select_lr(results: dict[float, dict], task: str) -> float:
     return min(results, key=score)
 
 
-def _select_lrs(cfg: Config, cells: list[dict], towers: dict) -> tuple[dict, list]:
+def _select_lrs(cfg: Config, cells: list[dict], towers: dict, first: int = 0) -> tuple[dict, list]:
     """{(model, freeze, task): selected lr} and the grid's rows (every lr's validation score),
-    running each system's grid cells at ``ablation.lr_frac`` with the first seed."""
-    a, chosen, grid = cfg.ablation, {}, []
-    seed = a.seeds[0]
-    for system in _systems(cells):
+    running each system's grid cells at ``ablation.lr_frac`` with the first seed (shard i starts
+    at its i-th grid cell: parallel shards train different ones first)."""
+    a, seed = cfg.ablation, cfg.ablation.seeds[0]
+    jobs = [(system, lr) for system in systems_of(cells) for lr in a.lrs]
+    first %= len(jobs)
+    scores: dict[tuple, dict] = {}
+    for system, lr in jobs[first:] + jobs[:first]:
+        cell = {**system, "frac": a.lr_frac, "seed": seed, "lr": lr}
+        print(f"[ablation] lr grid {system['task']}: {cell}")
+        metrics = read_json(run_zip(cell_config(cfg, cell, towers[seed])) / METRICS)
+        scores[(system["task"], system["model"], system["freeze"], lr)] = validation_view(metrics)
+    chosen, grid = {}, []
+    for system in systems_of(cells):
         task = system["task"]
-        results = {}
-        for lr in a.lrs:
-            cell = {**system, "frac": a.lr_frac, "seed": seed, "lr": lr}
-            print(f"[ablation] lr grid {task}: {cell}")
-            metrics = read_json(run_zip(_cell_config(cfg, cell, towers[seed])) / METRICS)
-            results[lr] = validation_view(metrics)
+        results = {lr: scores[(task, system["model"], system["freeze"], lr)] for lr in a.lrs}
         best = select_lr(results, task)
         chosen[(system["model"], system["freeze"], task)] = best
         for lr, val in results.items():
-            grid.append({"system": _system(system), "task": task, "lr": lr,
+            grid.append({"system": system_label(system), "task": task, "lr": lr,
                          SELECT_ON[task]: val.get(SELECT_ON[task]),
                          "val_loss": val.get("val_loss"), "selected": lr == best})  # fmt: skip
     return chosen, grid
-
-
-def _shard(spec: str) -> tuple[int, int]:
-    if not spec:
-        return 0, 1
-    try:
-        i, n = (int(x) for x in spec.split("/"))
-    except ValueError:
-        raise UserError(f"ablation.shard={spec!r}: write it as i/n, e.g. 0/4") from None
-    if not 0 <= i < n:
-        raise UserError(f"ablation.shard={spec!r}: need 0 <= i < n")
-    return i, n
-
-
-def _systems(cells: list[dict]) -> list[dict]:
-    """The distinct (task, model, freeze) systems of the cells, in order."""
-    keys = dict.fromkeys((c["task"], c["model"], c["freeze"]) for c in cells)
-    return [{"task": t, "model": m, "freeze": f} for t, m, f in keys]
-
-
-def _reference(cells: list[dict]) -> str:
-    """The system the paired tests compare against: the first unzipped one (the paper's
-    baseline), else the first system."""
-    base = [c for c in cells if not ARCHS[c["model"]].zipped] or cells
-    return _system(base[0])
 
 
 def ablation_stage(cfg: Config) -> Path:
     """Run (or resume) the towers per seed, the lr grid and every cell, then write ablation.csv
     / .md and plots."""
     check_machine(cfg)
-    started, cells = time.monotonic(), _cells(cfg)
-    towers = seed_towers(cfg)
+    started, cells = time.monotonic(), cells_of(cfg)
+    i, n = parse_shard(cfg.ablation.shard)
+    if cfg.ablation.tts and cfg.inputs.judge:  # before hours of training, not after
+        require_stage(cfg.inputs.judge, "judge", "inputs.judge")
+    towers = seed_towers(cfg, first=i % len(cfg.ablation.seeds))
     fps = {seed: input_fingerprints(**t) for seed, t in towers.items()}
-    chosen, grid = _select_lrs(cfg, cells, towers) if cfg.ablation.lrs else ({}, [])
+    chosen, grid = _select_lrs(cfg, cells, towers, i) if cfg.ablation.lrs else ({}, [])
 
     def config_of(cell: dict) -> Config:
         lr = chosen.get((cell["model"], cell["freeze"], cell["task"]))
-        return _cell_config(cfg, {**cell, "lr": lr}, towers[cell["seed"]])
+        return cell_config(cfg, {**cell, "lr": lr}, towers[cell["seed"]])
 
     # the sweep is what its cells are: their identities (not their settings' names) are its inputs
     cell_ids = {
@@ -213,7 +120,6 @@ def ablation_stage(cfg: Config) -> Path:
         ]
         for k, cell in enumerate(cells)
     }
-    i, n = _shard(cfg.ablation.shard)
     judge = None
     if cfg.ablation.tts:
         judge = require_stage(
@@ -237,7 +143,7 @@ def ablation_stage(cfg: Config) -> Path:
     atomic_write_json(out / PROVENANCE_FILE, provenance())
     save_config(cfg, out / CONFIG)
     extra = grid_lines(grid, cfg.ablation.lr_frac, cfg.ablation.seeds[0])
-    write_tables(out, rows, _reference(cells), extra)  # ablation.csv first: marks it written
+    write_tables(out, rows, reference_of(cells), extra)  # ablation.csv first: marks it written
     print((out / "ablation.md").read_text())
     print(
         f"[ablation] {len(cells)} cells; this run took {(time.monotonic() - started) / 60:.1f} min"
@@ -305,7 +211,7 @@ def _collect(cells, config_of, keys, fps) -> list[dict] | None:
 
 
 def _empty_row(cell: dict) -> dict:
-    row = {"system": _system(cell), **{k: v for k, v in cell.items() if k != "task"}}
+    row = {"system": system_label(cell), **{k: v for k, v in cell.items() if k != "task"}}
     row |= {"aligned_pairs": None, "asr_cer": None}
     for task in ("asr", "tts"):
         row |= dict.fromkeys(f"{task}_{c}" for c in ("wer", "lr", "best_step", "errors"))

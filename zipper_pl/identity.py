@@ -164,6 +164,11 @@ RESULT_KEYS: dict[str, tuple[str, ...]] = {
 
 MODALITY_KEYS = {"phonemes.voice": "phonemes"}  # key -> the one modality whose tower it shapes
 
+# Keys added after stages were built, with the value at which a stage computes exactly what it
+# did before the key existed: at that value the key stays out of the identity, so finished
+# stages keep theirs and are reused (any other value is a new stage).
+LATE_KEYS: dict[str, Any] = {"train.patience": 0}
+
 
 def flat_config(cfg: Config) -> dict[str, Any]:
     """Every leaf key of the schema as ``{"a.b": value}`` (dict-valued keys stay whole)."""
@@ -216,6 +221,7 @@ def result_config(cfg: Config, kind: str, by_content: bool = True) -> dict[str, 
     # keys only one modality's pretraining reads cannot change another modality's tower (a new
     # modality's keys would otherwise give every existing tower a new identity)
     flat = {k: v for k, v in flat.items() if MODALITY_KEYS.get(k, cfg.modality) == cfg.modality}
+    flat = {k: v for k, v in flat.items() if k not in LATE_KEYS or v != LATE_KEYS[k]}
     if by_content and kind in kinds_of("audio.codec"):
         flat |= codec.source_digests(cfg.audio)
     return {k: v for k, v in flat.items() if kind in kinds_of(k)}

@@ -31,7 +31,7 @@ def experiment_file(cfg: Config, kind: str) -> Path:
         "finetune": "zip_asr.yaml",
         "judge": "judge.yaml",
         "eval": "evaluate.yaml",
-        "ablation": "zip_asr.yaml",
+        "ablation": "ablation.yaml",
     }[kind]
     return EXPERIMENTS / cfg.scale / name
 

@@ -69,7 +69,7 @@ def selection_metric(cfg: Config) -> tuple[str, str]:
     A TTS-only stage logs no WER (no ASR pairs to transcribe). It falls back to the validation
     loss rather than stopping, because one train section serves both tasks: evaluate.yaml trains
     the ASR and TTS stages with it (tests/test_config.py holds it equal to zip_asr.yaml and
-    zip_tts.yaml's), and ``make ablation`` runs its TTS cells from zip_asr.yaml. The paper selects
+    zip_tts.yaml's), and ``make ablation`` runs its TTS cells from ablation.yaml. The paper selects
     on ASR validation WER a model trained on an ASR+TTS mixture (data.task=mix logs WER)."""
     tasks = MIX if cfg.data.task == "mix" else (cfg.data.task,)
     if cfg.train.select_on == "wer" and not any(TASKS[t].writes_text for t in tasks):
@@ -129,7 +129,8 @@ def make_trainer(
 
 def _best_checkpoint(out: Path, enabled: bool, monitor: str, patience: int) -> list:
     """best.ckpt, and with ``patience`` a stop once that many validations brought no new best
-    (its counters are in last.ckpt, so a resumed stage stops where an uninterrupted one would)."""
+    (both callbacks' states are in last.ckpt as of the latest validation, so a resumed stage
+    selects and stops where an uninterrupted one would)."""
     if not enabled:
         return []
     best = ModelCheckpoint(
@@ -138,7 +139,10 @@ def _best_checkpoint(out: Path, enabled: bool, monitor: str, patience: int) -> l
         monitor=monitor,
         mode="min",
         save_top_k=1,
-        save_last=False,
+        # last.ckpt again after each validation: the step checkpoint is written before that
+        # step's validation, and Lightning resumes from it past the validation, so a run killed
+        # between the two would forget that score (best weights and patience alike)
+        save_last=True,
         enable_version_counter=False,
     )
     if not patience:
