@@ -16,8 +16,9 @@ from zipper_pl.training import run_pretrain
 
 
 def cells_of(cfg: Config) -> list[dict]:
-    """One cell per task x fraction x system x seed; a system is a model with a freeze setting
-    (``ablation.asr_freeze`` for ASR cells, ``ablation.freeze`` for TTS cells)."""
+    """One cell per seed x task x fraction x system, in that order (a study cut short has whole
+    tables of its first seeds); a system is a model with a freeze setting (``ablation.asr_freeze``
+    for ASR cells, ``ablation.freeze`` for TTS cells)."""
     a = cfg.ablation
     if any(not lr > 0 for lr in a.lrs):
         raise UserError(f"ablation.lrs: {a.lrs} must all be > 0 (e.g. 5e-4 1e-3 2e-3)")
@@ -37,11 +38,11 @@ def cells_of(cfg: Config) -> list[dict]:
     freezes = {"asr": a.asr_freeze, "tts": a.freeze}
     cells = [
         {"task": task, "frac": frac, "model": model, "freeze": freeze, "seed": seed}
+        for seed in a.seeds
         for task in study_tasks(cfg)
         for frac in a.fracs
         for model in a.models
         for freeze in (freezes[task] if ARCHS[model].zipped else ["none"])
-        for seed in a.seeds
     ]
     if not cells:
         raise UserError(
@@ -118,9 +119,8 @@ def _reseeded(cfg: Config, folder: Path, modality: str, seed: int) -> Path:
     except UserError as e:
         raise UserError(
             f"the {modality} tower for seed {seed} repeats {folder}'s settings, which this "
-            f"machine cannot run: {e}\npretrain it where they run (make pretrain-{modality} "
-            "SEED="
-            f"{seed}), or set ablation.tower_seeds=false"
+            f"machine cannot run: {e}\npretrain it where they run "
+            f"(make pretrain-{modality} SEED={seed}), or set ablation.tower_seeds=false"
         ) from None
     return run_pretrain(tcfg)
 
