@@ -107,7 +107,6 @@ def _reseeded(cfg: Config, folder: Path, modality: str, seed: int) -> Path:
     tcfg = load_config(folder / CONFIG)
     if tcfg.seed == seed:
         return folder
-    print(f"[ablation] seed {seed}: {modality} tower pretrained with seed {seed}")
     # where and how this run works (none of it changes a result) is this run's, not the tower's
     data = dataclasses.replace(
         tcfg.data, cache_dir=cfg.data.cache_dir, num_workers=cfg.data.num_workers
@@ -122,7 +121,9 @@ def _reseeded(cfg: Config, folder: Path, modality: str, seed: int) -> Path:
             f"machine cannot run: {e}\npretrain it where they run "
             f"(make pretrain-{modality} SEED={seed}), or set ablation.tower_seeds=false"
         ) from None
-    return run_pretrain(tcfg)
+    out = run_pretrain(tcfg)  # trained now unless finished
+    print(f"[ablation] seed {seed}: {modality} tower pretrained with seed {seed}: {out}")
+    return out
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
