@@ -226,7 +226,7 @@ def test_compile_switch_trains_through_the_compiled_forward(
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
 
-def test_patience_stops_when_validation_stops_improving(data_root, tiny_towers, tmp_path):
+def test_patience_stops_when_validation_stops_improving(data_root, tiny_towers, tmp_path, capsys):
     """train.patience=1: the first validation without a new best ends the stage; the exported
     weights are still the best validation's, and metrics.json says how far it trained."""
     out = zip_stage(
@@ -244,6 +244,7 @@ def test_patience_stops_when_validation_stops_improving(data_root, tiny_towers, 
     metrics = json.loads((out / "metrics.json").read_text())
     # stopped at the first validation (every 2 steps) after the best one, long before step 40
     assert metrics["steps"] == metrics["selected_step"] + 2 < 40
+    assert f"stopped at step {metrics['steps']} of 40: 1 validations" in capsys.readouterr().out
     with pytest.raises(UserError, match="train.patience=2 .* train.select_best=true"):
         zip_config(data_root, tiny_towers, tmp_path / "q", "train.patience=2",
                    "train.select_best=false")  # fmt: skip

@@ -24,6 +24,7 @@ from zipper_pl.ablation_cells import (
     cells_of,
     parse_shard,
     reference_of,
+    rotated,
     seed_towers,
     system_label,
     systems_of,
@@ -46,9 +47,6 @@ from zipper_pl.machine import check_machine
 from zipper_pl.registry import peak_lr
 from zipper_pl.scoring import asr_cell_metrics, tts_cell_metrics
 from zipper_pl.training import run_zip
-
-TTS_EVAL = "tts_eval.json"
-
 
 # ---- learning-rate selection, on validation data only ----------------------------------------
 SELECT_ON = {"asr": "val_wer", "tts": "val_loss"}  # ASR falls back to val_loss without a WER
@@ -76,10 +74,8 @@ def _select_lrs(cfg: Config, cells: list[dict], towers: dict, first: int = 0) ->
     running each system's grid cells at ``ablation.lr_frac`` with the first seed (shard i starts
     at its i-th grid cell: parallel shards train different ones first)."""
     a, seed = cfg.ablation, cfg.ablation.seeds[0]
-    jobs = [(system, lr) for system in systems_of(cells) for lr in a.lrs]
-    first %= len(jobs)
     scores: dict[tuple, dict] = {}
-    for system, lr in jobs[first:] + jobs[:first]:
+    for system, lr in rotated([(s, lr) for s in systems_of(cells) for lr in a.lrs], first):
         cell = {**system, "frac": a.lr_frac, "seed": seed, "lr": lr}
         print(f"[ablation] lr grid {system['task']}: {cell}")
         metrics = read_json(run_zip(cell_config(cfg, cell, towers[seed])) / METRICS)
@@ -105,7 +101,7 @@ def ablation_stage(cfg: Config) -> Path:
     i, n = parse_shard(cfg.ablation.shard)
     if cfg.ablation.tts and cfg.inputs.judge:  # before hours of training, not after
         require_stage(cfg.inputs.judge, "judge", "inputs.judge")
-    towers = seed_towers(cfg, first=i % len(cfg.ablation.seeds))
+    towers = seed_towers(cfg, first=i)
     fps = {seed: input_fingerprints(**t) for seed, t in towers.items()}
     chosen, grid = _select_lrs(cfg, cells, towers, i) if cfg.ablation.lrs else ({}, [])
 

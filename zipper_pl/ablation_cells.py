@@ -94,7 +94,7 @@ def seed_towers(cfg: Config, first: int = 0) -> dict[int, dict[str, Path]]:
     given = {m: tower_input(cfg, m) for m in cfg.zip.towers}
     if not cfg.ablation.tower_seeds:
         return dict.fromkeys(cfg.ablation.seeds, given)
-    seeds = cfg.ablation.seeds[first:] + cfg.ablation.seeds[:first]
+    seeds = rotated(cfg.ablation.seeds, first)
     towers = {s: {m: _reseeded(cfg, f, m, s) for m, f in given.items()} for s in seeds}
     return {s: towers[s] for s in cfg.ablation.seeds}
 
@@ -124,6 +124,14 @@ def _reseeded(cfg: Config, folder: Path, modality: str, seed: int) -> Path:
     out = run_pretrain(tcfg)  # trained now unless finished
     print(f"[ablation] seed {seed}: {modality} tower pretrained with seed {seed}: {out}")
     return out
+
+
+def rotated(items: list, first: int) -> list:
+    """``items`` starting at index ``first`` (mod their count), wrapping around: shard i works
+    through shared stages (towers, grid cells) in its own order, so shards start on different
+    ones."""
+    first %= max(len(items), 1)
+    return items[first:] + items[:first]
 
 
 def parse_shard(spec: str) -> tuple[int, int]:

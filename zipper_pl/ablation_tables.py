@@ -33,7 +33,7 @@ def spread(values: list[float | None]) -> tuple[float | None, float | None, int]
     return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None, len(vals)
 
 
-def systems_of(rows: list[dict], metric: str) -> list[str]:
+def systems_with(rows: list[dict], metric: str) -> list[str]:
     """The systems, in order, with a value of ``metric`` (a system can be in one task only)."""
     return list(dict.fromkeys(r["system"] for r in rows if r[metric] is not None))
 
@@ -102,7 +102,7 @@ def table_lines(rows: list[dict], tests: list[dict], task: str, reference: str) 
         "| system | " + " | ".join(f"{f:g}" for f in fracs) + " |",
         "|---|" + "---|" * len(fracs),
     ]
-    for s in systems_of(rows, metric):
+    for s in systems_with(rows, metric):
         stats = [
             spread([r[metric] for r in rows if r["system"] == s and r["frac"] == f]) for f in fracs
         ]
@@ -168,7 +168,7 @@ def plot(path: Path, rows: list[dict], metric: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for s in systems_of(rows, metric):
+    for s in systems_with(rows, metric):
         fracs = sorted({r["frac"] for r in rows if r["system"] == s})
         stats = [
             spread([r[metric] for r in rows if r["system"] == s and r["frac"] == f]) for f in fracs

@@ -99,6 +99,11 @@ def _fit(
               "this stage starts again from step 0")  # fmt: skip
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.is_file() else None)
+    if select_best and cfg.train.patience and trainer.global_step < cfg.train.max_steps:
+        rank_zero_only(print)(
+            f"[select] stopped at step {trainer.global_step} of {cfg.train.max_steps}: "
+            f"{cfg.train.patience} validations without a lower {monitor} (train.patience)"
+        )
     best = out / BEST_CKPT
     selected: dict = {}
     if select_best and best.is_file():
