@@ -31,9 +31,10 @@ EXP          ?= experiments/$(strip $(SCALE))#  folder of the experiment YAML fi
 ABLATION_FRACS ?=#         `make ablation` aligned fractions (the file's: 0.01 0.03 0.1 0.3 1.0 at demo scale)
 ABLATION_SEEDS ?=#         `make ablation` seeds, each with towers pretrained with it (demo: 0 1 2)
 ABLATION_FREEZE ?=#        `make ablation` Zipper FREEZE values of the TTS cells (demo: text both; text = speech tower trained)
-ABLATION_LRS ?=#           `make ablation` lr grid per system, selected on validation (demo: 5e-4 1e-3 2e-3)
+ABLATION_LRS ?=#           `make ablation` lr grid per system, selected on validation (demo: 5e-4 1e-3 2e-3 4e-3)
 ABLATION_TTS ?=#           false: `make ablation` runs ASR cells only (no judge)
-ABLATION_QUICK_FRACS ?= 0.01 0.1 1.0#  `make ablation-quick`: these fractions, seeds 0 1, ASR only, the file's lrs (no grid)
+ABLATION_QUICK_FRACS ?= 0.01 0.1 1.0#  `make ablation-quick`: these fractions, seeds 0 1, ASR only, ABLATION_QUICK_LRS
+ABLATION_QUICK_LRS ?=#     `make ablation-quick`'s lr for both systems; empty: 2e-3 at SCALE=demo (its grid's ASR choice for each: quick cells are the full study's), else [] = the file's train.lr / single_lr
 TB_BIND_ALL  ?=#           1: `make tensorboard` listens on every interface (no authentication: anyone who can reach the port reads every run)
 BENCH_ARGS   ?=#           `make bench` flags: --quick, --sizes demo,s, --threads N, --compile
 
@@ -174,10 +175,11 @@ demo: $(STAMP) ## the whole chain on the embedded corpus at SCALE=demo, ending w
 ablation: $(STAMP) ## the paper's Fig. 3 study (EXP/ablation.yaml): WER vs aligned fraction, seeds, lr grid, tests
 	@$(MAKE) --no-print-directory _check-paths _ablation
 
-ablation-quick: $(STAMP) ## the study cut to ABLATION_QUICK_FRACS x seeds 0 1, ASR only, no lr grid (~1.5 h on 2 CPU cores)
+ablation-quick: $(STAMP) ## the study cut to ABLATION_QUICK_FRACS x seeds 0 1, ASR only, at ABLATION_QUICK_LRS (~1.5 h on 2 CPU cores)
 	@$(MAKE) --no-print-directory ablation ABLATION_FRACS="$(ABLATION_QUICK_FRACS)" ABLATION_SEEDS="0 1" ABLATION_TTS=false \
-	  ABLATION_LRS="[]"
+	  ABLATION_LRS="$(QUICK_LRS)"
 
+QUICK_LRS = $(or $(strip $(ABLATION_QUICK_LRS)),$(if $(filter demo,$(strip $(SCALE))),2e-3,[]))
 qfwd = $(if $(strip $($(1))),"$(2)=$(strip $($(1)))")
 NO_TTS = $(filter false,$(strip $(ABLATION_TTS)))
 .PHONY: _ablation

@@ -15,12 +15,13 @@ import torch
 from tests.conftest import ROOT, tiny_config
 from zipper_pl import ablation, scoring, training
 from zipper_pl.ablation_cells import cell_config, cells_of, seed_towers
-from zipper_pl.ablation_tables import adjust_p, paired_tests, write_tables
+from zipper_pl.ablation_tables import adjust_p, grid_lines, paired_tests, write_tables
 from zipper_pl.config import load_config
 from zipper_pl.errors import UserError
 from zipper_pl.io import save_weights
 from zipper_pl.judging import Utterance
 from zipper_pl.layout import input_fingerprints, stage_dir
+from zipper_pl.lit.common import NonFiniteTraining
 
 
 def test_cells_cover_systems_without_duplicate_single_rows(data_root, tmp_path):
@@ -44,6 +45,21 @@ def test_cells_cover_systems_without_duplicate_single_rows(data_root, tmp_path):
         cells_of(bad)
     with pytest.raises(UserError, match="ablation.seeds"):
         cells_of(tiny_config(data_root, tmp_path, "zip_asr.yaml", "ablation.seeds=[]"))
+
+
+def test_the_freeze_comparison_runs_at_freeze_fracs_only(data_root, tmp_path):
+    """The paper compares frozen and trained speech towers at full data: with freeze_fracs the
+    second freeze setting runs there only, the first (and every other system) everywhere."""
+    args = ("ablation.fracs=0.1,1.0", "ablation.freeze=text,both")
+    cfg = tiny_config(data_root, tmp_path, "zip_asr.yaml", *args, "ablation.freeze_fracs=[1.0]")
+    tts = [c for c in cells_of(cfg) if c["task"] == "tts"]
+    assert sorted((c["frac"], c["freeze"]) for c in tts if c["model"] == "zipper") == [
+        (0.1, "text"), (1.0, "both"), (1.0, "text")
+    ]  # fmt: skip
+    assert {c["frac"] for c in tts if c["model"] == "single"} == {0.1, 1.0}
+    nowhere = tiny_config(data_root, tmp_path, "zip_asr.yaml", *args, "ablation.freeze_fracs=[0.3]")
+    with pytest.raises(UserError, match="would run nowhere"):
+        cells_of(nowhere)
 
 
 def test_each_seed_zips_towers_pretrained_with_that_seed(data_root, tiny_towers, monkeypatch):
@@ -113,6 +129,29 @@ def test_tables_and_plots(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "tts_wer.png").exists()
 
 
+def test_the_frozen_speech_tower_is_tested_against_the_trained_one(data_root, tmp_path):
+    """Question (d): on TTS the Zipper with its speech tower frozen gets its own paired test
+    against the Zipper with it trained, at the fractions where it ran (freeze_fracs)."""
+    cfg = tiny_config(data_root, tmp_path, "zip_asr.yaml", "ablation.fracs=0.1,1.0",
+                      "ablation.freeze=text,both", "ablation.freeze_fracs=[1.0]")  # fmt: skip
+    pairs = ablation.freeze_pairs(cells_of(cfg))
+    assert pairs == [("Zipper (speech frozen)", "Zipper")]
+    rows = []
+    for row in synthetic_rows():
+        errors = row["asr_errors"]
+        rows.append({**row, "asr_wer": None, "asr_errors": None, "tts_wer": row["asr_wer"],
+                     "tts_errors": errors})  # fmt: skip
+        if row["system"] == "Zipper" and row["frac"] == 1.0:  # frozen: one error more, often
+            worse = {u: e + (1 if i % 3 else 0) for i, (u, e) in enumerate(errors.items())}
+            rows.append({**rows[-1], "system": "Zipper (speech frozen)", "tts_errors": worse})
+    tests = write_tables(tmp_path, rows, "Single Decoder", pairs=pairs)
+    (d,) = [t for t in tests if t["vs"] == "Zipper"]
+    assert (d["system"], d["frac"], d["task"]) == ("Zipper (speech frozen)", 1.0, "tts")
+    assert d["p_adjusted"] < 0.01 and d["n"] == 60
+    md = (tmp_path / "ablation.md").read_text()
+    assert "| p (Zipper (speech frozen) vs Zipper) | - | " in md
+
+
 def test_paired_tests_pair_utterances_of_the_same_seed_only():
     rows = synthetic_rows(zipper_better_by=0)  # identical errors: nothing to tell apart
     (t, _) = paired_tests(rows, "Single Decoder")
@@ -145,6 +184,7 @@ def test_lr_selection_reads_validation_only(monkeypatch, data_root, tmp_path):
         return folder
 
     monkeypatch.setattr(ablation, "run_zip", fake_zip)
+    monkeypatch.setattr(ablation, "input_fingerprints", lambda **t: dict.fromkeys(t, "fp"))
     cfg = tiny_config(data_root, tmp_path, "zip_asr.yaml", "ablation.lrs=5e-4 1e-3 2e-3")
     cells = [{"task": t, "model": "zipper", "freeze": "text", "frac": 1.0, "seed": 0}
              for t in ("asr", "tts")]  # fmt: skip
@@ -156,6 +196,55 @@ def test_lr_selection_reads_validation_only(monkeypatch, data_root, tmp_path):
     # the selection function itself never sees a test figure
     assert ablation.validation_view({"val_wer": 0.1, "test_wer": 0.2}) == {"val_wer": 0.1}
     assert ablation.select_lr({1e-3: {"val_wer": 0.3}, 5e-4: {"val_wer": 0.3}}, "asr") == 5e-4
+
+
+def test_a_diverging_grid_rate_loses_the_selection_instead_of_ending_the_study(
+    monkeypatch, data_root, tmp_path
+):
+    """A rate too large for a system is an outcome of the search: its cell scores as diverged,
+    the grid goes on, and a resumed study reads the recorded divergence instead of training the
+    cell again; only a grid where every rate diverged is an error (naming the fix)."""
+    diverging, trained = {1e-3}, []
+
+    def fake_zip(cfg):
+        trained.append(cfg.train.lr)
+        if cfg.train.lr in diverging:
+            raise NonFiniteTraining("non-finite loss at step 40 (lower train.lr)\nmore")
+        folder = tmp_path / f"lr{cfg.train.lr:g}"
+        folder.mkdir(exist_ok=True)
+        (folder / "metrics.json").write_text(json.dumps({"val_wer": 0.5, "val_loss": 1.0}))
+        return folder
+
+    monkeypatch.setattr(ablation, "run_zip", fake_zip)
+    monkeypatch.setattr(ablation, "input_fingerprints", lambda **t: dict.fromkeys(t, "fp"))
+    cfg = tiny_config(data_root, tmp_path, "zip_asr.yaml", "ablation.lrs=1e-3 2e-3")
+    cells = [{"task": "asr", "model": "zipper", "freeze": "text", "frac": 1.0, "seed": 0}]
+    towers = {0: {"text": tmp_path / "text", "speech": tmp_path / "speech"}}
+    chosen, grid = ablation._select_lrs(cfg, cells, towers)
+    assert chosen[("zipper", "text", "asr")] == 2e-3 and trained == [1e-3, 2e-3]
+    assert [g["diverged"] for g in grid] == [True, False]
+    assert "diverged" in "\n".join(grid_lines(grid, 1.0, 0))
+    (record,) = tmp_path.rglob(ablation.DIVERGED)
+    assert json.loads(record.read_text())["error"] == "non-finite loss at step 40 (lower train.lr)"
+    trained.clear()
+    assert ablation._select_lrs(cfg, cells, towers)[0] == chosen and trained == [2e-3]
+    record.unlink()
+    diverging.add(2e-3)
+    with pytest.raises(UserError, match="every learning rate .* diverged.*smaller rates"):
+        ablation._select_lrs(cfg, cells, towers)
+
+
+def test_a_zip_that_really_diverges_is_recorded_by_the_grid(data_root, tiny_towers):
+    """The real path: a grid rate of 1e30 blows the tiny Zipper up; the cell is recorded as
+    diverged in its own stage folder, which stays unfinished (no weights exported)."""
+    towers = {0: {"text": tiny_towers["text"], "speech": tiny_towers["speech"]}}
+    cfg = tiny_config(data_root, tiny_towers["runs"], "zip_asr.yaml", "train.warmup_steps=0",
+                      "train.max_steps=6", "eval.max_utterances=4")  # fmt: skip
+    cell = {"task": "asr", "model": "zipper", "freeze": "text", "frac": 1.0, "seed": 0, "lr": 1e30}
+    assert ablation._grid_cell(cfg, cell, towers) is None
+    folder = stage_dir(cell_config(cfg, cell, towers[0]), "zip", input_fingerprints(**towers[0]))
+    assert "step" in json.loads((folder / ablation.DIVERGED).read_text())["error"]
+    assert not (folder / "model.safetensors").exists()
 
 
 def test_cached_scores_belong_to_their_judge_and_eval_settings(monkeypatch, tmp_path):
@@ -239,7 +328,8 @@ def test_ablation_quick_through_make(tmp_path, data_root, tiny_towers):
     args = f"ARGS=data.cache_dir={data_root / 'cache'} train.accelerator=cpu eval.max_utterances=4"
     proc = subprocess.run(
         ["make", "--no-print-directory", "ablation-quick", "SCALE=tiny", "FT_STEPS=2",
-         "ABLATION_QUICK_FRACS=1.0", f"RUNS={runs}", f"DATA_ROOT={data_root}",
+         "ABLATION_QUICK_FRACS=1.0", "ABLATION_QUICK_LRS=[]", f"RUNS={runs}",
+         f"DATA_ROOT={data_root}",
          f"PY={sys.executable}", args, f"TEXT_TOWER={tiny_towers['text']}",
          f"SPEECH_TOWER={tiny_towers['speech']}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -256,3 +346,15 @@ def test_ablation_quick_through_make(tmp_path, data_root, tiny_towers):
     assert {float(r["asr_lr"]) for r in rows if r["system"] == "Zipper"} == {1e-3}
     assert "seed 1: text tower pretrained with seed 1" in proc.stdout
     assert not list(runs.glob("*/judge-*"))
+
+
+def test_ablation_quick_runs_the_rate_the_grid_selected():
+    """By default the quick study's cells are the full study's: both systems at the demo grid's
+    ASR choice (a one-rate grid), not the file's hand-set single_lr."""
+    proc = subprocess.run(
+        ["make", "-n", "--no-print-directory", "ablation-quick", "RUNS=/nonexistent"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert '"ablation.lrs=2e-3"' in proc.stdout and '"ablation.seeds=0 1"' in proc.stdout
+    assert 2e-3 in load_config(ROOT / "experiments/demo/ablation.yaml").ablation.lrs

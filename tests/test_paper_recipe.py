@@ -274,3 +274,4 @@ def test_the_study_files_run_the_papers_fig3(scale):
     assert a.lrs == [5e-5, 1e-4, 5e-4, 1e-3]  # PAPER.md: the lr was searched in this grid
     assert {0.001, 0.005, 0.01, 0.03, 0.1, 0.3} <= set(a.fracs)  # Fig. 3's fractions
     assert (a.freeze, a.asr_freeze, a.models) == (["text", "both"], ["text"], ["zipper", "single"])
+    assert a.freeze_fracs == [1.0]  # Table 2 compares frozen and trained speech at all pairs

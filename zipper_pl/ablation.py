@@ -22,6 +22,7 @@ from pathlib import Path
 from zipper_pl.ablation_cells import (
     cell_config,
     cells_of,
+    freeze_pairs,
     parse_shard,
     reference_of,
     rotated,
@@ -31,6 +32,7 @@ from zipper_pl.ablation_cells import (
 )
 from zipper_pl.ablation_tables import grid_lines, write_tables
 from zipper_pl.config import Config, save_config, to_dict
+from zipper_pl.errors import UserError
 from zipper_pl.identity import IDENTITY_FILE, PROVENANCE_FILE, provenance
 from zipper_pl.io import atomic_write_json, read_json
 from zipper_pl.judging import judge_fingerprint, run_judge
@@ -43,6 +45,7 @@ from zipper_pl.layout import (
     stage_dir,
     stage_identity,
 )
+from zipper_pl.lit.common import NonFiniteTraining
 from zipper_pl.machine import check_machine
 from zipper_pl.registry import peak_lr
 from zipper_pl.scoring import asr_cell_metrics, tts_cell_metrics
@@ -74,23 +77,54 @@ def _select_lrs(cfg: Config, cells: list[dict], towers: dict, first: int = 0) ->
     running each system's grid cells at ``ablation.lr_frac`` with the first seed (shard i starts
     at its i-th grid cell: parallel shards train different ones first)."""
     a, seed = cfg.ablation, cfg.ablation.seeds[0]
-    scores: dict[tuple, dict] = {}
+    scores: dict[tuple, dict | None] = {}
     for system, lr in rotated([(s, lr) for s in systems_of(cells) for lr in a.lrs], first):
         cell = {**system, "frac": a.lr_frac, "seed": seed, "lr": lr}
         print(f"[ablation] lr grid {system['task']}: {cell}")
-        metrics = read_json(run_zip(cell_config(cfg, cell, towers[seed])) / METRICS)
-        scores[(system["task"], system["model"], system["freeze"], lr)] = validation_view(metrics)
+        key = (system["task"], system["model"], system["freeze"], lr)
+        scores[key] = _grid_cell(cfg, cell, towers)
     chosen, grid = {}, []
     for system in systems_of(cells):
         task = system["task"]
         results = {lr: scores[(task, system["model"], system["freeze"], lr)] for lr in a.lrs}
-        best = select_lr(results, task)
+        if all(v is None for v in results.values()):
+            raise UserError(
+                f"every learning rate of ablation.lrs {a.lrs} diverged for {system_label(system)} "
+                f"on {task}: add smaller rates to ablation.lrs (ABLATION_LRS)"
+            )
+        best = select_lr({lr: v for lr, v in results.items() if v is not None}, task)
         chosen[(system["model"], system["freeze"], task)] = best
         for lr, val in results.items():
             grid.append({"system": system_label(system), "task": task, "lr": lr,
-                         SELECT_ON[task]: val.get(SELECT_ON[task]),
-                         "val_loss": val.get("val_loss"), "selected": lr == best})  # fmt: skip
+                         SELECT_ON[task]: (val or {}).get(SELECT_ON[task]),
+                         "val_loss": (val or {}).get("val_loss"), "selected": lr == best,
+                         "diverged": val is None})  # fmt: skip
     return chosen, grid
+
+
+DIVERGED = "diverged.json"  # in a grid cell's folder: its rate diverged (the search's result)
+
+
+def _grid_cell(cfg: Config, cell: dict, towers: dict) -> dict | None:
+    """A grid cell's validation figures, or None where its rate diverged: a rate too large for
+    a system is a result of the search (it loses the selection), not a failed study. The
+    divergence is recorded in the cell's (identity-named) folder, so a resumed study does not
+    train it again to find out."""
+    ccfg, label = cell_config(cfg, cell, towers[cell["seed"]]), system_label(cell)
+    record = stage_dir(ccfg, "zip", input_fingerprints(**towers[cell["seed"]])) / DIVERGED
+    if record.is_file():
+        print(f"[ablation] lr grid: lr {cell['lr']:g} diverged for {label} on {cell['task']} "
+              f"in an earlier run ({read_json(record)['error']}): it is not selected")  # fmt: skip
+        return None
+    try:
+        folder = run_zip(ccfg)
+    except NonFiniteTraining as e:
+        error = str(e).partition("\n")[0]
+        atomic_write_json(record, {"error": error, **provenance()})
+        print(f"[ablation] lr grid: lr {cell['lr']:g} diverged for {label} on {cell['task']} "
+              f"({error}): it is not selected; recorded in {record}")  # fmt: skip
+        return None
+    return validation_view(read_json(folder / METRICS))
 
 
 def ablation_stage(cfg: Config) -> Path:
@@ -139,7 +173,8 @@ def ablation_stage(cfg: Config) -> Path:
     atomic_write_json(out / PROVENANCE_FILE, provenance())
     save_config(cfg, out / CONFIG)
     extra = grid_lines(grid, cfg.ablation.lr_frac, cfg.ablation.seeds[0])
-    write_tables(out, rows, reference_of(cells), extra)  # ablation.csv first: marks it written
+    # ablation.csv first: marks it written
+    write_tables(out, rows, reference_of(cells), extra, freeze_pairs(cells))
     print((out / "ablation.md").read_text())
     print(
         f"[ablation] {len(cells)} cells; this run took {(time.monotonic() - started) / 60:.1f} min"

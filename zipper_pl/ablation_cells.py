@@ -18,7 +18,8 @@ from zipper_pl.training import run_pretrain
 def cells_of(cfg: Config) -> list[dict]:
     """One cell per seed x task x fraction x system, in that order (a study cut short has whole
     tables of its first seeds); a system is a model with a freeze setting (``ablation.asr_freeze``
-    for ASR cells, ``ablation.freeze`` for TTS cells)."""
+    for ASR cells, ``ablation.freeze`` for TTS cells: its first setting at every fraction, the
+    others at ``ablation.freeze_fracs``, or every fraction where that is empty)."""
     a = cfg.ablation
     if any(not lr > 0 for lr in a.lrs):
         raise UserError(f"ablation.lrs: {a.lrs} must all be > 0 (e.g. 5e-4 1e-3 2e-3)")
@@ -35,14 +36,20 @@ def cells_of(cfg: Config) -> list[dict]:
     for model in a.models:
         if model not in ARCHS:
             raise UserError(f"ablation.models: {model!r} is not one of {', '.join(ARCHS)}")
-    freezes = {"asr": a.asr_freeze, "tts": a.freeze}
+    if a.tts and len(a.freeze) > 1 and a.freeze_fracs and not set(a.freeze_fracs) & set(a.fracs):
+        raise UserError(
+            f"ablation.freeze_fracs {a.freeze_fracs} holds none of ablation.fracs {a.fracs}: the "
+            f"TTS freeze comparison ({' vs '.join(a.freeze)}) would run nowhere; add one of them "
+            "to ABLATION_FRACS, or set ABLATION_FREEZE=text (no comparison) or "
+            'ARGS="ablation.freeze_fracs=[]" (at every fraction)'
+        )
     cells = [
         {"task": task, "frac": frac, "model": model, "freeze": freeze, "seed": seed}
         for seed in a.seeds
         for task in study_tasks(cfg)
         for frac in a.fracs
         for model in a.models
-        for freeze in (freezes[task] if ARCHS[model].zipped else ["none"])
+        for freeze in _freezes(cfg, task, frac, model)
     ]
     if not cells:
         raise UserError(
@@ -50,6 +57,16 @@ def cells_of(cfg: Config) -> list[dict]:
             "ablation.freeze) name no Zipper setting and ablation.models no other"
         )
     return cells
+
+
+def _freezes(cfg: Config, task: str, frac: float, model: str) -> list[str]:
+    """The freeze settings one model runs at one fraction of one task."""
+    a = cfg.ablation
+    if not ARCHS[model].zipped:
+        return ["none"]
+    if task == "asr":
+        return list(a.asr_freeze)
+    return list(a.freeze) if not a.freeze_fracs or frac in a.freeze_fracs else a.freeze[:1]
 
 
 def study_tasks(cfg: Config) -> tuple[str, ...]:
@@ -150,6 +167,17 @@ def systems_of(cells: list[dict]) -> list[dict]:
     """The distinct (task, model, freeze) systems of the cells, in order."""
     keys = dict.fromkeys((c["task"], c["model"], c["freeze"]) for c in cells)
     return [{"task": t, "model": m, "freeze": f} for t, m, f in keys]
+
+
+def freeze_pairs(cells: list[dict]) -> list[tuple[str, str]]:
+    """(system, vs) for each Zipper freeze setting after its task's first, against the first:
+    the speech tower frozen vs trained (question (d) of the study)."""
+    pairs = []
+    for task in dict.fromkeys(c["task"] for c in cells):
+        zipped = [c for c in cells if c["task"] == task and ARCHS[c["model"]].zipped]
+        labels = list(dict.fromkeys(system_label(c) for c in zipped))
+        pairs += [(label, labels[0]) for label in labels[1:]]
+    return list(dict.fromkeys(pairs))
 
 
 def reference_of(cells: list[dict]) -> str:

@@ -52,20 +52,22 @@ def paired_errors(a_rows: list[dict], b_rows: list[dict], task: str) -> tuple[li
     return ea, eb
 
 
-def paired_tests(rows: list[dict], reference: str) -> list[dict]:
-    """One Wilcoxon test per (task, fraction, system other than ``reference``), with
-    Benjamini-Hochberg adjusted p-values over all of them."""
+def paired_tests(rows: list[dict], reference: str, pairs: list[tuple[str, str]] = ()) -> list[dict]:
+    """One Wilcoxon test per (task, fraction, system other than ``reference``) against
+    ``reference``, and per (task, fraction) for each extra ``(system, vs)`` pair (e.g. the Zipper
+    with its speech tower frozen vs trained), with Benjamini-Hochberg adjusted p-values over all
+    of them."""
     tests = []
     systems = [s for s in dict.fromkeys(r["system"] for r in rows) if s != reference]
     for task in METRICS:
         for frac in sorted({r["frac"] for r in rows}):
-            ref = [r for r in rows if r["system"] == reference and r["frac"] == frac]
-            for s in systems:
+            for s, vs in [(s, reference) for s in systems] + list(pairs):
                 mine = [r for r in rows if r["system"] == s and r["frac"] == frac]
-                ea, eb = paired_errors(mine, ref, task)
+                other = [r for r in rows if r["system"] == vs and r["frac"] == frac]
+                ea, eb = paired_errors(mine, other, task)
                 if ea:
                     res = wilcoxon_paired(ea, eb)
-                    tests.append({"task": task, "frac": frac, "system": s, "vs": reference, **res})
+                    tests.append({"task": task, "frac": frac, "system": s, "vs": vs, **res})
     for t, p in zip(tests, adjust_p([t["p_value"] for t in tests]), strict=True):
         t["p_adjusted"] = p
     return tests
@@ -96,8 +98,9 @@ def table_lines(rows: list[dict], tests: list[dict], task: str, reference: str) 
         f"## {title}",
         "",
         f"Test WER %, mean ± sd over seeds {seeds}. p: two-sided Wilcoxon signed-rank test against "
-        f"{reference} on per-utterance errors (same utterances and seed, pooled over seeds), "
-        f"Benjamini-Hochberg adjusted over the {len(tests)} tests of this ablation.",
+        f"{reference} (or the system its row names) on per-utterance errors (same utterances and "
+        f"seed, pooled over seeds), Benjamini-Hochberg adjusted over the {len(tests)} tests of "
+        "this ablation.",
         "",
         "| system | " + " | ".join(f"{f:g}" for f in fracs) + " |",
         "|---|" + "---|" * len(fracs),
@@ -107,10 +110,11 @@ def table_lines(rows: list[dict], tests: list[dict], task: str, reference: str) 
             spread([r[metric] for r in rows if r["system"] == s and r["frac"] == f]) for f in fracs
         ]
         lines.append(f"| {s} | " + " | ".join(_cell(m, sd) for m, sd, _ in stats) + " |")
-        mine = {t["frac"]: t for t in tests if t["task"] == task and t["system"] == s}
-        if mine:
+        for vs in dict.fromkeys(t["vs"] for t in tests if t["task"] == task and t["system"] == s):
+            mine = {t["frac"]: t for t in tests
+                    if t["task"] == task and t["system"] == s and t["vs"] == vs}  # fmt: skip
             ps = [_p(mine[f]["p_adjusted"]) if f in mine else "-" for f in fracs]
-            lines.append(f"| p ({s} vs {reference}) | " + " | ".join(ps) + " |")
+            lines.append(f"| p ({s} vs {vs}) | " + " | ".join(ps) + " |")
     lines.append("")
     return lines
 
@@ -133,15 +137,24 @@ def grid_lines(grid: list[dict], frac: float, seed: int) -> list[str]:
         row = [g["system"], g["task"], f"{g['lr']:g}",
                "-" if wer is None else f"{100 * wer:.1f}",
                "-" if g["val_loss"] is None else f"{g['val_loss']:.3f}"]  # fmt: skip
+        if g.get("diverged"):
+            row[3:] = ["diverged (non-finite loss or gradient)", "-"]
         if g["selected"]:
             row[2] = f"**{row[2]}**"
         lines.append("| " + " | ".join(row) + " |")
     return [*lines, ""]
 
 
-def write_tables(out: Path, rows: list[dict], reference: str, extra: list[str] = ()) -> list[dict]:
-    """ablation.csv (one row per cell), ablation.md (mean ± sd, p-values, ``extra`` lines such
-    as the learning-rate selection) and one PNG per task; returns the paired tests."""
+def write_tables(
+    out: Path,
+    rows: list[dict],
+    reference: str,
+    extra: list[str] = (),
+    pairs: list[tuple[str, str]] = (),
+) -> list[dict]:
+    """ablation.csv (one row per cell), ablation.md (mean ± sd, p-values against ``reference``
+    and for the extra ``pairs``, ``extra`` lines such as the learning-rate selection) and one
+    PNG per task; returns the paired tests."""
     out.mkdir(parents=True, exist_ok=True)
     fields = [k for k in rows[0] if k not in CSV_SKIP]
     buf = io.StringIO()
@@ -149,7 +162,7 @@ def write_tables(out: Path, rows: list[dict], reference: str, extra: list[str] =
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "ablation.csv", buf.getvalue())
-    tests = paired_tests(rows, reference)
+    tests = paired_tests(rows, reference, pairs)
     lines = ["# Aligned-data ablation", ""]
     for task, (metric, title) in METRICS.items():
         if all(r[metric] is None for r in rows):

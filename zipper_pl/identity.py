@@ -156,7 +156,10 @@ RESULT_KEYS: dict[str, tuple[str, ...]] = {
         ("judge",),
     ),
     **dict.fromkeys(
-        _keys("fracs seeds freeze asr_freeze tower_seeds models tts lrs lr_frac", "ablation."),
+        _keys(
+            "fracs seeds freeze freeze_fracs asr_freeze tower_seeds models tts lrs lr_frac",
+            "ablation.",
+        ),
         ("ablation",),
     ),
 }

@@ -41,6 +41,13 @@ class AblationConfig:
         "(the paper's frozen vs unfrozen speech backbone)",
         factory=lambda: ["text", "both"],
     )
+    freeze_fracs: list[float] = F(
+        None,
+        "fractions at which TTS cells also run the freeze settings after the first (the paper "
+        "compares frozen and trained speech towers at full data, its Table 2); empty = every "
+        "fraction",
+        factory=list,
+    )
     asr_freeze: list[str] = F(
         None,
         "Zipper freeze settings of the ASR cells (paper: text frozen)",
