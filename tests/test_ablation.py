@@ -351,10 +351,13 @@ def test_ablation_quick_through_make(tmp_path, data_root, tiny_towers):
 def test_ablation_quick_runs_the_rate_the_grid_selected():
     """By default the quick study's cells are the full study's: both systems at the demo grid's
     ASR choice (a one-rate grid), not the file's hand-set single_lr."""
-    proc = subprocess.run(
-        ["make", "-n", "--no-print-directory", "ablation-quick", "RUNS=/nonexistent"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert '"ablation.lrs=2e-3"' in proc.stdout and '"ablation.seeds=0 1"' in proc.stdout
+
+    def quick_call(*args: str) -> str:  # MAKE=echo: the call `make ablation` would get
+        return subprocess.run(
+            ["make", "-n", "--no-print-directory", "ablation-quick", "MAKE=echo", *args],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+
+    assert "ABLATION_LRS=2e-3" in quick_call() and "ABLATION_SEEDS=0 1" in quick_call()
+    assert "ABLATION_LRS=[]" in quick_call("SCALE=tiny")  # the grid's rate is the demo's
     assert 2e-3 in load_config(ROOT / "experiments/demo/ablation.yaml").ablation.lrs
