@@ -168,6 +168,9 @@ def test_benjamini_hochberg_on_hand_made_p_values():
     assert adjust_p([]) == [] and adjust_p([0.2]) == [0.2]
 
 
+FAKE_FPS = {"text": "fp", "speech": "fp"}  # tower fingerprints for grids whose zip stage is faked
+
+
 def test_lr_selection_reads_validation_only(monkeypatch, data_root, tmp_path):
     """The grid's cells plant a test-set-only signal (the lr with the worst validation WER has
     by far the best test WER): the selection must ignore it."""
@@ -184,12 +187,11 @@ def test_lr_selection_reads_validation_only(monkeypatch, data_root, tmp_path):
         return folder
 
     monkeypatch.setattr(ablation, "run_zip", fake_zip)
-    monkeypatch.setattr(ablation, "input_fingerprints", lambda **t: dict.fromkeys(t, "fp"))
     cfg = tiny_config(data_root, tmp_path, "zip_asr.yaml", "ablation.lrs=5e-4 1e-3 2e-3")
     cells = [{"task": t, "model": "zipper", "freeze": "text", "frac": 1.0, "seed": 0}
              for t in ("asr", "tts")]  # fmt: skip
     towers = {0: {"text": tmp_path / "text", "speech": tmp_path / "speech"}}
-    chosen, grid = ablation._select_lrs(cfg, cells, towers)
+    chosen, grid = ablation._select_lrs(cfg, cells, towers, {0: FAKE_FPS})
     assert chosen[("zipper", "text", "asr")] == 1e-3  # lowest validation WER
     assert chosen[("zipper", "text", "tts")] == 2e-3  # lowest validation loss
     assert all("test" not in k for g in grid for k in g)
@@ -216,22 +218,28 @@ def test_a_diverging_grid_rate_loses_the_selection_instead_of_ending_the_study(
         return folder
 
     monkeypatch.setattr(ablation, "run_zip", fake_zip)
-    monkeypatch.setattr(ablation, "input_fingerprints", lambda **t: dict.fromkeys(t, "fp"))
     cfg = tiny_config(data_root, tmp_path, "zip_asr.yaml", "ablation.lrs=1e-3 2e-3")
     cells = [{"task": "asr", "model": "zipper", "freeze": "text", "frac": 1.0, "seed": 0}]
-    towers = {0: {"text": tmp_path / "text", "speech": tmp_path / "speech"}}
-    chosen, grid = ablation._select_lrs(cfg, cells, towers)
+    towers, fps = {0: {"text": tmp_path / "text", "speech": tmp_path / "speech"}}, {0: FAKE_FPS}
+    chosen, grid = ablation._select_lrs(cfg, cells, towers, fps)
     assert chosen[("zipper", "text", "asr")] == 2e-3 and trained == [1e-3, 2e-3]
     assert [g["diverged"] for g in grid] == [True, False]
     assert "diverged" in "\n".join(grid_lines(grid, 1.0, 0))
     (record,) = tmp_path.rglob(ablation.DIVERGED)
     assert json.loads(record.read_text())["error"] == "non-finite loss at step 40 (lower train.lr)"
     trained.clear()
-    assert ablation._select_lrs(cfg, cells, towers)[0] == chosen and trained == [2e-3]
-    record.unlink()
-    diverging.add(2e-3)
+    assert ablation._select_lrs(cfg, cells, towers, fps)[0] == chosen and trained == [2e-3]
+    # the cell finished after all (another machine type trained it): its result outranks the
+    # record, and the tie (both 0.5) goes to the smaller rate
+    diverging.clear()
+    (record.parent / "model.safetensors").write_bytes(b"weights")
+    (record.parent / "metrics.json").write_text(json.dumps({"val_wer": 0.5, "val_loss": 1.0}))
+    assert ablation._select_lrs(cfg, cells, towers, fps)[0][("zipper", "text", "asr")] == 1e-3
+    diverging.update({1e-3, 2e-3})
+    for f in ("model.safetensors", "metrics.json", ablation.DIVERGED):
+        (record.parent / f).unlink()
     with pytest.raises(UserError, match="every learning rate .* diverged.*smaller rates"):
-        ablation._select_lrs(cfg, cells, towers)
+        ablation._select_lrs(cfg, cells, towers, fps)
 
 
 def test_a_zip_that_really_diverges_is_recorded_by_the_grid(data_root, tiny_towers):
@@ -241,8 +249,9 @@ def test_a_zip_that_really_diverges_is_recorded_by_the_grid(data_root, tiny_towe
     cfg = tiny_config(data_root, tiny_towers["runs"], "zip_asr.yaml", "train.warmup_steps=0",
                       "train.max_steps=6", "eval.max_utterances=4")  # fmt: skip
     cell = {"task": "asr", "model": "zipper", "freeze": "text", "frac": 1.0, "seed": 0, "lr": 1e30}
-    assert ablation._grid_cell(cfg, cell, towers) is None
-    folder = stage_dir(cell_config(cfg, cell, towers[0]), "zip", input_fingerprints(**towers[0]))
+    fps = input_fingerprints(**towers[0])
+    assert ablation._grid_cell(cfg, cell, towers[0], fps) is None
+    folder = stage_dir(cell_config(cfg, cell, towers[0]), "zip", fps)
     assert "step" in json.loads((folder / ablation.DIVERGED).read_text())["error"]
     assert not (folder / "model.safetensors").exists()
 

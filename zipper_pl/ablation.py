@@ -72,7 +72,9 @@ def select_lr(results: dict[float, dict], task: str) -> float:
     return min(results, key=score)
 
 
-def _select_lrs(cfg: Config, cells: list[dict], towers: dict, first: int = 0) -> tuple[dict, list]:
+def _select_lrs(
+    cfg: Config, cells: list[dict], towers: dict, fps: dict, first: int = 0
+) -> tuple[dict, list]:
     """{(model, freeze, task): selected lr} and the grid's rows (every lr's validation score),
     running each system's grid cells at ``ablation.lr_frac`` with the first seed (shard i starts
     at its i-th grid cell: parallel shards train different ones first)."""
@@ -82,7 +84,7 @@ def _select_lrs(cfg: Config, cells: list[dict], towers: dict, first: int = 0) ->
         cell = {**system, "frac": a.lr_frac, "seed": seed, "lr": lr}
         print(f"[ablation] lr grid {system['task']}: {cell}")
         key = (system["task"], system["model"], system["freeze"], lr)
-        scores[key] = _grid_cell(cfg, cell, towers)
+        scores[key] = _grid_cell(cfg, cell, towers[seed], fps[seed])
     chosen, grid = {}, []
     for system in systems_of(cells):
         task = system["task"]
@@ -95,24 +97,27 @@ def _select_lrs(cfg: Config, cells: list[dict], towers: dict, first: int = 0) ->
         best = select_lr({lr: v for lr, v in results.items() if v is not None}, task)
         chosen[(system["model"], system["freeze"], task)] = best
         for lr, val in results.items():
+            diverged, val = val is None, val or {}
             grid.append({"system": system_label(system), "task": task, "lr": lr,
-                         SELECT_ON[task]: (val or {}).get(SELECT_ON[task]),
-                         "val_loss": (val or {}).get("val_loss"), "selected": lr == best,
-                         "diverged": val is None})  # fmt: skip
+                         SELECT_ON[task]: val.get(SELECT_ON[task]), "val_loss": val.get("val_loss"),
+                         "selected": lr == best, "diverged": diverged})  # fmt: skip
     return chosen, grid
 
 
 DIVERGED = "diverged.json"  # in a grid cell's folder: its rate diverged (the search's result)
 
 
-def _grid_cell(cfg: Config, cell: dict, towers: dict) -> dict | None:
+def _grid_cell(cfg: Config, cell: dict, towers: dict, fingerprints: dict) -> dict | None:
     """A grid cell's validation figures, or None where its rate diverged: a rate too large for
     a system is a result of the search (it loses the selection), not a failed study. The
     divergence is recorded in the cell's (identity-named) folder, so a resumed study does not
-    train it again to find out."""
-    ccfg, label = cell_config(cfg, cell, towers[cell["seed"]]), system_label(cell)
-    record = stage_dir(ccfg, "zip", input_fingerprints(**towers[cell["seed"]])) / DIVERGED
-    if record.is_file():
+    train it again to find out. ``towers`` and ``fingerprints`` are the cell's seed's."""
+    ccfg, label = cell_config(cfg, cell, towers), system_label(cell)
+    folder = stage_dir(ccfg, "zip", fingerprints)
+    record = folder / DIVERGED
+    # a finished folder outranks the record: the rate may have trained on another machine type
+    # (floating point differs across types), and that result is the cell's
+    if record.is_file() and not is_finished(folder):
         print(f"[ablation] lr grid: lr {cell['lr']:g} diverged for {label} on {cell['task']} "
               f"in an earlier run ({read_json(record)['error']}): it is not selected")  # fmt: skip
         return None
@@ -137,7 +142,7 @@ def ablation_stage(cfg: Config) -> Path:
         require_stage(cfg.inputs.judge, "judge", "inputs.judge")
     towers = seed_towers(cfg, first=i)
     fps = {seed: input_fingerprints(**t) for seed, t in towers.items()}
-    chosen, grid = _select_lrs(cfg, cells, towers, i) if cfg.ablation.lrs else ({}, [])
+    chosen, grid = _select_lrs(cfg, cells, towers, fps, i) if cfg.ablation.lrs else ({}, [])
 
     def config_of(cell: dict) -> Config:
         lr = chosen.get((cell["model"], cell["freeze"], cell["task"]))
