@@ -175,8 +175,9 @@ demo: $(STAMP) ## the whole chain on the embedded corpus at SCALE=demo, ending w
 ablation: $(STAMP) ## the paper's Fig. 3 study (EXP/ablation.yaml): WER vs aligned fraction, seeds, lr grid, tests
 	@$(MAKE) --no-print-directory _check-paths _ablation
 
+# straight to _ablation: each make level computes the stage paths again (~11 s on 2 cores)
 ablation-quick: $(STAMP) ## the study cut to ABLATION_QUICK_FRACS x seeds 0 1, ASR only, at ABLATION_QUICK_LRS (~1.5 h on 2 CPU cores)
-	@$(MAKE) --no-print-directory ablation ABLATION_FRACS="$(ABLATION_QUICK_FRACS)" ABLATION_SEEDS="0 1" ABLATION_TTS=false \
+	@$(MAKE) --no-print-directory _check-paths _ablation ABLATION_FRACS="$(ABLATION_QUICK_FRACS)" ABLATION_SEEDS="0 1" ABLATION_TTS=false \
 	  ABLATION_LRS="$(QUICK_LRS)"
 
 QUICK_LRS = $(or $(strip $(ABLATION_QUICK_LRS)),$(if $(filter demo,$(strip $(SCALE))),2e-3,[]))

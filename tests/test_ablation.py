@@ -368,5 +368,6 @@ def test_ablation_quick_runs_the_rate_the_grid_selected():
         ).stdout  # fmt: skip
 
     assert "ABLATION_LRS=2e-3" in quick_call() and "ABLATION_SEEDS=0 1" in quick_call()
+    assert " _check-paths _ablation " in quick_call()  # one make level: stage paths computed once
     assert "ABLATION_LRS=[]" in quick_call("SCALE=tiny")  # the grid's rate is the demo's
     assert 2e-3 in load_config(ROOT / "experiments/demo/ablation.yaml").ablation.lrs
