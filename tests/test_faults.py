@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -253,6 +254,30 @@ def test_truncated_last_ckpt_is_kept_aside_and_the_stage_restarts(data_root, tmp
     (out / "last.ckpt").write_bytes((first / "last.ckpt").read_bytes()[:1000])
     assert pretrain(cfg) == out and is_finished(out)
     assert list(out.glob("last.ckpt.unreadable-*")) and "kept as" in capsys.readouterr().out
+
+
+def test_a_stage_stopped_by_sigterm_exits_143_not_0(data_root, tmp_path):
+    """Lightning ends fit on SIGTERM with a SystemExit without a code, so a preempted (or
+    `timeout`-ed) stage used to exit 0 and make went on to the next stage: it must exit 143,
+    say how to resume, and leave the stage unfinished."""
+    cmd = [sys.executable, "-m", "zipper_pl", "pretrain", "experiments/tiny/pretrain_text.yaml",
+           f"runs={tmp_path}", f"data.root={data_root}", f"data.cache_dir={data_root / 'cache'}",
+           "train.accelerator=cpu", "train.max_steps=100000"]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        for line in proc.stdout:  # printed as fit starts
+            if line.startswith("[train] global batch"):
+                proc.send_signal(signal.SIGTERM)
+                break
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert "re-run the same command to resume" in err and "Traceback" not in err
+    folders = [p.parent for p in tmp_path.rglob("identity.json")]
+    assert folders and not any(is_finished(f) for f in folders)
 
 
 def test_os_errors_are_one_line_with_the_path(tmp_path):

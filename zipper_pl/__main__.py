@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from zipper_pl.errors import UserError
+from zipper_pl.errors import Terminated, UserError
 
 USAGE = """usage: python -m zipper_pl STAGE [config.yaml] [key=value ...]
 
@@ -167,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except Terminated as e:  # 128 + SIGTERM, as a shell reports a process the signal ended
+        print(f"interrupted: {e}; re-run the same command to resume from last.ckpt",
+              file=sys.stderr)  # fmt: skip
+        return 143
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume from last.ckpt", file=sys.stderr)
         return 130

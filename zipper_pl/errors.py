@@ -6,3 +6,11 @@ class UserError(Exception):
 
     The message must say what is wrong and name the fix (a config key, a command).
     """
+
+
+class Terminated(KeyboardInterrupt):
+    """Training stopped by SIGTERM (a scheduler's preemption or time limit, ``timeout``, ``kill``).
+
+    Lightning ends ``fit`` with ``SIGTERMException``, a ``SystemExit`` without a code: the shell
+    (and make, going on to the next stage) would read success. The CLI exits 143 instead.
+    """

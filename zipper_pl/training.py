@@ -15,6 +15,7 @@ from pathlib import Path
 import filelock
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from zipper_pl.config import Config, load_config, save_config
@@ -34,7 +35,7 @@ from zipper_pl.data.modalities import (
     prepare_pairs,
     prepare_pretraining,
 )
-from zipper_pl.errors import UserError
+from zipper_pl.errors import Terminated, UserError
 from zipper_pl.finetuned import TOWERS_JSON, Finetuned, load_tower, save_towers_json
 from zipper_pl.inventory import distinguishing_keys
 from zipper_pl.io import atomic_write_json, copy_artefact, load_weights, read_json, save_weights
@@ -98,7 +99,10 @@ def _fit(
         print(f"[resume] warning: {ckpt} is unreadable (truncated?): kept as {aside.name}; "
               "this stage starts again from step 0")  # fmt: skip
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.is_file() else None)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.is_file() else None)
+    except SIGTERMException as e:  # a SystemExit without a code: it would exit 0
+        raise Terminated(f"stopped by SIGTERM at step {trainer.global_step}") from e
     if select_best and cfg.train.patience and trainer.global_step < cfg.train.max_steps:
         rank_zero_only(print)(
             f"[select] stopped at step {trainer.global_step} of {cfg.train.max_steps}: "
