@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -24,7 +25,7 @@ from zipper_pl.data import encodec_weights
 from zipper_pl.data.manifest import Record, write_manifest
 from zipper_pl.data.readers import read_jsonl_manifest
 from zipper_pl.data.text import TextTokenizer
-from zipper_pl.errors import UserError
+from zipper_pl.errors import Terminated, UserError
 from zipper_pl.evaluate import safe_file_name
 from zipper_pl.finetuned import load_tower
 from zipper_pl.io import TMP_MARK, atomic_write_json, copy_artefact, save_weights
@@ -264,20 +265,36 @@ def test_a_stage_stopped_by_sigterm_exits_143_not_0(data_root, tmp_path):
            f"runs={tmp_path}", f"data.root={data_root}", f"data.cache_dir={data_root / 'cache'}",
            "train.accelerator=cpu", "train.max_steps=100000"]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )  # one pipe, read to the end: no deadlock
     try:
         for line in proc.stdout:  # printed as fit starts
             if line.startswith("[train] global batch"):
                 proc.send_signal(signal.SIGTERM)
                 break
-        _, err = proc.communicate(timeout=120)
+        out, _ = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 143, err[-2000:]
-    assert "re-run the same command to resume" in err and "Traceback" not in err
+    assert proc.returncode == 143, out[-2000:]
+    assert "re-run the same command to resume" in out and "Traceback" not in out
     folders = [p.parent for p in tmp_path.rglob("identity.json")]
     assert folders and not any(is_finished(f) for f in folders)
+
+
+def test_a_sigterm_after_the_last_step_still_stops_the_process(data_root, tmp_path, monkeypatch):
+    """Lightning ends a fit whose SIGTERM came after the last step without raising: the stage
+    must still stop (Terminated), not go on to export and to the study's next cell."""
+    fit = L.Trainer.fit
+
+    def fit_then_sigterm(trainer, *args, **kwargs):
+        fit(trainer, *args, **kwargs)
+        trainer._signal_connector.received_sigterm = True
+
+    monkeypatch.setattr(L.Trainer, "fit", fit_then_sigterm)
+    cfg = tiny_config(data_root, tmp_path, "pretrain_text.yaml", "train.max_steps=2")
+    with pytest.raises(Terminated, match="its last"):
+        pretrain(cfg)
 
 
 def test_os_errors_are_one_line_with_the_path(tmp_path):

@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     except Terminated as e:  # 128 + SIGTERM, as a shell reports a process the signal ended
-        print(f"interrupted: {e}; re-run the same command to resume from last.ckpt",
-              file=sys.stderr)  # fmt: skip
+        print(f"interrupted: {e}; re-run the same command to resume from last.ckpt (saved "
+              "every train.ckpt_every steps)", file=sys.stderr)  # fmt: skip
         return 143
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume from last.ckpt", file=sys.stderr)

@@ -97,7 +97,8 @@ def _select_lrs(
         best = select_lr({lr: v for lr, v in results.items() if v is not None}, task)
         chosen[(system["model"], system["freeze"], task)] = best
         for lr, val in results.items():
-            diverged, val = val is None, val or {}
+            diverged = val is None
+            val = val or {}
             grid.append({"system": system_label(system), "task": task, "lr": lr,
                          SELECT_ON[task]: val.get(SELECT_ON[task]), "val_loss": val.get("val_loss"),
                          "selected": lr == best, "diverged": diverged})  # fmt: skip

@@ -103,6 +103,8 @@ def _fit(
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.is_file() else None)
     except SIGTERMException as e:  # a SystemExit without a code: it would exit 0
         raise Terminated(f"stopped by SIGTERM at step {trainer.global_step}") from e
+    if trainer.received_sigterm:  # after the last step Lightning finishes without raising
+        raise Terminated(f"stopped by SIGTERM at step {trainer.global_step}, its last")
     if select_best and cfg.train.patience and trainer.global_step < cfg.train.max_steps:
         rank_zero_only(print)(
             f"[select] stopped at step {trainer.global_step} of {cfg.train.max_steps}: "
