@@ -177,7 +177,8 @@ def test_lr_selection_reads_validation_only(monkeypatch, data_root, tmp_path):
     val = {5e-4: 0.40, 1e-3: 0.20, 2e-3: 0.60}
     test = {5e-4: 0.90, 1e-3: 0.95, 2e-3: 0.01}
 
-    def fake_zip(cfg):
+    def fake_zip(cfg, *, fingerprints):
+        assert fingerprints is FAKE_FPS  # the study's, not hashed again per cell
         folder = tmp_path / f"lr{cfg.train.lr:g}-{cfg.data.task}"
         folder.mkdir(exist_ok=True)
         lr = cfg.train.lr
@@ -208,9 +209,9 @@ def test_a_diverging_grid_rate_loses_the_selection_instead_of_ending_the_study(
     cell again; only a grid where every rate diverged is an error (naming the fix)."""
     diverging, trained = {1e-3}, []
 
-    def fake_zip(cfg):
+    def fake_zip(cfg, *, fingerprints):
         trained.append(cfg.train.lr)
-        stage = stage_dir(cfg, "zip", FAKE_FPS)
+        stage = stage_dir(cfg, "zip", fingerprints)
         if is_finished(stage):  # as run_zip: a finished stage is returned, not trained
             return stage
         if cfg.train.lr in diverging:
@@ -256,6 +257,9 @@ def test_a_zip_that_really_diverges_is_recorded_by_the_grid(data_root, tiny_towe
     folder = stage_dir(cell_config(cfg, cell, towers[0]), "zip", fps)
     assert "step" in json.loads((folder / ablation.DIVERGED).read_text())["error"]
     assert not (folder / "model.safetensors").exists()
+    # fingerprints a caller passes must be of this config's towers (a caller's bug otherwise)
+    with pytest.raises(ValueError, match="fingerprints of"):
+        training.run_zip(cell_config(cfg, cell, towers[0]), fingerprints={"text": fps["text"]})
 
 
 def test_cached_scores_belong_to_their_judge_and_eval_settings(monkeypatch, tmp_path):

@@ -18,6 +18,7 @@ import lightning as L
 import pytest
 import torch
 
+import zipper_pl.__main__ as zipper_cli
 from tests.conftest import ROOT, tiny_config
 from tests.test_readers import _audio
 from zipper_pl.data import audio_tokenizers as at
@@ -295,6 +296,21 @@ def test_a_sigterm_after_the_last_step_still_stops_the_process(data_root, tmp_pa
     cfg = tiny_config(data_root, tmp_path, "pretrain_text.yaml", "train.max_steps=2")
     with pytest.raises(Terminated, match="its last"):
         pretrain(cfg)
+
+
+@pytest.mark.parametrize(("stop", "code"), [(KeyboardInterrupt(), 130), (Terminated("x"), 143)])
+def test_an_interrupted_stage_exits_128_plus_the_signal_with_the_resume_hint(
+    stop, code, monkeypatch, capsys
+):
+    """Ctrl-C and SIGTERM share one message (how to resume) and exit as a shell reports them."""
+
+    def interrupted(cfg):
+        raise stop
+
+    monkeypatch.setattr(zipper_cli, "_stage", lambda name: interrupted)
+    assert zipper_cli.main(["pretrain", "experiments/tiny/pretrain_text.yaml"]) == code
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted: ") and "re-run the same command to resume" in err
 
 
 def test_os_errors_are_one_line_with_the_path(tmp_path):

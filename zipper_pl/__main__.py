@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -167,13 +168,16 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except Terminated as e:  # 128 + SIGTERM, as a shell reports a process the signal ended
-        print(f"interrupted: {e}; re-run the same command to resume from last.ckpt (saved "
-              "every train.ckpt_every steps)", file=sys.stderr)  # fmt: skip
-        return 143
-    except KeyboardInterrupt:
-        print("interrupted: re-run the same command to resume from last.ckpt", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (errors.Terminated, its subclass)
+        return _interrupted(e)
+
+
+def _interrupted(e: KeyboardInterrupt) -> int:
+    """Say how to resume; exit as a shell reports a process the signal ended (128 + signal)."""
+    why = f"{e}; " if isinstance(e, Terminated) else ""
+    print(f"interrupted: {why}re-run the same command to resume from last.ckpt (saved every "
+          "train.ckpt_every steps)", file=sys.stderr)  # fmt: skip
+    return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ def _grid_cell(cfg: Config, cell: dict, towers: dict, fingerprints: dict) -> dic
               f"in an earlier run ({read_json(record)['error']}): it is not selected")  # fmt: skip
         return None
     try:
-        folder = run_zip(ccfg)
+        folder = run_zip(ccfg, fingerprints=fingerprints)
     except NonFiniteTraining as e:
         error = str(e).partition("\n")[0]
         atomic_write_json(record, {"error": error, **provenance()})
@@ -170,7 +170,8 @@ def ablation_stage(cfg: Config) -> Path:
     for k, cell in enumerate(cells):
         if k % n == i:
             print(f"[ablation] cell {k + 1}/{len(cells)}: {cell}")
-            _score(cell["task"], run_zip(config_of(cell)), judge, cfg, keys[cell["task"]])
+            folder = run_zip(config_of(cell), fingerprints=fps[cell["seed"]])
+            _score(cell["task"], folder, judge, cfg, keys[cell["task"]])
     rows = _collect(cells, config_of, keys, fps)
     if rows is None:
         print("[ablation] some cells are not finished yet (other shards?): tables not written")

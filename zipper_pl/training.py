@@ -321,12 +321,22 @@ def _train_finetune(
     return out
 
 
-def run_zip(cfg: Config) -> Path:
+def run_zip(cfg: Config, *, fingerprints: dict[str, str] | None = None) -> Path:
     """Zip the pretrained towers (or extend the text tower: arch=single) and fine-tune them: the
     stage folder, trained now unless finished (what ``stages.zip_stage``, ``evaluate`` and
-    ``ablation`` run; the machine is their entry point's to check)."""
+    ``ablation`` run; the machine is their entry point's to check).
+
+    Args:
+        fingerprints: ``input_fingerprints`` of this config's towers where the caller already
+            holds them (the study: once per seed, not once per cell, which for a Hugging Face
+            tower means hashing its weights again); computed here when None.
+    """
     towers = {m: tower_input(cfg, m) for m in cfg.zip.towers}
-    identity = stage_identity(cfg, "zip", input_fingerprints(**towers))
+    if fingerprints is None:
+        fingerprints = input_fingerprints(**towers)
+    elif fingerprints.keys() != towers.keys():  # a caller's bug, not a user's
+        raise ValueError(f"fingerprints of {sorted(fingerprints)} for towers {sorted(towers)}")
+    identity = stage_identity(cfg, "zip", fingerprints)
     out = stage_dir(cfg, "zip", identity["inputs"])
     with claim_stage(out, "zip", identity) as todo:
         if todo:
