@@ -169,6 +169,17 @@ def test_loading_saving_and_listing_configs_loads_no_torch(tmp_path):
     assert (tmp_path / "c.yaml").is_file()
 
 
+def test_naming_a_stage_loads_no_lightning():
+    """``zipper_pl paths`` runs at every make level: Lightning (with torchmetrics and dynamo)
+    was more than half of its ~11 s start, loaded by the DataModules the modality registry
+    imported; naming a stage needs configs, fingerprints and the registries only."""
+    loaded, chain = run_and_list_heavy(
+        "import sys, zipper_pl.layout; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'torchmetrics')))"
+    )
+    assert loaded == [], f"import zipper_pl.layout loaded {len(loaded)} modules: {chain}"
+
+
 def test_models_import_no_data_lit_runs_or_stage_modules():
     models = modules("zipper_pl.models")
     assert len(models) >= 5, "the models moved: update this test"

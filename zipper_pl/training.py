@@ -19,15 +19,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from zipper_pl.config import Config, load_config, save_config
-from zipper_pl.data.aligned import (
-    TASKS,
-    AlignedDataModule,
-    PairTasks,
-    nested_subset,
-    tasks_of,
-    tokens_per_word,
-)
-from zipper_pl.data.lm_datamodule import LMDataModule
+from zipper_pl.data.aligned import TASKS, PairTasks, nested_subset, tasks_of, tokens_per_word
+from zipper_pl.data.datamodules import AlignedDataModule, LMDataModule
 from zipper_pl.data.modalities import (
     copy_tokenizers,
     load_tokenizers,

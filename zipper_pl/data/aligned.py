@@ -9,21 +9,17 @@ order.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from zipper_pl.config import Config
 from zipper_pl.config.components import MIX, TASKS, Task  # noqa: F401 (Task: re-exported)
 from zipper_pl.data.manifest import Record, read_manifest
-from zipper_pl.data.sampling import train_loader, valid_loader
 from zipper_pl.data.store import TokenStore
 from zipper_pl.errors import UserError
 from zipper_pl.models.sequences import Segment
@@ -153,93 +149,3 @@ def store_encoder(store_dir: Path) -> Callable[[Sequence[Record]], list[np.ndarr
     return lambda records: [
         np.array(store[by_id[r.id]]) if r.id in by_id else None for r in records
     ]
-
-
-def collate_with_meta(collate: Callable) -> Callable[[list[dict]], dict]:
-    def fn(items: list[dict]) -> dict:
-        return {
-            "model": collate([it["segments"] for it in items]),
-            "tasks": [it["task"] for it in items],
-            "ids": [it["id"] for it in items],
-            "texts": [it["text"] for it in items],
-            "segments": [it["segments"] for it in items],
-        }
-
-    return fn
-
-
-class AlignedDataModule(L.LightningDataModule):
-    """Train on the ``aligned_frac`` subset; validate/test on the fixed splits."""
-
-    def __init__(
-        self,
-        cfg: Config,
-        prepare: Callable[[Config], dict],
-        collate: Callable[[list[list[Segment]]], dict],
-    ) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self._prepare = prepare
-        self.collate = collate_with_meta(collate)
-        self.valid_batches = cfg.data.valid_batches
-        self.batch_size = cfg.data.batch_size
-        self.prepared: dict | None = None
-
-    def prepare_data(self) -> None:
-        self.prepared = self._prepare(self.cfg)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.prepared is None:
-            self.prepared = self._prepare(self.cfg)
-        p, d = self.prepared, self.cfg.data
-        all_train = p["pairs"]["aligned_train"]
-        chosen = nested_subset(len(all_train), d.aligned_frac, self.cfg.seed)
-        self.train_pairs = [all_train[i] for i in chosen]
-        self.train_set = PairTasks(
-            self.train_pairs, task_items(len(chosen), d.task, d.asr_tts_ratio)
-        )
-        tasks = tasks_of(d.task)
-        self.valid_set = PairTasks(
-            p["pairs"]["valid"], [(i, t) for i in range(len(p["pairs"]["valid"])) for t in tasks]
-        )
-        self.test_pairs = p["pairs"]["test"]
-        self.info = {
-            "aligned_pairs_total": len(all_train),
-            "aligned_pairs_used": len(self.train_pairs),
-            "train_items": len(self.train_set),
-            **{f"skipped_{k}": v for k, v in p["skipped"].items()},
-        }
-        world = self.trainer.world_size if self.trainer else 1
-        if not self.trainer or self.trainer.is_global_zero:
-            print(
-                f"[data] aligned_frac={d.aligned_frac}: {len(self.train_pairs)} of "
-                f"{len(all_train)} aligned pairs, {len(self.train_set)} {d.task} items"
-            )
-        if len(self.train_set) < d.batch_size * world and d.shrink_batch_to_subset:
-            per_device = max(1, len(self.train_set) // world)
-            print(
-                f"[data] batch_size {d.batch_size} -> {per_device}: the subset is smaller than "
-                "one batch (data.shrink_batch_to_subset)"
-            )
-            self.cfg = dataclasses.replace(
-                self.cfg, data=dataclasses.replace(d, batch_size=per_device)
-            )
-        elif len(self.train_set) < d.batch_size * world:
-            raise UserError(
-                f"data.aligned_frac={d.aligned_frac} keeps {len(self.train_pairs)} of "
-                f"{len(all_train)} aligned pairs, fewer than one batch of data.batch_size="
-                f"{d.batch_size} x {world} devices: raise aligned_frac or lower data.batch_size"
-            )
-        self.info["batch_size"] = self.cfg.data.batch_size
-
-    def train_dataloader(self) -> DataLoader:
-        return train_loader(
-            self.train_set,
-            self.cfg,
-            self.trainer,
-            collate_fn=self.collate,
-            lengths=self.train_set.lengths(),
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return valid_loader(self.valid_set, self.cfg, self.trainer, collate_fn=self.collate)

@@ -17,7 +17,6 @@ from zipper_pl.config import Config, load_config
 from zipper_pl.data.aligned import store_encoder
 from zipper_pl.data.audio_tokenizers import AUDIO_TOKENIZER_DIR, AudioTokenizer
 from zipper_pl.data.hf_tokenizer import load_text_tokenizer
-from zipper_pl.data.lm_datamodule import LMData
 from zipper_pl.data.manifest import Record
 from zipper_pl.data.phonemes import PHONEME_TOKENIZER_FILE, PhonemeTokenizer
 from zipper_pl.data.prepare import (
@@ -28,7 +27,7 @@ from zipper_pl.data.prepare import (
     text_store,
     text_tokenizer,
 )
-from zipper_pl.data.store import TokenStore
+from zipper_pl.data.store import LMData, TokenStore
 from zipper_pl.io import copy_artefact
 from zipper_pl.models.sequences import ModalitySpec
 

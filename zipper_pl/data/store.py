@@ -21,6 +21,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,17 @@ class TokenStore:
         state = self.__dict__.copy()
         state["_maps"] = {}
         return state
+
+
+@dataclass
+class LMData:
+    """What pretraining reads: a modality's train and valid token stores and its tower
+    vocabulary (``data/modalities.py`` builds it; ``data/datamodules.py`` trains on it)."""
+
+    vocab_size: int  # tower vocabulary: tokenizer entries + begin/end ids
+    bos_id: int
+    eos_id: int
+    train_store: Path
+    valid_store: Path
+    artefacts: list[Path] = field(default_factory=list)  # tokenizer files to copy into the stage
+    info: dict = field(default_factory=dict)  # counts for metrics.json
