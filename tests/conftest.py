@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,19 @@ from zipper_pl.config import Config, load_config
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PYTHONHASHSEED", "0")
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+# what a running make passes its children: under `make test` a make a test starts would be a
+# sub-make (computing every stage path, ~10 s, before even a `make -n`) with the test run's flags
+MAKE_STATE = ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")
+
+
+def run_make(*args: str, env: dict[str, str] | None = None, timeout: int = 600):
+    """``make --no-print-directory ARGS`` in the repository, as a user types it: a top-level
+    make, whether the suite runs under ``make test`` or not."""
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k not in MAKE_STATE}
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
 @pytest.fixture(scope="session")

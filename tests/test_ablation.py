@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import ROOT, run_make, tiny_config
 from zipper_pl import ablation, scoring, training
 from zipper_pl.ablation_cells import cell_config, cells_of, seed_towers
 from zipper_pl.ablation_tables import adjust_p, grid_lines, paired_tests, write_tables
@@ -341,13 +340,10 @@ def test_ablation_quick_through_make(tmp_path, data_root, tiny_towers):
     tiny study file names other fractions, seeds 0-2 and a grid, so each override shows)."""
     runs = tmp_path / "runs"
     args = f"ARGS=data.cache_dir={data_root / 'cache'} train.accelerator=cpu eval.max_utterances=4"
-    proc = subprocess.run(
-        ["make", "--no-print-directory", "ablation-quick", "SCALE=tiny", "FT_STEPS=2",
-         "ABLATION_QUICK_FRACS=1.0", "ABLATION_QUICK_LRS=[]", f"RUNS={runs}",
-         f"DATA_ROOT={data_root}",
-         f"PY={sys.executable}", args, f"TEXT_TOWER={tiny_towers['text']}",
-         f"SPEECH_TOWER={tiny_towers['speech']}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    proc = run_make(
+        "ablation-quick", "SCALE=tiny", "FT_STEPS=2", "ABLATION_QUICK_FRACS=1.0",
+        "ABLATION_QUICK_LRS=[]", f"RUNS={runs}", f"DATA_ROOT={data_root}", f"PY={sys.executable}",
+        args, f"TEXT_TOWER={tiny_towers['text']}", f"SPEECH_TOWER={tiny_towers['speech']}",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (table,) = runs.glob("*/ablation-*/ablation.csv")
@@ -368,10 +364,9 @@ def test_ablation_quick_runs_the_rate_the_grid_selected():
     ASR choice (a one-rate grid), not the file's hand-set single_lr."""
 
     def quick_call(*args: str) -> str:  # MAKE=echo: the call `make _check-paths _ablation` gets
-        return subprocess.run(
-            ["make", "-n", "--no-print-directory", "ablation-quick", "MAKE=echo", *args],
-            cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
-        ).stdout  # fmt: skip
+        r = run_make("-n", "ablation-quick", "MAKE=echo", *args, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
 
     assert "ABLATION_LRS=2e-3" in quick_call() and "ABLATION_SEEDS=0 1" in quick_call()
     assert " _check-paths _ablation " in quick_call()  # one make level: stage paths computed once

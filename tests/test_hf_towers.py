@@ -25,7 +25,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import ROOT, run_make, tiny_config
 from zipper_pl.data.embedded import split_pools
 from zipper_pl.data.hf_tokenizer import HFTextTokenizer, load_text_tokenizer
 from zipper_pl.errors import UserError
@@ -185,12 +185,11 @@ def test_make_zip_asr_with_an_hf_text_tower_keeps_frozen_logits(tmp_path, data_r
     the session's tiny speech tower and data, so only the zip stage runs here)."""
     folder = save_model(tmp_path / "smol", rope_scaling=LLAMA3_ROPE)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    make = ["make", "--no-print-directory", "zip-asr", "SCALE=tiny", "MAX_STEPS=3",
-            f"TEXT_TOWER=hf:{folder}", f"RUNS={tmp_path / 'runs'}",
-            f"DATA_ROOT={data_root}", f"SPEECH_TOWER={tiny_towers['speech']}",
-            f"PY={sys.executable}",
-            f"ARGS=data.cache_dir={data_root / 'cache'} train.accelerator=cpu"]  # fmt: skip
-    r = subprocess.run(make, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    r = run_make("zip-asr", "SCALE=tiny", "MAX_STEPS=3", f"TEXT_TOWER=hf:{folder}",
+                 f"RUNS={tmp_path / 'runs'}", f"DATA_ROOT={data_root}",
+                 f"SPEECH_TOWER={tiny_towers['speech']}", f"PY={sys.executable}",
+                 f"ARGS=data.cache_dir={data_root / 'cache'} train.accelerator=cpu",
+                 env=env)  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (stage,) = [p.parent for p in (tmp_path / "runs").glob("*/zipper-asr-*/model.safetensors")]
     assert not list((tmp_path / "runs").glob("*/pretrain-text*"))  # no text tower was trained

@@ -4,7 +4,6 @@ the 3-tower chain through the documented make commands (pretrain-phonemes, zip T
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT
+from tests.conftest import run_make
 from zipper_pl.config import load_config
 from zipper_pl.config.sections import MODALITY_NAMES
 from zipper_pl.data.aligned import TASKS, load_pairs
@@ -128,8 +127,7 @@ def test_three_tower_chain_through_make(tmp_path, data_root, tiny_towers):
               f"PY={sys.executable}", args, f"TEXT_TOWER={tiny_towers['text']}",
               f"SPEECH_TOWER={tiny_towers['speech']}"]  # fmt: skip
     for target in (["pretrain-phonemes"], ["zip", "TASK=asr_phonemes"]):
-        r = subprocess.run(["make", "--no-print-directory", *target, *common], cwd=ROOT,
-                           capture_output=True, text=True, timeout=600)  # fmt: skip
+        r = run_make(*target, *common)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (stage,) = [p.parent for p in runs.glob("*/zipper-asr_phonemes-*/model.safetensors")]
     towers = {**tiny_towers, "phonemes": next(runs.glob("*/pretrain-phonemes*"))}

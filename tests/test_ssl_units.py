@@ -26,7 +26,7 @@ from transformers import (
     Wav2Vec2FeatureExtractor,
 )
 
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import ROOT, run_make, tiny_config
 from zipper_pl.data.audio_cache import fit_audio_tokenizer
 from zipper_pl.data.audio_tokenizers import (
     AUDIO_TOKENIZERS,
@@ -274,12 +274,9 @@ def test_make_pretrain_speech_with_hubert_units(models, data_root, tmp_path):
     args = (
         f"audio.ssl_model={models['group']} audio.ssl_layer=2 data.cache_dir={data_root / 'cache'}"
     )
-    r = subprocess.run(
-        ["make", "--no-print-directory", "pretrain-speech", "SCALE=tiny", "MAX_STEPS=3",
-         "CODEC=hubert", f"ARGS={args} train.accelerator=cpu", f"RUNS={tmp_path / 'runs'}",
-         f"DATA_ROOT={data_root}"],
-        capture_output=True, text=True, cwd=ROOT, env=OFFLINE,
-    )  # fmt: skip
+    r = run_make("pretrain-speech", "SCALE=tiny", "MAX_STEPS=3", "CODEC=hubert",
+                 f"ARGS={args} train.accelerator=cpu", f"RUNS={tmp_path / 'runs'}",
+                 f"DATA_ROOT={data_root}", env=OFFLINE)  # fmt: skip
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     (stage,) = (tmp_path / "runs").glob("tiny-embedded/pretrain-speech-hubert-steps3-*")
     assert (stage / "model.safetensors").is_file()
