@@ -8,6 +8,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,10 +18,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import zipper_pl.__main__ as zipper_cli
 from tests.conftest import ROOT, run_make, tiny_config
 from tests.test_readers import _audio
+from zipper_pl import training
 from zipper_pl.data import audio_tokenizers as at
 from zipper_pl.data import encodec_weights
 from zipper_pl.data.manifest import Record, write_manifest
@@ -32,6 +35,7 @@ from zipper_pl.finetuned import load_tower
 from zipper_pl.io import TMP_MARK, atomic_write_json, copy_artefact, save_weights
 from zipper_pl.layout import is_finished, require_stage, stage_dir, stage_identity
 from zipper_pl.lit.common import NonFiniteTraining
+from zipper_pl.lit.lm import LMModule
 from zipper_pl.stages import pretrain
 
 
@@ -264,7 +268,8 @@ def test_a_stage_stopped_by_sigterm_exits_143_not_0(data_root, tmp_path):
     say how to resume, and leave the stage unfinished."""
     cmd = [sys.executable, "-m", "zipper_pl", "pretrain", "experiments/tiny/pretrain_text.yaml",
            f"runs={tmp_path}", f"data.root={data_root}", f"data.cache_dir={data_root / 'cache'}",
-           "train.accelerator=cpu", "train.max_steps=100000"]  # fmt: skip
+           "train.accelerator=cpu", "train.max_steps=100000", "train.val_every=1000",
+           "train.ckpt_every=1000"]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -281,6 +286,10 @@ def test_a_stage_stopped_by_sigterm_exits_143_not_0(data_root, tmp_path):
     assert "re-run the same command to resume" in out and "Traceback" not in out
     folders = [p.parent for p in tmp_path.rglob("identity.json")]
     assert folders and not any(is_finished(f) for f in folders)
+    # no train.ckpt_every step was reached: last.ckpt is the SIGTERM's, at the step it names
+    step = int(re.search(r"stopped by SIGTERM at step (\d+): last.ckpt saved there", out)[1])
+    (last,) = tmp_path.rglob("last.ckpt")
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == step
 
 
 def test_a_sigterm_after_the_last_step_still_stops_the_process(data_root, tmp_path, monkeypatch):
@@ -294,8 +303,66 @@ def test_a_sigterm_after_the_last_step_still_stops_the_process(data_root, tmp_pa
 
     monkeypatch.setattr(L.Trainer, "fit", fit_then_sigterm)
     cfg = tiny_config(data_root, tmp_path, "pretrain_text.yaml", "train.max_steps=2")
-    with pytest.raises(Terminated, match="its last"):
+    with pytest.raises(Terminated, match="at step 2: last.ckpt saved there"):
         pretrain(cfg)
+    (last,) = tmp_path.rglob("last.ckpt")  # train.ckpt_every (10) was never reached
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
+
+
+class _SigtermAtStep(L.Callback):
+    """What Lightning's SIGTERM handler does, at a chosen step: set the flag."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            trainer._signal_connector.received_sigterm = True
+
+
+def test_a_stage_resumed_after_sigterm_ends_as_an_uninterrupted_one(
+    data_root, tmp_path, monkeypatch
+):
+    """The SIGTERM checkpoint is a step boundary an uninterrupted run passed through: stopped at
+    step 3 (between validations, long before train.ckpt_every) and resumed, the weights equal
+    an uninterrupted run's."""
+    args = ("train.max_steps=8", "train.val_every=4", "train.ckpt_every=100")
+    straight = pretrain(tiny_config(data_root, tmp_path / "straight", "pretrain_text.yaml", *args))
+    real_make = training.make_trainer
+
+    def stopped(cfg, out, **kw):
+        trainer = real_make(cfg, out, **kw)
+        trainer.callbacks.insert(0, _SigtermAtStep(3))
+        return trainer
+
+    cfg = tiny_config(data_root, tmp_path / "stopped", "pretrain_text.yaml", *args)
+    monkeypatch.setattr(training, "make_trainer", stopped)
+    with pytest.raises(Terminated, match="at step 3: last.ckpt saved there"):
+        pretrain(cfg)
+    monkeypatch.setattr(training, "make_trainer", real_make)
+    resumed = pretrain(cfg)
+    want, got = (load_file(f / "model.safetensors") for f in (straight, resumed))
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_a_sigterm_during_a_validation_keeps_the_previous_last_ckpt(
+    data_root, tmp_path, monkeypatch
+):
+    """Lightning stops half-way through a validation; a checkpoint there would resume past the
+    validation and lose its score, so last.ckpt stays the train.ckpt_every one (step 10)."""
+    step = LMModule.validation_step
+
+    def validate_then_sigterm(module, batch, batch_idx):
+        step(module, batch, batch_idx)
+        module.trainer._signal_connector.received_sigterm = True  # after the first val batch
+
+    monkeypatch.setattr(LMModule, "validation_step", validate_then_sigterm)
+    # val_every = ckpt_every = 10; batches of 2 windows: more than one validation batch
+    cfg = tiny_config(data_root, tmp_path, "pretrain_text.yaml", "data.batch_size=2")
+    with pytest.raises(Terminated, match="at step 10, during a validation: last.ckpt is the one"):
+        pretrain(cfg)
+    (last,) = tmp_path.rglob("last.ckpt")
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 10
 
 
 @pytest.mark.parametrize(("stop", "code"), [(KeyboardInterrupt(), 130), (Terminated("x"), 143)])

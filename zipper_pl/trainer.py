@@ -8,8 +8,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from zipper_pl.config import Config
 from zipper_pl.config.components import MIX, TASKS
@@ -78,6 +79,25 @@ def selection_metric(cfg: Config) -> tuple[str, str]:
     return SELECT_METRICS[cfg.train.select_on], ""
 
 
+class CheckpointOnSigterm(Callback):
+    """``last.ckpt`` at the step a SIGTERM stopped training (a scheduler's preemption or time
+    limit, ``timeout``), so the resumed stage repeats nothing. Lightning stops at a step boundary
+    (after the optimizer step and that step's validation), a state an uninterrupted run passed
+    through; a SIGTERM in the middle of a validation keeps the previous ``last.ckpt`` instead
+    (resuming past half a validation would lose its score). Lightning's save is atomic."""
+
+    def __init__(self, out: Path) -> None:
+        self.path, self.saved_at = out / LAST_CKPT, None
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, error: BaseException):
+        if isinstance(error, SIGTERMException) and trainer.training:
+            self.save(trainer)
+
+    def save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        self.saved_at = trainer.global_step
+
+
 def make_trainer(
     cfg: Config, out: Path, *, progress: bool = True, select_best: bool = False
 ) -> L.Trainer:
@@ -117,6 +137,7 @@ def make_trainer(
         logger=TensorBoardLogger(save_dir=str(out), name="tb", version="", default_hp_metric=False),
         callbacks=[
             checkpoint,
+            CheckpointOnSigterm(out),
             *_best_checkpoint(out, select_best, selection_metric(cfg)[0], t.patience),
         ],
         # our StepBatchSampler shards by rank itself, exactly and resumably

@@ -58,6 +58,7 @@ from zipper_pl.registry import (
 from zipper_pl.trainer import (
     BEST_CKPT,
     LAST_CKPT,
+    CheckpointOnSigterm,
     compile_forward,
     make_trainer,
     selection_metric,
@@ -66,6 +67,27 @@ from zipper_pl.trainer import (
 
 def _seed(cfg: Config) -> None:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+
+def _fit_unless_terminated(trainer: L.Trainer, module, dm, ckpt: Path) -> None:
+    """``trainer.fit`` (from ``ckpt`` where it exists); a SIGTERM raises ``Terminated`` saying
+    what ``last.ckpt`` now holds. Lightning ends fit on SIGTERM with ``SIGTERMException``, a
+    ``SystemExit`` without a code: the process (and make, going on) would read success."""
+    on_sigterm = next(c for c in trainer.callbacks if isinstance(c, CheckpointOnSigterm))
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.is_file() else None)
+    except SIGTERMException as e:
+        raise Terminated(_sigterm_stop(trainer.global_step, on_sigterm.saved_at)) from e
+    if trainer.received_sigterm:  # after the last step Lightning finishes without raising
+        on_sigterm.save(trainer)
+        raise Terminated(_sigterm_stop(trainer.global_step, on_sigterm.saved_at))
+
+
+def _sigterm_stop(step: int, saved_at: int | None) -> str:
+    if saved_at is not None:
+        return f"stopped by SIGTERM at step {step}: last.ckpt saved there"
+    return (f"stopped by SIGTERM at step {step}, during a validation: last.ckpt is the one of "
+            "the latest train.ckpt_every step")  # fmt: skip
 
 
 def _fit(
@@ -92,12 +114,7 @@ def _fit(
         print(f"[resume] warning: {ckpt} is unreadable (truncated?): kept as {aside.name}; "
               "this stage starts again from step 0")  # fmt: skip
     t0 = time.perf_counter()
-    try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.is_file() else None)
-    except SIGTERMException as e:  # a SystemExit without a code: it would exit 0
-        raise Terminated(f"stopped by SIGTERM at step {trainer.global_step}") from e
-    if trainer.received_sigterm:  # after the last step Lightning finishes without raising
-        raise Terminated(f"stopped by SIGTERM at step {trainer.global_step}, its last")
+    _fit_unless_terminated(trainer, module, dm, ckpt)
     if select_best and cfg.train.patience and trainer.global_step < cfg.train.max_steps:
         rank_zero_only(print)(
             f"[select] stopped at step {trainer.global_step} of {cfg.train.max_steps}: "
