@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 def _interrupted(e: KeyboardInterrupt) -> int:
     """Say how to resume; exit as a shell reports a process the signal ended (128 + signal)."""
     if isinstance(e, Terminated):  # says what last.ckpt holds
-        print(f"interrupted: {e}; re-run the same command to resume from it", file=sys.stderr)
+        print(f"interrupted: {e}; re-run the same command to resume", file=sys.stderr)
     else:  # Ctrl-C: possibly in the middle of a step, so nothing is saved then
         print("interrupted: re-run the same command to resume from last.ckpt (saved every "
               "train.ckpt_every steps)", file=sys.stderr)  # fmt: skip

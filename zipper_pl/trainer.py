@@ -81,21 +81,59 @@ def selection_metric(cfg: Config) -> tuple[str, str]:
 
 class CheckpointOnSigterm(Callback):
     """``last.ckpt`` at the step a SIGTERM stopped training (a scheduler's preemption or time
-    limit, ``timeout``), so the resumed stage repeats nothing. Lightning stops at a step boundary
-    (after the optimizer step and that step's validation), a state an uninterrupted run passed
-    through; a SIGTERM in the middle of a validation keeps the previous ``last.ckpt`` instead
-    (resuming past half a validation would lose its score). Lightning's save is atomic."""
+    limit, ``timeout``), so the resumed stage repeats nothing (tested: it ends as an
+    uninterrupted one). Lightning checks the signal after each batch, after that step's
+    validation, so the state is one an uninterrupted run passed through, except where the
+    previous ``last.ckpt`` is kept instead: inside an accumulation window (the gradients of its
+    first batches are not in a checkpoint), in the middle of a validation (resuming would skip
+    the rest of it and lose its score), and with several processes (the signal reaches ranks at
+    different batches; a save, which ends in a barrier, could hang them). Lightning's save is
+    atomic."""
 
     def __init__(self, out: Path) -> None:
-        self.path, self.saved_at = out / LAST_CKPT, None
+        self.path = out / LAST_CKPT
+        self.saved_at: int | None = None
+        self.kept_because = ""  # why the previous last.ckpt was kept
+        self._step, self._stepped = 0, False  # the optimizer step count; did the last batch step
 
-    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, error: BaseException):
-        if isinstance(error, SIGTERMException) and trainer.training:
-            self.save(trainer)
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._step = trainer.global_step  # a resumed run starts where its checkpoint was
 
-    def save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.path)
-        self.saved_at = trainer.global_step
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        self._stepped, self._step = trainer.global_step != self._step, trainer.global_step
+
+    def on_exception(
+        self, trainer: L.Trainer, module: L.LightningModule, error: BaseException
+    ) -> None:
+        if isinstance(error, SIGTERMException):
+            self.save(trainer, finished=False)
+
+    def save(self, trainer: L.Trainer, *, finished: bool) -> None:
+        """Save, unless it is not a step boundary (``finished``: fit ran to its last step)."""
+        if trainer.world_size > 1:
+            self.kept_because = f"{trainer.world_size} processes"
+        elif not finished and not trainer.training:
+            self.kept_because = "during a validation"
+        elif not finished and not self._stepped:
+            self.kept_because = "inside an accumulation window (train.accumulate)"
+        else:
+            trainer.save_checkpoint(self.path)
+            self.saved_at = trainer.global_step
+
+    def stopped(self, step: int) -> str:
+        """What a SIGTERM at ``step`` left behind, for the one-line message."""
+        if self.saved_at is not None:
+            return f"stopped by SIGTERM at step {step}: last.ckpt saved there"
+        kept = "last.ckpt is the previous one" if self.path.is_file() else "there is no last.ckpt"
+        return f"stopped by SIGTERM at step {step} ({self.kept_because}): {kept}"
+
+
+def sigterm_checkpoint(trainer: L.Trainer) -> CheckpointOnSigterm:
+    """The trainer's ``CheckpointOnSigterm`` (every ``make_trainer`` trainer has one)."""
+    found = [c for c in trainer.callbacks if isinstance(c, CheckpointOnSigterm)]
+    if not found:
+        raise RuntimeError("a trainer not built by make_trainer: it has no CheckpointOnSigterm")
+    return found[0]
 
 
 def make_trainer(

@@ -58,10 +58,10 @@ from zipper_pl.registry import (
 from zipper_pl.trainer import (
     BEST_CKPT,
     LAST_CKPT,
-    CheckpointOnSigterm,
     compile_forward,
     make_trainer,
     selection_metric,
+    sigterm_checkpoint,
 )
 
 
@@ -70,24 +70,22 @@ def _seed(cfg: Config) -> None:
 
 
 def _fit_unless_terminated(trainer: L.Trainer, module, dm, ckpt: Path) -> None:
-    """``trainer.fit`` (from ``ckpt`` where it exists); a SIGTERM raises ``Terminated`` saying
-    what ``last.ckpt`` now holds. Lightning ends fit on SIGTERM with ``SIGTERMException``, a
-    ``SystemExit`` without a code: the process (and make, going on) would read success."""
-    on_sigterm = next(c for c in trainer.callbacks if isinstance(c, CheckpointOnSigterm))
+    """``trainer.fit`` (from ``ckpt`` where it exists). A SIGTERM raises ``Terminated`` saying
+    what ``last.ckpt`` holds: Lightning ends fit on it with ``SIGTERMException``, a
+    ``SystemExit`` without a code, which the process (and make, going on) would read as success.
+    Ctrl-C raises ``KeyboardInterrupt``: Lightning turns it into ``sys.exit(1)``."""
+    on_sigterm = sigterm_checkpoint(trainer)
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.is_file() else None)
     except SIGTERMException as e:
-        raise Terminated(_sigterm_stop(trainer.global_step, on_sigterm.saved_at)) from e
+        raise Terminated(on_sigterm.stopped(trainer.global_step)) from e
+    except SystemExit as e:
+        if trainer.interrupted:  # Lightning's answer to Ctrl-C
+            raise KeyboardInterrupt from e
+        raise
     if trainer.received_sigterm:  # after the last step Lightning finishes without raising
-        on_sigterm.save(trainer)
-        raise Terminated(_sigterm_stop(trainer.global_step, on_sigterm.saved_at))
-
-
-def _sigterm_stop(step: int, saved_at: int | None) -> str:
-    if saved_at is not None:
-        return f"stopped by SIGTERM at step {step}: last.ckpt saved there"
-    return (f"stopped by SIGTERM at step {step}, during a validation: last.ckpt is the one of "
-            "the latest train.ckpt_every step")  # fmt: skip
+        on_sigterm.save(trainer, finished=True)
+        raise Terminated(on_sigterm.stopped(trainer.global_step))
 
 
 def _fit(

@@ -167,7 +167,7 @@ class TrainConfig:
     grad_clip: float = F(1.0, "gradient norm clip; 0 = off", ge=0.0)
     accumulate: int = F(1, "micro-batches per optimizer step", ge=1)
     val_every: int = F(50, "validate every N optimizer steps", ge=1)
-    ckpt_every: int = F(50, "write last.ckpt every N optimizer steps", ge=1)
+    ckpt_every: int = F(50, "write last.ckpt every N optimizer steps (and at SIGTERM)", ge=1)
     log_every: int = F(10, "log training scalars every N optimizer steps", ge=1)
     accelerator: str = F(
         "auto", "Lightning accelerator", choices=("auto", "cpu", "gpu", "cuda", "mps")

@@ -1,8 +1,8 @@
 """The Lightning layer of data: the DataModules of pretraining (packed windows over a token
 store) and of fine-tuning (aligned pairs, ``data/aligned.py``).
 
-Apart from the modules that prepare data so that naming a stage (``zipper_pl paths``, run at
-every make level) never imports Lightning, which costs more than half of a bare CLI start.
+Kept apart from data preparation so that naming a stage (``zipper_pl paths``, run at every make
+level) never imports Lightning, which costs more than half of a bare CLI start.
 """
 
 from __future__ import annotations
