@@ -21,7 +21,9 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 MAKE_STATE = ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")
 
 
-def run_make(*args: str, env: dict[str, str] | None = None, timeout: int = 600):
+def run_make(
+    *args: str, env: dict[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """``make --no-print-directory ARGS`` in the repository, as a user types it: a top-level
     make, whether the suite runs under ``make test`` or not."""
     env = {k: v for k, v in (os.environ if env is None else env).items() if k not in MAKE_STATE}

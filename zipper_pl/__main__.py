@@ -176,10 +176,11 @@ def _interrupted(e: KeyboardInterrupt) -> int:
     """Say how to resume; exit as a shell reports a process the signal ended (128 + signal)."""
     if isinstance(e, Terminated):  # says what last.ckpt holds
         print(f"interrupted: {e}; re-run the same command to resume", file=sys.stderr)
-    else:  # Ctrl-C: possibly in the middle of a step, so nothing is saved then
-        print("interrupted: re-run the same command to resume from last.ckpt (saved every "
-              "train.ckpt_every steps)", file=sys.stderr)  # fmt: skip
-    return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+        return 128 + signal.SIGTERM
+    # Ctrl-C: possibly in the middle of a step, so nothing is saved then
+    print("interrupted: re-run the same command to resume from last.ckpt (saved every "
+          "train.ckpt_every steps)", file=sys.stderr)  # fmt: skip
+    return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":
