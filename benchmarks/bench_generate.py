@@ -1,11 +1,13 @@
-"""Generation throughput of the Zipper: new tokens/s for ASR (text out) and TTS (speech out),
-batch 1 and 16, cached (KV caches + cached cross-attention keys/values) and uncached (the whole
-prefix recomputed every step), 256 and 512 new tokens, greedy.
+"""Generation throughput: new tokens/s of the Zipper for ASR (text out) and TTS (speech out) and
+of the single decoder (TTS), batch 1 and 16, greedy, for each engine of models/generation.py:
+``static`` (the default: fixed-shape steps, CUDA graphs on CUDA), ``dynamic`` (the KV-cached
+engine it replaced: the peer every speed-up is measured against, in the same run) and, where
+``uncached_batches`` asks, ``uncached`` (the whole prefix recomputed every step).
 
 The length is forced: random weights with every eos embedding row zeroed (``never_eos``: the
 eos logit is exactly 0 while the largest other logit is positive), so each sample runs to its
-budget; rows report the tokens actually generated. Cached and uncached outputs are compared
-token for token.
+budget; rows report the tokens actually generated. Every engine's output is compared token for
+token with the dynamic engine's (and the uncached one's where it ran).
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ import torch
 from benchmarks import synthetic as syn
 from benchmarks.common import Env, sync
 
-TASKS = {"asr": "text", "tts": "speech"}
+CASES = {  # name -> (architecture, task, output modality)
+    "asr": ("zipper", "asr", "text"),
+    "tts": ("zipper", "tts", "speech"),
+    "single tts": ("single", "tts", "speech"),
+}
 
 
 def _timed(fn, env: Env, reps: int) -> tuple[float, list]:
@@ -33,6 +39,17 @@ def _timed(fn, env: Env, reps: int) -> tuple[float, list]:
     return sorted(times)[len(times) // 2], out
 
 
+def _same(a: list, b: list) -> bool:
+    return all(torch.equal(x[0].tokens, y[0].tokens) for x, y in zip(a, b, strict=True))
+
+
+def _models(env: Env, size: str) -> dict:
+    models = {"zipper": syn.zipper(size, "text"), "single": syn.single(size)}
+    for m in models.values():
+        syn.never_eos(m.to(env.device).eval())
+    return models
+
+
 def run(
     env: Env,
     size: str,
@@ -41,39 +58,45 @@ def run(
     uncached_batches: list[int],
     reps: int,
 ) -> list[dict]:
-    """One row per (task, batch, new tokens); uncached is timed only for ``uncached_batches``."""
-    model = syn.zipper(size, "text").to(env.device).eval()
-    syn.never_eos(model)
-    rows = []
-    for task, out in TASKS.items():
+    """One row per (case, batch, new tokens); the dynamic engine is timed once per row (it is
+    the slow peer), uncached only for ``uncached_batches``."""
+    models, rows = _models(env, size), []
+    for case, (arch, task, out) in CASES.items():
+        model = models[arch]
         for b in batches:
             prompts = [s[:1] for s in syn.task_samples(syn.pairs(size, b, seed=3), task)]
-            with env.autocast():
-                model.generate(prompts, [out], 4)  # warm-up: allocator, kernel choice
-            for n in lengths:
+
+            def gen(engine: str, n: int, prompts=prompts, model=model, out=out):
                 with env.autocast():
-                    t_c, cached = _timed(partial(model.generate, prompts, [out], n), env, reps)
-                new = sum(len(r[0].tokens) for r in cached)
+                    return model.generate(prompts, [out], n, engine=engine)
+
+            gen("static", 4), gen("dynamic", 4)  # warm-up: allocator, kernel choice
+            for n in lengths:
+                t_s, static = _timed(partial(gen, "static", n), env, reps)
+                t_d, dynamic = _timed(partial(gen, "dynamic", n), env, 1)
+                new = sum(len(r[0].tokens) for r in static)
                 row = {
-                    "task": task,
+                    "task": case,
                     "out": out,
                     "batch": b,
                     "new_tokens": n,
                     "generated": new,
-                    "cached_s": t_c,
-                    "cached_tok_s": new / t_c,
+                    "cached_s": t_s,
+                    "cached_tok_s": new / t_s,
+                    "dynamic_tok_s": new / t_d,
+                    "vs_dynamic": t_d / t_s,
+                    "identical_dynamic": _same(static, dynamic),
                 }
                 if b in uncached_batches:
-                    with env.autocast():
-                        t_u, ref = _timed(
-                            partial(model.generate_uncached, prompts, [out], n), env, 1
-                        )
-                    row["uncached_s"] = t_u
+                    t_u, ref = _timed(partial(gen, "uncached", n), env, 1)
                     row["uncached_tok_s"] = new / t_u
-                    row["speedup"] = t_u / t_c
-                    row["identical"] = all(
-                        torch.equal(x[0].tokens, y[0].tokens)
-                        for x, y in zip(cached, ref, strict=True)
-                    )
+                    row["speedup"] = t_u / t_s
+                    row["identical"] = _same(static, ref)
                 rows.append(row)
+                print(f"generation {case} batch {b}: {_line(row)}", flush=True)
     return rows
+
+
+def _line(row: dict) -> str:
+    """One row as it lands (a run cut short by a time limit still leaves its figures)."""
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())

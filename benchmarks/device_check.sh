@@ -2,11 +2,16 @@
 # The device check: what a session lent a GPU runs, in one call of at most ~8 minutes.
 #   bash benchmarks/device_check.sh [OUT]        (OUT defaults to $OUT, else /tmp/device_check)
 # 1. installs the wheels carried in .whl/ (packages the GPU image lacks; see README "GPUs"),
-# 2. runs the CUDA tests (tests/test_cuda.py) and the model tests on that machine's stack,
+# 2. runs the CUDA tests (tests/test_cuda.py: the static generation engine's CUDA graphs among
+#    them), the generation-engine tests and the model tests on that machine's stack,
 # 3. runs the tiny chain up to a zipped stage (`make zip-asr SCALE=tiny`: both towers and the
 #    Zipper through Lightning) in bf16-mixed on the GPU (the whole `make evaluate` chain took
 #    over 150 s on an H100, mostly process start-up per stage),
-# 4. runs `make bench` with SCALE=s (bf16 autocast training steps of the `s` towers and Zipper).
+# 4. runs `make bench` with SCALE=s (bf16 autocast training steps of the `s` towers and Zipper;
+#    generation tokens/s at batch 1 and 16 of the static engine against the dynamic one it
+#    replaced, token for token), writing bench.json and bench.md under OUT.
+# STEPS picks the steps (default "tests tiny_chain bench"), e.g. STEPS="tests bench" when the
+# session's device time is short (the tiny chain has passed on two lent H100s).
 # On a machine without CUDA it runs the same steps on the CPU in fp32, with the tiny chain and a
 # --quick bench instead of SCALE=s (minutes per step on a CPU), and says so: it is never run blind.
 # BENCH_ARGS is appended to the bench step's arguments (e.g. BENCH_ARGS=--compile also times every
@@ -58,11 +63,14 @@ step() {  # step NAME COMMAND...: run, log to OUT/NAME.log, time it, count a fai
 torch.__version__, 'lightning', lightning.__version__, 'cuda', torch.cuda.is_available())"
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
-step tests "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests/test_zipper.py \
-  tests/test_tower.py tests/test_single.py
-step tiny_chain make --no-print-directory zip-asr SCALE=tiny "${MAKEVARS[@]}" "${ACCEL[@]}"
+STEPS=${STEPS:-tests tiny_chain bench}
+wanted() { [[ " $STEPS " == *" $1 "* ]]; }
+wanted tests && step tests "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+  tests/test_generation_engines.py tests/test_zipper.py tests/test_tower.py tests/test_single.py
+wanted tiny_chain &&
+  step tiny_chain make --no-print-directory zip-asr SCALE=tiny "${MAKEVARS[@]}" "${ACCEL[@]}"
 # shellcheck disable=SC2086  # BENCH_ARGS holds several words on purpose
-step bench "$PY" -m benchmarks "${BENCH[@]}" ${BENCH_ARGS:-}
+wanted bench && step bench "$PY" -m benchmarks "${BENCH[@]}" ${BENCH_ARGS:-}
 rm -rf "$WORK"
 echo "device_check: $failed failed step(s); logs in $OUT"
 exit $failed

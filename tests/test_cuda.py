@@ -10,11 +10,14 @@ import torch
 
 from tests.conftest import tiny_config
 from tests.test_hf_towers import LLAMA3_ROPE, logits_match, save_model
+from tests.test_single import CASES as SINGLE_CASES
+from tests.test_single import _model as single_model
 from tests.test_ssl_units import cfg as units_config
 from tests.test_ssl_units import pool, save_tiny_hubert
 from tests.test_zipper import PRIOR, SPECS, model, samples, sharpen
 from zipper_pl.data.ssl_units import SSLUnitsTokenizer
 from zipper_pl.identity import read_identity
+from zipper_pl.models import static_decoding
 from zipper_pl.models.sequences import collate_segments, token_loss
 from zipper_pl.stages import pretrain
 
@@ -55,6 +58,30 @@ def test_cuda_cached_generation_equals_uncached(outputs):
     cached, ref = m.generate(xs, outputs, **kw), m.generate_uncached(xs, outputs, **kw)
     for c, r in zip(cached, ref, strict=True):
         assert torch.equal(c[0].tokens.cpu(), r[0].tokens.cpu())
+
+
+@pytest.mark.parametrize("arch", ["zipper", "single"])
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
+def test_cuda_static_engine_replays_graphs_and_equals_the_others(
+    monkeypatch, capsys, arch, autocast
+):
+    """The static engine captures each decoding step once and replays it (no fallback), and its
+    greedy tokens equal the dynamic engine's and the reference's on the device."""
+    captures = []
+    real = static_decoding._capture
+    monkeypatch.setattr(static_decoding, "_capture", lambda *a: captures.append(1) or real(*a))
+    if arch == "zipper":
+        m = sharpen(model(gate_init=0.7, seed=3, **PRIOR)).to(CUDA)
+        xs, out = samples(["speech"], [(5,), (2,), (7,)], seed=1), ["text", "speech"]
+    else:
+        m, out = single_model().to(CUDA), ["text", "speech"]
+        xs = SINGLE_CASES[2][0]
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        got = {e: m.generate(xs, out, 30, engine=e) for e in ("static", "dynamic", "uncached")}
+    assert len(captures) == len(out) and "capture failed" not in capsys.readouterr().err
+    for e in ("dynamic", "uncached"):
+        for a, b in zip(got["static"], got[e], strict=True):
+            assert [s.tokens.tolist() for s in a] == [s.tokens.tolist() for s in b], e
 
 
 def test_bf16_autocast_training_lowers_the_loss():

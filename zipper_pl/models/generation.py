@@ -6,6 +6,13 @@ architecture (the Zipper, the single decoder, or a later one registered in ``reg
 is ``sequences.token_loss`` / ``stream_losses`` for all), ``generate`` output modalities, and the
 token budgets their sequence lengths allow. Generation is one loop and one sampler for every
 architecture: a model contributes a runner whose ``feed`` advances one token column.
+
+Three engines, all token-identical under greedy decoding (tests): ``static`` (the default:
+preallocated caches written at a device-side slot, so every decoding step has the same shapes
+and, on CUDA, replays as one captured CUDA graph; the loop asks the device whether any row is
+still live only every ``sync_every`` steps), ``dynamic`` (the KV-cached engine before it, kept
+as the peer the benchmark compares against) and ``uncached`` (the whole prefix recomputed each
+step: the reference).
 """
 
 from __future__ import annotations
@@ -21,9 +28,12 @@ from zipper_pl.errors import UserError
 from zipper_pl.models.sequences import ModalitySpec, Segment
 from zipper_pl.models.tower import Tower
 
+ENGINES = ("static", "dynamic", "uncached")
+
 
 class Runner(Protocol):
     device: torch.device
+    sync_every: int  # steps between the loop's "is any row live?" host syncs
 
     def feed(self, m: str, tok: Tensor, valid: Tensor, new_segment: bool) -> Tensor:
         """One token [B] of modality m (valid [B]: False = padding) -> its next-token logits
@@ -52,7 +62,7 @@ class FinetunedModel(nn.Module):
         """{stream: logits [B,T,V]}; ``outputs`` = modalities whose logits are needed."""
         raise NotImplementedError
 
-    def runner(self, cached: bool, inputs, outputs, budgets, device) -> Runner:
+    def runner(self, engine: str, inputs, outputs, budgets, device) -> Runner:
         raise NotImplementedError
 
     def check_lengths(
@@ -86,27 +96,31 @@ class FinetunedModel(nn.Module):
         top_k: int | None = None,
         seed: int | None = None,
         *,
-        cached: bool = True,
+        engine: str = "static",
     ) -> list[list[Segment]]:
         """Continue each sample's input segments with one segment per output modality, in order.
 
         Greedy when temperature == 0, else temperature / top-k sampling seeded by ``seed``.
         Batched and KV-cached; ``max_new_tokens`` bounds each output segment (eos excluded).
-        ``cached=False`` recomputes the whole prefix each step: the reference the cached run must
-        equal token for token (``generate_uncached``).
+        ``engine``: one of ``ENGINES`` (module docstring); ``uncached`` recomputes the whole
+        prefix each step: the reference the cached engines must equal token for token
+        (``generate_uncached``).
         """
+        if engine not in ENGINES:
+            raise UserError(f"generation engine {engine!r} unknown: choose from {ENGINES}")
         args = (inputs, output_modalities, max_new_tokens, temperature, top_k, seed)
-        return run_generation(self, cached, *args)
+        return run_generation(self, engine, *args)
 
-    generate_uncached = functools.partialmethod(generate, cached=False)
+    generate_uncached = functools.partialmethod(generate, engine="uncached")
 
 
-def sample(logits: Tensor, temperature: float, top_k: int | None, gen, banned: list[int]) -> Tensor:
-    """Next tokens [B] from logits [B,V]; draws the same random numbers whatever the logits, so
-    cached and uncached runs (and batches of any make-up) consume the stream alike."""
-    logits = logits.float().clone()
-    logits[:, banned] = float("-inf")  # bos / pad are never generated
-    u = torch.rand(logits.size(0), 1, generator=gen, device=logits.device)
+def sample(
+    logits: Tensor, temperature: float, top_k: int | None, u: Tensor | None, banned: Tensor
+) -> Tensor:
+    """Next tokens [B] from logits [B,V], with uniform numbers u [B,1] drawn beforehand (so every
+    engine, and batches of any make-up, consume the random stream alike); banned: ids [n] on the
+    logits' device that are never generated (a list would be copied to the device every step)."""
+    logits = logits.float().index_fill(1, banned, float("-inf"))  # bos / pad are never generated
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits / temperature
@@ -145,7 +159,7 @@ def _budgets(
 
 def run_generation(
     model: FinetunedModel,
-    cached: bool,
+    engine: str,
     inputs: list[list[Segment]],
     outputs: list[str],
     max_new_tokens: dict[str, int] | int,
@@ -165,13 +179,16 @@ def run_generation(
     was_training = model.training
     model.eval()
     try:
-        runner = model.runner(cached, inputs, outputs, budgets, device)
+        runner = model.runner(engine, inputs, outputs, budgets, device)
         results: list[list[Segment]] = [[] for _ in range(B)]
-
-        def pick(logits: Tensor, banned: list[int]) -> Tensor:
-            return sample(logits, temperature, top_k, gen, banned)
-
         for m in outputs:
+            # a row picks at most budget + 1 tokens (the last an eos): draw them all up front, so
+            # the stream is consumed alike however late the loop notices that every row is done
+            u = torch.rand(budgets[m] + 1, B, 1, generator=gen, device=device)
+
+            def pick(logits: Tensor, banned: Tensor, step: int, u: Tensor = u) -> Tensor:
+                return sample(logits, temperature, top_k, u[step], banned)
+
             for b, toks in enumerate(_segment(runner, model.specs[m], B, budgets[m], pick)):
                 results[b].append(Segment(m, toks))
         return results
@@ -180,20 +197,24 @@ def run_generation(
 
 
 def _segment(runner: Runner, spec: ModalitySpec, B: int, budget: int, pick) -> list[Tensor]:
-    """Generate one output segment of modality ``spec`` for every sample -> B token tensors."""
+    """Generate one output segment of modality ``spec`` for every sample -> B token tensors.
+
+    At most budget + 2 feeds (bos, budget tokens, eos). Whether any row is still live is asked of
+    the device only every ``runner.sync_every`` steps: in between, finished rows feed padding
+    (invalid keys, skipped by every mask) and their picks are not kept."""
     device = runner.device
-    banned = sorted({spec.bos_id, spec.pad_id} - {spec.eos_id})
+    banned = torch.tensor(sorted({spec.bos_id, spec.pad_id} - {spec.eos_id}), device=device)
     feed = torch.full((B,), spec.bos_id, device=device)
     live = torch.ones(B, dtype=torch.bool, device=device)
     ending = torch.zeros_like(live)  # the token being fed is this sample's eos
     count = torch.zeros(B, dtype=torch.long, device=device)
-    toks, keeps, new_segment = [], [], True
-    while True:
-        logits = runner.feed(spec.name, feed, live, new_segment)
-        new_segment, live = False, live & ~ending
-        if not bool(live.any()):
+    toks, keeps = [], []
+    for step in range(budget + 2):
+        logits = runner.feed(spec.name, feed, live, step == 0)
+        live = live & ~ending
+        if step == budget + 1 or (step % runner.sync_every == 0 and not bool(live.any())):
             break
-        tok = pick(logits, banned)
+        tok = pick(logits, banned, step)
         tok = torch.where(count >= budget, spec.eos_id, tok)
         ending = live & (tok == spec.eos_id)
         keep = live & ~ending

@@ -23,7 +23,15 @@ from torch import Tensor
 
 from zipper_pl.errors import UserError
 from zipper_pl.models.generation import FinetunedModel
+from zipper_pl.models.kv_cache import KVCache
 from zipper_pl.models.sequences import IGNORE, ModalitySpec, Segment, loss_flags, wrap
+from zipper_pl.models.static_decoding import (
+    GraphedStep,
+    graphs_on,
+    static_cache,
+    step_mask,
+    sync_every,
+)
 from zipper_pl.models.tower import Tower
 
 STREAM = "single"  # the one stream of the batch and of the logits
@@ -102,8 +110,10 @@ class SingleDecoder(FinetunedModel):
         ``outputs`` changes nothing: one softmax serves every modality)."""
         return {STREAM: self.tower(batch[STREAM]["ids"])}
 
-    def runner(self, cached, inputs, outputs, budgets, device) -> SingleRunner:
-        return SingleRunner(self, cached, inputs, outputs, budgets, device)
+    def runner(self, engine, inputs, outputs, budgets, device) -> SingleRunner:
+        if engine == "static":
+            return StaticSingleRunner(self, True, inputs, outputs, budgets, device)
+        return SingleRunner(self, engine == "dynamic", inputs, outputs, budgets, device)
 
     def check_lengths(
         self, inputs: list[list[Segment]], outputs: list[str], budgets: dict[str, int]
@@ -176,6 +186,8 @@ class SingleRunner:
     (per-sample RoPE positions and ``key_valid``), fed with the first output bos; each later step
     feeds one column, with a KV cache or recomputing the whole prefix (the reference)."""
 
+    sync_every = 1
+
     def __init__(self, model: SingleDecoder, cached: bool, inputs, outputs, budgets, device):
         self.model, self.device, self.cached = model, device, cached
         prompts = [
@@ -195,8 +207,11 @@ class SingleRunner:
         self.pending: tuple | None = (ids, valid, pos)  # run together with the first token
         self.next_pos = lens  # (B,) RoPE position of the next real token
         steps = sum(budgets[m] + 2 for m in outputs)
-        self.cache = model.tower.new_cache(B, P + steps) if cached else None
+        self.cache = self.new_cache(B, P + steps) if cached else None
         self.ids = self.valid = self.pos = None
+
+    def new_cache(self, batch_size: int, capacity: int) -> KVCache:
+        return self.model.tower.new_cache(batch_size, capacity)
 
     def feed(self, m: str, tok: Tensor, valid: Tensor, new_segment: bool) -> Tensor:
         off, size = self.model.offsets[m], self.model.specs[m].vocab_size
@@ -218,3 +233,44 @@ class SingleRunner:
         self.ids = ids if first else torch.cat([self.ids, ids], 1)
         self.pos = pos if first else torch.cat([self.pos, pos], 1)
         return tower(self.ids, positions=self.pos, key_valid=self.valid)[:, -1]
+
+
+class StaticSingleRunner(SingleRunner):
+    """The ``static`` engine: the prompt and first token as SingleRunner feeds them, then
+    fixed-shape one-token steps over the whole preallocated cache, written at ``slot`` (a device
+    tensor advanced in place), replayed as a CUDA graph on CUDA (models/static_decoding.py)."""
+
+    def __init__(self, model: SingleDecoder, cached: bool, inputs, outputs, budgets, device):
+        super().__init__(model, True, inputs, outputs, budgets, device)
+        B, capacity = self.cache.k[0].size(0), self.cache.max_len
+        self.valid_all = torch.zeros(B, capacity, dtype=torch.bool, device=device)
+        self.slot = torch.zeros((), dtype=torch.long, device=device)
+        capture, self.sync_every = graphs_on(device), sync_every(device)
+        self.steps = {m: GraphedStep(functools.partial(self.step, m), capture) for m in outputs}
+
+    def new_cache(self, batch_size: int, capacity: int) -> KVCache:
+        return static_cache(self.model.tower, batch_size, capacity)
+
+    def feed(self, m: str, tok: Tensor, valid: Tensor, new_segment: bool) -> Tensor:
+        if self.pending is None:
+            return self.steps[m](tok, valid)
+        logits = super().feed(m, tok, valid, new_segment)  # python fill levels, any length
+        n = self.valid.size(1)
+        self.valid_all[:, :n] = self.valid
+        self.slot.fill_(n)
+        self.cache.slot = self.slot
+        return logits
+
+    def step(self, m: str, tok: Tensor, valid: Tensor) -> Tensor:
+        """One token [B] of modality m -> its logits [B,V_m]; preallocated buffers only."""
+        off, size = self.model.offsets[m], self.model.specs[m].vocab_size
+        self.valid_all.index_copy_(1, self.slot.view(1), valid[:, None])
+        logits = self.model.tower(
+            (tok + off)[:, None],
+            positions=self.next_pos[:, None],
+            cache=self.cache,
+            attn_mask=step_mask(self.valid_all, self.slot),
+        )[:, -1, off : off + size]
+        self.next_pos.add_(valid.long())
+        self.slot.add_(1)
+        return logits

@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from zipper_pl.config.schema import F
 from zipper_pl.errors import UserError
+from zipper_pl.models.kv_cache import KVCache
 
 
 @dataclass
@@ -84,49 +85,6 @@ def tower_param_count(size: str, vocab_size: int) -> int:
     """Parameter count of a preset (built on the meta device: instant, no memory)."""
     with torch.device("meta"):
         return Tower(tower_config(size, vocab_size)).num_params()
-
-
-class KVCache:
-    """Preallocated per-layer keys/values for incremental decoding.
-
-    Every layer keeps its OWN fill level (``lengths[i]``), advanced by that layer's attention when
-    it appends the new step's keys/values. Running blocks ``[0, k)`` and then ``[k, n)`` (as the
-    Zipper does) therefore advances each layer exactly once: no manual bookkeeping can go wrong.
-    ``length`` is the number of tokens that went through every layer.
-    """
-
-    def __init__(
-        self,
-        n_layers: int,
-        batch_size: int,
-        n_heads: int,
-        head_dim: int,
-        max_len: int,
-        device: torch.device | str | None,
-        dtype: torch.dtype,
-    ) -> None:
-        shape = (batch_size, n_heads, max_len, head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
-        self.lengths = [0] * n_layers
-        self.max_len = max_len
-
-    @property
-    def length(self) -> int:
-        return min(self.lengths)
-
-    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store k, v [B,H,T,hd] after this layer's cached ones; return all keys/values so far."""
-        start, t = self.lengths[layer], k.size(2)
-        if start + t > self.max_len:
-            raise UserError(
-                f"KV cache full ({start} + {t} > {self.max_len} tokens): raise the generation "
-                "budget's max_len / the tower's max_seq_len"
-            )
-        self.k[layer][:, :, start : start + t] = k
-        self.v[layer][:, :, start : start + t] = v
-        self.lengths[layer] = start + t
-        return self.k[layer][:, :, : start + t], self.v[layer][:, :, : start + t]
 
 
 def rope_inv_freq(cfg: TowerConfig, device: torch.device) -> Tensor:
@@ -308,12 +266,15 @@ class Tower(nn.Module):
         positions: Tensor | None = None,
         key_valid: Tensor | None = None,
         cache: KVCache | None = None,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
         """Run ``blocks[start:stop]`` on hidden states x [B,T,D].
 
         positions: RoPE positions [B,T] (default: arange after the cached tokens).
         key_valid: real (non-pad) keys [B, cache+T] over the whole key axis (ragged batches).
         cache: appended to by each block it runs (see KVCache: per-layer fill levels).
+        attn_mask: the self-attention mask [B,1,T,keys] itself, instead of one built from
+        key_valid (a static-cache step attends over the whole capacity: static_decoding.py).
         """
         if start >= stop:
             return x
@@ -328,7 +289,11 @@ class Tower(nn.Module):
         if positions is None:
             positions = torch.arange(past, past + T, device=x.device).expand(B, T)
         rope = rope_tables(positions, rope_inv_freq(self.cfg, x.device))
-        mask = self.attention_mask(B, T, past, key_valid, x.device)
+        mask = (
+            attn_mask
+            if attn_mask is not None
+            else self.attention_mask(B, T, past, key_valid, x.device)
+        )
         ckpt = self.activation_checkpointing and self.training and cache is None
         for block in self.blocks[start:stop]:
             if ckpt:
@@ -347,13 +312,16 @@ class Tower(nn.Module):
         positions: Tensor | None = None,
         key_valid: Tensor | None = None,
         cache: KVCache | None = None,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
         x = self.embed(idx)
-        return self.head(
-            self.run_blocks(
-                x, 0, self.n_layers, positions=positions, key_valid=key_valid, cache=cache
-            )
-        )
+        kw = {
+            "positions": positions,
+            "key_valid": key_valid,
+            "cache": cache,
+            "attn_mask": attn_mask,
+        }
+        return self.head(self.run_blocks(x, 0, self.n_layers, **kw))
 
     def new_cache(
         self,

@@ -28,7 +28,9 @@ from zipper_pl.models.sequences import (
     word_distance,
 )
 from zipper_pl.models.tower import Tower
-from zipper_pl.models.zipper_runners import CachedRunner, UncachedRunner
+from zipper_pl.models.zipper_runners import CachedRunner, StaticRunner, UncachedRunner
+
+RUNNERS = {"static": StaticRunner, "dynamic": CachedRunner, "uncached": UncachedRunner}
 
 
 class ZipperModel(FinetunedModel):
@@ -244,8 +246,8 @@ class ZipperModel(FinetunedModel):
         """One stream per tower (``collate_segments``)."""
         return functools.partial(collate_segments, specs=self.specs, loss_on=loss_on)
 
-    def runner(self, cached, inputs, outputs, budgets, device) -> CachedRunner | UncachedRunner:
-        return (CachedRunner if cached else UncachedRunner)(self, inputs, outputs, budgets, device)
+    def runner(self, engine, inputs, outputs, budgets, device) -> CachedRunner | UncachedRunner:
+        return RUNNERS[engine](self, inputs, outputs, budgets, device)
 
     def check_lengths(
         self, inputs: list[list[Segment]], outputs: list[str], budgets: dict[str, int]

@@ -1,12 +1,16 @@
 """The Zipper's generation runners: what one decoding step of ``ZipperModel`` computes.
 
-``CachedRunner`` keeps per-tower KV caches and each zipped layer's projected cross-attention
-keys/values; ``UncachedRunner`` rebuilds the interleaved batch and runs the full model (the
-reference the cached one must equal). Both implement ``feed`` for the shared decoding loop in
-``models/generation.py``.
+``CachedRunner`` (the ``dynamic`` engine) keeps per-tower KV caches and each zipped layer's
+projected cross-attention keys/values, sliced to their fill level each step; ``StaticRunner`` (the
+``static`` engine) runs the same step over the whole preallocated buffers, written at device-side
+slots, so its shapes never change and CUDA replays it as a graph; ``UncachedRunner`` rebuilds the
+interleaved batch and runs the full model (the reference both must equal). All implement ``feed``
+for the shared decoding loop in ``models/generation.py``.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +23,13 @@ from zipper_pl.models.sequences import (
     cross_mask,
     wrap,
 )
+from zipper_pl.models.static_decoding import (
+    GraphedStep,
+    graphs_on,
+    static_cache,
+    step_mask,
+    sync_every,
+)
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -29,6 +40,8 @@ class CachedRunner:
     """Incremental state: per-tower KV caches and per-direction, per-zipped-layer projected
     cross-attention keys/values, all indexed by the source tower's cache slot. Slots of
     finished samples hold padding (invalid keys); RoPE and original positions skip them."""
+
+    sync_every = 1
 
     def __init__(
         self,
@@ -44,7 +57,7 @@ class CachedRunner:
             t: pre[t]["ids"].size(1) + sum(budgets[m] + 2 for m in outputs if m == t)
             for t in model.names
         }
-        self.cache = {t: model.towers[t].new_cache(B, cap[t]) for t in model.names}
+        self.cache = {t: self.new_cache(t, B, cap[t]) for t in model.names}
         self.valid = {t: torch.zeros(B, cap[t], dtype=torch.bool, device=device) for t in cap}
         self.opos = {t: torch.full((B, cap[t]), PAD_POS, device=device) for t in cap}
         self.spos = {t: torch.zeros(B, cap[t], dtype=torch.long, device=device) for t in cap}
@@ -66,6 +79,9 @@ class CachedRunner:
         self.next_pos = {t: pre[t]["valid"].sum(1) for t in model.names}  # [B] RoPE position
         self.next_orig = sum(self.next_pos.values())  # [B] original-order position
         self.next_seg = torch.zeros(B, dtype=torch.long, device=device)  # [B] in-segment index
+
+    def new_cache(self, t: str, batch_size: int, capacity: int):
+        return self.model.towers[t].new_cache(batch_size, capacity)
 
     def advance(self, new: dict[str, dict]) -> dict[str, Tensor]:
         """Feed new[t] = {ids, valid, orig_pos, pos} [B,T] of the towers that get tokens."""
@@ -126,8 +142,68 @@ class CachedRunner:
         return logits
 
 
+class StaticRunner(CachedRunner):
+    """CachedRunner's prompt pass, then fixed-shape one-token steps: every buffer is read whole
+    (unwritten slots are invalid keys, hidden by the masks) and written at ``slot[t]``, a device
+    tensor advanced in place, so nothing in a step depends on a host-side count."""
+
+    def __init__(self, model: nn.Module, inputs, outputs, budgets, device: torch.device) -> None:
+        super().__init__(model, inputs, outputs, budgets, device)
+        self.slot = {t: torch.tensor(self.used[t], device=device) for t in model.names}
+        for t in model.names:
+            self.cache[t].slot = self.slot[t]
+        capture, self.sync_every = graphs_on(device), sync_every(device)
+        self.steps = {m: GraphedStep(functools.partial(self.step, m), capture) for m in outputs}
+
+    def new_cache(self, t: str, batch_size: int, capacity: int):
+        return static_cache(self.model.towers[t], batch_size, capacity)
+
+    def feed(self, m: str, tok: Tensor, valid: Tensor, new_segment: bool) -> Tensor:
+        if new_segment:
+            self.next_seg.zero_()
+        return self.steps[m](tok, valid)
+
+    def step(self, m: str, tok: Tensor, valid: Tensor) -> Tensor:
+        """One token [B] of tower m -> logits [B,V]; reads and writes preallocated buffers only."""
+        model, idx = self.model, self.slot[m].view(1)
+        orig = torch.where(valid, self.next_orig, PAD_POS)  # [B]
+        self.valid[m].index_copy_(1, idx, valid[:, None])
+        self.opos[m].index_copy_(1, idx, orig[:, None])
+        self.spos[m].index_copy_(1, idx, self.next_seg[:, None])
+        keys = {
+            t: {"orig_pos": self.opos[t], "seg_pos": self.spos[t], "valid": self.valid[t]}
+            for t in model.names
+        }
+        query = {"orig_pos": orig[:, None], "seg_pos": self.next_seg[:, None]}  # [B,1]
+        masks = {(a, b): cross_mask(query, keys[b]) for a, b in model.dirs if a == m}
+        run_kw = {
+            m: {
+                "positions": self.next_pos[m][:, None],
+                "cache": self.cache[m],
+                "attn_mask": step_mask(self.valid[m], self.slot[m]),
+            }
+        }
+
+        def kv_fn(d: tuple[str, str], n: int, kv: tuple[Tensor, Tensor] | None):
+            K, V = self.xkv[d, n]  # [B,H,cap_src,hd]
+            if kv is not None:  # the source is m: its new keys/values go to m's slot
+                K.index_copy_(2, idx, kv[0])
+                V.index_copy_(2, idx, kv[1])
+            return K, V
+
+        h = {m: model.embed(m, tok[:, None])}
+        distances = model.distances({m: query}, keys)
+        logits = model.zip_pass(h, run_kw, masks, kv_fn, distances=distances)[m][:, 0]
+        self.slot[m].add_(1)
+        for count in (self.next_pos[m], self.next_orig, self.next_seg):
+            count.add_(valid.long())
+        return logits
+
+
 class UncachedRunner:
     """Reference: rebuild every sample's interleaved sequence and run the full model each step."""
+
+    sync_every = 1
 
     def __init__(
         self,

@@ -1,0 +1,150 @@
+"""The generation engines (models/generation.py) give the same tokens: ``static`` (the default),
+``dynamic`` (the KV-cached engine before it) and the ``uncached`` reference, on the Zipper with 2
+and 3 towers, with and without the alignment prior, and on the single decoder; the static
+engine's loop asks the device whether a row is live only every ``sync_every`` steps."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+import zipper_pl.models.single as single_module
+import zipper_pl.models.zipper_runners as zipper_runners
+from benchmarks.synthetic import never_eos
+from tests.test_single import CASES as SINGLE_CASES
+from tests.test_single import _as_lists
+from tests.test_single import _model as single_model
+from tests.test_three_towers import PRIOR3, TASKS, mixed, model3
+from tests.test_zipper import CASES, PRIOR, model, samples, sharpen, vary_stops
+from zipper_pl.errors import UserError
+from zipper_pl.models.zipper_runners import StaticRunner, UncachedRunner
+
+GREEDY = dict(max_new_tokens=6)
+SAMPLED = dict(max_new_tokens=6, temperature=1.0, top_k=12, seed=0)
+
+
+@pytest.fixture(params=["static", "static_lazy", "dynamic"])
+def engine(request, monkeypatch) -> str:
+    """static_lazy: the static engine checking liveness every 4 steps, as on CUDA (every 16), so
+    rows that finished early feed padding for a few steps."""
+    if request.param == "static_lazy":
+        for module in (zipper_runners, single_module):
+            monkeypatch.setattr(module, "sync_every", lambda device: 4)
+        return "static"
+    return request.param
+
+
+def same(a, b) -> bool:
+    return [[s.tokens.tolist() for s in r] for r in a] == [
+        [s.tokens.tolist() for s in r] for r in b
+    ]
+
+
+@pytest.mark.parametrize("prior", [False, True], ids=["content", "align_prior"])
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("kw", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_zipper_engines_equal_the_reference(engine, case, prior, kw):
+    m = sharpen(model(gate_init=0.7, seed=3, **(PRIOR if prior else {})))
+    inputs, outputs = CASES[case]
+    xs = samples(inputs, [(5,), (2,), (7,)], seed=1)
+    vary_stops(m, xs, outputs, **kw)
+    got = m.generate(xs, outputs, **kw, engine=engine)
+    assert len({len(r[0].tokens) for r in got}) > 1  # rows finished at different steps
+    assert same(got, m.generate_uncached(xs, outputs, **kw))
+
+
+@pytest.mark.parametrize("prior", [False, True], ids=["content", "align_prior"])
+@pytest.mark.parametrize("task", list(TASKS))
+def test_three_tower_engines_equal_the_reference(engine, task, prior):
+    m = sharpen(model3(gate_init=0.7, seed=4, **(PRIOR3 if prior else {})))
+    inputs, outputs = TASKS[task]
+    xs = mixed([[(inputs[0], n)] for n in (5, 2, 7)], seed=1)
+    vary_stops(m, xs, outputs, **GREEDY)
+    got = m.generate(xs, outputs, **GREEDY, engine=engine)
+    assert same(got, m.generate_uncached(xs, outputs, **GREEDY))
+
+
+@pytest.mark.parametrize(("inputs", "outs"), SINGLE_CASES)
+@pytest.mark.parametrize("kw", [{}, {"temperature": 1.0, "top_k": 5, "seed": 3}])
+def test_single_decoder_engines_equal_the_reference(engine, inputs, outs, kw):
+    m = single_model()
+    got = _as_lists(m.generate(inputs, outs, 6, **kw, engine=engine))
+    assert got == _as_lists(m.generate_uncached(inputs, outs, 6, **kw))
+
+
+@pytest.mark.parametrize("pattern", [("speech", "text"), ("text",)])
+def test_static_step_logits_match_the_reference(pattern):
+    """Teacher-forced: the same ragged feeds (padding included) through both runners."""
+    m = sharpen(model(gate_init=0.7, seed=3, **PRIOR))
+    xs = samples(pattern, [(5, 2), (2, 6), (7, 1)] if len(pattern) == 2 else [(4,), (1,), (6,)])
+    outputs, budget = ["speech", "text"], 3
+    budgets = dict.fromkeys(outputs, budget)
+    with torch.no_grad():
+        cpu = torch.device("cpu")
+        runners = [R(m, xs, outputs, budgets, cpu) for R in (StaticRunner, UncachedRunner)]
+        g = torch.Generator().manual_seed(0)
+        for o in outputs:
+            live = torch.ones(3, dtype=torch.bool)
+            tok = torch.full((3,), m.specs[o].bos_id)
+            for step in range(budget + 2):
+                out = [r.feed(o, tok, live, step == 0) for r in runners]
+                torch.testing.assert_close(out[0][live], out[1][live], atol=1e-5, rtol=0)
+                live = live & (torch.rand(3, generator=g) < 0.7)
+                tok = torch.randint(3, 26, (3,), generator=g)
+
+
+@contextlib.contextmanager
+def counting_host_syncs():
+    """Counts the calls that make the host wait for the device (bool / item / tolist / cpu)."""
+    counts = {"n": 0}
+    names = ("__bool__", "item", "tolist", "cpu")
+    saved = {n: getattr(torch.Tensor, n) for n in names}
+
+    def counted(fn):
+        def wrapper(*args, **kwargs):
+            counts["n"] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    for n in names:
+        setattr(torch.Tensor, n, counted(saved[n]))
+    try:
+        yield counts
+    finally:
+        for n in names:
+            setattr(torch.Tensor, n, saved[n])
+
+
+@pytest.mark.parametrize("arch", ["zipper", "single"])
+def test_the_static_loop_does_not_sync_per_token(monkeypatch, arch):
+    """With liveness checked every 8 steps (CUDA checks every 16), 40 tokens cost a handful of
+    host syncs, not one per token; finished rows then feed padding, and the tokens are still
+    exactly the reference's."""
+    module = zipper_runners if arch == "zipper" else single_module
+    monkeypatch.setattr(module, "sync_every", lambda device: 8)
+    if arch == "zipper":
+        m = sharpen(model(gate_init=0.7, seed=3))
+        xs, out = samples(["speech"], [(5,), (2,), (7,)], seed=1), ["text"]
+    else:
+        m, out = single_model(), ["speech"]
+        xs = SINGLE_CASES[1][0]
+    never_eos(m)  # rows run to the budget
+    with counting_host_syncs() as fixed:  # input preparation, the prompt pass, the results
+        m.generate(xs, out, max_new_tokens=0)
+    with counting_host_syncs() as counts:
+        got = m.generate(xs, out, max_new_tokens=40)
+    with counting_host_syncs() as per_token:
+        ref = m.generate(xs, out, max_new_tokens=40, engine="dynamic")
+    assert same(got, ref)
+    steps = max(len(r[0].tokens) for r in got) + 2
+    assert steps > 20  # long enough for per-token syncs to show
+    assert counts["n"] - fixed["n"] <= steps // 8 < per_token["n"] - fixed["n"]
+
+
+def test_an_unknown_engine_is_refused():
+    m = model()
+    with pytest.raises(UserError, match="engine"):
+        m.generate(samples(["speech"], [(3,)]), ["text"], 2, engine="turbo")

@@ -1,0 +1,107 @@
+"""The parts of the ``static`` generation engine that are not a model's: its caches
+(``kv_cache.StaticKVCache``), the self-attention mask of one decoding step, and CUDA-graph replay.
+
+Why our own and not transformers' ``StaticCache`` + ``generate``: a Zipper step runs several
+towers' blocks in lockstep with cross-attention caches between them, which no library generation
+loop models; what we need from the idea (a fixed-shape step whose position is a tensor, so it can
+be captured once and replayed) is the ~100 lines below. The captured step is what gpt-fast and
+vLLM do by hand with ``torch.cuda.CUDAGraph``; ``torch.compile(mode="reduce-overhead")`` skips
+its CUDA graphs for steps that mutate their inputs, which every decoding step does (the caches).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from zipper_pl.models.kv_cache import StaticKVCache
+from zipper_pl.models.tower import Tower
+
+# steps between the host's "is any row still live?" checks when a step costs microseconds (CUDA):
+# each check waits for the queued steps; up to this many steps of finished rows are wasted
+CUDA_SYNC_EVERY = 16
+
+
+def sync_every(device: torch.device) -> int:
+    """Steps between liveness checks: on a CPU a check costs nothing and a wasted step does."""
+    return CUDA_SYNC_EVERY if device.type == "cuda" else 1
+
+
+def graphs_on(device: torch.device) -> bool:
+    """Replay decoding steps as CUDA graphs (on CUDA; a CPU step has no launches to save)."""
+    return device.type == "cuda"
+
+
+def static_cache(tower: Tower, batch_size: int, max_len: int) -> StaticKVCache:
+    """An empty StaticKVCache on the tower's device and dtype."""
+    w = tower.tok_emb.weight
+    shape = (tower.n_layers, batch_size, tower.cfg.kv_heads, tower.cfg.dim_head, max_len)
+    return StaticKVCache(*shape, w.device, w.dtype)
+
+
+def step_mask(valid: Tensor, slot: Tensor) -> Tensor:
+    """Self-attention mask [B,1,1,cap] of the token at ``slot``: every written valid key (all
+    earlier: slots fill in order) and the token itself (a padding query sees only itself, so SDPA
+    never yields NaN), exactly ``Tower.attention_mask`` of a one-token step."""
+    cols = torch.arange(valid.size(1), device=valid.device)
+    return (valid | (cols == slot))[:, None, None, :]
+
+
+class GraphedStep:
+    """``step(tok, valid) -> logits``, eager, or on CUDA replayed as one captured CUDA graph.
+
+    The first ``warmup`` calls run eagerly on a side stream (real steps: they also initialise
+    cuBLAS and the allocator, as capture requires); the next call is captured and replayed, and
+    every later one copies its inputs into the captured ones and replays. The returned logits
+    live in the graph's memory and are overwritten by the next call: read them first. A capture
+    that fails (an op that cannot be captured) is reported once and the step runs eagerly.
+    """
+
+    def __init__(self, step: Callable[[Tensor, Tensor], Tensor], capture: bool, warmup: int = 2):
+        self.step, self.capture, self.warmup, self.calls = step, capture, warmup, 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.inputs: tuple[Tensor, Tensor] | None = None
+        self.out: Tensor | None = None
+
+    def __call__(self, tok: Tensor, valid: Tensor) -> Tensor:
+        if not self.capture:
+            return self.step(tok, valid)
+        self.calls += 1
+        if self.calls <= self.warmup:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = self.step(tok, valid)
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        if self.graph is None:
+            self.inputs = (tok.clone(), valid.clone())
+            try:
+                self.graph, self.out = _capture(self.step, *self.inputs)
+            except RuntimeError as err:  # never silent: say what fell back and why
+                print(f"[generate] CUDA graph capture failed, decoding eagerly: {err}"[:300],
+                      file=sys.stderr)  # fmt: skip
+                self.capture = False
+                return self.step(tok, valid)
+        else:
+            self.inputs[0].copy_(tok)
+            self.inputs[1].copy_(valid)
+        self.graph.replay()
+        return self.out
+
+
+def _capture(step, tok: Tensor, valid: Tensor) -> tuple[torch.cuda.CUDAGraph, Tensor]:
+    """Record one step into a CUDA graph (nothing runs until ``replay``). Autocast's cast cache
+    is off inside: cached casts are freed when the caller's autocast exits, under the graph."""
+    graph = torch.cuda.CUDAGraph()
+    autocast = torch.is_autocast_enabled("cuda")
+    dtype = torch.get_autocast_dtype("cuda")
+    with (
+        torch.cuda.graph(graph),
+        torch.autocast("cuda", dtype=dtype, enabled=autocast, cache_enabled=False),
+    ):
+        out = step(tok, valid)
+    return graph, out
