@@ -144,6 +144,22 @@ def test_the_static_loop_does_not_sync_per_token(monkeypatch, arch):
     assert counts["n"] - fixed["n"] <= steps // 8 < per_token["n"] - fixed["n"]
 
 
+@pytest.mark.parametrize("arch", ["zipper", "single"])
+def test_static_engine_under_bf16_autocast(arch):
+    """Autocast computes keys/values in bf16 while the caches keep the weights' dtype: the static
+    engine casts them as the dynamic one's slice assignment does (index_copy_ refused the mix on
+    the first lent H200, which this CPU autocast reproduces)."""
+    if arch == "zipper":
+        m = sharpen(model(gate_init=0.7, seed=3, **PRIOR))
+        xs = samples(["speech"], [(5,), (2,), (7,)], seed=1)
+    else:
+        m, xs = single_model(), SINGLE_CASES[2][0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = m.generate(xs, ["text", "speech"], 8)
+        ref = m.generate(xs, ["text", "speech"], 8, engine="dynamic")
+    assert same(got, ref)
+
+
 def test_an_unknown_engine_is_refused():
     m = model()
     with pytest.raises(UserError, match="engine"):

@@ -69,6 +69,7 @@ class StaticKVCache(KVCache):
     def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         if self.slot is None or k.size(2) != 1:
             return super().append(layer, k, v)
-        self.k[layer].index_copy_(2, self.slot.view(1), k)  # [B,H,cap,hd]
-        self.v[layer].index_copy_(2, self.slot.view(1), v)
+        # cast as KVCache's slice assignment does (autocast computes k, v in bf16)
+        self.k[layer].index_copy_(2, self.slot.view(1), k.to(self.k[layer].dtype))  # [B,H,cap,hd]
+        self.v[layer].index_copy_(2, self.slot.view(1), v.to(self.v[layer].dtype))
         return self.k[layer], self.v[layer]

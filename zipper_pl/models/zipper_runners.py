@@ -187,8 +187,8 @@ class StaticRunner(CachedRunner):
         def kv_fn(d: tuple[str, str], n: int, kv: tuple[Tensor, Tensor] | None):
             K, V = self.xkv[d, n]  # [B,H,cap_src,hd]
             if kv is not None:  # the source is m: its new keys/values go to m's slot
-                K.index_copy_(2, idx, kv[0])
-                V.index_copy_(2, idx, kv[1])
+                K.index_copy_(2, idx, kv[0].to(K.dtype))  # autocast: bf16 into the fp32 cache
+                V.index_copy_(2, idx, kv[1].to(V.dtype))
             return K, V
 
         h = {m: model.embed(m, tok[:, None])}
