@@ -44,10 +44,11 @@ def test_quick_suite_writes_complete_report(tmp_path, one_thread):
             assert math.isfinite(r[k]) and r[k] > 0, (r["case"], k)
     assert all(r["vs_towers"] > 0 for r in res["train"] if r["case"].startswith("zipper"))
 
-    assert len(res["generate"]) == 2 * 2 * 2  # tasks x batches x lengths
+    assert len(res["generate"]) == 3 * 2 * 2  # cases x batches x lengths
     for g in res["generate"]:
         assert g["generated"] == g["batch"] * g["new_tokens"]  # the length really was forced
-        assert g["identical"] is True  # cached == uncached, token for token
+        assert g["identical"] is True  # static == uncached, token for token
+        assert g["identical_dynamic"] is True and g["vs_dynamic"] > 0  # and == the dynamic one
     assert {"units", "encodec"} <= set(res["tokenize"])
     assert len(res["data"]) == 4 and all(d["samples_per_s"] > 0 for d in res["data"].values())
     names = " ".join(t["target"] for t in res["targets"])

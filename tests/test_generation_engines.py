@@ -19,7 +19,6 @@ from tests.test_single import _model as single_model
 from tests.test_three_towers import PRIOR3, TASKS, mixed, model3
 from tests.test_zipper import CASES, PRIOR, model, samples, sharpen, vary_stops
 from zipper_pl.errors import UserError
-from zipper_pl.models.zipper_runners import StaticRunner, UncachedRunner
 
 GREEDY = dict(max_new_tokens=6)
 SAMPLED = dict(max_new_tokens=6, temperature=1.0, top_k=12, seed=0)
@@ -72,27 +71,6 @@ def test_single_decoder_engines_equal_the_reference(engine, inputs, outs, kw):
     m = single_model()
     got = _as_lists(m.generate(inputs, outs, 6, **kw, engine=engine))
     assert got == _as_lists(m.generate_uncached(inputs, outs, 6, **kw))
-
-
-@pytest.mark.parametrize("pattern", [("speech", "text"), ("text",)])
-def test_static_step_logits_match_the_reference(pattern):
-    """Teacher-forced: the same ragged feeds (padding included) through both runners."""
-    m = sharpen(model(gate_init=0.7, seed=3, **PRIOR))
-    xs = samples(pattern, [(5, 2), (2, 6), (7, 1)] if len(pattern) == 2 else [(4,), (1,), (6,)])
-    outputs, budget = ["speech", "text"], 3
-    budgets = dict.fromkeys(outputs, budget)
-    with torch.no_grad():
-        cpu = torch.device("cpu")
-        runners = [R(m, xs, outputs, budgets, cpu) for R in (StaticRunner, UncachedRunner)]
-        g = torch.Generator().manual_seed(0)
-        for o in outputs:
-            live = torch.ones(3, dtype=torch.bool)
-            tok = torch.full((3,), m.specs[o].bos_id)
-            for step in range(budget + 2):
-                out = [r.feed(o, tok, live, step == 0) for r in runners]
-                torch.testing.assert_close(out[0][live], out[1][live], atol=1e-5, rtol=0)
-                live = live & (torch.rand(3, generator=g) < 0.7)
-                tok = torch.randint(3, 26, (3,), generator=g)
 
 
 @contextlib.contextmanager

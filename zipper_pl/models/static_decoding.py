@@ -25,14 +25,14 @@ from zipper_pl.models.tower import Tower
 CUDA_SYNC_EVERY = 16
 
 
-def sync_every(device: torch.device) -> int:
+def sync_every(device: torch.device | str) -> int:
     """Steps between liveness checks: on a CPU a check costs nothing and a wasted step does."""
-    return CUDA_SYNC_EVERY if device.type == "cuda" else 1
+    return CUDA_SYNC_EVERY if torch.device(device).type == "cuda" else 1
 
 
-def graphs_on(device: torch.device) -> bool:
+def graphs_on(device: torch.device | str) -> bool:
     """Replay decoding steps as CUDA graphs (on CUDA; a CPU step has no launches to save)."""
-    return device.type == "cuda"
+    return torch.device(device).type == "cuda"
 
 
 def static_cache(tower: Tower, batch_size: int, max_len: int) -> StaticKVCache:

@@ -289,11 +289,9 @@ class Tower(nn.Module):
         if positions is None:
             positions = torch.arange(past, past + T, device=x.device).expand(B, T)
         rope = rope_tables(positions, rope_inv_freq(self.cfg, x.device))
-        mask = (
-            attn_mask
-            if attn_mask is not None
-            else self.attention_mask(B, T, past, key_valid, x.device)
-        )
+        mask = attn_mask
+        if mask is None:
+            mask = self.attention_mask(B, T, past, key_valid, x.device)
         ckpt = self.activation_checkpointing and self.training and cache is None
         for block in self.blocks[start:stop]:
             if ckpt:
