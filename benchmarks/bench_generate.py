@@ -70,7 +70,8 @@ def run(
                 with env.autocast():
                     return model.generate(prompts, [out], n, engine=engine)
 
-            gen("static", 4), gen("dynamic", 4)  # warm-up: allocator, kernel choice
+            for engine in ("static", "dynamic"):  # warm-up: allocator, kernel choice
+                gen(engine, 4)
             for n in lengths:
                 t_s, static = _timed(partial(gen, "static", n), env, reps)
                 t_d, dynamic = _timed(partial(gen, "dynamic", n), env, 1)

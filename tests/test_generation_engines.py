@@ -19,6 +19,7 @@ from tests.test_single import _model as single_model
 from tests.test_three_towers import PRIOR3, TASKS, mixed, model3
 from tests.test_zipper import CASES, PRIOR, model, samples, sharpen, vary_stops
 from zipper_pl.errors import UserError
+from zipper_pl.models import static_decoding
 
 GREEDY = dict(max_new_tokens=6)
 SAMPLED = dict(max_new_tokens=6, temperature=1.0, top_k=12, seed=0)
@@ -142,3 +143,14 @@ def test_an_unknown_engine_is_refused():
     m = model()
     with pytest.raises(UserError, match="engine"):
         m.generate(samples(["speech"], [(3,)]), ["text"], 2, engine="turbo")
+
+
+def test_a_failed_cuda_graph_capture_is_said_once_and_not_retried(monkeypatch, capsys):
+    monkeypatch.setattr(static_decoding, "_capture_failure", None)
+    failure = RuntimeError("operation not permitted when stream is capturing\nstack")
+    static_decoding._capture_failed(failure)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "decodes eagerly" in err and "not permitted" in err
+    step = static_decoding.GraphedStep(lambda tok, valid: tok + 1, capture=True)
+    assert not step.capture  # later steps run eagerly: no second capture, no second message
+    assert step(torch.tensor([1]), torch.tensor([True])).tolist() == [2]

@@ -23,12 +23,11 @@ from torch import Tensor
 
 from zipper_pl.errors import UserError
 from zipper_pl.models.generation import FinetunedModel
-from zipper_pl.models.kv_cache import KVCache
+from zipper_pl.models.kv_cache import KVCache, StaticKVCache
 from zipper_pl.models.sequences import IGNORE, ModalitySpec, Segment, loss_flags, wrap
 from zipper_pl.models.static_decoding import (
     GraphedStep,
     graphs_on,
-    static_cache,
     step_mask,
     sync_every,
 )
@@ -112,7 +111,7 @@ class SingleDecoder(FinetunedModel):
 
     def runner(self, engine, inputs, outputs, budgets, device) -> SingleRunner:
         if engine == "static":
-            return StaticSingleRunner(self, True, inputs, outputs, budgets, device)
+            return StaticSingleRunner(self, inputs, outputs, budgets, device)
         return SingleRunner(self, engine == "dynamic", inputs, outputs, budgets, device)
 
     def check_lengths(
@@ -240,7 +239,7 @@ class StaticSingleRunner(SingleRunner):
     fixed-shape one-token steps over the whole preallocated cache, written at ``slot`` (a device
     tensor advanced in place), replayed as a CUDA graph on CUDA (models/static_decoding.py)."""
 
-    def __init__(self, model: SingleDecoder, cached: bool, inputs, outputs, budgets, device):
+    def __init__(self, model: SingleDecoder, inputs, outputs, budgets, device):
         super().__init__(model, True, inputs, outputs, budgets, device)
         B, capacity = self.cache.k[0].size(0), self.cache.max_len
         self.valid_all = torch.zeros(B, capacity, dtype=torch.bool, device=device)
@@ -249,7 +248,7 @@ class StaticSingleRunner(SingleRunner):
         self.steps = {m: GraphedStep(functools.partial(self.step, m), capture) for m in outputs}
 
     def new_cache(self, batch_size: int, capacity: int) -> KVCache:
-        return static_cache(self.model.tower, batch_size, capacity)
+        return self.model.tower.new_cache(batch_size, capacity, cache_cls=StaticKVCache)
 
     def feed(self, m: str, tok: Tensor, valid: Tensor, new_segment: bool) -> Tensor:
         if self.pending is None:

@@ -1,5 +1,5 @@
-"""The parts of the ``static`` generation engine that are not a model's: its caches
-(``kv_cache.StaticKVCache``), the self-attention mask of one decoding step, and CUDA-graph replay.
+"""The parts of the ``static`` generation engine that are not a model's (its caches are
+``kv_cache.StaticKVCache``): the self-attention mask of one decoding step, and CUDA-graph replay.
 
 Why our own and not transformers' ``StaticCache`` + ``generate``: a Zipper step runs several
 towers' blocks in lockstep with cross-attention caches between them, which no library generation
@@ -17,8 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from zipper_pl.models.kv_cache import StaticKVCache
-from zipper_pl.models.tower import Tower
+# set by the first capture that fails: later steps run eagerly instead of failing again
+_capture_failure: str | None = None
 
 # steps between the host's "is any row still live?" checks when a step costs microseconds (CUDA):
 # each check waits for the queued steps; up to this many steps of finished rows are wasted
@@ -33,13 +33,6 @@ def sync_every(device: torch.device | str) -> int:
 def graphs_on(device: torch.device | str) -> bool:
     """Replay decoding steps as CUDA graphs (on CUDA; a CPU step has no launches to save)."""
     return torch.device(device).type == "cuda"
-
-
-def static_cache(tower: Tower, batch_size: int, max_len: int) -> StaticKVCache:
-    """An empty StaticKVCache on the tower's device and dtype."""
-    w = tower.tok_emb.weight
-    shape = (tower.n_layers, batch_size, tower.cfg.kv_heads, tower.cfg.dim_head, max_len)
-    return StaticKVCache(*shape, w.device, w.dtype)
 
 
 def step_mask(valid: Tensor, slot: Tensor) -> Tensor:
@@ -57,10 +50,12 @@ class GraphedStep:
     cuBLAS and the allocator, as capture requires); the next call is captured and replayed, and
     every later one copies its inputs into the captured ones and replays. The returned logits
     live in the graph's memory and are overwritten by the next call: read them first. A capture
-    that fails (an op that cannot be captured) is reported once and the step runs eagerly.
+    that fails (an op that cannot be captured) is reported once, and every step of the process
+    then runs eagerly.
     """
 
     def __init__(self, step: Callable[[Tensor, Tensor], Tensor], capture: bool, warmup: int = 2):
+        capture = capture and _capture_failure is None
         self.step, self.capture, self.warmup, self.calls = step, capture, warmup, 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.inputs: tuple[Tensor, Tensor] | None = None
@@ -81,9 +76,8 @@ class GraphedStep:
             self.inputs = (tok.clone(), valid.clone())
             try:
                 self.graph, self.out = _capture(self.step, *self.inputs)
-            except RuntimeError as err:  # never silent: say what fell back and why
-                print(f"[generate] CUDA graph capture failed, decoding eagerly: {err}"[:300],
-                      file=sys.stderr)  # fmt: skip
+            except RuntimeError as err:
+                _capture_failed(err)
                 self.capture = False
                 return self.step(tok, valid)
         else:
@@ -91,6 +85,17 @@ class GraphedStep:
             self.inputs[1].copy_(valid)
         self.graph.replay()
         return self.out
+
+
+def _capture_failed(err: RuntimeError) -> None:
+    """Never silent, never retried: say once in this process what fell back and why."""
+    global _capture_failure
+    _capture_failure = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+    print(
+        f"[generate] CUDA graph capture failed, every later step decodes eagerly "
+        f"(slower, same tokens): {_capture_failure}",
+        file=sys.stderr,
+    )
 
 
 def _capture(step, tok: Tensor, valid: Tensor) -> tuple[torch.cuda.CUDAGraph, Tensor]:

@@ -327,10 +327,12 @@ class Tower(nn.Module):
         max_len: int,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        cache_cls: type[KVCache] = KVCache,
     ) -> KVCache:
-        """An empty KV cache for up to max_len tokens (defaults: this tower's device / dtype)."""
+        """An empty KV cache for up to max_len tokens (defaults: this tower's device / dtype;
+        ``cache_cls``: the static engine's StaticKVCache)."""
         w = self.tok_emb.weight
-        return KVCache(
+        return cache_cls(
             self.n_layers,
             batch_size,
             self.cfg.kv_heads,

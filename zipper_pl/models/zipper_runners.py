@@ -15,6 +15,7 @@ import functools
 import torch
 from torch import Tensor, nn
 
+from zipper_pl.models.kv_cache import StaticKVCache
 from zipper_pl.models.sequences import (
     PAD_POS,
     Segment,
@@ -26,7 +27,6 @@ from zipper_pl.models.sequences import (
 from zipper_pl.models.static_decoding import (
     GraphedStep,
     graphs_on,
-    static_cache,
     step_mask,
     sync_every,
 )
@@ -156,7 +156,7 @@ class StaticRunner(CachedRunner):
         self.steps = {m: GraphedStep(functools.partial(self.step, m), capture) for m in outputs}
 
     def new_cache(self, t: str, batch_size: int, capacity: int):
-        return static_cache(self.model.towers[t], batch_size, capacity)
+        return self.model.towers[t].new_cache(batch_size, capacity, cache_cls=StaticKVCache)
 
     def feed(self, m: str, tok: Tensor, valid: Tensor, new_segment: bool) -> Tensor:
         if new_segment:
