@@ -22,8 +22,8 @@ from zipper_pl.data.audio_tokenizers import (
     AudioTokenizerConfig,
     EncodecTokenizer,
     UnitsTokenizer,
-    random_encodec_model,
 )
+from zipper_pl.data.encodec_tokenizer import random_encodec_model
 from zipper_pl.data.ssl_units import SSLUnitsTokenizer
 
 TINY_HUBERT = {

@@ -10,8 +10,8 @@ from zipper_pl.data.audio_tokenizers import (
     EncodecTokenizer,
     UnitsTokenizer,
     build_audio_tokenizer,
-    random_encodec_model,
 )
+from zipper_pl.data.encodec_tokenizer import random_encodec_model
 from zipper_pl.errors import UserError
 
 

@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zipper_pl.data.audio_tokenizers import (
-    AUDIO_TOKENIZERS,
+from zipper_pl.config.components import AudioTokenizerConfig
+from zipper_pl.data.audio_tokenizer_base import (
     AudioTokenizer,
-    AudioTokenizerConfig,
     fit_kmeans,
     nearest_units,
     tokenizer_device,
@@ -269,6 +268,3 @@ class SSLUnitsTokenizer(AudioTokenizer):
         if not np.array_equal(now, centroids):
             raise UserError(f"audio.ssl_centroids={npy} changed since {dir} was made: {fix}")
         return tok
-
-
-AUDIO_TOKENIZERS["hubert"] = SSLUnitsTokenizer
