@@ -29,8 +29,8 @@ from zipper_pl.data.readers import (
     read_libritts,
     summary_line,
 )
-from zipper_pl.data.sentences import normalize_text
 from zipper_pl.data.text import read_text_file
+from zipper_pl.data.textnorm import normalize_text
 from zipper_pl.errors import UserError
 
 _CHARSET = re.compile(r"^([a-z']+( [a-z']+)*)?$")

@@ -4,7 +4,9 @@ import re
 
 import pytest
 
-from zipper_pl.data.sentences import generate_sentences, lexicon, normalize_text
+from zipper_pl.data.lexicon import lexicon
+from zipper_pl.data.sentences import generate_sentences
+from zipper_pl.data.textnorm import normalize_text
 from zipper_pl.errors import UserError
 
 _CHARSET = re.compile(r"^[a-z']+( [a-z']+)*$")

@@ -22,8 +22,8 @@ from pathlib import Path
 import soundfile as sf
 
 from zipper_pl.data.manifest import Record, read_manifest
-from zipper_pl.data.sentences import normalize_text
 from zipper_pl.data.textnorm import REASONS as TEXT_REASONS
+from zipper_pl.data.textnorm import normalize_text
 from zipper_pl.errors import UserError
 
 # first = preferred when one utterance has several files; ogg / mp3 need libsndfile >= 1.1

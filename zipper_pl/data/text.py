@@ -10,7 +10,7 @@ import numpy as np
 import sentencepiece as spm
 
 from zipper_pl.data.readers import summary_line
-from zipper_pl.data.sentences import normalize_text
+from zipper_pl.data.textnorm import normalize_text
 from zipper_pl.errors import UserError
 from zipper_pl.io import atomic_write_bytes
 
