@@ -321,3 +321,61 @@ def test_stage_modules_sit_side_by_side_and_nothing_below_imports_them():
         "below them imports one; move what two stages share (or one stage's work another runs) "
         "down a layer (training.py, judging.py, scoring.py, finetuned.py):\n  " + "\n  ".join(found)
     )
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports when it is imported (the allowlisted lazy
+    imports inside functions run later, once both modules are loaded)."""
+    names = {module_name(p): p for p in modules()}
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        lazy_lines = {line for line, _, _ in lazy_imports(path)}
+        graph[name] = {
+            dep
+            for line, dep in imported(path)
+            if dep in names and dep != name and line not in lazy_lines
+        }
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_package_has_no_import_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles(import_graph()) == [], "modules importing each other at import time"
+
+
+def test_no_module_is_over_350_lines():
+    lines = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in modules()}
+    long = {path: n for path, n in lines.items() if n > 350}
+    assert long == {}, "split these by concern (the house limit is 350 lines)"

@@ -1,4 +1,5 @@
-"""One place builds the Lightning Trainer, from the config's ``train.*`` keys."""
+"""One place builds the Lightning Trainer, from the config's ``train.*`` keys, and runs its fit
+(resume, SIGTERM and Ctrl-C as the stages need them)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from zipper_pl.config import Config
 from zipper_pl.config.components import MIX, TASKS
-from zipper_pl.errors import UserError
+from zipper_pl.errors import Terminated, UserError
 
 LAST_CKPT = "last.ckpt"
 BEST_CKPT = "best.ckpt"
@@ -210,3 +211,27 @@ def _best_checkpoint(out: Path, enabled: bool, monitor: str, patience: int) -> l
         best,
         EarlyStopping(monitor, patience=patience, mode="min", check_on_train_epoch_end=False),
     ]
+
+
+def fit_unless_terminated(trainer: L.Trainer, module, dm, ckpt: Path) -> None:
+    """``trainer.fit`` (from ``ckpt`` where it exists). A SIGTERM raises ``Terminated`` saying
+    what ``last.ckpt`` holds: Lightning ends fit on it with ``SIGTERMException``, a
+    ``SystemExit`` without a code, which the process (and make, going on) would read as success.
+    Ctrl-C raises ``KeyboardInterrupt``: Lightning turns it into ``sys.exit(1)``."""
+    on_sigterm = sigterm_checkpoint(trainer)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.is_file() else None)
+    except SIGTERMException as e:
+        raise Terminated(on_sigterm.stopped(trainer.global_step)) from e
+    except SystemExit as e:
+        if trainer.interrupted:  # Lightning's answer to Ctrl-C
+            raise KeyboardInterrupt from e
+        raise
+    if trainer.received_sigterm:  # after the last step Lightning finishes without raising
+        on_sigterm.save(trainer, finished=True)
+        raise Terminated(on_sigterm.stopped(trainer.global_step))
+
+
+def final_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """The scalar metrics Lightning holds at the end of fit."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

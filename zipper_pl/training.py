@@ -15,7 +15,6 @@ from pathlib import Path
 import filelock
 import lightning as L
 import torch
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from zipper_pl.config import Config, load_config, save_config
@@ -28,7 +27,7 @@ from zipper_pl.data.modalities import (
     prepare_pairs,
     prepare_pretraining,
 )
-from zipper_pl.errors import Terminated, UserError
+from zipper_pl.errors import UserError
 from zipper_pl.finetuned import TOWERS_JSON, Finetuned, load_tower, save_towers_json
 from zipper_pl.inventory import distinguishing_keys
 from zipper_pl.io import atomic_write_json, copy_artefact, load_weights, read_json, save_weights
@@ -59,33 +58,15 @@ from zipper_pl.trainer import (
     BEST_CKPT,
     LAST_CKPT,
     compile_forward,
+    final_metrics,
+    fit_unless_terminated,
     make_trainer,
     selection_metric,
-    sigterm_checkpoint,
 )
 
 
 def _seed(cfg: Config) -> None:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-
-
-def _fit_unless_terminated(trainer: L.Trainer, module, dm, ckpt: Path) -> None:
-    """``trainer.fit`` (from ``ckpt`` where it exists). A SIGTERM raises ``Terminated`` saying
-    what ``last.ckpt`` holds: Lightning ends fit on it with ``SIGTERMException``, a
-    ``SystemExit`` without a code, which the process (and make, going on) would read as success.
-    Ctrl-C raises ``KeyboardInterrupt``: Lightning turns it into ``sys.exit(1)``."""
-    on_sigterm = sigterm_checkpoint(trainer)
-    try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.is_file() else None)
-    except SIGTERMException as e:
-        raise Terminated(on_sigterm.stopped(trainer.global_step)) from e
-    except SystemExit as e:
-        if trainer.interrupted:  # Lightning's answer to Ctrl-C
-            raise KeyboardInterrupt from e
-        raise
-    if trainer.received_sigterm:  # after the last step Lightning finishes without raising
-        on_sigterm.save(trainer, finished=True)
-        raise Terminated(on_sigterm.stopped(trainer.global_step))
 
 
 def _fit(
@@ -112,7 +93,7 @@ def _fit(
         print(f"[resume] warning: {ckpt} is unreadable (truncated?): kept as {aside.name}; "
               "this stage starts again from step 0")  # fmt: skip
     t0 = time.perf_counter()
-    _fit_unless_terminated(trainer, module, dm, ckpt)
+    fit_unless_terminated(trainer, module, dm, ckpt)
     if select_best and cfg.train.patience and trainer.global_step < cfg.train.max_steps:
         rank_zero_only(print)(
             f"[select] stopped at step {trainer.global_step} of {cfg.train.max_steps}: "
@@ -136,10 +117,6 @@ def _fit(
         "resumed": ckpt.is_file(),
         "selected": selected,
     }
-
-
-def _final_metrics(trainer: L.Trainer) -> dict[str, float]:
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
 
 def _log_hparams(trainer: L.Trainer, cfg: Config, kind: str, metrics: dict) -> None:
@@ -185,7 +162,7 @@ def _pretrain(cfg: Config, out: Path) -> None:
     module.tower.activation_checkpointing = cfg.model.activation_checkpointing
     run = _fit(cfg, out, module, dm)
     trainer = run["trainer"]
-    final = {**_final_metrics(trainer), **module.run_validation_pass()}
+    final = {**final_metrics(trainer), **module.run_validation_pass()}
     if trainer.is_global_zero:
         n_params = module.tower.num_params()
         metrics = {
@@ -295,7 +272,7 @@ def _train_finetune(
     module = FinetuneModule(model, cfg, toks["text"].decode)
     run = _fit(cfg, out, module, dm, select_best=cfg.train.select_best)
     trainer = run["trainer"]
-    final = {**_final_metrics(trainer), **module.run_validation_pass()}
+    final = {**final_metrics(trainer), **module.run_validation_pass()}
     if not trainer.is_global_zero:
         return out
     dm.setup("test")

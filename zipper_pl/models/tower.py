@@ -313,12 +313,7 @@ class Tower(nn.Module):
         attn_mask: Tensor | None = None,
     ) -> Tensor:
         x = self.embed(idx)
-        kw = {
-            "positions": positions,
-            "key_valid": key_valid,
-            "cache": cache,
-            "attn_mask": attn_mask,
-        }
+        kw = dict(positions=positions, key_valid=key_valid, cache=cache, attn_mask=attn_mask)
         return self.head(self.run_blocks(x, 0, self.n_layers, **kw))
 
     def new_cache(
