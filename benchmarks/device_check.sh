@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device check: what a session lent a GPU runs, in one call of at most ~8 minutes.
 #   bash benchmarks/device_check.sh [OUT]        (OUT defaults to $OUT, else /tmp/device_check)
-# 1. installs the wheels carried in .whl/ (packages the GPU image lacks; see README "GPUs"),
+# 1. installs the wheels carried in .whl/ (packages the GPU image lacks; docs/performance.md lists them),
 # 2. runs the CUDA tests (tests/test_cuda.py: the static generation engine's CUDA graphs among
 #    them), the generation-engine tests and the model tests on that machine's stack,
 # 3. runs the tiny chain up to a zipped stage (`make zip-asr SCALE=tiny`: both towers and the

@@ -1,6 +1,7 @@
 """The `s` and `l` fine-tuning configs follow the paper's recipe (../shared/PAPER.md) setting by
-setting; model selection on validation WER reaches the best-checkpoint callback; the README's
-"Deviations from the paper" table names an override for every key where `demo` departs from it."""
+setting; model selection on validation WER reaches the best-checkpoint callback; the
+"Deviations from the paper" table of docs/paper.md names an override for every key where `demo`
+departs from it."""
 
 from __future__ import annotations
 
@@ -179,9 +180,9 @@ def test_zip_stage_selecting_on_wer_exports_the_lowest_wer_weights(
         assert torch.equal(best["state_dict"][f"model.{k}"], v), k
 
 
-# ---- the README's deviation table ---------------------------------------------------------
+# ---- the deviation table (docs/paper.md) ---------------------------------------------------------
 
-# keys of the paper's recipe: where `demo` differs from `s` on one, the README must turn it off
+# keys of the paper's recipe: where `demo` differs from `s` on one, docs/paper.md must turn it off
 _TRAIN = ("max_steps lr min_lr_ratio warmup_steps weight_decay gate_lr_mult single_lr beta1 beta2 "
           "grad_clip accumulate select_best select_on patience")  # fmt: skip
 _ZIP = ("towers intervals layers directions proj_layers proj_hidden gate_init xattn_heads "
@@ -235,7 +236,7 @@ def demo_deviations() -> dict[str, tuple]:
 
 
 def test_deviation_table_overrides_name_real_keys_and_make_variables():
-    rows = deviation_rows((ROOT / "README.md").read_text())
+    rows = deviation_rows((ROOT / "docs" / "paper.md").read_text())
     makefile = (ROOT / "Makefile").read_text()
     schema = set(field_paths(Config))
     assert len(rows) >= 10
@@ -251,8 +252,7 @@ def test_deviation_table_overrides_name_real_keys_and_make_variables():
 
 
 def test_deviation_table_turns_off_every_demo_deviation():
-    readme = (ROOT / "README.md").read_text()
-    rows = deviation_rows(readme)
+    rows = deviation_rows((ROOT / "docs" / "paper.md").read_text())
     fwd = make_forwards((ROOT / "Makefile").read_text())
     deviations = demo_deviations()
     # the demo deviates where the paper says otherwise (the keys this task is about)
@@ -261,11 +261,12 @@ def test_deviation_table_turns_off_every_demo_deviation():
     for key in expected.split():
         assert key in deviations, key
     missing = sorted(set(deviations) - covered_keys(rows, fwd))
-    assert missing == [], f"README deviation table has no override for {missing}"
+    assert missing == [], f"docs/paper.md deviation table has no override for {missing}"
     # the check is live: without the input-projection row its key is reported
     fewer = [r for r in rows if "zip.input_proj=" not in r[-1]]
     assert "zip.input_proj" in set(deviations) - covered_keys(fewer, fwd)
-    assert "`s` and `l` fine-tuning configs" in readme and "follow the paper" in readme
+    paper = (ROOT / "docs" / "paper.md").read_text()
+    assert "`s` and `l` fine-tuning configs" in paper and "follow the paper" in paper
 
 
 @pytest.mark.parametrize("scale", ["s", "l"])

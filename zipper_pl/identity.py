@@ -13,7 +13,7 @@ schema and fails when a key is in none of these lists, so a new key cannot be fo
 
 The environment a stage ran on (CPU/GPU, library versions, git commit) is recorded next to the
 fingerprint as provenance, not as identity: the same experiment on another machine is the same
-experiment, and the README says what varies across machines.
+experiment, and docs/design.md says what varies across machines.
 """
 
 from __future__ import annotations
