@@ -292,6 +292,29 @@ def test_cached_scores_belong_to_their_judge_and_eval_settings(monkeypatch, tmp_
     assert calls == ["judge_a", "judge_b", "judge_b"]
 
 
+def test_a_tts_score_sampled_under_another_scheme_is_scored_again(monkeypatch, tmp_path, capsys):
+    """Best of N samples: a score from the draws of another sampling scheme (before 2026-12-04
+    the seeds drew other numbers) is recomputed, and the console says why."""
+    calls = []
+    monkeypatch.setattr(
+        "zipper_pl.ablation.tts_cell_metrics",
+        lambda folder, judge, cfg: calls.append(1) or {"tts_wer_gold": 0.3, "errors": {}},
+    )
+    cell, judge = tmp_path / "cell", tmp_path / "judge"
+    cell.mkdir()
+    judge.mkdir()
+    save_weights({"w": torch.ones(2)}, judge / "model.safetensors")
+    (judge / "metrics.json").write_text("{}")
+    cfg = load_config(None)
+    key = ablation._score_keys(judge, cfg)["tts"]
+    old = {k: v for k, v in key.items() if k != "sampling"}  # what earlier versions stored
+    (cell / ablation.SCORES["tts"]).write_text(json.dumps({"tts_wer_gold": 0.9, **old}))
+    assert ablation._score("tts", cell, judge, cfg, key)["tts_wer_gold"] == 0.3
+    assert calls == [1] and "other sampling: scoring again" in capsys.readouterr().out
+    assert ablation._score("tts", cell, judge, cfg, key)["tts_wer_gold"] == 0.3  # now cached
+    assert calls == [1]
+
+
 def test_tts_cell_counts_and_shows_utterances_too_long(monkeypatch, tmp_path, capsys):
     """A TTS cell scores only the test utterances its stage can hold; the rest are counted and
     shown on the console, not dropped silently."""

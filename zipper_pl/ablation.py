@@ -47,6 +47,7 @@ from zipper_pl.layout import (
 )
 from zipper_pl.lit.common import NonFiniteTraining
 from zipper_pl.machine import check_machine
+from zipper_pl.models.generation import SAMPLING_SCHEME
 from zipper_pl.registry import peak_lr
 from zipper_pl.scoring import asr_cell_metrics, tts_cell_metrics
 from zipper_pl.training import run_zip
@@ -194,10 +195,14 @@ SCORES = {"asr": "asr_eval.json", "tts": "tts_eval.json"}  # per cell, next to i
 
 def _score_keys(judge: Path | None, cfg: Config) -> dict[str, dict]:
     """What a cached cell score depends on besides the cell: ``eval.*``, and for TTS the judge's
-    weights."""
+    weights and the sampling scheme (``generation.SAMPLING_SCHEME``)."""
     keys = {"asr": {"eval": to_dict(cfg.eval)}}
     if judge is not None:
-        keys["tts"] = {"judge": judge_fingerprint(judge), "eval": to_dict(cfg.eval)}
+        keys["tts"] = {
+            "judge": judge_fingerprint(judge),
+            "eval": to_dict(cfg.eval),
+            "sampling": SAMPLING_SCHEME,  # best of N samples: the seeds' draws
+        }
     return keys
 
 
@@ -222,7 +227,12 @@ def _cached(folder: Path, task: str, key: dict | None) -> dict | None:
     if key is None or not cache.is_file():
         return None
     res = read_json(cache)
-    return res if all(res.get(k) == v for k, v in key.items()) else None
+    stale = [k for k, v in key.items() if res.get(k) != v]
+    if stale:  # never silent: say why a score is computed again
+        print(f"[ablation] {folder.name}: cached {task} score made with other {', '.join(stale)}: "
+              "scoring again")  # fmt: skip
+        return None
+    return res
 
 
 def _collect(cells, config_of, keys, fps) -> list[dict] | None:

@@ -29,6 +29,11 @@ from zipper_pl.models.sequences import ModalitySpec, Segment
 from zipper_pl.models.tower import Tower
 
 ENGINES = ("static", "dynamic", "uncached")
+# which random draws a seed gives a sampled segment: stored with scores of sampled output (TTS best
+# of N), so a score drawn under another scheme is recomputed, not mixed in. 2 (2026-12-04): each
+# segment's uniforms are drawn up front, budget + 1 per row; 1: one draw per step while any row
+# was live.
+SAMPLING_SCHEME = 2
 
 
 class Runner(Protocol):
