@@ -25,6 +25,7 @@ ARGS         ?=#           extra key=value overrides of every stage the command 
 FT_ARGS      ?=#           extra key=value overrides of the fine-tuning stages only, e.g. FT_ARGS="train.lr=5e-4"
 TASK         ?= asr#       `make zip` task (asr | tts | asr_phonemes: speech -> [phonemes, text]); reads EXP/zip_TASK.yaml
 TOWERS       ?=#           `make zip` towers, comma-separated modalities, e.g. text,speech,phonemes; empty = the file's zip.towers
+VOCODER      ?=#           a finished vocoder stage folder to voice speech with (evaluate); empty = the chain's
 TEXT_TOWER   ?=#           the text tower to zip: a finished stage folder, or hf:<hub id or folder> (a Llama/Mistral/Qwen2 causal LM)
 SPEECH_TOWER ?=#           a finished speech-tower stage folder to zip (e.g. pretrained on LibriLight)
 EXP          ?= experiments/$(strip $(SCALE))#  folder of the experiment YAML files
@@ -75,6 +76,8 @@ ZIPPER_TTS_DIR := $(call path_of,ZIPPER_TTS_DIR)
 SINGLE_ASR_DIR := $(call path_of,SINGLE_ASR_DIR)
 SINGLE_TTS_DIR := $(call path_of,SINGLE_TTS_DIR)
 JUDGE_DIR      := $(call path_of,JUDGE_DIR)
+VOCODER_DIR    := $(or $(strip $(VOCODER)),$(call path_of,VOCODER_DIR))
+VOCODER_DONE    = $(if $(VOCODER_DIR),$(VOCODER_DIR)/$(W))
 EVAL_DIR       := $(call path_of,EVAL_DIR)
 endif
 endif
@@ -82,7 +85,7 @@ W := model.safetensors
 ASR_DIR = $(if $(filter single,$(strip $(MODEL))),$(SINGLE_ASR_DIR),$(ZIPPER_ASR_DIR))
 TTS_DIR = $(if $(filter single,$(strip $(MODEL))),$(SINGLE_TTS_DIR),$(ZIPPER_TTS_DIR))
 
-.PHONY: help setup test lint format data zip zip-asr zip-tts finetune judge evaluate demo ablation \
+.PHONY: help setup test lint format data zip zip-asr zip-tts finetune judge vocoder evaluate demo ablation \
   bench tensorboard clean-runs _check-paths ablation-quick
 
 help: ## list targets and variables
@@ -126,12 +129,14 @@ zip-tts: $(STAMP) ## zip the towers, fine-tune on TTS pairs (MODEL=single: the b
 	@$(MAKE) --no-print-directory _check-paths _zip-tts
 judge: $(STAMP) ## train the judge ASR that scores TTS output
 	@$(MAKE) --no-print-directory _check-paths _judge
-evaluate: $(STAMP) ## Zipper vs Single Decoder: ASR/TTS WER, text retention, tables
+vocoder: $(STAMP) ## train the unit vocoder of the codec (speech tokens -> audio; EXP/vocoder.yaml)
+	@$(MAKE) --no-print-directory _check-paths _vocoder
+evaluate: $(STAMP) ## Zipper vs Single Decoder: ASR/TTS WER (TTS from audio), text retention, listen.html
 	@$(MAKE) --no-print-directory _check-paths _evaluate
 finetune: $(STAMP) ## continue a zipped stage: INIT=<stage folder> (e.g. ARGS="data.task=mix")
 	$(ZPL) finetune $(EXP)/zip_asr.yaml $(COMMON) $(ZIPVARS) inputs.init=$(INIT)
 
-.PHONY: _zip _zip-asr _zip-tts _judge _evaluate
+.PHONY: _zip _zip-asr _zip-tts _judge _vocoder _evaluate
 .SECONDEXPANSION:
 _pretrain-%: $$(DONE_$$*)
 	@test -n "$(DONE_$*)" || { echo "error: no tower '$*': EXP=$(EXP) has no pretrain_$*.yaml" \
@@ -140,6 +145,8 @@ _zip: $(ZIP_DIR)/$(W)
 _zip-asr: $(ASR_DIR)/$(W)
 _zip-tts: $(TTS_DIR)/$(W)
 _judge: $(JUDGE_DIR)/$(W)
+_vocoder: $(VOCODER_DONE)
+	@test -n "$(VOCODER_DONE)" || echo "CODEC=$(CODEC) decodes audio itself (or eval.tts_asr=none): no vocoder needed"
 _evaluate: $(EVAL_DIR)/results.json
 	@cat $(EVAL_DIR)/results.md
 
@@ -163,10 +170,15 @@ $(ZIPPER_TTS_DIR)/$(W) $(SINGLE_TTS_DIR)/$(W): $(TEXT_DONE) $(SPEECH_DONE)
 	  arch=$(if $(findstring /single-,$@),single,zipper) inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR)
 $(JUDGE_DIR)/$(W): $(SPEECH_DONE)
 	$(ZPL) judge $(EXP)/judge.yaml $(COMMON) out=$(JUDGE_DIR) inputs.speech=$(SPEECH_DIR) inputs.text=$(TEXT_DIR)
+ifeq ($(strip $(VOCODER))$(if $(VOCODER_DIR),,none),)
+$(VOCODER_DIR)/$(W):
+	$(ZPL) vocoder $(EXP)/vocoder.yaml $(COMMON) out=$(VOCODER_DIR)
+endif
 $(EVAL_DIR)/results.json: $(ZIPPER_ASR_DIR)/$(W) $(ZIPPER_TTS_DIR)/$(W) $(SINGLE_ASR_DIR)/$(W) \
-  $(SINGLE_TTS_DIR)/$(W) $(JUDGE_DIR)/$(W)
+  $(SINGLE_TTS_DIR)/$(W) $(JUDGE_DIR)/$(W) $(VOCODER_DONE)
 	$(ZPL) evaluate $(EXP)/evaluate.yaml $(COMMON) $(ZIPVARS) out=$(EVAL_DIR) \
-	  inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR) inputs.judge=$(JUDGE_DIR)
+	  inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR) inputs.judge=$(JUDGE_DIR) \
+	  $(if $(VOCODER_DIR),inputs.vocoder=$(VOCODER_DIR))
 endif
 
 demo: $(STAMP) ## the whole chain on the embedded corpus at SCALE=demo, ending with the results table

@@ -181,4 +181,8 @@ def markdown(res: dict) -> str:
     for name, d in res["data"].items():
         ratio = f" ({ratios[name]:.0f}x training)" if name in ratios else ""
         lines.append(f"| {name}, {d['batch']} | {d['samples_per_s']:,.0f} samples/s{ratio} |")
+    for name, v in res.get("vocoding", {}).get("cases", {}).items():
+        lines.append(
+            f"| vocoding, {name} ({v['params'] / 1e6:.2f}M) | {v['x_realtime']:.1f}x real time |"
+        )
     return "\n".join(lines) + "\n"

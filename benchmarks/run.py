@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # `python benchmarks/run.py`: make the repo root 
 
 import torch
 
-from benchmarks import bench_data, bench_generate, bench_tokenize, bench_train
+from benchmarks import bench_data, bench_generate, bench_tokenize, bench_train, bench_vocoder
 from benchmarks.common import detect, matmul_reference, write_atomic
 from benchmarks.report import markdown, targets
 
@@ -88,6 +88,7 @@ def run(
     train = phase("training", bench_train.run, env, p["sizes"], p["reps"], mm["flops_per_s"])
     tok = phase("tokenization", bench_tokenize.run, *p["tokenize"])
     data = phase("data loading", bench_data.run, p["sizes"][0], p["data_batches"])
+    vocode = phase("vocoding", bench_vocoder.run, env, 1.0 if quick else 10.0, p["reps"])
     results = {
         "machine": env.name,
         "device": env.device.type,
@@ -104,6 +105,7 @@ def run(
         "generate": gen,
         "tokenize": tok,
         "data": data,
+        "vocoding": vocode,
         "phase_s": phase_s,
     }
     results["targets"] = targets(results)

@@ -8,17 +8,21 @@ import numpy as np
 import pytest
 
 import zipper_pl
-from tests.conftest import ROOT, zip_config
+from tests.conftest import ROOT, tiny_config, zip_config
 from tests.test_readers import _audio
 from zipper_pl.errors import UserError
-from zipper_pl.stages import zip_stage
+from zipper_pl.stages import vocoder_stage, zip_stage
 
 PLACEHOLDER = "runs/demo-embedded/zipper-asr-units-frac0p1-freeze_text-steps500-s0-<id>"
 
 
 @pytest.fixture(scope="module")
 def stage(data_root, tiny_towers, tmp_path_factory):
+    """A tiny zipped stage with its codec's vocoder beside it (as the chain builds them)."""
     out = tmp_path_factory.mktemp("api") / "zip"
+    vocoder_stage(
+        tiny_config(data_root, out.parent, "vocoder.yaml", f"out={out.parent / 'vocoder-t'}")
+    )
     return zip_stage(zip_config(data_root, tiny_towers, out, "train.max_steps=2"))
 
 
@@ -29,7 +33,8 @@ def test_readme_snippet_runs(stage, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(block.replace(PLACEHOLDER, str(stage)), "README.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].startswith("[") and "None" in printed[1]  # units tokens: no waveform
+    assert printed[0].startswith("[") and printed[1].startswith("[")
+    assert re.fullmatch(r"\[.*\] \(\d+,\)", printed[1])  # tokens, then the waveform's shape
 
 
 def test_api_batches_arrays_and_names_bad_input(stage, tmp_path):

@@ -12,6 +12,7 @@ from omegaconf.nodes import BooleanNode, StringNode
 
 from zipper_pl.config import Config, describe_schema, load_config, save_config, to_dict
 from zipper_pl.errors import UserError
+from zipper_pl.identity import result_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))
@@ -142,6 +143,10 @@ def test_evaluate_yaml_trains_what_the_stage_files_train(scale):
         assert drop_task == {k: v for k, v in stage["data"].items() if k != "task"}, stage_file
     judge = to_dict(load_config(folder / "judge.yaml"))
     assert evaluate["judge"] == judge["judge"], f"{scale}: judge vs judge.yaml"
+    # the vocoder it trains when missing is the very stage `make vocoder` trains
+    vocoder = load_config(folder / "vocoder.yaml")
+    ours = result_config(load_config(folder / "evaluate.yaml"), "vocoder")
+    assert ours == result_config(vocoder, "vocoder"), f"{scale}: vocoder vs vocoder.yaml"
 
 
 @pytest.mark.parametrize("scale", sorted(p.name for p in (ROOT / "experiments").iterdir()))

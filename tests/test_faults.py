@@ -24,13 +24,13 @@ import zipper_pl.__main__ as zipper_cli
 from tests.conftest import ROOT, run_make, tiny_config
 from tests.test_readers import _audio
 from zipper_pl import training
+from zipper_pl.audio_eval import safe_file_name
 from zipper_pl.data import audio_tokenizers as at
 from zipper_pl.data import encodec_weights
 from zipper_pl.data.manifest import Record, write_manifest
 from zipper_pl.data.readers import read_jsonl_manifest
 from zipper_pl.data.text import TextTokenizer
 from zipper_pl.errors import Terminated, UserError
-from zipper_pl.evaluate import safe_file_name
 from zipper_pl.finetuned import load_tower
 from zipper_pl.io import TMP_MARK, atomic_write_json, copy_artefact, save_weights
 from zipper_pl.layout import is_finished, require_stage, stage_dir, stage_identity

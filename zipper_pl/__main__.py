@@ -23,6 +23,7 @@ stages:
   zip         zip the pretrained towers and fine-tune on aligned pairs (arch=zipper|single)
   finetune    continue from a zipped stage folder (inputs.init=...)
   judge       train the judge ASR used to score TTS
+  vocoder     train the unit vocoder of the codec (speech tokens -> audio)
   evaluate    ASR/TTS WER, text retention, paper-style tables
   ablation    aligned-fraction sweep (table + plots)
   path KIND   print the stage folder a config resolves to (KIND: pretrain|zip|finetune|judge)
@@ -31,6 +32,8 @@ stages:
               (used by the Makefile); overrides after -- reach the fine-tuning stages only
   keys        list every config key with its default and doc
   runs [RUNS] one line per stage folder: kind, status, keys that differ from its experiment file
+  speak STAGE "some text" [-o out.wav] [--vocoder FOLDER] [--temperature T] [--seed N]
+              speak with a fine-tuned stage and write a 16-bit wav (default: speech.wav)
   export-hf STAGE OUT
               write the text tower of a zipped stage as a Hugging Face model folder (towers
               imported with TEXT_TOWER=hf:...; AutoModelForCausalLM.from_pretrained(OUT) loads it)
@@ -53,6 +56,7 @@ STAGES = {
     "zip": "zipper_pl.stages:zip_stage",
     "finetune": "zipper_pl.stages:finetune",
     "judge": "zipper_pl.stages:judge_stage",
+    "vocoder": "zipper_pl.stages:vocoder_stage",
     "evaluate": "zipper_pl.evaluate:evaluate_stage",
     "ablation": "zipper_pl.ablation:ablation_stage",
 }
@@ -66,6 +70,7 @@ MODALITY_NAMES = "zipper_pl.config.sections:MODALITY_NAMES"
 LIST_RUNS = "zipper_pl.inventory:list_runs"
 FORMAT_RUNS = "zipper_pl.inventory:format_runs"
 LOAD_MODEL = "zipper_pl.api:load"
+SPEAK_TO_FILE = "zipper_pl.api:speak_to_file"
 
 
 def _entry(target: str) -> Any:
@@ -116,6 +121,38 @@ def _chain_paths(args: list[str]) -> dict:
     return _entry(CHAIN_PATHS)(cfgs, towers, zip_cfg)
 
 
+SPEAK_USAGE = ('usage: python -m zipper_pl speak STAGE_FOLDER "some text" [-o out.wav] '
+               "[--vocoder FOLDER] [--temperature T] [--seed N]")  # fmt: skip
+SPEAK_FLAGS = {"-o": "out", "--out": "out", "--vocoder": "vocoder", "--temperature": "temperature",
+               "--seed": "seed"}  # fmt: skip
+
+
+def _speak_args(args: list[str]) -> tuple[str, str, dict]:
+    """(stage, text, options) of ``speak STAGE TEXT [flags]``."""
+    positional, options = [], {}
+    it = iter(args)
+    for a in it:
+        if a in SPEAK_FLAGS:
+            value = next(it, None)
+            if value is None:
+                raise UserError(f"{a} needs a value\n{SPEAK_USAGE}")
+            options[SPEAK_FLAGS[a]] = value
+        elif a.startswith("-") and len(a) > 1:
+            raise UserError(f"unknown option {a}\n{SPEAK_USAGE}")
+        else:
+            positional.append(a)
+    if len(positional) != 2:
+        raise UserError(SPEAK_USAGE)
+    try:
+        if "temperature" in options:
+            options["temperature"] = float(options["temperature"])
+        if "seed" in options:
+            options["seed"] = int(options["seed"])
+    except ValueError as e:
+        raise UserError(f"{e}\n{SPEAK_USAGE}") from None
+    return positional[0], positional[1], options
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in HELP:
@@ -134,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             if len(rest) != 2:
                 raise UserError("usage: python -m zipper_pl export-hf STAGE_FOLDER OUT_FOLDER")
             print(_entry(LOAD_MODEL)(rest[0]).export_hf(rest[1]))
+            return 0
+        if stage == "speak":
+            print(_entry(SPEAK_TO_FILE)(*_speak_args(rest)))
             return 0
         if stage == "keys":
             for key, default, doc in _entry(DESCRIBE_SCHEMA)():

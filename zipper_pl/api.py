@@ -4,16 +4,20 @@ arrays, speaks text, and generates any output modality sequence.
     import zipper_pl
     model = zipper_pl.load("runs/demo-embedded/zipper-asr-units-...")
     model.transcribe(["a.wav", "b.flac"])          # -> ["the cat sat", ...]
-    model.speak(["hello world"])[0].tokens          # speech tokens (.audio: EnCodec waveform)
+    model.speak(["hello world"])[0].audio           # float32 waveform (.tokens: speech tokens)
 
 Token budgets are automatic (``eval.max_new_text``; ``eval.max_new_speech_per_word`` x words),
-audio at any sample rate is resampled to the codec's, stereo is down-mixed.
+audio at any sample rate is resampled to the codec's, stereo is down-mixed. Speech becomes
+audio through the codec's decoder (EnCodec) or the unit vocoder (``units``, ``hubert``): the one
+named by ``vocoder=`` / the stage's ``inputs.vocoder``, else the newest beside the stage for
+the same tokens (``vocoding.voice_for``).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +30,17 @@ from zipper_pl.data.hf_tokenizer import HF_TEXT_DIR
 from zipper_pl.errors import UserError
 from zipper_pl.finetuned import Finetuned, load_finetuned
 from zipper_pl.hub import is_hf_folder
+from zipper_pl.listen import write_wav
 from zipper_pl.models.hf_llama import export_hf_tower
 from zipper_pl.models.sequences import Segment
+from zipper_pl.vocoding import Voice, voice_for
 
 AudioInput = str | os.PathLike | np.ndarray
 
 
 @dataclass
 class Speech:
-    """One spoken text: the speech tokens, and the waveform where the codec decodes (EnCodec)."""
+    """One spoken text: the speech tokens and their waveform (None only without a vocoder)."""
 
     tokens: np.ndarray
     audio: np.ndarray | None
@@ -44,9 +50,19 @@ class Speech:
 class Model:
     """A fine-tuned stage (Zipper or Single Decoder) behind three calls."""
 
-    def __init__(self, ft: Finetuned) -> None:
+    def __init__(self, ft: Finetuned, vocoder: str | os.PathLike = "") -> None:
         self.ft = ft
         self.sample_rate = ft.audio_tok.sample_rate
+        self._vocoder = str(vocoder or ft.cfg.inputs.vocoder)
+        self._voice: Voice | None = None
+
+    @property
+    def voice(self) -> Voice:
+        """Speech tokens -> audio for this stage's codec (loaded on first use)."""
+        if self._voice is None:
+            device = str(next(self.ft.model.parameters()).device)
+            self._voice = voice_for(self.ft.folder, self.ft.audio_tok, self._vocoder, device)
+        return self._voice
 
     def _wave(self, audio: AudioInput, sample_rate: int | None) -> np.ndarray:
         if isinstance(audio, np.ndarray):
@@ -79,9 +95,13 @@ class Model:
         seed: int | None = None,
         batch_size: int = 32,
     ) -> list[Speech]:
-        """TTS: speech tokens per text (greedy unless ``temperature`` > 0), with waveforms when
-        the codec can decode them (EnCodec; ``units`` tokens cannot be turned into audio)."""
+        """TTS: speech tokens and their waveform per text (greedy unless ``temperature`` > 0).
+        Without a vocoder for the codec the tokens come back with ``audio=None`` and the
+        console says why once."""
         texts = [texts] if isinstance(texts, str) else list(texts)
+        blank = [i for i, t in enumerate(texts) if not t.strip()]
+        if blank:
+            raise UserError(f"speak: text {blank[0]} is empty: there is nothing to say")
         per_word = self.ft.cfg.eval.max_new_speech_per_word
         budgets = [math.ceil(per_word * max(1, len(t.split()))) for t in texts]
         tokens = self.ft.speak(texts, budgets, batch_size, temperature, None, seed)
@@ -89,8 +109,11 @@ class Model:
 
     def _decode(self, tokens: np.ndarray) -> np.ndarray | None:
         try:
-            return self.ft.audio_tok.decode(tokens)
-        except (UserError, NotImplementedError):
+            return self.voice(tokens)
+        except UserError as e:
+            if not getattr(self, "_said_no_audio", False):
+                print(f"[speak] no audio: {e}", file=sys.stderr)
+                self._said_no_audio = True
             return None
 
     @torch.no_grad()
@@ -137,6 +160,23 @@ class Model:
         return export_hf_tower(tower, side, out)
 
 
-def load(stage_folder: str | os.PathLike, device: str | torch.device = "cpu") -> Model:
-    """A fine-tuned stage folder (a ``zip`` or ``finetune`` stage), ready to use."""
-    return Model(load_finetuned(Path(stage_folder), device))
+def load(
+    stage_folder: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    vocoder: str | os.PathLike = "",
+) -> Model:
+    """A fine-tuned stage folder (a ``zip`` or ``finetune`` stage), ready to use; ``vocoder``:
+    the vocoder stage folder its speech is voiced with (default: see the module doc)."""
+    return Model(load_finetuned(Path(stage_folder), device), vocoder)
+
+
+def speak_to_file(stage: str, text: str, options: dict) -> str:
+    """``python -m zipper_pl speak STAGE TEXT -o out.wav``: one 16-bit wav; what was written."""
+    model = load(stage, vocoder=options.get("vocoder", ""))
+    out = Path(options.get("out", "speech.wav"))
+    model.voice  # noqa: B018 (first: without a vocoder, the one-line error before any work)
+    (speech,) = model.speak([text], options.get("temperature", 0.0), options.get("seed"))
+    audio = speech.audio
+    write_wav(out, audio, model.sample_rate)
+    seconds = len(audio) / model.sample_rate
+    return f"{out}: {seconds:.2f} s at {model.sample_rate} Hz ({len(speech.tokens)} speech tokens)"

@@ -39,7 +39,7 @@ from zipper_pl.models.tower import TOWER_PRESETS
 IDENTITY_FILE = "identity.json"
 FINETUNING = ("zip", "finetune")
 TRAINING = ("pretrain", "zip", "finetune", "judge")
-KINDS = (*TRAINING, "eval", "ablation")
+KINDS = (*TRAINING, "eval", "ablation", "vocoder")
 
 
 def _keys(names: str, prefix: str = "") -> list[str]:
@@ -75,6 +75,7 @@ INPUT_KEYS = frozenset(
         "inputs.phonemes",
         "inputs.init",
         "inputs.judge",
+        "inputs.vocoder",
         "eval.stages",
     ]
 )
@@ -94,6 +95,10 @@ DATA_SOURCE_KEYS = frozenset(
 # Every other key, one by one (no section prefixes: a new key must be sorted in by hand, and
 # tests/test_identity.py fails until it is) -> the stage kinds whose result it can change.
 _ALL = KINDS
+_VOCODER_KEYS = (
+    "dim intermediate_dim n_layers n_fft_hops dur_hidden segment_frames max_steps lr batch_size "
+    "gan_from mel_weight mrd_weight val_every max_utterances"
+)
 _EVAL_ALL = ("eval", "ablation")
 RESULT_KEYS: dict[str, tuple[str, ...]] = {
     "seed": _ALL,
@@ -124,10 +129,14 @@ RESULT_KEYS: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(
         _keys(
             "max_steps lr min_lr_ratio warmup_steps weight_decay beta1 beta2 grad_clip accumulate "
-            "val_every accelerator devices num_nodes strategy precision",
+            "val_every",
             "train.",
         ),
         TRAINING,
+    ),
+    # the vocoder trains with vocoder.* (steps, lr, batch) on the same hardware settings
+    **dict.fromkeys(
+        _keys("accelerator devices num_nodes strategy precision", "train."), (*TRAINING, "vocoder")
     ),
     **dict.fromkeys(
         _keys("gate_lr_mult single_lr select_best select_on patience", "train."), FINETUNING
@@ -147,6 +156,8 @@ RESULT_KEYS: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(
         _keys("tts_seeds temperature top_k max_new_speech_per_word", "eval."), _EVAL_ALL
     ),
+    "eval.tts_asr": ("eval",),
+    **dict.fromkeys(_keys(_VOCODER_KEYS, "vocoder."), ("vocoder",)),
     **dict.fromkeys(
         _keys(
             "d_model n_layers n_heads ff_mult max_len dropout conv_kernel upsample "

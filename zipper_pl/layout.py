@@ -18,6 +18,7 @@ from pathlib import Path
 import filelock
 
 from zipper_pl.config import Config, to_dict
+from zipper_pl.data.audio_tokenizers import AUDIO_TOKENIZERS
 from zipper_pl.data.modalities import MODALITIES
 from zipper_pl.data.sources import data_fingerprint
 from zipper_pl.errors import UserError
@@ -70,6 +71,8 @@ def _readable_name(cfg: Config, kind: str) -> str:
         return f"pretrain-{tag}-steps{cfg.train.max_steps}-s{cfg.seed}"
     if kind == "judge":
         return f"judge-{codec}-s{cfg.seed}"
+    if kind == "vocoder":  # de-duplicated units: the vocoder predicts durations too
+        return f"vocoder-{codec}{'-dedup' * cfg.audio.units_dedup}-steps{cfg.vocoder.max_steps}"
     frac = _frac_tag(cfg.data.aligned_frac)
     if kind == "eval":
         steps = cfg.train.max_steps
@@ -227,13 +230,24 @@ def input_fingerprints(**folders: Path) -> dict[str, str]:
     return {role: tower_fingerprint(Path(f)) for role, f in folders.items()}
 
 
-def eval_identity(cfg: Config, systems: Mapping[str, Path], judge: Path) -> dict:
-    """An evaluation is what it evaluates: every system's stage (``name.task``), the judge and
-    the text tower its retention figures compare against, plus its own ``eval.*`` settings."""
+def eval_identity(
+    cfg: Config, systems: Mapping[str, Path], judge: Path, vocoder: Path | None = None
+) -> dict:
+    """An evaluation is what it evaluates: every system's stage (``name.task``), the judge, the
+    vocoder its audio comes from and the text tower its retention figures compare against, plus
+    its own ``eval.*`` settings."""
     inputs = input_fingerprints(**{k: Path(v) for k, v in systems.items()}, judge=judge)
+    if vocoder is not None:
+        inputs |= input_fingerprints(vocoder=vocoder)
     if cfg.inputs.text:
         inputs |= input_fingerprints(text=tower_input(cfg, "text"))
     return stage_identity(cfg, "eval", inputs)
+
+
+def needs_vocoder(cfg: Config) -> bool:
+    """Whether an evaluation with ``cfg`` voices TTS through a trained vocoder: it scores audio
+    (``eval.tts_asr``) and the codec has no decoder of its own."""
+    return cfg.eval.tts_asr != "none" and not AUDIO_TOKENIZERS[cfg.audio.codec].decodes
 
 
 def path_of(cfg: Config, kind: str) -> Path:
@@ -245,8 +259,8 @@ def path_of(cfg: Config, kind: str) -> Path:
         inputs = {"init": require_stage(cfg.inputs.init, "zipped", "inputs.init")}
     elif kind == "judge":
         inputs = {"speech": tower_input(cfg, "speech")}
-    elif kind != "pretrain":
-        raise UserError(f"path KIND: KIND is pretrain, zip, finetune or judge; got {kind!r}")
+    elif kind not in ("pretrain", "vocoder"):
+        raise UserError(f"path KIND: pretrain, zip, finetune, judge or vocoder; got {kind!r}")
     return stage_dir(cfg, kind, input_fingerprints(**inputs))
 
 
@@ -255,6 +269,7 @@ CHAIN_FILES = {
     "zip_asr": "zip_asr.yaml",
     "zip_tts": "zip_tts.yaml",
     "judge": "judge.yaml",
+    "vocoder": "vocoder.yaml",
     "evaluate": "evaluate.yaml",
 }
 
@@ -311,10 +326,14 @@ def chain_paths(
     judge_cfg = dataclasses.replace(cfgs["judge"], out="")
     judge_inputs = {"speech": fps["speech"]}
     out["JUDGE_DIR"] = stage_dir(judge_cfg, "judge", judge_inputs)
+    vocoder_cfg = dataclasses.replace(cfgs["vocoder"], out="")
     eval_inputs = {
         "judge": stage_identity(judge_cfg, "judge", judge_inputs)["fingerprint"],
         "text": fps["text"],
     }
+    if needs_vocoder(cfgs["evaluate"]):
+        out["VOCODER_DIR"] = stage_dir(vocoder_cfg, "vocoder")
+        eval_inputs["vocoder"] = stage_identity(vocoder_cfg, "vocoder")["fingerprint"]
     for arch in ARCHS:
         for task in ("asr", "tts"):
             zcfg = _with_task(cfgs[f"zip_{task}"], arch, task)

@@ -120,7 +120,8 @@ def eval_asr(ft: Finetuned, utts: list[Utterance], cfg: Config) -> tuple[dict, l
 def eval_tts(
     ft: Finetuned, judge, utts: list[Utterance], targets: list[str], cfg: Config
 ) -> tuple[dict, list[dict], list[np.ndarray]]:
-    """Greedy + best-of-N TTS scored by the judge; returns (summary, rows, greedy tokens)."""
+    """Greedy + best-of-N TTS scored by the judge on the tokens; returns (summary, rows, the
+    tokens of every run: "greedy", "seed0", ...), so the audio scoring hears the same samples."""
     t0 = time.perf_counter()
     ids, golds = [u.id for u in utts], [u.text for u in utts]
     runs = [("greedy", 0.0, None)] + [
@@ -172,7 +173,7 @@ def eval_tts(
         "judge_truncated": truncated.get("truncated", 0),
         "wall_s": time.perf_counter() - t0,
     }
-    return summary, rows, greedy["tokens"]
+    return summary, rows, {name: run["tokens"] for name, run in scored.items()}
 
 
 def significance(per_system: dict[str, dict[str, list[float]]]) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Stage entry points of the training chain: pretrain, zip, finetune, judge and data. Each
+"""Stage entry points of the training chain: pretrain, zip, finetune, judge, vocoder and data. Each
 checks the machine (``check_machine``) before any work, then runs its stage's work from the layer
 below (``training.py``, ``judging.py``, ``data/prepare.py``). Stage modules (this one,
 ``evaluate.py``, ``ablation.py``) sit side by side and never import each other
@@ -16,6 +16,7 @@ from zipper_pl.data.prepare import audio_store, audio_tokenizer, corpus_manifest
 from zipper_pl.judging import run_judge
 from zipper_pl.machine import check_machine
 from zipper_pl.training import run_finetune, run_pretrain, run_zip
+from zipper_pl.vocoding import run_vocoder
 
 
 def pretrain(cfg: Config) -> Path:
@@ -36,6 +37,11 @@ def finetune(cfg: Config) -> Path:
 def judge_stage(cfg: Config) -> Path:
     """Train the judge ASR on the gold speech tokens of the full aligned training pool."""
     return run_judge(check_machine(cfg))
+
+
+def vocoder_stage(cfg: Config) -> Path:
+    """Train the unit vocoder of the active codec (speech tokens -> audio) on the speech pool."""
+    return run_vocoder(check_machine(cfg))
 
 
 def prepare_data(cfg: Config) -> Path:

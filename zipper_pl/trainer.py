@@ -31,6 +31,9 @@ class _DropAdvert(logging.Filter):
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvert())
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# the vocoder steps its optimizers by hand: its step checkpoints hold the state after that step,
+# which is what resuming at that step needs
+warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
 # a stage folder holds its identity record before its first checkpoint (layout.claim_stage)
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 

@@ -23,6 +23,7 @@ from zipper_pl.config.components import (
     AudioTokenizerConfig,
     EmbeddedCorpusConfig,
     JudgeConfig,
+    VocoderConfig,
     ZipperConfig,
 )
 from zipper_pl.config.loading import (
@@ -65,6 +66,7 @@ __all__ = [
     "StageInputs",
     "TextTokenizerConfig",
     "TrainConfig",
+    "VocoderConfig",
     "ZipperConfig",
     "check_range",
     "coerce",

@@ -149,6 +149,33 @@ class JudgeConfig:
 
 
 @dataclass
+class VocoderConfig:
+    """Speech tokens -> waveform for codecs without a decoder (``units``, ``hubert``): a Vocos
+    generator (ConvNeXt backbone + ISTFT head) on token embeddings, and a duration predictor for
+    de-duplicated units. Defaults are Vocos' published sizes and losses (``s`` / ``l``)."""
+
+    dim: int = F(512, "ConvNeXt backbone width (Vocos: 512)", ge=8)
+    intermediate_dim: int = F(1536, "ConvNeXt block inner width (Vocos: 1536)", ge=8)
+    n_layers: int = F(8, "ConvNeXt blocks (Vocos: 8)", ge=1)
+    n_fft_hops: int = F(4, "ISTFT window in codec hops (Vocos: 1024 = 4 x its hop 256)", ge=1)
+    dur_hidden: int = F(128, "duration predictor width (fairseq unit HiFi-GAN: 128)", ge=8)
+    segment_frames: int = F(64, "training crop in token frames (50/s units: 64 = 1.28 s)", ge=4)
+    max_steps: int = F(20000, "generator optimizer steps", ge=1)
+    lr: float = F(5e-4, "AdamW lr of generator and discriminators (Vocos: 5e-4)", gt=0.0)
+    batch_size: int = F(16, "crops per batch (Vocos: 16)", ge=1)
+    gan_from: int = F(
+        0,
+        "step at which the discriminators (multi-period + multi-resolution) join; at or past "
+        "max_steps: mel loss only, much cheaper (Vocos: 0)",
+        ge=0,
+    )
+    mel_weight: float = F(45.0, "weight of the mel-spectrogram L1 loss (Vocos, HiFi-GAN: 45)", ge=0)
+    mrd_weight: float = F(0.1, "weight of the multi-resolution discriminator (Vocos: 0.1)", ge=0)
+    val_every: int = F(500, "steps between validations (loss, audio samples in TensorBoard)", ge=1)
+    max_utterances: int = F(0, "speech-pool utterances trained on; 0 = all", ge=0)
+
+
+@dataclass
 class AudioTokenizerConfig:
     codec: str = F("units", "audio tokenizer", choices=("units", "encodec", "hubert"))
     units_k: int = F(256, "k-means entries (= speech vocabulary) of units / hubert", ge=2)

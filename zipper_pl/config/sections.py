@@ -17,6 +17,7 @@ from zipper_pl.config.components import (
     EmbeddedCorpusConfig,
     JudgeConfig,
     PhonemeConfig,
+    VocoderConfig,
     ZipperConfig,
 )
 from zipper_pl.config.schema import F
@@ -215,6 +216,7 @@ class StageInputs:
     phonemes: str = F("", "stage folder of the pretrained phoneme tower (zip.towers lists it)")
     init: str = F("", "zipped stage folder to continue from (finetune)")
     judge: str = F("", "stage folder of the judge ASR (evaluation)")
+    vocoder: str = F("", "stage folder of the unit vocoder (speech tokens -> audio)")
 
 
 @dataclass
@@ -229,6 +231,11 @@ class EvalConfig:
     batch_size: int = F(32, "utterances per generation batch", ge=1)
     max_new_text: int = F(96, "token budget for generated text", ge=1)
     max_new_speech_per_word: float = F(40.0, "speech-token budget per input word", gt=0.0)
+    tts_asr: str = F(
+        "judge",
+        "who transcribes TTS audio (vocoded): judge (the judge on the audio re-tokenized), "
+        "pocketsphinx, hf:<hub id or folder> (Whisper / wav2vec2), none (token judge only)",
+    )
 
 
 @dataclass
@@ -254,3 +261,4 @@ class Config:
     eval: EvalConfig = F(None, "evaluation", factory=EvalConfig)
     judge: JudgeConfig = F(None, "judge ASR (scores TTS output)", factory=JudgeConfig)
     ablation: AblationConfig = F(None, "aligned-fraction sweep", factory=AblationConfig)
+    vocoder: VocoderConfig = F(None, "unit vocoder (speech tokens -> audio)", factory=VocoderConfig)

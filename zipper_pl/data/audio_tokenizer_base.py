@@ -7,6 +7,8 @@ codecs live in ``audio_tokenizers`` (``units``, the registry), ``encodec_tokeniz
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -35,6 +37,7 @@ class AudioTokenizer:
     vocab_size: int
     frame_rate: float  # tokens per second of audio (before any de-duplication)
     needs_fit: ClassVar[bool] = False
+    decodes: ClassVar[bool] = False  # has a decoder of its own; else a unit vocoder voices it
     identity_fields: ClassVar[tuple[str, ...]] = ()  # config fields that change the tokens
     # every audio.* field this codec reads besides the shared ones (codec, seed, batch_seconds,
     # max_seconds, device): another codec's fields never enter a stage's identity
@@ -51,6 +54,20 @@ class AudioTokenizer:
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    @property
+    def collapses_runs(self) -> bool:
+        """Whether ``encode`` collapses runs of equal units (``units_dedup``): the tokens have
+        lost their durations, which a vocoder must then predict."""
+        return "units_dedup" in self.identity_fields and self.cfg.units_dedup
+
+    def encode_frames(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        """One token per frame, runs kept: what a unit vocoder learns to voice."""
+        if not self.collapses_runs:
+            return self.encode(waves)
+        frames = copy.copy(self)  # shares the fitted state; only the config differs
+        frames.cfg = dataclasses.replace(self.cfg, units_dedup=False)
+        return frames.encode(waves)
 
     def _state_bytes(self) -> bytes:
         return b""

@@ -50,6 +50,7 @@ def random_encodec_model(seed: int = 0) -> torch.nn.Module:
 class EncodecTokenizer(AudioTokenizer):
     name = "encodec"
     sample_rate = 24000
+    decodes = True
     # batch_seconds too: long files are cut into chunks of that length, and the encoder's LSTM
     # starts afresh in each, so the chunk length changes the codes (55 of 450 on a 3 s file)
     identity_fields = ("encodec_bandwidth", "encodec_codebooks", "batch_seconds")

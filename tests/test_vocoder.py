@@ -1,0 +1,173 @@
+"""The unit vocoder: its model, its stage, and speech you can hear through the API and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import zipper_pl
+from tests.conftest import tiny_config
+from tests.test_ssl_units import save_tiny_hubert
+from zipper_pl.__main__ import main
+from zipper_pl.config import VocoderConfig
+from zipper_pl.data.modalities import load_units_tokenizer
+from zipper_pl.errors import UserError
+from zipper_pl.lit.vocoder import VocoderModule
+from zipper_pl.models.vocoder import UnitVocoder, duration_loss, runs_of
+from zipper_pl.stages import pretrain, vocoder_stage, zip_stage
+from zipper_pl.vocoding import load_vocoder
+
+TINY = VocoderConfig(dim=32, intermediate_dim=64, n_layers=1, dur_hidden=16)
+STEPS = ("train.max_steps=2", "train.val_every=2", "train.ckpt_every=2")
+
+
+def test_shapes_and_runs():
+    net = UnitVocoder(TINY, vocab_size=32, hop=320)
+    assert net(torch.randint(0, 32, (2, 10))).shape == (2, 3200)  # [B, T * hop]
+    units, frames = runs_of(np.array([3, 3, 3, 7, 1, 1]))
+    assert units.tolist() == [3, 7, 1] and frames.tolist() == [3, 1, 2]
+    assert net.durations(torch.tensor([3, 7, 1])).shape == (3,)
+    assert net.synthesize(np.array([3, 7, 1]), expand=True).dtype == np.float32
+
+
+def test_a_few_steps_lower_the_mel_loss():
+    torch.manual_seed(0)
+    module = VocoderModule(TINY, vocab_size=8, hop=320, sample_rate=16000, durations=False)
+    units = torch.randint(0, 8, (4, 16))
+    t = torch.arange(16 * 320) / 16000
+    # every unit a tone of its own pitch: a mapping the vocoder can learn
+    freq = (200 + 60 * units).repeat_interleave(320, dim=1).float()
+    wave = 0.5 * torch.sin(2 * torch.pi * freq * t)
+    opt = torch.optim.AdamW(module.net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = module.mel_loss(module.net(units), wave)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.7 * losses[0], losses[::10]
+
+
+def test_the_duration_predictor_learns_durations_of_deduplicated_units():
+    torch.manual_seed(0)
+    net = UnitVocoder(TINY, vocab_size=8, hop=320)
+    units = torch.randint(0, 8, (16, 12))
+    frames = 1 + units % 4  # each unit's own duration
+    opt = torch.optim.AdamW(net.duration.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = duration_loss(net, units, frames)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    got = torch.stack([net.durations(u) for u in units])
+    assert (got == frames).float().mean() > 0.8
+
+
+@pytest.fixture(scope="module")
+def chain(data_root, tiny_towers, tmp_path_factory) -> dict[str, Path]:
+    """A tiny vocoder beside a tiny zipped TTS stage (same tokens)."""
+    root = tmp_path_factory.mktemp("voiced")
+    cfg = tiny_config(data_root, root, "vocoder.yaml", f"out={root / 'vocoder-tiny'}")
+    vocoder = vocoder_stage(cfg)
+    towers = [f"inputs.text={tiny_towers['text']}", f"inputs.speech={tiny_towers['speech']}"]
+    zcfg = tiny_config(data_root, root, "zip_tts.yaml", *towers, *STEPS, f"out={root / 'zip'}")
+    return {"vocoder": vocoder, "stage": zip_stage(zcfg), "data_root": data_root, "root": root}
+
+
+def test_the_stage_trains_writes_tensorboard_audio_and_is_reused(chain):
+    out = chain["vocoder"]
+    for name in ("model.safetensors", "vocoder.json", "metrics.json", "identity.json"):
+        assert (out / name).is_file(), name
+    acc = EventAccumulator(str(out / "tb"), size_guidance={"audio": 0}).Reload()
+    tags = acc.Tags()["audio"]
+    assert any(t.startswith("vocoder/") for t in tags) and any(t.startswith("gold/") for t in tags)
+    cfg = tiny_config(chain["data_root"], chain["root"], "vocoder.yaml", f"out={out}")
+    stamp = (out / "metrics.json").stat().st_mtime_ns
+    assert vocoder_stage(cfg) == out and (out / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_speak_returns_audio_and_the_cli_writes_a_wav(chain, tmp_path, capsys):
+    model = zipper_pl.load(chain["stage"])  # finds the vocoder beside the stage
+    (speech,) = model.speak(["the cat sat on the mat"])
+    assert speech.audio.dtype == np.float32 and speech.audio.ndim == 1
+    assert len(speech.audio) == 320 * len(speech.tokens) and np.isfinite(speech.audio).all()
+    with pytest.raises(UserError, match="empty"):
+        model.speak([""])
+    wav = tmp_path / "x.wav"
+    assert main(["speak", str(chain["stage"]), "the cat sat on the mat", "-o", str(wav)]) == 0
+    info = sf.info(str(wav))
+    said = capsys.readouterr().out
+    tokens = int(re.search(r"\((\d+) speech tokens\)", said)[1])  # a 2-step model may say little
+    assert info.samplerate == 16000 and info.subtype == "PCM_16" and info.frames == 320 * tokens
+    assert str(wav) in said
+
+
+def test_without_a_vocoder_speech_says_why_and_the_cli_names_the_fix(chain, tmp_path, capsys):
+    lone = tmp_path / "alone" / "zip"
+    lone.parent.mkdir()
+    lone.symlink_to(chain["stage"], target_is_directory=True)
+    (speech,) = zipper_pl.load(lone).speak(["the cat"])
+    assert speech.audio is None and len(speech.tokens) > 0
+    assert "make vocoder" in capsys.readouterr().err
+    assert main(["speak", str(lone), "the cat", "-o", str(tmp_path / "y.wav")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "make vocoder" in err[0] and not (tmp_path / "y.wav").exists()
+    assert main(["speak", str(lone)]) == 2 and "usage" in capsys.readouterr().err
+
+
+def test_bad_tokens_and_a_vocoder_of_other_tokens_are_one_line_errors(chain, tmp_path):
+    tok = load_units_tokenizer(chain["stage"])
+    voice = load_vocoder(chain["vocoder"], tok)
+    for bad, match in (([1, 99], "outside"), ([0.5, 1.5], "integers"), ([[1, 2]], "1-D")):
+        with pytest.raises(UserError, match=match):
+            voice(np.array(bad))
+    assert voice(np.zeros(0, dtype=np.int64)).shape == (0,)  # said nothing: no samples
+    other = dataclasses.replace(tok.cfg, units_k=16)
+    other_tok = type(tok)(other, centroids=tok.centroids.numpy()[:16])
+    with pytest.raises(UserError, match="other speech tokens"):
+        load_vocoder(chain["vocoder"], other_tok)
+
+
+@pytest.mark.parametrize("codec", ["units_dedup", "hubert"])
+def test_speak_returns_audio_for_deduplicated_units_and_hubert(codec, chain, tiny_towers, tmp_path):
+    """Both codecs end to end: speech tower, vocoder (with durations for deduplicated units) and a
+    zipped TTS stage, then ``speak`` gives a waveform."""
+    data_root = chain["data_root"]
+    audio = ["audio.units_dedup=true"]
+    if codec == "hubert":  # a random tiny HuBERT saved locally, as a hub id's folder would be
+        hubert = save_tiny_hubert(tmp_path / "hubert")
+        audio = ["audio.codec=hubert", f"audio.ssl_model={hubert}", "audio.ssl_layer=1", *audio]
+    speech = pretrain(tiny_config(data_root, tmp_path, "pretrain_speech.yaml", *audio, *STEPS))
+    vocoder = vocoder_stage(
+        tiny_config(data_root, tmp_path, "vocoder.yaml", *audio, f"out={tmp_path / 'vocoder-x'}")
+    )
+    assert json.loads((vocoder / "metrics.json").read_text())["durations"] is True
+    towers = [f"inputs.text={tiny_towers['text']}", f"inputs.speech={speech}"]
+    out = f"out={tmp_path / 'zip'}"
+    zcfg = tiny_config(data_root, tmp_path, "zip_tts.yaml", *audio, *towers, *STEPS, out)
+    stage = zip_stage(zcfg)
+    (said,) = zipper_pl.load(stage).speak(["the cat sat on the mat"])
+    assert said.audio.dtype == np.float32 and len(said.audio) >= 320 * len(said.tokens)
+
+
+def test_with_discriminators_their_optimizer_travels_in_last_ckpt(data_root, tmp_path):
+    """Vocos' adversarial training (s, l): the discriminators' optimizer is not Lightning's, so
+    its state must still be in the checkpoint a resumed stage starts from."""
+    over = ("vocoder.gan_from=1", "vocoder.max_steps=2", "vocoder.val_every=2")
+    out = vocoder_stage(
+        tiny_config(data_root, tmp_path, "vocoder.yaml", *over, f"out={tmp_path / 'v'}")
+    )
+    ckpt = torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2  # generator steps only
+    assert ckpt["discriminator_optimizer"]["optimizer"]["state"]  # stepped once, at step 1
+    assert json.loads((out / "metrics.json").read_text())["gan"] is True

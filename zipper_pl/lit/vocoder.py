@@ -1,0 +1,226 @@
+"""Training the unit vocoder: Vocos' losses and discriminators around ``UnitVocoder``.
+
+Generator loss (as Vocos trains): 45 x mel L1 + (once ``vocoder.gan_from`` is reached) the
+multi-period and multi-resolution discriminators' adversarial and feature-matching losses; plus
+the duration predictor's MSE for de-duplicated codecs. The discriminators step first on every
+batch once they are on. Their optimizer is kept out of Lightning's list on purpose: Lightning
+counts every listed optimizer's step as a global step, and ``max_steps`` here counts generator
+steps; its state still travels in ``last.ckpt`` (``on_save_checkpoint``).
+
+Data: fixed, non-overlapping crops of ``segment_frames`` token frames (and the samples under
+them) of every speech-pool utterance, batched by ``StepBatchSampler``: a resumed run continues
+with the very batches an uninterrupted one would see.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from vocos.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
+from vocos.loss import (
+    DiscriminatorLoss,
+    FeatureMatchingLoss,
+    GeneratorLoss,
+    MelSpecReconstructionLoss,
+)
+
+from zipper_pl.config import Config, VocoderConfig
+from zipper_pl.data.sampling import train_loader
+from zipper_pl.models.vocoder import UnitVocoder, duration_loss, runs_of
+
+AUDIO_SAMPLES = 3  # validation utterances whose audio TensorBoard gets at every validation
+
+
+@dataclass
+class Clip:
+    """One utterance: frame-level units [T] and its audio [T * hop] (padded or cut to fit)."""
+
+    id: str
+    units: np.ndarray
+    wave: np.ndarray
+
+
+def clip_of(uid: str, units: np.ndarray, wave: np.ndarray, hop: int) -> Clip:
+    """Pair ``units`` with exactly ``len(units) * hop`` samples of ``wave``: frame t covers
+    samples around t * hop (the codecs' centred frames), as the ISTFT head's output does."""
+    n = len(units) * hop
+    wave = np.pad(wave, (0, max(0, n - len(wave))))[:n]
+    return Clip(uid, units.astype(np.int64), wave.astype(np.float32))
+
+
+class CropDataset(Dataset):
+    """Every whole ``frames``-long window of every clip, with that clip's unit runs."""
+
+    def __init__(self, clips: list[Clip], frames: int, hop: int) -> None:
+        self.clips, self.frames, self.hop = clips, frames, hop
+        self.items = [
+            (c, lo)
+            for c, clip in enumerate(clips)
+            for lo in range(0, len(clip.units) - frames + 1, frames)
+        ]
+        self.runs = [runs_of(clip.units) for clip in clips]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        c, lo = self.items[i]
+        clip, (run_units, run_frames) = self.clips[c], self.runs[c]
+        return {
+            "units": torch.from_numpy(clip.units[lo : lo + self.frames]),
+            "wave": torch.from_numpy(clip.wave[lo * self.hop : (lo + self.frames) * self.hop]),
+            "run_units": torch.from_numpy(run_units),
+            "run_frames": torch.from_numpy(run_frames),
+        }
+
+
+def collate_crops(items: list[dict]) -> dict:
+    """Stack the crops; right-pad the runs (padding has 0 frames: masked out of the loss)."""
+    longest = max(len(it["run_units"]) for it in items)
+    run_units = torch.zeros(len(items), longest, dtype=torch.long)
+    run_frames = torch.zeros(len(items), longest, dtype=torch.long)
+    for b, it in enumerate(items):
+        run_units[b, : len(it["run_units"])] = it["run_units"]
+        run_frames[b, : len(it["run_frames"])] = it["run_frames"]
+    return {
+        "units": torch.stack([it["units"] for it in items]),  # [B, F]
+        "wave": torch.stack([it["wave"] for it in items]),  # [B, F * hop]
+        "run_units": run_units,  # [B, N]
+        "run_frames": run_frames,  # [B, N]
+    }
+
+
+class VocoderData(L.LightningDataModule):
+    """Training crops (resumable, rank-sharded) and whole validation utterances."""
+
+    def __init__(self, train: CropDataset, valid: list[Clip], cfg: Config) -> None:
+        super().__init__()
+        self.train, self.valid, self.cfg = train, valid, cfg
+
+    def train_dataloader(self) -> DataLoader:
+        return train_loader(self.train, self.cfg, self.trainer, collate_fn=collate_crops)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.valid, batch_size=1, collate_fn=lambda clips: clips[0])
+
+
+def _cosine(step: int, total: int) -> float:
+    """Vocos' schedule: cosine from the peak to 0 at ``total`` steps, no warm-up."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / max(1, total))))
+
+
+class VocoderModule(L.LightningModule):
+    def __init__(
+        self, cfg: VocoderConfig, *, vocab_size: int, hop: int, sample_rate: int, durations: bool
+    ) -> None:
+        super().__init__()
+        self.cfg, self.sample_rate, self.with_durations = cfg, sample_rate, durations
+        self.automatic_optimization = False
+        self.net = UnitVocoder(cfg, vocab_size=vocab_size, hop=hop)
+        self.gan = cfg.gan_from < cfg.max_steps
+        if self.gan:
+            self.mpd, self.mrd = MultiPeriodDiscriminator(), MultiResolutionDiscriminator()
+        n_fft = 1024 if sample_rate >= 16000 else 512
+        self.mel_loss = MelSpecReconstructionLoss(
+            sample_rate=sample_rate, n_fft=n_fft, hop_length=n_fft // 4, n_mels=80
+        )
+        self.gen_loss, self.disc_loss = GeneratorLoss(), DiscriminatorLoss()
+        self.fm_loss = FeatureMatchingLoss()
+        self._disc_opt: torch.optim.Optimizer | None = None
+        self._disc_sched: torch.optim.lr_scheduler.LambdaLR | None = None
+        self._disc_state: dict | None = None  # from a checkpoint, until the optimizer exists
+        self._val: list[float] = []
+        self._gold_logged: set[str] = set()
+
+    def configure_optimizers(self):
+        betas = (0.8, 0.9)  # Vocos' and HiFi-GAN's
+        total = self.cfg.max_steps
+        gen = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, betas=betas)
+        sched = torch.optim.lr_scheduler.LambdaLR(gen, lambda s: _cosine(s, total))
+        if self.gan:
+            disc = [*self.mpd.parameters(), *self.mrd.parameters()]
+            self._disc_opt = torch.optim.AdamW(disc, lr=self.cfg.lr, betas=betas)
+            self._disc_sched = torch.optim.lr_scheduler.LambdaLR(
+                self._disc_opt, lambda s: _cosine(s + self.cfg.gan_from, total)
+            )
+            if self._disc_state is not None:
+                self._disc_opt.load_state_dict(self._disc_state["optimizer"])
+                self._disc_sched.load_state_dict(self._disc_state["scheduler"])
+        return {"optimizer": gen, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._disc_opt is not None:
+            checkpoint["discriminator_optimizer"] = {
+                "optimizer": self._disc_opt.state_dict(),
+                "scheduler": self._disc_sched.state_dict(),
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._disc_state = checkpoint.get("discriminator_optimizer")
+
+    def _adversarial(self, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
+        """Generator's adversarial + feature-matching losses from both discriminators."""
+        total = y.new_zeros(())
+        for disc, weight in ((self.mpd, 1.0), (self.mrd, self.cfg.mrd_weight)):
+            _, fake, fmap_real, fmap_fake = disc(y=y, y_hat=y_hat)
+            total = total + weight * (self.gen_loss(fake)[0] + self.fm_loss(fmap_real, fmap_fake))
+        return total
+
+    def _discriminator_step(self, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
+        loss = y.new_zeros(())
+        for disc, weight in ((self.mpd, 1.0), (self.mrd, self.cfg.mrd_weight)):
+            real, fake, _, _ = disc(y=y, y_hat=y_hat.detach())
+            loss = loss + weight * self.disc_loss(real, fake)[0]
+        self._disc_opt.zero_grad()
+        self.manual_backward(loss)
+        self._disc_opt.step()
+        self._disc_sched.step()
+        return loss.detach()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        gen = self.optimizers()
+        y = batch["wave"]  # [B, F * hop]
+        y_hat = self.net(batch["units"])  # [B, F * hop]
+        adversarial = self.gan and self.global_step >= self.cfg.gan_from
+        if adversarial:
+            self.log("train/disc", self._discriminator_step(y, y_hat), on_step=True)
+        mel = self.mel_loss(y_hat, y)
+        loss = self.cfg.mel_weight * mel
+        if adversarial:
+            loss = loss + self._adversarial(y, y_hat)
+        if self.with_durations:
+            dur = duration_loss(self.net, batch["run_units"], batch["run_frames"])
+            loss = loss + dur
+            self.log("train/duration", dur.detach(), on_step=True)
+        gen.zero_grad()
+        self.manual_backward(loss)
+        gen.step()
+        self.lr_schedulers().step()
+        self.log("train/mel", mel.detach(), on_step=True, prog_bar=True)
+        self.log("train/loss", loss.detach(), on_step=True)
+        return loss.detach()
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = []
+
+    def validation_step(self, clip: Clip, batch_idx: int) -> None:
+        units = torch.as_tensor(clip.units, device=self.device)[None]
+        y = torch.as_tensor(clip.wave, device=self.device)[None]
+        y_hat = self.net(units)
+        self._val.append(float(self.mel_loss(y_hat, y)))
+        if batch_idx < AUDIO_SAMPLES and self.trainer.is_global_zero:
+            tb = self.logger.experiment
+            audio = y_hat[0].float().clamp(-1, 1).cpu()
+            tb.add_audio(f"vocoder/{clip.id}", audio, self.global_step, self.sample_rate)
+            if clip.id not in self._gold_logged:  # once: the reference to listen against
+                tb.add_audio(f"gold/{clip.id}", y[0].cpu(), 0, self.sample_rate)
+                self._gold_logged.add(clip.id)
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val:
+            self.log("val/loss", float(np.mean(self._val)), prog_bar=True)

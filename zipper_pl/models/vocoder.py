@@ -1,0 +1,118 @@
+"""The unit vocoder: speech tokens -> waveform, for codecs that have no decoder of their own.
+
+Built from the parts of ``vocos`` (Siuzdak 2023), a maintained vocoder library: its ConvNeXt
+backbone runs at the token rate and its ISTFT head turns every frame into ``hop`` samples, so
+a 50/s unit sequence at 16 kHz needs no upsampling layers (HiFi-GAN's transposed convolutions
+are the costly part of a unit HiFi-GAN on a CPU). Ours is only the glue: a unit embedding in
+place of Vocos' mel input, and a duration predictor for de-duplicated units (fairseq's unit
+HiFi-GAN ``dur_prediction``: two convolutions predicting log(1 + frames) per unit, MSE).
+
+Shapes: units [B, T] (frame-level) -> audio [B, T * hop]; deduplicated units [B, N] ->
+log-durations [B, N].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as Fn
+from torch import Tensor, nn
+from vocos.heads import ISTFTHead
+from vocos.models import VocosBackbone
+
+from zipper_pl.config.components import VocoderConfig
+from zipper_pl.errors import UserError
+
+
+class DurationPredictor(nn.Module):
+    """fairseq's ``VariancePredictor``: conv-ReLU-LayerNorm-dropout twice, then one linear."""
+
+    def __init__(self, vocab_size: int, hidden: int, kernel: int = 3, dropout: float = 0.5):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, hidden)
+        self.convs = nn.ModuleList(
+            [nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2) for _ in range(2)]
+        )
+        self.norms = nn.ModuleList([nn.LayerNorm(hidden) for _ in range(2)])
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, units: Tensor) -> Tensor:
+        """units [B, N] -> predicted log(1 + frames) [B, N]."""
+        x = self.embed(units)  # [B, N, H]
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            x = conv(x.transpose(1, 2)).transpose(1, 2).relu()
+            x = self.dropout(norm(x))
+        return self.out(x).squeeze(-1)
+
+
+class UnitVocoder(nn.Module):
+    """Unit embedding -> Vocos ConvNeXt backbone -> ISTFT head, plus a duration predictor."""
+
+    def __init__(self, cfg: VocoderConfig, *, vocab_size: int, hop: int) -> None:
+        super().__init__()
+        self.vocab_size, self.hop = vocab_size, hop
+        self.embed = nn.Embedding(vocab_size, cfg.dim)
+        self.backbone = VocosBackbone(
+            input_channels=cfg.dim,
+            dim=cfg.dim,
+            intermediate_dim=cfg.intermediate_dim,
+            num_layers=cfg.n_layers,
+        )
+        self.head = ISTFTHead(cfg.dim, n_fft=cfg.n_fft_hops * hop, hop_length=hop, padding="same")
+        self.duration = DurationPredictor(vocab_size, cfg.dur_hidden)
+
+    def forward(self, units: Tensor) -> Tensor:
+        """units [B, T] -> audio [B, T * hop]."""
+        x = self.embed(units).transpose(1, 2)  # [B, C, T]: Vocos' input layout
+        return self.head(self.backbone(x))  # backbone: [B, T, C]; head: [B, T * hop]
+
+    def check_units(self, units: np.ndarray) -> np.ndarray:
+        """A 1-D integer array of known ids, or a one-line error naming the fix."""
+        units = np.asarray(units)
+        if units.ndim != 1 or units.size == 0:
+            raise UserError(
+                f"the vocoder takes a non-empty 1-D array of speech tokens, got shape "
+                f"{units.shape}: generate speech first (model.speak)"
+            )
+        if not np.issubdtype(units.dtype, np.integer):
+            raise UserError(f"speech tokens must be integers, got {units.dtype}")
+        if units.min() < 0 or units.max() >= self.vocab_size:
+            raise UserError(
+                f"speech tokens {int(units.min())}..{int(units.max())} lie outside this "
+                f"vocoder's 0..{self.vocab_size - 1}: use the vocoder trained for this codec"
+            )
+        return units.astype(np.int64)
+
+    @torch.no_grad()
+    def durations(self, units: Tensor) -> Tensor:
+        """Frames per deduplicated unit [N] (at least 1), as fairseq rounds them."""
+        log_d = self.duration(units[None])[0]
+        return torch.clamp(torch.round(torch.exp(log_d) - 1), min=1).long()
+
+    @torch.no_grad()
+    def synthesize(self, units: np.ndarray, *, expand: bool) -> np.ndarray:
+        """One utterance's tokens -> float32 audio; ``expand``: the tokens are deduplicated and
+        each is repeated by its predicted duration first."""
+        device = self.embed.weight.device
+        x = torch.as_tensor(self.check_units(units), device=device)
+        if expand:
+            x = torch.repeat_interleave(x, self.durations(x))
+        audio = self(x[None])[0].float().clamp(-1.0, 1.0)
+        return audio.cpu().numpy().astype(np.float32)
+
+
+def duration_loss(model: UnitVocoder, units: Tensor, frames: Tensor) -> Tensor:
+    """MSE between predicted and true log(1 + frames) over real (frames > 0) runs: [B, N]."""
+    mask = frames > 0
+    target = torch.log1p(frames.float())
+    return Fn.mse_loss(model.duration(units)[mask], target[mask])
+
+
+def runs_of(frame_units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(units, frames per unit): the runs of a frame-level unit sequence."""
+    if frame_units.size == 0:
+        return frame_units.astype(np.int64), np.zeros(0, dtype=np.int64)
+    starts = np.r_[0, np.flatnonzero(frame_units[1:] != frame_units[:-1]) + 1]
+    lengths = np.diff(np.r_[starts, frame_units.size])
+    return frame_units[starts].astype(np.int64), lengths.astype(np.int64)
