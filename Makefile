@@ -85,7 +85,7 @@ W := model.safetensors
 ASR_DIR = $(if $(filter single,$(strip $(MODEL))),$(SINGLE_ASR_DIR),$(ZIPPER_ASR_DIR))
 TTS_DIR = $(if $(filter single,$(strip $(MODEL))),$(SINGLE_TTS_DIR),$(ZIPPER_TTS_DIR))
 
-.PHONY: help setup test lint format data zip zip-asr zip-tts finetune judge vocoder evaluate demo ablation \
+.PHONY: help setup test test-fast lint format data zip zip-asr zip-tts finetune judge vocoder evaluate demo ablation \
   bench tensorboard clean-runs _check-paths ablation-quick
 
 help: ## list targets and variables
@@ -105,6 +105,9 @@ setup: $(STAMP) ## create .venv and install the project (once)
 
 test: $(STAMP) ## run the test suite (CPU, tiny configs, < 10 min)
 	$(PY) -m pytest
+
+test-fast: $(STAMP) ## the edit loop: every test not marked slow (no stages, processes or make; ~1 min)
+	$(PY) -m pytest -m "not slow"
 
 lint: $(STAMP) ## ruff check + format check
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

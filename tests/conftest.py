@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 from pathlib import Path
@@ -89,3 +90,27 @@ def traced_compile(monkeypatch) -> list:
     torch._dynamo.reset()
     yield compiled
     torch._dynamo.reset()
+
+
+# ---- tiers: `make test-fast` (the edit loop) runs what is not marked slow --------------------
+# Integration tests: they build corpora, train stages, start processes or make. They are marked
+# here from what they use, so a new test that trains a tower or starts make is slow by itself.
+SLOW_FIXTURES = {"data_root", "tiny_towers", "tmp_path_factory"}
+SLOW_CALLS = ("run_make(", "subprocess.run(", "main([", "_stage(", "pretrain(", "run_zip(")
+
+
+def _is_slow(item: pytest.Item) -> bool:
+    if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    fn = getattr(item, "function", None)
+    try:
+        source = inspect.getsource(fn) if fn is not None else ""
+    except (OSError, TypeError):
+        return False
+    return any(call in source for call in SLOW_CALLS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _is_slow(item):
+            item.add_marker(pytest.mark.slow)

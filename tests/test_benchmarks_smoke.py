@@ -91,6 +91,7 @@ def test_analytic_flops_match_pytorch_counter(one_thread):
         assert counted == analytic - attn, freeze
 
 
+@pytest.mark.slow  # torch.compile: tens of seconds of tracing
 def test_compile_flag_times_every_case_compiled_too(one_thread, traced_compile):
     """``make bench BENCH_ARGS=--compile``: each training case gets a second, compiled row
     (timed after compilation) with its own Zipper / towers ratio and targets."""

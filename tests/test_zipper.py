@@ -343,6 +343,7 @@ def test_frozen_tower_prefix_runs_without_autograd_and_gradients_are_unchanged()
     assert seen[0] == (0, False) and all(grad for _, grad in seen[1:])
 
 
+@pytest.mark.slow  # torch.compile: tens of seconds of tracing
 def test_zipper_forward_compiles_and_matches_eager(traced_compile):
     """What ``train.compile`` relies on: Dynamo + AOTAutograd trace the Zipper's training
     forward and backward (frozen text prefix, gates, cross-attention masks) without changing
