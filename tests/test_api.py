@@ -53,3 +53,21 @@ def test_api_batches_arrays_and_names_bad_input(stage, tmp_path):
     assert res[0][0][0] == "text"
     with pytest.raises(UserError, match="video"):
         model.generate([[("text", [5])]], ["video"])
+
+
+def test_empty_and_non_finite_audio_are_refused_and_long_audio_is_transcribed_in_chunks(
+    stage, capsys
+):
+    """Found by a user (#31): an all-NaN or empty array transcribed to '' and a long recording
+    was refused; now the first two are one-line errors and the third is read in chunks."""
+    model = zipper_pl.load(stage)
+    with pytest.raises(UserError, match="empty"):
+        model.transcribe(np.zeros(0, dtype=np.float32), sample_rate=16000)
+    with pytest.raises(UserError, match="NaN"):
+        model.transcribe(np.full(1600, np.nan, dtype=np.float32), sample_rate=16000)
+    longest = model.longest_input()
+    seconds = 3 * longest / model.ft.audio_tok.frame_rate  # > 2x what it reads at once
+    wave = np.sin(np.arange(int(seconds * 16000)) / 7).astype(np.float32)
+    (text,) = model.transcribe(wave, sample_rate=16000)
+    assert isinstance(text, str)
+    assert "chunks" in capsys.readouterr().err

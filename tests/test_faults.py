@@ -18,6 +18,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 import zipper_pl.__main__ as zipper_cli
@@ -492,3 +493,45 @@ def test_broken_tokenizers_name_the_folder_to_delete(tower_copy, tiny_towers, tm
 def test_help_is_usage_never_a_config_file_name():
     r = cli("zip", "--help")
     assert r.returncode == 0 and "usage: python -m zipper_pl zip" in r.stdout and not r.stderr
+
+
+def _small_disk(tmp_path: Path) -> Path | None:
+    """A real 256 KB tmpfs where this process may mount one (root on Linux), else None."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return None
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
+                       capture_output=True)  # fmt: skip
+    return disk if r.returncode == 0 else None
+
+
+def test_a_full_disk_at_the_weights_export_is_the_one_line_os_error(tmp_path, monkeypatch, capsys):
+    """Found by a user (#31): safetensors' Rust writer reported a full disk as SafetensorError,
+    which reached the console as a traceback; it is now the OSError every other writer raises."""
+    weights = {"w": torch.zeros(200_000)}  # 800 KB: more than the small disk holds
+    disk = _small_disk(tmp_path)
+    if disk is not None:  # a real full disk
+        try:
+            with pytest.raises(OSError) as err:
+                save_weights(weights, disk / "model.safetensors")
+            assert err.value.errno == errno.ENOSPC and "model.safetensors" in err.value.filename
+            assert not [p for p in disk.iterdir() if TMP_MARK in p.name]
+        finally:
+            subprocess.run(["umount", str(disk)], capture_output=True)
+
+    def full(*args, **kwargs):  # the library's own error, worded as it words it
+        raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                              "(os error 28)")  # fmt: skip
+
+    monkeypatch.setattr("safetensors.torch.save_file", full)
+    monkeypatch.setattr(
+        zipper_cli,
+        "_stage",
+        lambda name: lambda cfg: save_weights(weights, tmp_path / "m.safetensors"),
+    )
+    assert zipper_cli.main(["pretrain", "experiments/tiny/pretrain_text.yaml"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and "No space left on device (ENOSPC)" in err[0] and "m.safetensors" in err[0]
+    )

@@ -69,6 +69,10 @@ class Model:
             if sample_rate is None:
                 raise UserError("transcribe(arrays): pass sample_rate= (the arrays' rate in Hz)")
             wave = audio.mean(axis=-1) if audio.ndim == 2 else audio  # [T, C] -> [T]
+            if wave.size == 0:
+                raise UserError("transcribe: an audio array is empty: there is nothing to hear")
+            if not np.isfinite(wave).all():
+                raise UserError("transcribe: an audio array holds NaN or inf samples: fix it first")
             return resample(np.asarray(wave, dtype=np.float32), sample_rate, self.sample_rate)
         try:
             return load_audio(audio, self.sample_rate)
@@ -86,7 +90,28 @@ class Model:
         items = [audio] if isinstance(audio, str | os.PathLike | np.ndarray) else list(audio)
         waves = [self._wave(a, sample_rate) for a in items]
         tokens = self.ft.audio_tok.encode(waves)
-        return self.ft.transcribe(tokens, batch_size, self.ft.cfg.eval.max_new_text)
+        longest = self.longest_input()
+        # audio longer than the model reads at once: equal chunks that fit, transcribed one by
+        # one and joined (a word cut at a boundary may be lost: said on the console)
+        pieces = [np.array_split(t, math.ceil(len(t) / longest)) if len(t) else [t] for t in tokens]
+        for item, p in zip(items, pieces, strict=True):
+            if len(p) > 1:
+                name = item if not isinstance(item, np.ndarray) else "an array"
+                said = f"{sum(map(len, p))} speech tokens, more than the {longest} it reads at once"
+                print(f"[transcribe] {name}: {said}: {len(p)} chunks", file=sys.stderr)
+        flat = [c for p in pieces for c in p]
+        texts = iter(self.ft.transcribe(flat, batch_size, self.ft.cfg.eval.max_new_text))
+        return [" ".join(t for t in (next(texts) for _ in p) if t) for p in pieces]
+
+    def longest_input(self) -> int:
+        """The most speech tokens one transcription reads: its input fits the speech tower and
+        leaves the text budget (``eval.max_new_text``) room (``budget_cap``)."""
+        model, want = self.ft.model, self.ft.cfg.eval.max_new_text
+        lo, hi = 1, model.tower_for("speech").cfg.max_seq_len - 2
+        while lo < hi:  # the largest input length whose text budget is still the full one
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if model.budget_cap("text", mid) >= want else (lo, mid - 1)
+        return lo
 
     def speak(
         self,

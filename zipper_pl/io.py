@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -94,7 +95,14 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_MARK}")
     os.close(fd)
     try:
-        save_file(tensors, tmp)
+        try:
+            save_file(tensors, tmp)
+        except Exception as e:  # safetensors' Rust writer: its OS errors arrive as SafetensorError
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            n = int(code[1])  # a full or read-only disk: the OSError every writer here raises
+            raise OSError(n, os.strerror(n), str(path)) from None
         os.chmod(tmp, 0o666 & ~_UMASK)  # as every other artefact, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
