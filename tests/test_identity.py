@@ -24,12 +24,12 @@ from zipper_pl.identity import (
     IDENTITY_FILE,
     KINDS,
     LATE_KEYS,
-    PROVENANCE_FILE,
     category,
     read_identity,
     result_config,
 )
 from zipper_pl.layout import claim_stage, stage_dir, stage_identity
+from zipper_pl.provenance import PROVENANCE_FILE
 from zipper_pl.stages import pretrain, zip_stage
 
 TINY = ROOT / "experiments" / "tiny"
@@ -267,6 +267,8 @@ def test_changed_settings_build_new_stages_and_same_ones_reuse(data_root, tiny_t
         assert rec["inputs"]["text"] == read_identity(tiny_towers["text"])["fingerprint"]
         prov = json.loads((folder / PROVENANCE_FILE).read_text())
         assert prov["versions"]["torch"] and prov["cpu"] and "git_dirty" in prov
+        # "AMD EPYC" names several generations: family, model and kernel-picking ISA flags too
+        assert {"cpu_vendor", "cpu_family", "cpu_model", "cpu_isa"} <= set(prov)
     assert (a / IDENTITY_FILE).is_file()
     longer = tiny_config(data_root, runs, "pretrain_text.yaml", "train.max_steps=4")
     assert stage_dir(longer, "pretrain") != tiny_towers["text"]

@@ -33,7 +33,7 @@ from zipper_pl.ablation_cells import (
 from zipper_pl.ablation_tables import grid_lines, write_tables
 from zipper_pl.config import Config, save_config, to_dict
 from zipper_pl.errors import UserError
-from zipper_pl.identity import IDENTITY_FILE, PROVENANCE_FILE, provenance
+from zipper_pl.identity import IDENTITY_FILE
 from zipper_pl.io import atomic_write_json, read_json
 from zipper_pl.judging import judge_fingerprint, run_judge
 from zipper_pl.layout import (
@@ -48,6 +48,7 @@ from zipper_pl.layout import (
 from zipper_pl.lit.common import NonFiniteTraining
 from zipper_pl.machine import check_machine
 from zipper_pl.models.generation import SAMPLING_SCHEME
+from zipper_pl.provenance import PROVENANCE_FILE, provenance
 from zipper_pl.registry import peak_lr
 from zipper_pl.scoring import asr_cell_metrics, tts_cell_metrics
 from zipper_pl.training import run_zip

@@ -44,7 +44,7 @@ from zipper_pl.data.aligned import tasks_of
 from zipper_pl.data.hf_tokenizer import load_text_tokenizer
 from zipper_pl.errors import UserError
 from zipper_pl.finetuned import load_finetuned
-from zipper_pl.identity import IDENTITY_FILE, PROVENANCE_FILE, provenance
+from zipper_pl.identity import IDENTITY_FILE
 from zipper_pl.io import atomic_write_json, atomic_write_text
 from zipper_pl.judging import Utterance, gold_utterances, load_judge, oracle_scores, run_judge
 from zipper_pl.layout import (
@@ -58,6 +58,7 @@ from zipper_pl.layout import (
     tower_input,
 )
 from zipper_pl.machine import check_machine
+from zipper_pl.provenance import PROVENANCE_FILE, provenance
 from zipper_pl.recognizers import check_spec
 from zipper_pl.registry import ARCHS, frozen_towers
 from zipper_pl.report import render_markdown

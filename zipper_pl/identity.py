@@ -11,21 +11,16 @@ Keys that cannot change any result are listed in ``INERT_KEYS``; keys naming the
 reads are ``INPUT_KEYS`` (they enter through those stages' fingerprints). A test walks the whole
 schema and fails when a key is in none of these lists, so a new key cannot be forgotten.
 
-The environment a stage ran on (CPU/GPU, library versions, git commit) is recorded next to the
-fingerprint as provenance, not as identity: the same experiment on another machine is the same
-experiment, and docs/design.md says what varies across machines.
+The environment a stage ran on (CPU family and ISA flags, GPU, library versions, git commit) is
+recorded next to the fingerprint as provenance (``provenance.py``), not as identity: the same
+experiment on another machine is the same experiment; docs/design.md says what varies.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
-import subprocess
-import time
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -296,53 +291,3 @@ def replace_inputs(cfg: Config, **folders: str | Path) -> Config:
     """``cfg`` with ``inputs.<name>`` set to stage folders."""
     values = {k: str(v) for k, v in folders.items()}
     return dataclasses.replace(cfg, inputs=dataclasses.replace(cfg.inputs, **values))
-
-
-# ---- provenance: where a stage ran (metadata, not identity) ----------------------------------
-PROVENANCE_FILE = "provenance.json"
-_PACKAGES = ("torch", "lightning", "numpy", "scikit-learn", "sentencepiece", "espeakng-loader")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git(*args: str) -> str | None:
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        r = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip() if r.returncode == 0 else None
-
-
-def provenance() -> dict[str, Any]:
-    """The machine and libraries a stage ran on, and the zipper_pl commit (dirty or not)."""
-    import torch  # already imported by every stage; kept out of the config-level imports
-
-    versions = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpus": gpus,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": versions,
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }

@@ -25,13 +25,12 @@ from zipper_pl.errors import UserError
 from zipper_pl.hub import CONFIG_JSON, HF_PREFIX, folder_fingerprint, hub_folder, is_hf_folder
 from zipper_pl.identity import (
     IDENTITY_FILE,
-    PROVENANCE_FILE,
     consumed_fingerprint,
-    provenance,
     read_identity,
     stage_fingerprint,
 )
 from zipper_pl.io import atomic_write_json, weights_readable
+from zipper_pl.provenance import PROVENANCE_FILE, provenance
 from zipper_pl.registry import ARCHS, frozen_towers
 
 WEIGHTS, CONFIG, METRICS, TOWER_JSON, PROVENANCE = (
