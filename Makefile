@@ -85,7 +85,7 @@ W := model.safetensors
 ASR_DIR = $(if $(filter single,$(strip $(MODEL))),$(SINGLE_ASR_DIR),$(ZIPPER_ASR_DIR))
 TTS_DIR = $(if $(filter single,$(strip $(MODEL))),$(SINGLE_TTS_DIR),$(ZIPPER_TTS_DIR))
 
-.PHONY: help setup test test-fast lint format data zip zip-asr zip-tts finetune judge vocoder evaluate demo ablation \
+.PHONY: help setup lock test test-fast lint format data zip zip-asr zip-tts finetune judge vocoder evaluate demo ablation \
   bench tensorboard clean-runs _check-paths ablation-quick
 
 help: ## list targets and variables
@@ -95,11 +95,27 @@ help: ## list targets and variables
 	@grep -E '^[A-Z_]+ +\?=' $(MAKEFILE_LIST) | sed -E 's/ +\?= */\t/; s/# +/\t/' | \
 	  awk -F'\t' '{printf "  %-20s %-22s %s\n", $$1, ($$2==""?"(experiment file)":$$2), $$3}'
 
-$(STAMP): pyproject.toml
+# requirements.lock: every version and hash `make setup` installs (CPython 3.11, Linux x86_64;
+# PyPI's Linux torch wheels are its CUDA builds, so CPU and GPU machines install the same files)
+LOCK := requirements.lock
+LOCKED_PY := import sys, platform; sys.exit(not (sys.version_info[:2] == (3, 11) and sys.platform == "linux" and platform.machine() == "x86_64"))
+$(STAMP): pyproject.toml $(LOCK)
 	python3 -m venv .venv
 	.venv/bin/pip install --quiet --upgrade pip
-	.venv/bin/pip install --quiet -e ".[dev]"
+	@if .venv/bin/python -c '$(LOCKED_PY)'; then \
+	  echo ".venv: installing $(LOCK) (exact versions, hash-checked)"; \
+	  .venv/bin/pip install --quiet --require-hashes -r $(LOCK) && \
+	  .venv/bin/pip install --quiet --no-deps --no-build-isolation -e .; \
+	else \
+	  echo ".venv: $(LOCK) is for CPython 3.11 on Linux x86_64; this is not it: resolving pyproject.toml's ranges today (not reproducible; 'make lock' pins them for this machine)"; \
+	  .venv/bin/pip install --quiet -e ".[dev]"; \
+	fi
 	touch $@
+
+lock: ## regenerate requirements.lock from pyproject.toml (exact versions + hashes, via uv)
+	@test -x .venv/bin/uv || .venv/bin/pip install --quiet uv
+	.venv/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --index-url https://pypi.org/simple -o $(LOCK)
 
 setup: $(STAMP) ## create .venv and install the project (once)
 

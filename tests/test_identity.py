@@ -269,6 +269,7 @@ def test_changed_settings_build_new_stages_and_same_ones_reuse(data_root, tiny_t
         assert prov["versions"]["torch"] and prov["cpu"] and "git_dirty" in prov
         # "AMD EPYC" names several generations: family, model and kernel-picking ISA flags too
         assert {"cpu_vendor", "cpu_family", "cpu_model", "cpu_isa"} <= set(prov)
+        assert len(prov["lock_sha256"]) == 16  # the requirements.lock `make setup` installs
     assert (a / IDENTITY_FILE).is_file()
     longer = tiny_config(data_root, runs, "pretrain_text.yaml", "train.max_steps=4")
     assert stage_dir(longer, "pretrain") != tiny_towers["text"]

@@ -5,6 +5,7 @@ kernels, the GPU by name and compute capability."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
@@ -41,6 +42,17 @@ def _cpu() -> dict[str, Any]:
     }
 
 
+LOCK_FILE = Path(__file__).resolve().parent.parent / "requirements.lock"
+
+
+def _lock_digest() -> str | None:
+    """sha256 of the lock file ``make setup`` installed from (a checkout's; None elsewhere)."""
+    try:
+        return hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
 def _git(*args: str) -> str | None:
     repo = Path(__file__).resolve().parent.parent
     try:
@@ -73,6 +85,7 @@ def provenance() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions,
+        "lock_sha256": _lock_digest(),
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
