@@ -145,3 +145,27 @@ def test_a_file_replaced_in_place_is_tokenized_again(tmp_path, tokenizer):
     second = tokenize_manifest(tmp_path / "m.jsonl", tokenizer, tmp_path / "cache", **kw)
     assert second != first
     assert TokenStore(second)[0].tolist() != TokenStore(first)[0].tolist()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "same_size"])
+def test_a_damaged_shard_is_said_and_tokenized_again_never_read_short(
+    tmp_path, tokenizer, damage, capsys
+):
+    """Found by a user (#31): a truncated shard of a finished store silently dropped pairs, and
+    flipped bytes of the same size could not be noticed at all (no checksum)."""
+    manifest, _ = _manifest(tmp_path)
+    kw = dict(items_per_shard=4, max_bad_share=0.9, need_transcript=True, progress=False)
+    out = tokenize_manifest(manifest, tokenizer, tmp_path / "cache", **kw)
+    before = TokenStore(out)
+    tokens = {i: before[k].copy() for k, i in enumerate(before.ids)}
+    shard = out / "shard_00000.bin"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2] if damage == "truncated" else bytes(len(data)))
+    again = tokenize_manifest(manifest, tokenizer, tmp_path / "cache", **kw)
+    assert again == out and "damaged on disk" in capsys.readouterr().out
+    after = TokenStore(out)
+    assert after.ids == before.ids
+    for k, i in enumerate(after.ids):
+        np.testing.assert_array_equal(after[k], tokens[i])
+    assert tokenize_manifest(manifest, tokenizer, tmp_path / "cache", **kw) == out
+    assert "damaged" not in capsys.readouterr().out  # intact now, and not hashed again

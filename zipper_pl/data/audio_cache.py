@@ -23,7 +23,13 @@ from zipper_pl.data.audio import BadAudio, SkipCounter, load_audio
 from zipper_pl.data.audio_tokenizers import AudioTokenizer
 from zipper_pl.data.manifest import Record, read_manifest
 from zipper_pl.data.readers import summary_line
-from zipper_pl.data.store import ShardedTokenWriter, TokenStore, atomic_write_json, token_dtype
+from zipper_pl.data.store import (
+    ShardedTokenWriter,
+    TokenStore,
+    atomic_write_json,
+    reusable_store,
+    token_dtype,
+)
 from zipper_pl.errors import UserError
 
 REPORT = "bad_audio.json"
@@ -152,7 +158,7 @@ def tokenize_manifest(
     if label is None:
         label = Path(manifest).stem if isinstance(manifest, (str, os.PathLike)) else "records"
     check = {"label": label, "max_bad_share": max_bad_share, "key": bad_share_key}
-    if TokenStore.exists(out):
+    if reusable_store(out):
         # finished earlier: not a single file is decoded, but the skips are shown and checked
         # against today's threshold from the stored report (one small JSON file)
         _show_and_check(_stored_skips(out), len(records), len(records), report, **check)

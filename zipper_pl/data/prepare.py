@@ -21,7 +21,7 @@ from zipper_pl.data.manifest import Record, read_manifest, write_manifest
 from zipper_pl.data.phonemes import PHONEME_TOKENIZER_FILE, PhonemeTokenizer, phoneme_rules
 from zipper_pl.data.readers import CORPUS_READERS, summary_line
 from zipper_pl.data.sources import split_fingerprints
-from zipper_pl.data.store import ShardedTokenWriter, TokenStore, token_dtype
+from zipper_pl.data.store import ShardedTokenWriter, reusable_store, token_dtype
 from zipper_pl.data.text import TextTokenizer, read_text_file
 from zipper_pl.data.textnorm import VERSION as TEXTNORM_VERSION
 from zipper_pl.errors import UserError
@@ -197,7 +197,7 @@ def text_store(cfg: Config, tok: TextTokenizer, pool: str, lines: list[str] | No
         key_parts.append(tok.rules)
     key = _digest(key_parts)
     folder = cache_root(cfg) / "text_tokens" / f"{pool}-{key}"
-    if TokenStore.exists(folder):
+    if reusable_store(folder):
         return folder
     writer = ShardedTokenWriter(folder, token_dtype(tok.vocab_size), items_per_shard=50_000)
     done = writer.completed_shards()

@@ -7,15 +7,21 @@ Layout of a store directory::
     ...
     index.npy          int64 [num_items, 3] = (shard, offset, length), offsets in tokens
     index.json         dtype, ids, counts and the caller's meta; written LAST: "store finished"
+    verified.json      (size, mtime) of each shard whose sha256 was last checked and found intact
 
 Items are written in fixed slices of the input order (slice k = items [k*n, (k+1)*n)), one shard per
 slice, so a writer that was killed can be restarted: it asks ``completed_shards()`` and skips them.
 Every file is written to a temp name in the same directory and renamed into place, so a reader
-never sees half a file; stray temp files of a killed writer are removed on the next start.
+never sees half a file; stray temp files of a killed writer are removed on the next start. Each
+sub-index records its shard's sha256: a finished store is reused only while every shard has its
+recorded size and content (``reusable_store``); a damaged shard is said on the console and
+tokenized again, never read as fewer or other tokens.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import os
@@ -32,6 +38,7 @@ from zipper_pl.io import TMP_MARK, atomic_write_bytes, atomic_write_json
 INDEX_JSON = "index.json"
 INDEX_NPY = "index.npy"
 WRITER_JSON = "writer.json"
+VERIFIED_JSON = "verified.json"
 _SHARD_RE = re.compile(r"^shard_(\d{5,})\.json$")
 
 
@@ -79,7 +86,8 @@ class ShardedTokenWriter:
 
     def _reset(self) -> None:
         for p in self.dir.iterdir():
-            if p.name.startswith("shard_") or p.name in (INDEX_JSON, INDEX_NPY, WRITER_JSON):
+            if p.name.startswith("shard_") or p.name in (INDEX_JSON, INDEX_NPY, WRITER_JSON,
+                                                         VERIFIED_JSON):  # fmt: skip
                 p.unlink()
 
     def completed_shards(self) -> set[int]:
@@ -90,12 +98,7 @@ class ShardedTokenWriter:
             if not m:
                 continue
             k = int(m.group(1))
-            b = self.dir / _shard_name(k, "bin")
-            try:
-                n_tokens = sum(json.loads(p.read_text())["lengths"])
-            except (ValueError, KeyError, TypeError):
-                continue  # unreadable sub-index: rewrite that shard
-            if b.exists() and b.stat().st_size == n_tokens * self.dtype.itemsize:
+            if _intact(self.dir, k, self.dtype, None):
                 done.add(k)
         return done
 
@@ -117,7 +120,11 @@ class ShardedTokenWriter:
         (self.dir / INDEX_JSON).unlink(missing_ok=True)  # the store is no longer finished
         flat = np.concatenate(parts) if parts else np.empty(0, self.dtype)
         atomic_write_bytes(self.dir / _shard_name(k, "bin"), flat.tobytes())
-        sub = {"ids": [str(i) for i in ids], "lengths": [int(p.size) for p in parts]}
+        sub = {
+            "ids": [str(i) for i in ids],
+            "lengths": [int(p.size) for p in parts],
+            "sha256": hashlib.sha256(flat.tobytes()).hexdigest(),
+        }
         atomic_write_json(self.dir / _shard_name(k, "json"), sub)
 
     def finalize(self, meta: dict[str, Any], num_shards: int | None = None) -> None:
@@ -149,6 +156,65 @@ class ShardedTokenWriter:
             "meta": meta,
         }
         atomic_write_json(self.dir / INDEX_JSON, head)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 23):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _intact(folder: Path, k: int, dtype: np.dtype, seen: dict | None) -> list[int] | None:
+    """(size, mtime) of shard ``k`` when its size and sha256 match its sub-index, else None.
+    ``seen``: shards found intact before at that (size, mtime) are not hashed again (a write
+    changes the mtime); shards from before checksums are checked by size alone."""
+    b = folder / _shard_name(k, "bin")
+    try:
+        sub = json.loads((folder / _shard_name(k, "json")).read_text())
+        st = b.stat()
+        if st.st_size != sum(sub["lengths"]) * dtype.itemsize:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):  # missing or unreadable
+        return None
+    stamp = [st.st_size, st.st_mtime_ns]
+    if "sha256" in sub and (seen or {}).get(b.name) != stamp and _file_sha256(b) != sub["sha256"]:
+        return None
+    return stamp
+
+
+def reusable_store(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a finished store whose every shard is intact. A damaged one is
+    said on the console and un-finished (its damaged shards removed), so its writer tokenizes
+    exactly those again."""
+    folder = Path(folder)
+    if not TokenStore.exists(folder):
+        return False
+    head = json.loads((folder / INDEX_JSON).read_text())
+    dtype = np.dtype(head["dtype"])
+    try:
+        seen = json.loads((folder / VERIFIED_JSON).read_text())
+    except (OSError, ValueError):
+        seen = {}
+    stamps = {k: _intact(folder, k, dtype, seen) for k in range(head["num_shards"])}
+    bad = [k for k, stamp in stamps.items() if stamp is None]
+    if not bad:
+        now = {_shard_name(k, "bin"): stamp for k, stamp in stamps.items()}
+        if now != seen:
+            with contextlib.suppress(OSError):  # a read-only cache is checked, not recorded
+                atomic_write_json(folder / VERIFIED_JSON, now)
+        return True
+    names = ", ".join(_shard_name(k, "bin") for k in bad[:5])
+    print(f"[cache] {folder}: {len(bad)} shard(s) ({names}) differ from their recorded size or "
+          "sha256 (damaged on disk): tokenizing them again")  # fmt: skip
+    for name in (
+        INDEX_JSON,
+        VERIFIED_JSON,
+        *(_shard_name(k, e) for k in bad for e in ("json", "bin")),
+    ):
+        (folder / name).unlink(missing_ok=True)
+    return False
 
 
 class TokenStore:
