@@ -22,6 +22,7 @@ from zipper_pl.data.audio_cache import tokenize_manifest
 from zipper_pl.data.audio_tokenizers import AudioTokenizerConfig, UnitsTokenizer
 from zipper_pl.data.embedded import EmbeddedCorpusConfig, split_pools
 from zipper_pl.data.manifest import Record, read_manifest, write_manifest
+from zipper_pl.data.modalities import load_tokenizers, prepare_pairs
 from zipper_pl.data.readers import (
     read_jsonl_manifest,
     read_librilight,
@@ -267,3 +268,19 @@ def test_tokenization_shows_skips_and_checks_them_on_reuse(
     msg = str(e.value)
     assert "7 of 11 items" in msg and "audio.max_bad_share=0.05" in msg
     assert "empty 1 (e.g. empty)" in msg and "bad_audio.json" in msg
+
+
+def test_dropped_pairs_are_said_on_the_console(data_root, tiny_towers, capsys):
+    """Found by a user (#31): pairs dropped as too long were visible only in metrics.json."""
+    cfg = tiny_config(data_root, tiny_towers["runs"], "zip_asr.yaml")
+    tokenizers = load_tokenizers({"text": tiny_towers["text"], "speech": tiny_towers["speech"]})
+    every = prepare_pairs(cfg, tokenizers, max_total=10_000)["pairs"]["aligned_train"]
+    totals = sorted(sum(map(len, p.tokens.values())) for p in every)
+    capsys.readouterr()
+    # about half of the pairs are longer than this (with their begin / end tokens)
+    prepared = prepare_pairs(cfg, tokenizers, max_total=totals[len(totals) // 2] + 4)
+    out = capsys.readouterr().out
+    dropped = prepared["skipped"]["aligned_train_too_long_or_empty"]
+    assert dropped > 0 and f"too_long_or_empty {dropped}" in out
+    for pool in ("aligned_train", "valid", "test"):
+        assert f"{pool:14s} pairs: {len(prepared['pairs'][pool])} kept; dropped: " in out

@@ -253,6 +253,8 @@ def prepare_aligned(cfg: Config, encoders_of: Callable[[str], Encoders], max_tot
         pairs[pool], skip = load_pairs(manifests[pool], encoders_of(pool), max_total)
         for k, v in skip.items():
             skipped[f"{pool}_{k}"] = v
+        dropped = ", ".join(f"{k} {v}" for k, v in skip.items() if v) or "none"
+        print(f"[data] {pool:14s} pairs: {len(pairs[pool])} kept; dropped: {dropped}")
         if not pairs[pool]:
             raise UserError(
                 f"no usable aligned pairs in the {pool!r} pool (skipped: {skip}); "
