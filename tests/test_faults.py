@@ -535,3 +535,28 @@ def test_a_full_disk_at_the_weights_export_is_the_one_line_os_error(tmp_path, mo
     assert (
         len(err) == 1 and "No space left on device (ENOSPC)" in err[0] and "m.safetensors" in err[0]
     )
+
+
+def test_a_real_full_disk_at_the_checkpoint_names_it_and_a_rerun_with_space_completes(
+    data_root, tmp_path
+):
+    """Lightning writes last.ckpt to the system temp folder and moves it into the stage folder: on
+    a full disk the message named that temp file (found with a real tmpfs)."""
+    disk = _small_disk(tmp_path)
+    if disk is None:
+        pytest.skip("needs root to mount a small tmpfs (the injected faults run elsewhere)")
+    try:
+        out = disk / "stage"
+        args = ["pretrain", "experiments/tiny/pretrain_text.yaml", f"data.root={data_root}",
+                f"data.cache_dir={data_root / 'cache'}", "train.max_steps=3", "train.val_every=3",
+                "train.ckpt_every=3", "train.accelerator=cpu", f"out={out}"]  # fmt: skip
+        r = cli(*args)
+        last = r.stderr.strip().splitlines()[-1]  # after Lightning's own start-up lines
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert last.startswith("error: ") and "No space left on device (ENOSPC)" in last, last
+        assert str(out / "last.ckpt") in last and not is_finished(out), last
+        subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)
+        r = cli(*args)
+        assert r.returncode == 0 and is_finished(out), r.stderr[-2000:]
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)

@@ -200,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # read-only or full disk, a missing parent: the path and what it means
-        where = f"{e.filename}: " if e.filename else ""
+        # a move or copy names its source first: the path the user must free is its target
+        path = getattr(e, "filename2", None) or e.filename
+        where = f"{path}: " if path else ""
         code = errno.errorcode.get(e.errno or 0, "")
         print(
             f"error: {where}{e.strerror or e} ({code}): check that the folder exists and is "
