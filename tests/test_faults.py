@@ -560,3 +560,24 @@ def test_a_real_full_disk_at_the_checkpoint_names_it_and_a_rerun_with_space_comp
         assert r.returncode == 0 and is_finished(out), r.stderr[-2000:]
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_stage_whose_weights_changed_on_disk_is_refused_naming_the_folder(tiny_towers, tmp_path):
+    """Found by a user (#31): same-size corruption of a finished stage's weights could not be
+    noticed (their header still parsed); now its recorded size and sha256 are checked."""
+    folder = tmp_path / "tower"
+    shutil.copytree(tiny_towers["speech"], folder, copy_function=shutil.copy)  # new mtimes
+    assert require_stage(folder, "speech tower", "inputs.speech") == folder  # intact: hashed once
+    recorded = json.loads((folder / "checksums.json").read_text())["model.safetensors"]
+    assert recorded["mtime_ns"] == (folder / "model.safetensors").stat().st_mtime_ns
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8:] = bytes(8)  # the last tensor's last values: the header still parses
+    weights.write_bytes(bytes(data))
+    with pytest.raises(
+        UserError, match=r"tower.*model.safetensors differs from the sha256.*delete"
+    ):
+        require_stage(folder, "speech tower", "inputs.speech")
+    weights.write_bytes(bytes(data[:-100]))
+    with pytest.raises(UserError, match="holds .* bytes"):
+        require_stage(folder, "speech tower", "inputs.speech")

@@ -52,7 +52,6 @@ from zipper_pl.layout import (
     eval_identity,
     input_fingerprints,
     is_finished,
-    needs_vocoder,
     require_stage,
     stage_dir,
     tower_input,
@@ -60,7 +59,7 @@ from zipper_pl.layout import (
 from zipper_pl.machine import check_machine
 from zipper_pl.provenance import PROVENANCE_FILE, provenance
 from zipper_pl.recognizers import check_spec
-from zipper_pl.registry import ARCHS, frozen_towers
+from zipper_pl.registry import ARCHS, frozen_towers, needs_vocoder
 from zipper_pl.report import render_markdown
 from zipper_pl.retention import text_retention
 from zipper_pl.scoring import eval_asr, eval_tts, fitting, significance

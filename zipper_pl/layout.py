@@ -17,8 +17,8 @@ from pathlib import Path
 
 import filelock
 
+from zipper_pl.checksums import damaged, record_checksums
 from zipper_pl.config import Config, to_dict
-from zipper_pl.data.audio_tokenizers import AUDIO_TOKENIZERS
 from zipper_pl.data.modalities import MODALITIES
 from zipper_pl.data.sources import data_fingerprint
 from zipper_pl.errors import UserError
@@ -31,7 +31,7 @@ from zipper_pl.identity import (
 )
 from zipper_pl.io import atomic_write_json, weights_readable
 from zipper_pl.provenance import PROVENANCE_FILE, provenance
-from zipper_pl.registry import ARCHS, frozen_towers
+from zipper_pl.registry import ARCHS, frozen_towers, needs_vocoder
 
 WEIGHTS, CONFIG, METRICS, TOWER_JSON, PROVENANCE = (
     "model.safetensors",
@@ -94,8 +94,9 @@ def stage_dir(cfg: Config, kind: str, inputs: Mapping[str, str] | None = None) -
     if cfg.out:
         return Path(cfg.out)
     ident = stage_identity(cfg, kind, inputs)["fingerprint"][:8]
-    group = Path(cfg.runs) / f"{cfg.scale}-{cfg.data.corpus}"
-    return group / f"{_readable_name(cfg, kind)}-{ident}"
+    return (
+        Path(cfg.runs) / f"{cfg.scale}-{cfg.data.corpus}" / f"{_readable_name(cfg, kind)}-{ident}"
+    )
 
 
 def is_finished(out: Path) -> bool:
@@ -163,6 +164,7 @@ def claim_stage(out: Path, name: str, identity: dict) -> Iterator[bool]:
         yield not finished
         if not finished and (out / WEIGHTS).is_file():
             atomic_write_json(out / PROVENANCE, provenance())
+            record_checksums(out, [WEIGHTS])
     finally:
         lock.release()
 
@@ -175,11 +177,12 @@ def require_stage(folder: str | Path, what: str, key: str) -> Path:
             f"{what} stage folder {str(p)!r} is missing or unfinished (no {WEIGHTS}/{METRICS}): "
             f"run that stage first or set {key}"
         )
+    redo = "delete that folder and re-run the stage that made it"
+    if problem := damaged(p):  # sizes always; sha256 when the file's mtime changed
+        raise UserError(f"{what} stage folder {str(p)!r}: {problem} (damaged or edited): {redo}")
     if not weights_readable(p / WEIGHTS):
-        raise UserError(
-            f"{what} stage folder {str(p)!r} has unreadable weights ({WEIGHTS} truncated or not "
-            "safetensors): delete that folder and re-run the stage that made it"
-        )
+        raise UserError(f"{what} stage folder {str(p)!r} has unreadable weights ({WEIGHTS} "
+                        f"truncated or not safetensors): {redo}")  # fmt: skip
     return p
 
 
@@ -241,12 +244,6 @@ def eval_identity(
     if cfg.inputs.text:
         inputs |= input_fingerprints(text=tower_input(cfg, "text"))
     return stage_identity(cfg, "eval", inputs)
-
-
-def needs_vocoder(cfg: Config) -> bool:
-    """Whether an evaluation with ``cfg`` voices TTS through a trained vocoder: it scores audio
-    (``eval.tts_asr``) and the codec has no decoder of its own."""
-    return cfg.eval.tts_asr != "none" and not AUDIO_TOKENIZERS[cfg.audio.codec].decodes
 
 
 def path_of(cfg: Config, kind: str) -> Path:

@@ -95,3 +95,9 @@ def resolve_tower_config(model: ModelConfig, vocab_size: int) -> TowerConfig:
         if f.name in names and getattr(model, f.name)
     }
     return tower_config(model.size, vocab_size, **overrides)
+
+
+def needs_vocoder(cfg: Config) -> bool:
+    """Whether an evaluation with ``cfg`` voices TTS through a trained vocoder: it scores audio
+    (``eval.tts_asr``) and the codec has no decoder of its own."""
+    return cfg.eval.tts_asr != "none" and not AUDIO_TOKENIZERS[cfg.audio.codec].decodes
