@@ -184,7 +184,8 @@ endif
 $(ZIPPER_ASR_DIR)/$(W) $(SINGLE_ASR_DIR)/$(W): $(TEXT_DONE) $(SPEECH_DONE)
 	$(ZPL) zip $(EXP)/zip_asr.yaml $(COMMON) $(ZIPVARS) out=$(@D) \
 	  arch=$(if $(findstring /single-,$@),single,zipper) inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR)
-$(ZIPPER_TTS_DIR)/$(W) $(SINGLE_TTS_DIR)/$(W): $(TEXT_DONE) $(SPEECH_DONE)
+# the vocoder first (order only): a TTS stage beside it puts spoken validation samples in TensorBoard
+$(ZIPPER_TTS_DIR)/$(W) $(SINGLE_TTS_DIR)/$(W): $(TEXT_DONE) $(SPEECH_DONE) | $(VOCODER_DONE)
 	$(ZPL) zip $(EXP)/zip_tts.yaml $(COMMON) $(ZIPVARS) out=$(@D) \
 	  arch=$(if $(findstring /single-,$@),single,zipper) inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR)
 $(JUDGE_DIR)/$(W): $(SPEECH_DONE)

@@ -171,3 +171,8 @@ def test_with_discriminators_their_optimizer_travels_in_last_ckpt(data_root, tmp
     assert ckpt["global_step"] == 2  # generator steps only
     assert ckpt["discriminator_optimizer"]["optimizer"]["state"]  # stepped once, at step 1
     assert json.loads((out / "metrics.json").read_text())["gan"] is True
+
+
+def test_a_tts_stage_beside_a_vocoder_puts_spoken_validation_samples_in_tensorboard(chain):
+    acc = EventAccumulator(str(chain["stage"] / "tb"), size_guidance={"audio": 0}).Reload()
+    assert any(t.startswith("val/tts_") for t in acc.Tags()["audio"]), acc.Tags()["audio"]

@@ -63,6 +63,7 @@ from zipper_pl.trainer import (
     make_trainer,
     selection_metric,
 )
+from zipper_pl.vocoding import validation_voice
 
 
 def _seed(cfg: Config) -> None:
@@ -269,7 +270,9 @@ def _train_finetune(
     save_config(cfg, out / CONFIG)
     dm = AlignedDataModule(cfg, lambda c: prepared, model.collator(loss_on="last"))
     dm.prepare_data()
-    module = FinetuneModule(model, cfg, toks["text"].decode)
+    voice = validation_voice(out, toks, cfg)
+    module = FinetuneModule(model, cfg, toks["text"].decode, voice=voice,
+                            sample_rate=voice.sample_rate if voice else 16000)  # fmt: skip
     run = _fit(cfg, out, module, dm, select_best=cfg.train.select_best)
     trainer = run["trainer"]
     final = {**final_metrics(trainer), **module.run_validation_pass()}

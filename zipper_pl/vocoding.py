@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 from zipper_pl.config import Config, VocoderConfig, save_config
+from zipper_pl.config.components import TASKS
+from zipper_pl.data.aligned import tasks_of
 from zipper_pl.data.audio import BadAudio, SkipCounter, load_audio
 from zipper_pl.data.audio_tokenizers import AUDIO_TOKENIZER_DIR, AudioTokenizer
 from zipper_pl.data.manifest import read_manifest
@@ -230,3 +232,17 @@ def voice_for(stage: Path, tok: AudioTokenizer, named: str = "", device: str = "
             "DATA, CODEC) or pass VOCODER=<vocoder stage folder> (inputs.vocoder)"
         )
     return load_vocoder(folder, tok, device)
+
+
+def validation_voice(out: Path, toks: dict, cfg: Config) -> Voice | None:
+    """How a TTS stage's validation samples are heard in TensorBoard: the vocoder beside it
+    (a codec with a decoder needs none); None, said once, when there is none yet."""
+    if not any(TASKS[t].speaks for t in tasks_of(cfg.data.task)):
+        return None
+    tok = next(t for t in toks.values() if isinstance(t, AudioTokenizer))
+    try:
+        return voice_for(out, tok)
+    except UserError:
+        print(f"[zip] no vocoder beside {out.parent} yet: TTS validation samples stay tokens "
+              "(make vocoder first to hear them in TensorBoard)")  # fmt: skip
+        return None

@@ -42,6 +42,11 @@ class Task:
         """Its last output is a transcript: scored by WER (ASR, and ASR through phonemes)."""
         return self.outputs[-1] == "text" and "text" not in self.inputs
 
+    @property
+    def speaks(self) -> bool:
+        """It says a text (TTS): its last output is speech, which a vocoder makes audible."""
+        return self.outputs[-1] == "speech" and "text" in self.inputs
+
     def budgets(self, last: int) -> dict[str, int]:
         """Token budgets of the outputs: ``last`` for the final one; an earlier one (phonemes
         before text) gets 4x: a phoneme string is ~3-5x as long as its subword transcript."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
@@ -21,6 +22,8 @@ from zipper_pl.lit.common import TrainModule
 from zipper_pl.models.generation import FinetunedModel
 from zipper_pl.models.sequences import IGNORE, Segment, stream_losses
 
+TTS_SAMPLES = 2  # validation texts spoken into TensorBoard at every validation
+
 
 class FinetuneModule(TrainModule):
     def __init__(
@@ -29,6 +32,8 @@ class FinetuneModule(TrainModule):
         cfg: Config,
         decode_text: Callable[[list[int]], str],
         wer_batches: int = 2,
+        voice: Callable[[np.ndarray], np.ndarray] | None = None,
+        sample_rate: int = 16000,
     ) -> None:
         super().__init__(cfg.train)
         self.model = model
@@ -39,6 +44,7 @@ class FinetuneModule(TrainModule):
         self.val_cer = CharErrorRate()
         self._val: dict[str, torch.Tensor] = {}
         self._examples: list[str] = []
+        self.voice, self.sample_rate = voice, sample_rate  # TTS samples in TensorBoard
 
     def trainable_named_parameters(self):
         return ((n, p) for n, p in self.named_parameters() if p.requires_grad)
@@ -135,6 +141,8 @@ class FinetuneModule(TrainModule):
                 if batch_idx == 0:
                     pairs = zip(refs, hyps, strict=True)
                     self._examples += [f"REF: {r}  \nHYP: {h}" for r, h in pairs][:4]
+            if TASKS[task].speaks and batch_idx == 0 and self.voice is not None:
+                self._tts_samples(batch, task, items[:TTS_SAMPLES])
 
     def on_validation_epoch_end(self) -> None:
         keys = sorted(self._val)
@@ -157,6 +165,23 @@ class FinetuneModule(TrainModule):
             self.logger.experiment.add_text(
                 "val/asr_examples", "\n\n".join(self._examples), self.global_step
             )
+
+    @torch.no_grad()
+    def _tts_samples(self, batch: dict, task: str, items: list[int]) -> None:
+        """A few validation texts spoken greedily and voiced: TensorBoard's Audio tab."""
+        if not self.trainer.is_global_zero or self.logger is None:
+            return
+        t = TASKS[task]
+        words = max(len(batch["texts"][i].split()) for i in items)
+        budget = math.ceil(self.cfg.eval.max_new_speech_per_word * max(1, words))
+        inputs = [batch["segments"][i][: len(t.inputs)] for i in items]
+        outs = self.model.generate(inputs, list(t.outputs), max_new_tokens=t.budgets(budget))
+        tb = self.logger.experiment
+        for k, (i, out) in enumerate(zip(items, outs, strict=True)):
+            wave = self.voice(out[-1].tokens.cpu().numpy())
+            if len(wave):
+                tb.add_audio(f"val/tts_{k}", wave, self.global_step, self.sample_rate)
+            tb.add_text(f"val/tts_{k}", batch["texts"][i], self.global_step)
 
     # ---- inference helpers -------------------------------------------------------------------
     @torch.no_grad()
