@@ -40,6 +40,7 @@ from zipper_pl.audio_eval import (
     write_listen,
 )
 from zipper_pl.config import Config, load_config, save_config, to_dict
+from zipper_pl.config.components import MIX, TASKS
 from zipper_pl.data.aligned import tasks_of
 from zipper_pl.data.hf_tokenizer import load_text_tokenizer
 from zipper_pl.errors import UserError
@@ -95,7 +96,7 @@ def resolve_systems(cfg: Config) -> list[System]:
         return systems
     for arch in ARCHS:  # the paper's table order: the baseline first
         system = System(arch, arch)
-        for task in ["mix"] if cfg.data.task == "mix" else ["asr", "tts"]:
+        for task in ["mix"] if cfg.data.task == "mix" else list(MIX):
             scfg = dataclasses.replace(
                 cfg, arch=arch, out="", data=dataclasses.replace(cfg.data, task=task)
             )
@@ -224,7 +225,7 @@ def evaluate_stage(cfg: Config) -> Path:
                     f"stage {folder} uses other speech tokens than the judge in {judge_dir}: "
                     "set inputs.judge to a judge trained with the same audio tokenizer"
                 )
-            if task == "asr":
+            if TASKS[task].writes_text:  # ASR, also through phonemes (asr_phonemes)
                 entry["asr"], rows = eval_asr(ft, utts, cfg)
                 errors[system.name]["asr"] = [r["errors"] for r in rows]
                 samples = [f"ref: {r['ref']}  \nhyp: {r['hyp']}" for r in rows[:N_SAMPLES]]
