@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import run_make
+from tests.conftest import run_make, tiny_config
 from zipper_pl.config import load_config
 from zipper_pl.config.sections import MODALITY_NAMES
 from zipper_pl.data.aligned import TASKS, load_pairs
@@ -19,6 +19,7 @@ from zipper_pl.data.manifest import Record, write_manifest
 from zipper_pl.data.modalities import MODALITIES
 from zipper_pl.data.phonemes import WORD_BOUNDARY, PhonemeTokenizer, phonemize
 from zipper_pl.errors import UserError
+from zipper_pl.evaluate import evaluate_stage
 from zipper_pl.finetuned import load_finetuned
 from zipper_pl.judging import Utterance
 from zipper_pl.models.sequences import ModalitySpec, Segment
@@ -154,3 +155,13 @@ def test_three_tower_chain_through_make(tmp_path, data_root, tiny_towers):
     speech = [[Segment("speech", torch.arange(12) % 30)]]
     out = ft.model.generate(speech, ["phonemes", "text"], max_new_tokens=5)
     assert [s.modality for s in out[0]] == ["phonemes", "text"]
+    # `make evaluate` on this stage (eval.stages) scores it as ASR: it went down the TTS path
+    named = tmp_path / "asr_phonemes_stage"  # its folder name holds a comma (freeze_text,phonemes)
+    named.symlink_to(stage, target_is_directory=True)  # which a key=value list would split
+    over = [f"inputs.text={tiny_towers['text']}", f"inputs.speech={tiny_towers['speech']}",
+            f"eval.stages=[{named}]", "eval.tts_asr=none", "eval.max_utterances=3",
+            "train.max_steps=2"]  # fmt: skip
+    cfg = tiny_config(data_root, runs, "evaluate.yaml", *over)
+    results = json.loads((evaluate_stage(cfg) / "results.json").read_text())
+    (system,) = results["systems"]
+    assert system["asr"]["n"] == 3 and "tts" not in system

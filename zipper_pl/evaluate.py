@@ -249,7 +249,8 @@ def evaluate_stage(cfg: Config) -> Path:
                     )  # fmt: skip
             _write_jsonl(out / "utterances" / f"{system.name}.{task}.jsonl", rows)
             writer.add_text(f"{system.name}/{task}", "\n\n".join(samples), 0)
-            print(f"[evaluate] {label} {task}: {json.dumps(entry[task], default=float)}")
+            shown = entry["asr" if TASKS[task].writes_text else "tts"]  # result keys
+            print(f"[evaluate] {label} {task}: {json.dumps(shown, default=float)}")
         for folder in dict.fromkeys(system.folders.values()):
             ret = text_retention(load_finetuned(folder), cfg)
             results["retention"].append(
