@@ -155,6 +155,12 @@ class ShardedTokenWriter:
             "ids": ids,
             "meta": meta,
         }
+        # the shards were hashed as they were written: a first reuse need not hash them again
+        stamps = {}
+        for k in range(n):
+            st = (self.dir / _shard_name(k, "bin")).stat()
+            stamps[_shard_name(k, "bin")] = [st.st_size, st.st_mtime_ns]
+        atomic_write_json(self.dir / VERIFIED_JSON, stamps)
         atomic_write_json(self.dir / INDEX_JSON, head)
 
 
