@@ -30,6 +30,7 @@ from zipper_pl.data import audio_tokenizers as at
 from zipper_pl.data import encodec_weights
 from zipper_pl.data.manifest import Record, write_manifest
 from zipper_pl.data.readers import read_jsonl_manifest
+from zipper_pl.data.store import reusable_store
 from zipper_pl.data.text import TextTokenizer
 from zipper_pl.errors import Terminated, UserError
 from zipper_pl.finetuned import load_tower
@@ -498,13 +499,13 @@ def test_help_is_usage_never_a_config_file_name():
     assert r.returncode == 0 and "usage: python -m zipper_pl zip" in r.stdout and not r.stderr
 
 
-def _small_disk(tmp_path: Path) -> Path | None:
-    """A real 256 KB tmpfs where this process may mount one (root on Linux), else None."""
+def _small_disk(tmp_path: Path, size: str = "256k") -> Path | None:
+    """A real small tmpfs where this process may mount one (root on Linux), else None."""
     disk = tmp_path / "disk"
     disk.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return None
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
                        capture_output=True)  # fmt: skip
     return disk if r.returncode == 0 else None
 
@@ -584,3 +585,30 @@ def test_a_stage_whose_weights_changed_on_disk_is_refused_naming_the_folder(tiny
     weights.write_bytes(bytes(data[:-100]))
     with pytest.raises(UserError, match="holds .* bytes"):
         require_stage(folder, "speech tower", "inputs.speech")
+
+
+# on the tiny corpus the disk fills at the text tokenizer's model (200k) or the token shards (300k)
+@pytest.mark.parametrize("size", ["200k", "300k"])
+def test_a_real_full_disk_while_preparing_data_names_the_file_and_a_rerun_completes(
+    data_root, tmp_path, size
+):
+    """Found with a real tmpfs: a write that fills the disk raised an OSError naming no file, so
+    the message said "No space left on device" without saying where."""
+    disk = _small_disk(tmp_path, size)
+    if disk is None:
+        pytest.skip("needs root to mount a small tmpfs (the injected faults run elsewhere)")
+    try:
+        cache = disk / "cache"
+        args = ["data", "experiments/tiny/pretrain_speech.yaml", f"data.root={data_root}",
+                f"data.cache_dir={cache}", f"runs={disk / 'runs'}"]  # fmt: skip
+        r = cli(*args)
+        last = r.stderr.strip().splitlines()[-1]
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert last.startswith(f"error: {cache}/") and "No space left on device" in last, last
+        for index in cache.rglob("index.json"):  # no store claims to be finished unless intact
+            assert reusable_store(index.parent), index
+        subprocess.run(["mount", "-o", "remount,size=32m", str(disk)], check=True)
+        r = cli(*args)
+        assert r.returncode == 0 and "tokens cached" in r.stdout, r.stderr[-2000:]
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
