@@ -14,8 +14,9 @@ import torch
 
 from tests.conftest import tiny_config
 from tests.test_listen import PROBE, chromium, run_chromium
+from zipper_pl.config import load_config
 from zipper_pl.errors import UserError
-from zipper_pl.evaluate import evaluate_stage
+from zipper_pl.evaluate import evaluate_stage, resolve_systems
 from zipper_pl.finetuned import load_finetuned
 from zipper_pl.judging import Utterance, load_judge
 from zipper_pl.layout import is_finished
@@ -228,3 +229,14 @@ def test_the_evaluation_listening_page_plays_every_clip_in_headless_chromium(eva
     # model may say nothing: its cell says "no audio")
     assert 4 * 3 < len(results) <= 4 * 5 and len(results) == page.count("<audio")
     assert all(r["error"] is None and r["duration"] > 0 for r in results), results
+
+
+def test_a_stage_folder_with_a_comma_in_eval_stages_says_how_to_quote_it(tmp_path):
+    """Found while testing asr_phonemes stages (frozen towers "text,phonemes" name the folder):
+    an unquoted list splits the name, and the error said two folders were missing."""
+    folder = tmp_path / "zipper-asr_phonemes-freeze_text,phonemes-s0"
+    folder.mkdir()
+    with pytest.raises(UserError, match=r"holds a comma.*quote it, eval.stages=\['"):
+        resolve_systems(load_config(None, [f"eval.stages=[{folder}]"]))
+    quoted = load_config(None, [f"eval.stages=['{folder}']"])
+    assert quoted.eval.stages == [str(folder)]

@@ -156,10 +156,9 @@ def test_three_tower_chain_through_make(tmp_path, data_root, tiny_towers):
     out = ft.model.generate(speech, ["phonemes", "text"], max_new_tokens=5)
     assert [s.modality for s in out[0]] == ["phonemes", "text"]
     # `make evaluate` on this stage (eval.stages) scores it as ASR: it went down the TTS path
-    named = tmp_path / "asr_phonemes_stage"  # its folder name holds a comma (freeze_text,phonemes)
-    named.symlink_to(stage, target_is_directory=True)  # which a key=value list would split
+    # its folder name holds a comma (freeze_text,phonemes): quoted, as the error tells users
     over = [f"inputs.text={tiny_towers['text']}", f"inputs.speech={tiny_towers['speech']}",
-            f"eval.stages=[{named}]", "eval.tts_asr=none", "eval.max_utterances=3",
+            f"eval.stages=['{stage}']", "eval.tts_asr=none", "eval.max_utterances=3",
             "train.max_steps=2"]  # fmt: skip
     cfg = tiny_config(data_root, runs, "evaluate.yaml", *over)
     results = json.loads((evaluate_stage(cfg) / "results.json").read_text())

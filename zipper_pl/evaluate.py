@@ -87,6 +87,7 @@ def resolve_systems(cfg: Config) -> list[System]:
     zip stage's work, the machine checked by ``evaluate_stage``)."""
     systems: list[System] = []
     if cfg.eval.stages:
+        _check_commas(cfg.eval.stages)
         for f in cfg.eval.stages:
             folder = require_stage(f, "evaluated", "eval.stages")
             scfg = load_config(folder / CONFIG)
@@ -105,6 +106,19 @@ def resolve_systems(cfg: Config) -> list[System]:
             system.cfg = load_config(folder / CONFIG)
         systems.append(system)
     return systems
+
+
+def _check_commas(stages: list[str]) -> None:
+    """A stage folder whose name holds a comma (``freeze_text,phonemes``) is split in two by an
+    unquoted list: say how to quote it rather than that two folders are missing."""
+    for i in range(len(stages) - 1):
+        for j in range(i + 2, len(stages) + 1):
+            joined = ",".join(stages[i:j])
+            if not Path(stages[i]).exists() and Path(joined).is_dir():
+                raise UserError(
+                    f"eval.stages: {joined!r} holds a comma, which splits a list: quote it, "
+                    f"eval.stages=['{joined}']"
+                )
 
 
 def _judge_folder(cfg: Config) -> Path:
