@@ -35,6 +35,7 @@ from zipper_pl.judging import Utterance
 from zipper_pl.listen import ListenRow, write_listen_page, write_wav
 from zipper_pl.metrics import best_of, error_rows
 from zipper_pl.recognizers import Recognizer, build_recognizer
+from zipper_pl.scoring import corpus_rate
 from zipper_pl.vocoding import Voice
 
 FLOOR_STATS_UTTERANCES = 50  # valid-pool utterances whose feature statistics the floor uses
@@ -81,11 +82,6 @@ def _heard(scorer: AudioScorer, waves: list[np.ndarray], utts, targets) -> dict:
     return {"gold": gold, "target": error_rows(targets, hyps, ids, unit="word") if targets else []}
 
 
-def _rate(rows: list[dict]) -> float | None:
-    units = sum(r["ref_units"] for r in rows)
-    return sum(r["errors"] for r in rows) / units if units else None
-
-
 def reference_rows(scorer: AudioScorer, utts: list[Utterance], cfg: Config) -> dict:
     """Oracle, Resynthesis and (units) the Griffin-Lim floor: their waves, rows and WERs."""
     t0 = time.perf_counter()
@@ -104,8 +100,8 @@ def reference_rows(scorer: AudioScorer, utts: list[Utterance], cfg: Config) -> d
         out["rows"][name] = heard["gold"]
         out["summary"][name] = {
             "label": LABELS[name],
-            "wer_gold": _rate(heard["gold"]),
-            "wer_target": _rate(heard["target"]) if heard["target"] else None,
+            "wer_gold": corpus_rate(heard["gold"]),
+            "wer_target": corpus_rate(heard["target"]) if heard["target"] else None,
         }
     out["summary"]["wall_s"] = time.perf_counter() - t0
     return out
@@ -116,9 +112,12 @@ def system_rows(
 ) -> tuple[dict, list[dict], dict[str, list[np.ndarray]]]:
     """A TTS system's greedy and best-of-N samples (``runs``: name -> tokens per utterance,
     "greedy" and "seed<k>") heard from audio: (summary, per-utterance rows, waves per run)."""
-    t0 = time.perf_counter()
+    t0, skipped = time.perf_counter(), scorer.recognizer.skipped
     waves = {name: [scorer.voice(t) for t in tokens] for name, tokens in runs.items()}
     heard = {name: _heard(scorer, w, utts, targets) for name, w in waves.items()}
+    if scorer.recognizer.skipped > skipped:  # a system that said nothing: all deletions
+        print(f"[evaluate] {scorer.recognizer.skipped - skipped} empty or non-finite samples "
+              "scored as silence (every word deleted)")  # fmt: skip
     seeds = [name for name in runs if name != "greedy"]
     best = best_of([heard[s]["gold"] for s in seeds])
     best_target = [heard[seeds[b["seed"]]]["target"][i] for i, b in enumerate(best)]
@@ -139,8 +138,11 @@ def system_rows(
         for i, u in enumerate(utts)
     ]
     summary = {
-        "greedy": {"wer_gold": _rate(greedy["gold"]), "wer_target": _rate(greedy["target"])},
-        "best_of_n": {"wer_gold": _rate(best), "wer_target": _rate(best_target)},
+        "greedy": {
+            "wer_gold": corpus_rate(greedy["gold"]),
+            "wer_target": corpus_rate(greedy["target"]),
+        },
+        "best_of_n": {"wer_gold": corpus_rate(best), "wer_target": corpus_rate(best_target)},
         "recognizer": scorer.recognizer.name,
         "skipped_waves": scorer.recognizer.skipped,
         "wall_s": time.perf_counter() - t0,

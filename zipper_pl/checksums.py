@@ -10,20 +10,11 @@ finished before checksums carry none and are checked by their safetensors header
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from pathlib import Path
 
-from zipper_pl.io import atomic_write_json, read_json
+from zipper_pl.io import atomic_write_json, file_sha256, read_json
 
 CHECKSUMS = "checksums.json"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 23):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _stamp(path: Path) -> dict:

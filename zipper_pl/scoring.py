@@ -83,7 +83,7 @@ def generate_tts(
 # ---- scoring ---------------------------------------------------------------------------------
 
 
-def _rate(rows: list[dict]) -> float | None:
+def corpus_rate(rows: list[dict]) -> float | None:
     """Corpus rate, or None when no reference has a unit (e.g. a judge that outputs nothing)."""
     units = sum(r["ref_units"] for r in rows)
     return sum(r["errors"] for r in rows) / units if units else None
@@ -108,8 +108,8 @@ def eval_asr(ft: Finetuned, utts: list[Utterance], cfg: Config) -> tuple[dict, l
     for r in rows:
         del r["rate"]
     summary = {
-        "wer": _rate(words),
-        "cer": _rate(chars),
+        "wer": corpus_rate(words),
+        "cer": corpus_rate(chars),
         "n": len(rows),
         "budget_clipped_batches": clipped,
         "wall_s": time.perf_counter() - t0,
@@ -163,8 +163,11 @@ def eval_tts(
             }
         )
     summary = {
-        "greedy": {"wer_gold": _rate(greedy["gold"]), "wer_target": _rate(greedy["target"])},
-        "best_of_n": {"wer_gold": _rate(best), "wer_target": _rate(best_target)},
+        "greedy": {
+            "wer_gold": corpus_rate(greedy["gold"]),
+            "wer_target": corpus_rate(greedy["target"]),
+        },
+        "best_of_n": {"wer_gold": corpus_rate(best), "wer_target": corpus_rate(best_target)},
         "seeds": cfg.eval.tts_seeds,
         "temperature": cfg.eval.temperature,
         "top_k": cfg.eval.top_k,

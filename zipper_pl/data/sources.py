@@ -20,7 +20,7 @@ from zipper_pl.data.embedded import corpus_fingerprint
 from zipper_pl.data.readers import jsonl_files, split_dirs
 from zipper_pl.data.textnorm import VERSION as TEXTNORM_VERSION
 from zipper_pl.errors import UserError
-from zipper_pl.io import json_digest
+from zipper_pl.io import file_sha256, json_digest
 
 TREE_CORPUS_DIRS = {
     "librispeech": "LibriSpeech",
@@ -31,14 +31,10 @@ TREE_CORPUS_DIRS = {
 
 def file_digest(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes (manifests, text corpora: read once, ~1 GB/s)."""
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        return file_sha256(Path(path))
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
-    return h.hexdigest()
 
 
 def tree_digest(folder: Path) -> str:

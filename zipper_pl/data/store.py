@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from zipper_pl.io import TMP_MARK, atomic_write_bytes, atomic_write_json
+from zipper_pl.io import TMP_MARK, atomic_write_bytes, atomic_write_json, file_sha256
 
 INDEX_JSON = "index.json"
 INDEX_NPY = "index.npy"
@@ -164,14 +164,6 @@ class ShardedTokenWriter:
         atomic_write_json(self.dir / INDEX_JSON, head)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 23):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _intact(folder: Path, k: int, dtype: np.dtype, seen: dict | None) -> list[int] | None:
     """(size, mtime) of shard ``k`` when its size and sha256 match its sub-index, else None.
     ``seen``: shards found intact before at that (size, mtime) are not hashed again (a write
@@ -185,7 +177,7 @@ def _intact(folder: Path, k: int, dtype: np.dtype, seen: dict | None) -> list[in
     except (OSError, ValueError, KeyError, TypeError):  # missing or unreadable
         return None
     stamp = [st.st_size, st.st_mtime_ns]
-    if "sha256" in sub and (seen or {}).get(b.name) != stamp and _file_sha256(b) != sub["sha256"]:
+    if "sha256" in sub and (seen or {}).get(b.name) != stamp and file_sha256(b) != sub["sha256"]:
         return None
     return stamp
 
