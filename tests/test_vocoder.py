@@ -57,6 +57,29 @@ def test_a_few_steps_lower_the_mel_loss():
     assert losses[-1] < 0.7 * losses[0], losses[::10]
 
 
+def test_the_mel_loss_averages_its_scales_and_refuses_bad_ones():
+    """Four scales (the demo's) are the mean of four one-scale losses; a scale too short to
+    hold a mel band, or none, is a one-line error."""
+    torch.manual_seed(0)
+    y, y_hat = torch.randn(2, 16 * 320), torch.randn(2, 16 * 320)
+    scales = [256, 512, 1024, 2048]
+    cfg = dataclasses.replace(TINY, mel_scales=scales)
+    many = VocoderModule(cfg, vocab_size=8, hop=320, sample_rate=16000, durations=False)
+    ones = [
+        VocoderModule(
+            dataclasses.replace(TINY, mel_scales=[n]),
+            vocab_size=8, hop=320, sample_rate=16000, durations=False,
+        ).mel_loss(y_hat, y)
+        for n in scales
+    ]  # fmt: skip
+    assert float(many.mel_loss(y_hat, y)) == pytest.approx(float(sum(ones)) / 4, rel=1e-6)
+    assert len({round(float(x), 4) for x in ones}) == 4  # the scales see different things
+    for bad in ([], [32]):
+        with pytest.raises(UserError, match="vocoder.mel_scales"):
+            VocoderModule(dataclasses.replace(TINY, mel_scales=bad), vocab_size=8, hop=320,
+                          sample_rate=16000, durations=False)  # fmt: skip
+
+
 def test_the_duration_predictor_learns_durations_of_deduplicated_units():
     torch.manual_seed(0)
     net = UnitVocoder(TINY, vocab_size=8, hop=320)

@@ -92,7 +92,7 @@ DATA_SOURCE_KEYS = frozenset(
 _ALL = KINDS
 _VOCODER_KEYS = (
     "dim intermediate_dim n_layers n_fft_hops dur_hidden segment_frames max_steps lr batch_size "
-    "gan_from mel_weight mrd_weight val_every max_utterances"
+    "gan_from mel_weight mel_scales mrd_weight val_every max_utterances"
 )
 _EVAL_ALL = ("eval", "ablation")
 RESULT_KEYS: dict[str, tuple[str, ...]] = {

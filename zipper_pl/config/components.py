@@ -175,6 +175,12 @@ class VocoderConfig:
         ge=0,
     )
     mel_weight: float = F(45.0, "weight of the mel-spectrogram L1 loss (Vocos, HiFi-GAN: 45)", ge=0)
+    mel_scales: list[int] = F(
+        None,
+        "FFT sizes of the mel L1 loss (at 16 kHz), averaged (Vocos: [1024]; EnCodec and DAC use "
+        "several, which see the phase errors of short windows that one long window averages out)",
+        factory=lambda: [1024],
+    )
     mrd_weight: float = F(0.1, "weight of the multi-resolution discriminator (Vocos: 0.1)", ge=0)
     val_every: int = F(500, "steps between validations (loss, audio samples in TensorBoard)", ge=1)
     max_utterances: int = F(0, "speech-pool utterances trained on; 0 = all", ge=0)

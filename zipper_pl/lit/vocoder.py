@@ -31,6 +31,7 @@ from vocos.loss import (
 
 from zipper_pl.config import Config, VocoderConfig
 from zipper_pl.data.sampling import train_loader
+from zipper_pl.errors import UserError
 from zipper_pl.models.vocoder import UnitVocoder, duration_loss, runs_of
 
 AUDIO_SAMPLES = 3  # validation utterances whose audio TensorBoard gets at every validation
@@ -114,6 +115,15 @@ def _cosine(step: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / max(1, total))))
 
 
+def _mel_loss(n_fft_16k: int, sample_rate: int) -> MelSpecReconstructionLoss:
+    """Vocos' log-mel L1 at one scale; FFT sizes are given at 16 kHz and scale with the rate.
+    Short windows get fewer mel bands (n_fft / 8, at most 80) so that no band is empty."""
+    n_fft = max(64, round(n_fft_16k * sample_rate / 16000))
+    return MelSpecReconstructionLoss(
+        sample_rate=sample_rate, n_fft=n_fft, hop_length=n_fft // 4, n_mels=min(80, n_fft // 8)
+    )
+
+
 class VocoderModule(L.LightningModule):
     def __init__(
         self, cfg: VocoderConfig, *, vocab_size: int, hop: int, sample_rate: int, durations: bool
@@ -125,10 +135,11 @@ class VocoderModule(L.LightningModule):
         self.gan = cfg.gan_from < cfg.max_steps
         if self.gan:
             self.mpd, self.mrd = MultiPeriodDiscriminator(), MultiResolutionDiscriminator()
-        n_fft = 1024 if sample_rate >= 16000 else 512
-        self.mel_loss = MelSpecReconstructionLoss(
-            sample_rate=sample_rate, n_fft=n_fft, hop_length=n_fft // 4, n_mels=80
-        )
+        if not cfg.mel_scales or min(cfg.mel_scales) < 64:
+            raise UserError(
+                f"vocoder.mel_scales={cfg.mel_scales}: give FFT sizes of at least 64, e.g. [1024]"
+            )
+        self.mel_losses = torch.nn.ModuleList(_mel_loss(n, sample_rate) for n in cfg.mel_scales)
         self.gen_loss, self.disc_loss = GeneratorLoss(), DiscriminatorLoss()
         self.fm_loss = FeatureMatchingLoss()
         self._disc_opt: torch.optim.Optimizer | None = None
@@ -204,6 +215,10 @@ class VocoderModule(L.LightningModule):
         self.log("train/mel", mel.detach(), on_step=True, prog_bar=True)
         self.log("train/loss", loss.detach(), on_step=True)
         return loss.detach()
+
+    def mel_loss(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The mel L1 averaged over ``vocoder.mel_scales``."""
+        return sum(loss(y_hat, y) for loss in self.mel_losses) / len(self.mel_losses)
 
     def on_validation_epoch_start(self) -> None:
         self._val = []
