@@ -14,9 +14,9 @@ import numpy as np
 
 from benchmarks import synthetic as syn
 from zipper_pl.config import Config
-from zipper_pl.data.aligned import Pair
-from zipper_pl.data.datamodules import AlignedDataModule, LMDataModule
-from zipper_pl.data.store import LMData, ShardedTokenWriter, token_dtype
+from zipper_pl.data.batches.aligned import Pair
+from zipper_pl.data.batches.datamodules import AlignedDataModule, LMDataModule
+from zipper_pl.data.tokens.store import LMData, ShardedTokenWriter, token_dtype
 from zipper_pl.models.sequences import collate_segments
 
 

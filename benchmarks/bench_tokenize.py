@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
-from zipper_pl.data.audio_tokenizers import (
+from zipper_pl.data.tokenizers.audio_tokenizers import (
     AudioTokenizerConfig,
     EncodecTokenizer,
     UnitsTokenizer,
 )
-from zipper_pl.data.encodec_tokenizer import random_encodec_model
-from zipper_pl.data.ssl_units import SSLUnitsTokenizer
+from zipper_pl.data.tokenizers.encodec_tokenizer import random_encodec_model
+from zipper_pl.data.tokenizers.ssl_units import SSLUnitsTokenizer
 
 TINY_HUBERT = {
     "hidden_size": 32,

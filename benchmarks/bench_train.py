@@ -22,7 +22,7 @@ from zipper_pl.lit.common import adamw
 from zipper_pl.models.sequences import IGNORE, collate_segments, token_loss
 from zipper_pl.models.single import STREAM
 from zipper_pl.models.tower import Tower
-from zipper_pl.trainer import compile_forward
+from zipper_pl.runs.trainer import compile_forward
 
 
 def _to(x, device: torch.device):

@@ -115,7 +115,7 @@ def pairs(size: str, n: int | None = None, seed: int = 0) -> list[tuple[np.ndarr
 
 
 def task_samples(prs: list[tuple[np.ndarray, np.ndarray]], task: str) -> list[list[Segment]]:
-    """ASR = [speech, text], TTS = [text, speech] (data/aligned.py's make_sample)."""
+    """ASR = [speech, text], TTS = [text, speech] (data/batches/aligned.py's make_sample)."""
     out = []
     for s, t in prs:
         speech = Segment("speech", torch.from_numpy(s))

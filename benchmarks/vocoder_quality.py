@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from zipper_pl.config import load_config
-from zipper_pl.data.manifest import read_manifest
+from zipper_pl.data.corpora.manifest import read_manifest
 from zipper_pl.data.prepare import corpus_manifests
-from zipper_pl.data.units_inversion import feature_stats, griffin_lim_units
-from zipper_pl.judging import load_judge
+from zipper_pl.data.tokenizers.units_inversion import feature_stats, griffin_lim_units
+from zipper_pl.fitting.judging import load_judge
+from zipper_pl.fitting.vocoding import load_vocoder, speech_clips
 from zipper_pl.lit.vocoder import Clip
 from zipper_pl.metrics import error_rows
 from zipper_pl.models.vocoder import runs_of
-from zipper_pl.vocoding import load_vocoder, speech_clips
 
 
 def run(vocoder_dir: Path, judge_dir: Path, n: int = 60) -> dict[str, dict]:

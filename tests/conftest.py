@@ -54,7 +54,7 @@ def tiny_config(data_root: Path, runs: Path, experiment: str, *overrides: str) -
 @pytest.fixture(scope="session")
 def tiny_towers(data_root, tmp_path_factory) -> dict[str, Path]:
     """Tiny pretrained text and speech stage folders (a few steps each), shared by the session."""
-    from zipper_pl.stages import pretrain
+    from zipper_pl.stages.chain import pretrain
 
     runs = tmp_path_factory.mktemp("runs")
     common = ("train.max_steps=3", "train.val_every=3", "train.ckpt_every=3")

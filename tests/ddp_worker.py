@@ -15,7 +15,8 @@ import lightning as L
 import torch
 
 from tests.conftest import tiny_config
-from zipper_pl import stages, training
+from zipper_pl.fitting import towers
+from zipper_pl.stages import chain
 
 
 class Recorder(L.Callback):
@@ -34,14 +35,14 @@ class Recorder(L.Callback):
 
 def main(data_root: str, out: str) -> None:
     out_dir = Path(out)
-    real = training.make_trainer
+    real = towers.make_trainer
 
     def with_recorder(cfg, folder, **kw):
         trainer = real(cfg, folder, progress=False)
         trainer.callbacks.insert(0, Recorder(out_dir))
         return trainer
 
-    training.make_trainer = with_recorder
+    towers.make_trainer = with_recorder
     cfg = tiny_config(
         Path(data_root),
         out_dir,
@@ -52,7 +53,7 @@ def main(data_root: str, out: str) -> None:
         "train.max_steps=3",
         "train.val_every=3",
     )
-    stages.pretrain(cfg)
+    chain.pretrain(cfg)
 
 
 if __name__ == "__main__":

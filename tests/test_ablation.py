@@ -12,15 +12,16 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, run_make, tiny_config
-from zipper_pl import ablation, scoring, training
-from zipper_pl.ablation_cells import cell_config, cells_of, seed_towers
-from zipper_pl.ablation_tables import adjust_p, grid_lines, paired_tests, write_tables
 from zipper_pl.config import load_config
 from zipper_pl.errors import UserError
+from zipper_pl.fitting.ablation_cells import cell_config, cells_of, seed_towers
+from zipper_pl.fitting.judging import Utterance
 from zipper_pl.io import save_weights
-from zipper_pl.judging import Utterance
-from zipper_pl.layout import input_fingerprints, is_finished, stage_dir
 from zipper_pl.lit.common import NonFiniteTraining
+from zipper_pl.results import scoring
+from zipper_pl.results.ablation_tables import adjust_p, grid_lines, paired_tests, write_tables
+from zipper_pl.runs.layout import input_fingerprints, is_finished, stage_dir
+from zipper_pl.stages import ablation
 
 
 def test_cells_cover_systems_without_duplicate_single_rows(data_root, tmp_path):
@@ -91,8 +92,8 @@ def test_each_seed_zips_towers_pretrained_with_that_seed(data_root, tiny_towers,
     def no_training(*args, **kwargs):
         raise AssertionError("a finished tower or cell was trained again")
 
-    monkeypatch.setattr(training, "_pretrain", no_training)
-    monkeypatch.setattr(training, "_train_finetune", no_training)
+    monkeypatch.setattr(towers, "_pretrain", no_training)
+    monkeypatch.setattr(towers, "_train_finetune", no_training)
     assert ablation.ablation_stage(cfg) == out
 
 
@@ -258,7 +259,7 @@ def test_a_zip_that_really_diverges_is_recorded_by_the_grid(data_root, tiny_towe
     assert not (folder / "model.safetensors").exists()
     # fingerprints a caller passes must be of this config's towers (a caller's bug otherwise)
     with pytest.raises(ValueError, match="fingerprints of"):
-        training.run_zip(cell_config(cfg, cell, towers[0]), fingerprints={"text": fps["text"]})
+        towers.run_zip(cell_config(cfg, cell, towers[0]), fingerprints={"text": fps["text"]})
 
 
 def test_cached_scores_belong_to_their_judge_and_eval_settings(monkeypatch, tmp_path):
@@ -269,7 +270,7 @@ def test_cached_scores_belong_to_their_judge_and_eval_settings(monkeypatch, tmp_
         calls.append(judge.name)
         return {"tts_wer_gold": 0.5 if judge.name == "judge_a" else 0.1, "errors": {}}
 
-    monkeypatch.setattr("zipper_pl.ablation.tts_cell_metrics", fake_scores)
+    monkeypatch.setattr("zipper_pl.stages.ablation.tts_cell_metrics", fake_scores)
     cell = tmp_path / "cell"
     cell.mkdir()
     judges = {}
@@ -297,7 +298,7 @@ def test_a_tts_score_sampled_under_another_scheme_is_scored_again(monkeypatch, t
     the seeds drew other numbers) is recomputed, and the console says why."""
     calls = []
     monkeypatch.setattr(
-        "zipper_pl.ablation.tts_cell_metrics",
+        "zipper_pl.stages.ablation.tts_cell_metrics",
         lambda folder, judge, cfg: calls.append(1) or {"tts_wer_gold": 0.3, "errors": {}},
     )
     cell, judge = tmp_path / "cell", tmp_path / "judge"

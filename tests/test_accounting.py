@@ -13,25 +13,25 @@ from pathlib import Path
 import pytest
 from test_audio import plant_audio, sine
 
-import zipper_pl.data.audio_cache as audio_cache
+import zipper_pl.data.corpora.sentences as sentences
 import zipper_pl.data.prepare as prepare
-import zipper_pl.data.sentences as sentences
+import zipper_pl.data.tokens.audio_cache as audio_cache
 from tests.conftest import tiny_config
 from tests.test_readers import _audio, _librispeech
-from zipper_pl.data.audio_cache import tokenize_manifest
-from zipper_pl.data.audio_tokenizers import AudioTokenizerConfig, UnitsTokenizer
-from zipper_pl.data.embedded import EmbeddedCorpusConfig, split_pools
-from zipper_pl.data.manifest import Record, read_manifest, write_manifest
-from zipper_pl.data.modalities import load_tokenizers, prepare_pairs
-from zipper_pl.data.readers import (
+from zipper_pl.data.corpora.embedded import EmbeddedCorpusConfig, split_pools
+from zipper_pl.data.corpora.manifest import Record, read_manifest, write_manifest
+from zipper_pl.data.corpora.readers import (
     read_jsonl_manifest,
     read_librilight,
     read_librispeech,
     read_libritts,
     summary_line,
 )
-from zipper_pl.data.text import read_text_file
-from zipper_pl.data.textnorm import normalize_text
+from zipper_pl.data.corpora.text import read_text_file
+from zipper_pl.data.corpora.textnorm import normalize_text
+from zipper_pl.data.modalities import load_tokenizers, prepare_pairs
+from zipper_pl.data.tokenizers.audio_tokenizers import AudioTokenizerConfig, UnitsTokenizer
+from zipper_pl.data.tokens.audio_cache import tokenize_manifest
 from zipper_pl.errors import UserError
 
 _CHARSET = re.compile(r"^([a-z']+( [a-z']+)*)?$")

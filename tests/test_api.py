@@ -11,7 +11,7 @@ import zipper_pl
 from tests.conftest import ROOT, tiny_config, zip_config
 from tests.test_readers import _audio
 from zipper_pl.errors import UserError
-from zipper_pl.stages import vocoder_stage, zip_stage
+from zipper_pl.stages.chain import vocoder_stage, zip_stage
 
 PLACEHOLDER = "runs/demo-embedded/zipper-asr-units-frac0p1-freeze_text-steps500-s0-<id>"
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from zipper_pl.data.audio import REASONS, BadAudio, SkipCounter, load_audio
+from zipper_pl.data.corpora.audio import REASONS, BadAudio, SkipCounter, load_audio
 from zipper_pl.errors import UserError
 
 

@@ -5,11 +5,11 @@ import pytest
 import soundfile as sf
 from test_audio import plant_audio, sine
 
-import zipper_pl.data.audio_cache as audio_cache
-from zipper_pl.data.audio_cache import fit_audio_tokenizer, tokenize_manifest
-from zipper_pl.data.audio_tokenizers import AudioTokenizerConfig, UnitsTokenizer
-from zipper_pl.data.manifest import Record, write_manifest
-from zipper_pl.data.store import VERIFIED_JSON, ShardedTokenWriter, TokenStore
+import zipper_pl.data.tokens.audio_cache as audio_cache
+from zipper_pl.data.corpora.manifest import Record, write_manifest
+from zipper_pl.data.tokenizers.audio_tokenizers import AudioTokenizerConfig, UnitsTokenizer
+from zipper_pl.data.tokens.audio_cache import fit_audio_tokenizer, tokenize_manifest
+from zipper_pl.data.tokens.store import VERIFIED_JSON, ShardedTokenWriter, TokenStore
 from zipper_pl.errors import UserError
 
 EXPECTED_BAD = {

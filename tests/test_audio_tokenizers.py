@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from zipper_pl.data.audio_tokenizers import (
+from zipper_pl.data.tokenizers.audio_tokenizers import (
     AUDIO_TOKENIZERS,
     ENCODEC_CHECKPOINT,
     AudioTokenizer,
@@ -11,7 +11,7 @@ from zipper_pl.data.audio_tokenizers import (
     UnitsTokenizer,
     build_audio_tokenizer,
 )
-from zipper_pl.data.encodec_tokenizer import random_encodec_model
+from zipper_pl.data.tokenizers.encodec_tokenizer import random_encodec_model
 from zipper_pl.errors import UserError
 
 

@@ -12,7 +12,7 @@ from omegaconf.nodes import BooleanNode, StringNode
 
 from zipper_pl.config import Config, describe_schema, load_config, save_config, to_dict
 from zipper_pl.errors import UserError
-from zipper_pl.identity import result_config
+from zipper_pl.runs.identity import result_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))

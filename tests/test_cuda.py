@@ -15,11 +15,11 @@ from tests.test_single import _model as single_model
 from tests.test_ssl_units import cfg as units_config
 from tests.test_ssl_units import pool, save_tiny_hubert
 from tests.test_zipper import PRIOR, SPECS, model, samples, sharpen
-from zipper_pl.data.ssl_units import SSLUnitsTokenizer
-from zipper_pl.identity import read_identity
+from zipper_pl.data.tokenizers.ssl_units import SSLUnitsTokenizer
 from zipper_pl.models import static_decoding
 from zipper_pl.models.sequences import collate_segments, token_loss
-from zipper_pl.stages import pretrain
+from zipper_pl.runs.identity import read_identity
+from zipper_pl.stages.chain import pretrain
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 CUDA = torch.device("cuda")

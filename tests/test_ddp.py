@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT
-from zipper_pl.data.sampling import StepBatchSampler
+from zipper_pl.data.batches.sampling import StepBatchSampler
 
 
 def test_sampler_shards_exactly_and_resumes():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from zipper_pl.data.embedded import (
+from zipper_pl.data.corpora.embedded import (
     AUDIO_POOLS,
     EMBEDDED_PRESETS,
     POOLS,
@@ -18,8 +18,8 @@ from zipper_pl.data.embedded import (
     build_embedded_corpus,
     corpus_dir,
 )
-from zipper_pl.data.espeak import SAMPLE_RATE, Speaker, Synthesizer, synthesize
-from zipper_pl.data.manifest import Record, read_manifest, write_manifest
+from zipper_pl.data.corpora.espeak import SAMPLE_RATE, Speaker, Synthesizer, synthesize
+from zipper_pl.data.corpora.manifest import Record, read_manifest, write_manifest
 from zipper_pl.errors import UserError
 
 TINY = EmbeddedCorpusConfig(**EMBEDDED_PRESETS["tiny"])

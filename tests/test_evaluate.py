@@ -16,13 +16,13 @@ from tests.conftest import tiny_config
 from tests.test_listen import PROBE, chromium, run_chromium
 from zipper_pl.config import load_config
 from zipper_pl.errors import UserError
-from zipper_pl.evaluate import evaluate_stage, resolve_systems
-from zipper_pl.finetuned import load_finetuned
-from zipper_pl.judging import Utterance, load_judge
-from zipper_pl.layout import is_finished
-from zipper_pl.report import render_markdown
-from zipper_pl.scoring import generate_tts, significance
-from zipper_pl.stages import judge_stage
+from zipper_pl.fitting.judging import Utterance, load_judge
+from zipper_pl.results.report import render_markdown
+from zipper_pl.results.scoring import generate_tts, significance
+from zipper_pl.runs.finetuned import load_finetuned
+from zipper_pl.runs.layout import is_finished
+from zipper_pl.stages.chain import judge_stage
+from zipper_pl.stages.evaluate import evaluate_stage, resolve_systems
 
 
 def _inputs(towers) -> list[str]:

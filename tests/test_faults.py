@@ -24,21 +24,21 @@ from safetensors.torch import load_file
 import zipper_pl.__main__ as zipper_cli
 from tests.conftest import ROOT, run_make, tiny_config
 from tests.test_readers import _audio
-from zipper_pl import training
-from zipper_pl.audio_eval import safe_file_name
-from zipper_pl.data import audio_tokenizers as at
-from zipper_pl.data import encodec_weights
-from zipper_pl.data.manifest import Record, write_manifest
-from zipper_pl.data.readers import read_jsonl_manifest
-from zipper_pl.data.store import reusable_store
-from zipper_pl.data.text import TextTokenizer
+from zipper_pl.data.corpora.manifest import Record, write_manifest
+from zipper_pl.data.corpora.readers import read_jsonl_manifest
+from zipper_pl.data.corpora.text import TextTokenizer
+from zipper_pl.data.tokenizers import audio_tokenizers as at
+from zipper_pl.data.tokenizers import encodec_weights
+from zipper_pl.data.tokens.store import reusable_store
 from zipper_pl.errors import Terminated, UserError
-from zipper_pl.finetuned import load_tower
+from zipper_pl.fitting import towers
 from zipper_pl.io import TMP_MARK, atomic_write_json, copy_artefact, save_weights
-from zipper_pl.layout import is_finished, require_stage, stage_dir, stage_identity
 from zipper_pl.lit.common import NonFiniteTraining
 from zipper_pl.lit.lm import LMModule
-from zipper_pl.stages import pretrain
+from zipper_pl.results.audio_eval import safe_file_name
+from zipper_pl.runs.finetuned import load_tower
+from zipper_pl.runs.layout import is_finished, require_stage, stage_dir, stage_identity
+from zipper_pl.stages.chain import pretrain
 
 
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -331,14 +331,14 @@ class _StopAt(L.Callback):
 
 def _stopping(monkeypatch, stop: L.Callback) -> None:
     """Every trainer the stages make gets ``stop``."""
-    real_make = training.make_trainer
+    real_make = towers.make_trainer
 
     def make(cfg, out, **kw):
         trainer = real_make(cfg, out, **kw)
         trainer.callbacks.insert(0, stop)
         return trainer
 
-    monkeypatch.setattr(training, "make_trainer", make)
+    monkeypatch.setattr(towers, "make_trainer", make)
 
 
 @pytest.mark.parametrize("step", [3, 4])  # between validations, and at one (val_every 4)

@@ -26,15 +26,15 @@ from transformers import (
 )
 
 from tests.conftest import ROOT, run_make, tiny_config
-from zipper_pl.data.embedded import split_pools
-from zipper_pl.data.hf_tokenizer import HFTextTokenizer, load_text_tokenizer
+from zipper_pl.data.corpora.embedded import split_pools
+from zipper_pl.data.tokenizers.hf_tokenizer import HFTextTokenizer, load_text_tokenizer
 from zipper_pl.errors import UserError
-from zipper_pl.finetuned import load_finetuned
 from zipper_pl.hub import folder_fingerprint, hub_folder
-from zipper_pl.identity import read_identity
 from zipper_pl.models.hf_llama import export_hf_tower, load_hf_tower, tower_config_from_hf
 from zipper_pl.models.sequences import ModalitySpec
 from zipper_pl.models.single import SingleDecoder
+from zipper_pl.runs.finetuned import load_finetuned
+from zipper_pl.runs.identity import read_identity
 
 SMALL = dict(
     hidden_size=64,

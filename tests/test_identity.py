@@ -14,13 +14,13 @@ from tests.conftest import ROOT, tiny_config, zip_config
 from tests.test_readers import _audio, _librispeech
 from zipper_pl.config import Config, field_paths, load_config, save_config
 from zipper_pl.config.sections import MODALITY_NAMES
-from zipper_pl.data.audio_tokenizers import AUDIO_TOKENIZERS
-from zipper_pl.data.manifest import Record, read_manifest, write_manifest
+from zipper_pl.data.corpora.manifest import Record, read_manifest, write_manifest
+from zipper_pl.data.corpora.readers import read_jsonl_manifest
+from zipper_pl.data.corpora.sources import data_fingerprint
 from zipper_pl.data.prepare import corpus_manifests
-from zipper_pl.data.readers import read_jsonl_manifest
-from zipper_pl.data.sources import data_fingerprint
+from zipper_pl.data.tokenizers.audio_tokenizers import AUDIO_TOKENIZERS
 from zipper_pl.errors import UserError
-from zipper_pl.identity import (
+from zipper_pl.runs.identity import (
     IDENTITY_FILE,
     KINDS,
     LATE_KEYS,
@@ -28,9 +28,9 @@ from zipper_pl.identity import (
     read_identity,
     result_config,
 )
-from zipper_pl.layout import claim_stage, stage_dir, stage_identity
-from zipper_pl.provenance import PROVENANCE_FILE
-from zipper_pl.stages import pretrain, zip_stage
+from zipper_pl.runs.layout import claim_stage, stage_dir, stage_identity
+from zipper_pl.runs.provenance import PROVENANCE_FILE
+from zipper_pl.stages.chain import pretrain, zip_stage
 
 TINY = ROOT / "experiments" / "tiny"
 

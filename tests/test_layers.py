@@ -1,6 +1,6 @@
-"""The package's layers import one way, bottom to top (DESIGN.md, "Layout"): config (schema,
-loading; no models, no data, no torch) -> models and data -> runs/layout (and the work of each
-stage: training, judging, scoring, finetuned) -> stage modules (entry points, side by side).
+"""The package's floors import one way, bottom to top (docs/design.md, "Layout"): config (schema,
+loading; no models, no data, no torch) -> models -> data (corpora, tokenizers, tokens, batches)
+-> lit -> runs -> fitting -> results -> stage modules (entry points, side by side) -> api.
 Imports sit at the top of a module: none inside a function, except the allowlisted ones below
 and third-party packages that are heavy or optional (torch in io, encodec, transformers, ...).
 
@@ -30,9 +30,9 @@ BASE = ("zipper_pl.errors", "zipper_pl.io")
 # that read no data and train nothing
 MODELS_MAY_USE = ("zipper_pl.config", *BASE, "zipper_pl.metrics", "zipper_pl.hub")
 # the stage modules: the entry points the command line dispatches to (``__main__.STAGES``); each
-# checks the machine, then calls the layers below it (training, judging, scoring, finetuned,
-# data.prepare, layout), never another stage module
-STAGE_MODULES = ("zipper_pl.stages", "zipper_pl.evaluate", "zipper_pl.ablation")
+# checks the machine, then calls the floors below it (fitting, results, runs, data.prepare),
+# never another stage module
+STAGE_MODULES = ("zipper_pl.stages.chain", "zipper_pl.stages.evaluate", "zipper_pl.stages.ablation")
 # the only places that import inside a function (or through importlib), (file, function): why
 LAZY_IMPORTS = {
     ("zipper_pl/__init__.py", "__getattr__"): "zipper_pl.load, the documented API, imports "
@@ -174,20 +174,18 @@ def test_naming_a_stage_loads_no_lightning():
     was more than half of its ~11 s start, loaded by the DataModules the modality registry
     imported; naming a stage needs configs, fingerprints and the registries only."""
     loaded, chain = run_and_list_heavy(
-        "import sys, zipper_pl.layout; "
+        "import sys, zipper_pl.runs.layout; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'torchmetrics')))",
         heavy=("lightning", "torchmetrics"),
     )
-    assert loaded == [], f"import zipper_pl.layout loaded {len(loaded)} modules: {chain}"
+    assert loaded == [], f"import zipper_pl.runs.layout loaded {len(loaded)} modules: {chain}"
 
 
 def test_models_import_no_data_lit_runs_or_stage_modules():
     models = modules("zipper_pl.models")
     assert len(models) >= 5, "the models moved: update this test"
     above = tuple(sorted(top_level_modules() - {"zipper_pl.models", *MODELS_MAY_USE}))
-    assert {"zipper_pl.data", "zipper_pl.lit", "zipper_pl.stages", "zipper_pl.evaluate"} <= set(
-        above
-    )
+    assert {"zipper_pl.data", "zipper_pl.lit", "zipper_pl.runs", "zipper_pl.stages"} <= set(above)
     found = offences(models, lambda n: within(n, above))
     assert not found, (
         "zipper_pl.models may import only itself and "
@@ -221,13 +219,13 @@ def test_the_import_reader_sees_every_kind_of_import(tmp_path, monkeypatch):
 
 
 def test_every_stage_entry_point_checks_the_machine_before_any_work(tmp_path, monkeypatch):
-    """The config layer cannot ask torch whether a GPU is here: ``zipper_pl.machine`` does, and
+    """The config layer cannot ask torch whether a GPU is here: ``zipper_pl.runs.machine`` does, and
     a stage called from Python (not through the command line) must still refuse at once."""
     import torch
 
-    from zipper_pl import ablation, evaluate, stages
     from zipper_pl.config import load_config
     from zipper_pl.errors import UserError
+    from zipper_pl.stages import ablation, chain, evaluate
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = load_config(
@@ -235,8 +233,8 @@ def test_every_stage_entry_point_checks_the_machine_before_any_work(tmp_path, mo
         ["train.accelerator=gpu", f"runs={tmp_path}", f"data.root={tmp_path / 'data'}"],
     )
     entry_points = (
-        stages.prepare_data, stages.pretrain, stages.zip_stage, stages.finetune,
-        stages.judge_stage, evaluate.evaluate_stage, ablation.ablation_stage,
+        chain.prepare_data, chain.pretrain, chain.zip_stage, chain.finetune,
+        chain.judge_stage, evaluate.evaluate_stage, ablation.ablation_stage,
     )  # fmt: skip
     for stage in entry_points:
         with pytest.raises(UserError, match="train.accelerator: 'gpu' but no CUDA GPU"):
@@ -319,7 +317,7 @@ def test_stage_modules_sit_side_by_side_and_nothing_below_imports_them():
     assert not found, (
         f"stage modules ({', '.join(STAGE_MODULES)}) import none of each other, and no module "
         "below them imports one; move what two stages share (or one stage's work another runs) "
-        "down a layer (training.py, judging.py, scoring.py, finetuned.py):\n  " + "\n  ".join(found)
+        "down a layer (fitting/, results/, runs/):\n  " + "\n  ".join(found)
     )
 
 
@@ -368,6 +366,57 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if v not in index:
             visit(v)
     return found
+
+
+# The floors, bottom to top (docs/design.md, "Layout"): a module imports only modules of its own
+# floor or below. Every import edge is checked, so nothing reaches up through another module
+# either (a path up needs one edge up). The longest matching prefix names a module's floor.
+FLOORS: tuple[tuple[str, ...], ...] = (
+    ("zipper_pl.errors", "zipper_pl.io"),
+    ("zipper_pl.config",),
+    ("zipper_pl.metrics", "zipper_pl.hub"),  # helpers that read no data and train nothing
+    ("zipper_pl.models",),
+    ("zipper_pl.data.corpora",),
+    ("zipper_pl.data.tokenizers",),
+    ("zipper_pl.data.tokens",),
+    ("zipper_pl.data.batches",),
+    ("zipper_pl.data", "zipper_pl.registry"),  # modalities, the preparation pipeline; registries
+    ("zipper_pl.lit",),
+    ("zipper_pl.runs",),
+    ("zipper_pl.fitting",),
+    ("zipper_pl.results",),
+    ("zipper_pl.stages",),
+    ("zipper_pl", "zipper_pl.api", "zipper_pl.__main__"),
+)
+MOST_TOP_LEVEL_MODULES = 8  # the rest live in packages named for their role
+
+
+def floor_of(module: str) -> int:
+    matches = [
+        (len(prefix), level)
+        for level, prefixes in enumerate(FLOORS)
+        for prefix in prefixes
+        if within(module, (prefix,))
+    ]
+    assert matches, f"{module} sits on no floor: add its package to FLOORS (and docs/design.md)"
+    return max(matches)[1]
+
+
+def test_every_import_goes_down_the_floors_or_stays_on_its_own():
+    assert floor_of("zipper_pl.data.tokens.store") > floor_of("zipper_pl.data.corpora.audio")
+    assert floor_of("zipper_pl.data.prepare") == floor_of("zipper_pl.registry")
+    up = sorted(
+        f"{module} (floor {floor_of(module)}) imports {dep} (floor {floor_of(dep)})"
+        for module, deps in import_graph().items()
+        for dep in deps
+        if floor_of(dep) > floor_of(module)
+    )
+    assert not up, "a lower floor imports a higher one; move the code down:\n  " + "\n  ".join(up)
+
+
+def test_at_most_eight_modules_sit_at_the_top_of_the_package():
+    top = sorted(p.name for p in PKG.glob("*.py"))
+    assert len(top) <= MOST_TOP_LEVEL_MODULES, f"{len(top)} modules at the top: {top}"
 
 
 def test_the_package_has_no_import_cycle():

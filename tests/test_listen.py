@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from zipper_pl.errors import UserError
-from zipper_pl.listen import ListenRow, write_listen_page, write_wav
+from zipper_pl.results.listen import ListenRow, write_listen_page, write_wav
 
 SR = 16_000
 COLUMNS = ["gold", "zipper", "griffin-lim"]

@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 
 from tests.conftest import ROOT, tiny_config, zip_config
 from zipper_pl.config import Config, field_paths, load_config
-from zipper_pl.identity import flat_config
-from zipper_pl.layout import stage_identity
 from zipper_pl.models.tower import TOWER_PRESETS
-from zipper_pl.trainer import BEST_CKPT, make_trainer, selection_metric
+from zipper_pl.runs.identity import flat_config
+from zipper_pl.runs.layout import stage_identity
+from zipper_pl.runs.trainer import BEST_CKPT, make_trainer, selection_metric
 
 EXP = ROOT / "experiments"
 PAPER_FILES = [
@@ -162,7 +162,7 @@ def test_zip_stage_selecting_on_wer_exports_the_lowest_wer_weights(
 ):
     """A whole tiny stage: val/wer is logged at every validation pass (else Lightning stops the
     monitoring callback), best.ckpt follows it and the exported weights are best.ckpt's."""
-    from zipper_pl.stages import zip_stage
+    from zipper_pl.stages.chain import zip_stage
 
     overrides = ("train.max_steps=4", "train.val_every=2", "train.select_on=wer",
                  "eval.max_new_text=8", "eval.max_utterances=2")  # fmt: skip

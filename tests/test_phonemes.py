@@ -14,18 +14,18 @@ from safetensors.torch import load_file
 from tests.conftest import run_make, tiny_config
 from zipper_pl.config import load_config
 from zipper_pl.config.sections import MODALITY_NAMES
-from zipper_pl.data.aligned import TASKS, load_pairs
-from zipper_pl.data.manifest import Record, write_manifest
+from zipper_pl.data.batches.aligned import TASKS, load_pairs
+from zipper_pl.data.corpora.manifest import Record, write_manifest
+from zipper_pl.data.corpora.phonemes import WORD_BOUNDARY, PhonemeTokenizer, phonemize
 from zipper_pl.data.modalities import MODALITIES
-from zipper_pl.data.phonemes import WORD_BOUNDARY, PhonemeTokenizer, phonemize
 from zipper_pl.errors import UserError
-from zipper_pl.evaluate import evaluate_stage
-from zipper_pl.finetuned import load_finetuned
-from zipper_pl.judging import Utterance
+from zipper_pl.fitting.judging import Utterance
 from zipper_pl.models.sequences import ModalitySpec, Segment
 from zipper_pl.models.tower import Tower, tower_config
 from zipper_pl.registry import build_model
-from zipper_pl.scoring import generate_asr
+from zipper_pl.results.scoring import generate_asr
+from zipper_pl.runs.finetuned import load_finetuned
+from zipper_pl.stages.evaluate import evaluate_stage
 
 
 def test_phonemize_gives_ipa_symbols_with_word_boundaries():

@@ -6,11 +6,11 @@ import pytest
 
 from tests.conftest import ROOT, tiny_config
 from tests.test_readers import _librispeech
+from zipper_pl.data.corpora.text import read_text_file
 from zipper_pl.data.prepare import corpus_manifests, text_lines
-from zipper_pl.data.store import TokenStore
-from zipper_pl.data.text import read_text_file
+from zipper_pl.data.tokens.store import TokenStore
 from zipper_pl.errors import UserError
-from zipper_pl.stages import prepare_data
+from zipper_pl.stages.chain import prepare_data
 
 
 def test_text_file_reader_normalises_and_skips_blank_lines(tmp_path):
@@ -62,7 +62,7 @@ def test_data_stage_on_a_librispeech_tree(tmp_path):
 def test_gpu_scale_config_runs_shrunk_on_a_librispeech_tree(tmp_path, modality):
     """experiments/s is written for GPUs and LibriSpeech: the same file, shrunk, runs here."""
     from zipper_pl.config import load_config
-    from zipper_pl.stages import pretrain
+    from zipper_pl.stages.chain import pretrain
 
     root = tmp_path / "LibriSpeech"
     _librispeech(root)

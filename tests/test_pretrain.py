@@ -13,12 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import tiny_config
-from zipper_pl import training
 from zipper_pl.config import TrainConfig, load_config
-from zipper_pl.finetuned import load_tower
-from zipper_pl.layout import LOCK_FILE
+from zipper_pl.fitting import towers
 from zipper_pl.lit.common import use_fused_adamw
-from zipper_pl.stages import pretrain
+from zipper_pl.runs.finetuned import load_tower
+from zipper_pl.runs.layout import LOCK_FILE
+from zipper_pl.stages.chain import pretrain
 
 
 class _Crash(RuntimeError):
@@ -74,20 +74,20 @@ def test_finished_stage_is_not_redone(data_root, tmp_path):
 def test_resume_equals_uninterrupted(data_root, tmp_path, monkeypatch):
     straight = pretrain(_cfg(data_root, tmp_path, "straight"))
 
-    real_make = training.make_trainer
+    real_make = towers.make_trainer
 
     def crashing(cfg, out, **kw):
         trainer = real_make(cfg, out, **kw)
         trainer.callbacks.insert(0, _CrashAtStep(2))
         return trainer
 
-    monkeypatch.setattr(training, "make_trainer", crashing)
+    monkeypatch.setattr(towers, "make_trainer", crashing)
     cfg = _cfg(data_root, tmp_path, "resumed")
     with pytest.raises(_Crash):
         pretrain(cfg)
     assert (tmp_path / "resumed" / "last.ckpt").is_file()
     assert not (tmp_path / "resumed" / "metrics.json").exists()
-    monkeypatch.setattr(training, "make_trainer", real_make)
+    monkeypatch.setattr(towers, "make_trainer", real_make)
     resumed = pretrain(cfg)
 
     a = load_file(str(straight / "model.safetensors"))

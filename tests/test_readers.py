@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from zipper_pl.data.manifest import Record, write_manifest
-from zipper_pl.data.readers import (
+from zipper_pl.data.corpora.manifest import Record, write_manifest
+from zipper_pl.data.corpora.readers import (
     CORPUS_READERS,
     read_jsonl_manifest,
     read_librilight,

@@ -23,10 +23,10 @@ from transformers import (
     WhisperTokenizer,
 )
 
-from zipper_pl.data.audio import resample
+from zipper_pl.data.corpora.audio import resample
 from zipper_pl.errors import UserError
 from zipper_pl.models.judge import JudgeASR
-from zipper_pl.recognizers import RECOGNIZERS, build_recognizer, pocketsphinx
+from zipper_pl.results.recognizers import RECOGNIZERS, build_recognizer, pocketsphinx
 
 
 @pytest.fixture(scope="module")

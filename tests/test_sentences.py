@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from zipper_pl.data.lexicon import lexicon
-from zipper_pl.data.sentences import generate_sentences
-from zipper_pl.data.textnorm import normalize_text
+from zipper_pl.data.corpora.lexicon import lexicon
+from zipper_pl.data.corpora.sentences import generate_sentences
+from zipper_pl.data.corpora.textnorm import normalize_text
 from zipper_pl.errors import UserError
 
 _CHARSET = re.compile(r"^[a-z']+( [a-z']+)*$")

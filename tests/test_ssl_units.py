@@ -27,17 +27,17 @@ from transformers import (
 )
 
 from tests.conftest import ROOT, run_make, tiny_config
-from zipper_pl.data.audio_cache import fit_audio_tokenizer
-from zipper_pl.data.audio_tokenizers import (
+from zipper_pl.data.corpora.manifest import Record
+from zipper_pl.data.tokenizers.audio_tokenizers import (
     AUDIO_TOKENIZERS,
     AudioTokenizer,
     AudioTokenizerConfig,
     build_audio_tokenizer,
 )
-from zipper_pl.data.manifest import Record
-from zipper_pl.data.ssl_units import SSLUnitsTokenizer
+from zipper_pl.data.tokenizers.ssl_units import SSLUnitsTokenizer
+from zipper_pl.data.tokens.audio_cache import fit_audio_tokenizer
 from zipper_pl.errors import UserError
-from zipper_pl.layout import stage_identity
+from zipper_pl.runs.layout import stage_identity
 
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1"}
 

@@ -3,7 +3,7 @@ import pickle
 import numpy as np
 import pytest
 
-from zipper_pl.data.store import VERIFIED_JSON, ShardedTokenWriter, TokenStore, token_dtype
+from zipper_pl.data.tokens.store import VERIFIED_JSON, ShardedTokenWriter, TokenStore, token_dtype
 
 
 def _items(n: int, seed: int = 0) -> tuple[list[str], list[np.ndarray]]:

@@ -1,7 +1,7 @@
 """Modalities and tasks are declared: ``data/modalities.py`` (vocabulary rule, pretraining data,
-stage tag per modality) and ``data/aligned.py``'s ``TASKS`` (ordered inputs -> an output modality
-sequence); a pair carries one token array per modality; one length rule (``fits``) for training
-and tests."""
+stage tag per modality) and ``data/batches/aligned.py``'s ``TASKS`` (ordered inputs -> an output
+modality sequence); a pair carries one token array per modality; one length rule (``fits``) for
+training and tests."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 
 from tests.test_zipper import SPECS
 from zipper_pl.config import Config, load_config
-from zipper_pl.data.aligned import (
+from zipper_pl.data.batches.aligned import (
     TASKS,
     Pair,
     PairTasks,
@@ -24,8 +24,8 @@ from zipper_pl.data.aligned import (
     tokens_per_word,
 )
 from zipper_pl.data.modalities import MODALITIES, modality_specs
-from zipper_pl.layout import stage_dir
 from zipper_pl.models.sequences import IGNORE, collate_segments
+from zipper_pl.runs.layout import stage_dir
 
 PAIR = Pair("u1", "two words", {"text": np.array([5, 6, 7]), "speech": np.array([1, 2, 3, 4])})
 

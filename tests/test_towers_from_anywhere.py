@@ -11,8 +11,8 @@ from tests.test_readers import _audio, _librispeech
 from zipper_pl.__main__ import _chain_paths
 from zipper_pl.config import load_config
 from zipper_pl.errors import UserError
-from zipper_pl.identity import read_identity
-from zipper_pl.stages import pretrain, zip_stage
+from zipper_pl.runs.identity import read_identity
+from zipper_pl.stages.chain import pretrain, zip_stage
 
 SHRINK = [
     "data.max_bad_share=0.5",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from zipper_pl.data.audio_tokenizers import AudioTokenizerConfig, UnitsTokenizer
-from zipper_pl.data.units_inversion import FeatureStats, feature_stats, griffin_lim_units
+from zipper_pl.data.tokenizers.audio_tokenizers import AudioTokenizerConfig, UnitsTokenizer
+from zipper_pl.data.tokenizers.units_inversion import FeatureStats, feature_stats, griffin_lim_units
 from zipper_pl.errors import UserError
 
 SR = 16000

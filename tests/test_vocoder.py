@@ -20,10 +20,10 @@ from zipper_pl.__main__ import main
 from zipper_pl.config import VocoderConfig
 from zipper_pl.data.modalities import load_units_tokenizer
 from zipper_pl.errors import UserError
+from zipper_pl.fitting.vocoding import load_vocoder
 from zipper_pl.lit.vocoder import VocoderModule
 from zipper_pl.models.vocoder import UnitVocoder, duration_loss, runs_of
-from zipper_pl.stages import pretrain, vocoder_stage, zip_stage
-from zipper_pl.vocoding import load_vocoder
+from zipper_pl.stages.chain import pretrain, vocoder_stage, zip_stage
 
 TINY = VocoderConfig(dim=32, intermediate_dim=64, n_layers=1, dur_hidden=16)
 STEPS = ("train.max_steps=2", "train.val_every=2", "train.ckpt_every=2")

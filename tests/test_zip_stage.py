@@ -14,13 +14,13 @@ from safetensors.torch import load_file
 
 from tests.conftest import ROOT, zip_config
 from tests.test_pretrain import _Crash, _CrashAtStep
-from zipper_pl import training
 from zipper_pl.config import load_config
-from zipper_pl.data.aligned import nested_subset, task_items
+from zipper_pl.data.batches.aligned import nested_subset, task_items
 from zipper_pl.errors import UserError
-from zipper_pl.finetuned import load_finetuned
+from zipper_pl.fitting import towers
 from zipper_pl.models.sequences import collate_segments
-from zipper_pl.stages import finetune, zip_stage
+from zipper_pl.runs.finetuned import load_finetuned
+from zipper_pl.stages.chain import finetune, zip_stage
 
 
 def test_nested_subsets_are_deterministic_and_nested():
@@ -261,7 +261,7 @@ def test_a_stage_killed_after_a_validation_resumes_knowing_it(
     straight = zip_stage(zip_config(data_root, tiny_towers, tmp_path / "s", *args))
     want = json.loads((straight / "metrics.json").read_text())
     kill = want["selected_step"] + 1  # right after the best validation
-    real_make = training.make_trainer
+    real_make = towers.make_trainer
 
     def killed(cfg, out, **kw):
         trainer = real_make(cfg, out, **kw)
@@ -269,14 +269,14 @@ def test_a_stage_killed_after_a_validation_resumes_knowing_it(
         return trainer
 
     cfg = zip_config(data_root, tiny_towers, tmp_path / "r", *args)
-    monkeypatch.setattr(training, "make_trainer", killed)
+    monkeypatch.setattr(towers, "make_trainer", killed)
     with pytest.raises(_Crash):
         zip_stage(cfg)
     last = torch.load(tmp_path / "r" / "last.ckpt", map_location="cpu", weights_only=False)
     (best,) = [v for k, v in last["callbacks"].items() if "'monitor': 'val/loss'" in k and
                k.startswith("ModelCheckpoint")]  # fmt: skip
     assert float(best["best_model_score"]) == pytest.approx(want["selected_score"])
-    monkeypatch.setattr(training, "make_trainer", real_make)
+    monkeypatch.setattr(towers, "make_trainer", real_make)
     got = json.loads((zip_stage(cfg) / "metrics.json").read_text())
     for key in ("steps", "selected_step", "selected_score", "val_loss"):
         assert got[key] == pytest.approx(want[key]), key

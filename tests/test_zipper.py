@@ -16,7 +16,7 @@ from zipper_pl.models.sequences import (
 from zipper_pl.models.tower import Tower, tower_config
 from zipper_pl.models.zipper import ZipperConfig, ZipperModel
 from zipper_pl.models.zipper_runners import CachedRunner, StaticRunner, UncachedRunner
-from zipper_pl.trainer import compile_forward
+from zipper_pl.runs.trainer import compile_forward
 
 SPECS = {
     "text": ModalitySpec("text", 40, bos_id=0, eos_id=1, pad_id=2),

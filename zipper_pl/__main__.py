@@ -51,24 +51,24 @@ key=value overrides; `python -m zipper_pl keys` lists every key with its default
 # (the one import inside a function here, allowlisted in tests/test_layers.py): `--help`, `keys`,
 # `runs` and `paths` must start fast, without torch, the models or the stage modules.
 STAGES = {
-    "pretrain": "zipper_pl.stages:pretrain",
-    "data": "zipper_pl.stages:prepare_data",
-    "zip": "zipper_pl.stages:zip_stage",
-    "finetune": "zipper_pl.stages:finetune",
-    "judge": "zipper_pl.stages:judge_stage",
-    "vocoder": "zipper_pl.stages:vocoder_stage",
-    "evaluate": "zipper_pl.evaluate:evaluate_stage",
-    "ablation": "zipper_pl.ablation:ablation_stage",
+    "pretrain": "zipper_pl.stages.chain:pretrain",
+    "data": "zipper_pl.stages.chain:prepare_data",
+    "zip": "zipper_pl.stages.chain:zip_stage",
+    "finetune": "zipper_pl.stages.chain:finetune",
+    "judge": "zipper_pl.stages.chain:judge_stage",
+    "vocoder": "zipper_pl.stages.chain:vocoder_stage",
+    "evaluate": "zipper_pl.stages.evaluate:evaluate_stage",
+    "ablation": "zipper_pl.stages.ablation:ablation_stage",
 }
 LOAD_CONFIG = "zipper_pl.config:load_config"
 DESCRIBE_SCHEMA = "zipper_pl.config:describe_schema"
-CHECK_MACHINE = "zipper_pl.machine:check_machine"
-PATH_OF = "zipper_pl.layout:path_of"
-CHAIN_PATHS = "zipper_pl.layout:chain_paths"
-CHAIN_FILES = "zipper_pl.layout:CHAIN_FILES"
+CHECK_MACHINE = "zipper_pl.runs.machine:check_machine"
+PATH_OF = "zipper_pl.runs.layout:path_of"
+CHAIN_PATHS = "zipper_pl.runs.layout:chain_paths"
+CHAIN_FILES = "zipper_pl.runs.layout:CHAIN_FILES"
 MODALITY_NAMES = "zipper_pl.config.sections:MODALITY_NAMES"
-LIST_RUNS = "zipper_pl.inventory:list_runs"
-FORMAT_RUNS = "zipper_pl.inventory:format_runs"
+LIST_RUNS = "zipper_pl.runs.inventory:list_runs"
+FORMAT_RUNS = "zipper_pl.runs.inventory:format_runs"
 LOAD_MODEL = "zipper_pl.api:load"
 SPEAK_TO_FILE = "zipper_pl.api:speak_to_file"
 

@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zipper_pl.data.audio import BadAudio, load_audio, resample
-from zipper_pl.data.hf_tokenizer import HF_TEXT_DIR
+from zipper_pl.data.corpora.audio import BadAudio, load_audio, resample
+from zipper_pl.data.tokenizers.hf_tokenizer import HF_TEXT_DIR
 from zipper_pl.errors import UserError
-from zipper_pl.finetuned import Finetuned, load_finetuned
+from zipper_pl.fitting.vocoding import Voice, voice_for
 from zipper_pl.hub import is_hf_folder
-from zipper_pl.listen import write_wav
 from zipper_pl.models.hf_llama import export_hf_tower
 from zipper_pl.models.sequences import Segment
-from zipper_pl.vocoding import Voice, voice_for
+from zipper_pl.results.listen import write_wav
+from zipper_pl.runs.finetuned import Finetuned, load_finetuned
 
 AudioInput = str | os.PathLike | np.ndarray
 

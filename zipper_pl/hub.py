@@ -16,9 +16,8 @@ from pathlib import Path
 
 from huggingface_hub import snapshot_download
 
-from zipper_pl.data.sources import file_digest
 from zipper_pl.errors import UserError
-from zipper_pl.io import json_digest
+from zipper_pl.io import file_digest, json_digest
 
 HF_PREFIX = "hf:"
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]  # never a pickle

@@ -166,6 +166,15 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def file_digest(path: str | os.PathLike) -> str:
+    """``file_sha256``, or a one-line error naming the file it cannot read (manifests, text
+    corpora, Hugging Face weights: read once, ~1 GB/s)."""
+    try:
+        return file_sha256(Path(path))
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+
+
 def json_digest(obj: Any) -> str:
     """sha256 hex of a JSON-able object (keys sorted; other values by ``str``): cache keys and
     stage identities."""

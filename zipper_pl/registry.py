@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from zipper_pl.config import Config, ModelConfig
-from zipper_pl.data.audio_tokenizers import AUDIO_TOKENIZERS
-from zipper_pl.data.readers import CORPUS_READERS
+from zipper_pl.data.corpora.readers import CORPUS_READERS
+from zipper_pl.data.tokenizers.audio_tokenizers import AUDIO_TOKENIZERS
 from zipper_pl.errors import UserError
 from zipper_pl.models.generation import FinetunedModel
 from zipper_pl.models.sequences import ModalitySpec

@@ -11,7 +11,7 @@ holds it to that), so ``python -m zipper_pl keys`` / ``paths`` read configs with
 - ``loading``: defaults <- YAML <- overrides, validated all at once; saving; ``keys``.
 
 Checks of a config against the machine (``train.accelerator=gpu`` without CUDA) need torch:
-``zipper_pl.machine.check_machine`` makes them, above this layer, before any work.
+``zipper_pl.runs.machine.check_machine`` makes them, above this layer, before any work.
 """
 
 from __future__ import annotations

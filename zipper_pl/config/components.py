@@ -1,6 +1,7 @@
 """The sub-configs that models and data take as they are: ``ZipperConfig`` (``models/zipper.py``),
-``JudgeConfig`` (``models/judge.py``), ``AudioTokenizerConfig`` (``data/audio_tokenizers.py``)
-and ``EmbeddedCorpusConfig`` (``data/embedded.py``), with the constants their fields need.
+``JudgeConfig`` (``models/judge.py``), ``AudioTokenizerConfig``
+(``data/tokenizers/audio_tokenizers.py``) and ``EmbeddedCorpusConfig``
+(``data/corpora/embedded.py``), with the constants their fields need.
 
 They belong to the config layer, so that reading and validating a config imports no model or data
 code (and no torch); the modules they configure import them from here and re-export the names.

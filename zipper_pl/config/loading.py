@@ -11,7 +11,7 @@ The fully resolved config is saved as ``config.yaml`` in each stage folder and c
 alone to re-run that stage.
 
 Checks that need the machine (``train.accelerator=gpu`` without CUDA needs torch) are not made
-here: ``zipper_pl.machine.check_machine`` makes them, above this layer, before any work.
+here: ``zipper_pl.runs.machine.check_machine`` makes them, above this layer, before any work.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ FREEZE_WORDS = ("none", "both", "all")  # besides tower names (zip.towers), comm
 def _check_settings(cfg: Config) -> list[str]:
     """Settings whose valid values depend on other keys: checked here, with the rest, so a run
     never trains for a minute before failing on them (those that depend on the machine:
-    ``zipper_pl.machine``)."""
+    ``zipper_pl.runs.machine``)."""
     problems = []
     t = cfg.train
     d = t.devices.strip()

@@ -4,7 +4,8 @@ inputs, evaluation, ablation) next to the sub-configs of ``config/components.py`
 Every field is declared with ``F`` (a one-line doc and its valid range); ``config/loading.py``
 builds, validates and saves the tree. A run's config is: these defaults <- the YAML file
 (``experiments/...``) <- ``key=value`` overrides. Field names, defaults, docs and order are what
-stage identities hash (``identity.py``): change them as a schema change, never as a refactoring.
+stage identities hash (``runs/identity.py``): change them as a schema change, never as a
+refactoring.
 """
 
 from __future__ import annotations

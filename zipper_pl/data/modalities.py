@@ -14,11 +14,9 @@ from typing import Any
 import numpy as np
 
 from zipper_pl.config import Config, load_config
-from zipper_pl.data.aligned import store_encoder
-from zipper_pl.data.audio_tokenizers import AUDIO_TOKENIZER_DIR, AudioTokenizer
-from zipper_pl.data.hf_tokenizer import load_text_tokenizer
-from zipper_pl.data.manifest import Record
-from zipper_pl.data.phonemes import PHONEME_TOKENIZER_FILE, PhonemeTokenizer
+from zipper_pl.data.batches.aligned import store_encoder
+from zipper_pl.data.corpora.manifest import Record
+from zipper_pl.data.corpora.phonemes import PHONEME_TOKENIZER_FILE, PhonemeTokenizer
 from zipper_pl.data.prepare import (
     audio_store,
     audio_tokenizer,
@@ -27,7 +25,9 @@ from zipper_pl.data.prepare import (
     text_store,
     text_tokenizer,
 )
-from zipper_pl.data.store import LMData, TokenStore
+from zipper_pl.data.tokenizers.audio_tokenizers import AUDIO_TOKENIZER_DIR, AudioTokenizer
+from zipper_pl.data.tokenizers.hf_tokenizer import load_text_tokenizer
+from zipper_pl.data.tokens.store import LMData, TokenStore
 from zipper_pl.io import copy_artefact
 from zipper_pl.models.sequences import ModalitySpec
 

@@ -13,17 +13,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 from zipper_pl.config import Config
-from zipper_pl.data.aligned import Encoders, load_pairs
-from zipper_pl.data.audio_cache import fit_audio_tokenizer, tokenize_manifest
-from zipper_pl.data.audio_tokenizers import build_audio_tokenizer
-from zipper_pl.data.embedded import build_embedded_corpus, split_pools
-from zipper_pl.data.manifest import Record, read_manifest, write_manifest
-from zipper_pl.data.phonemes import PHONEME_TOKENIZER_FILE, PhonemeTokenizer, phoneme_rules
-from zipper_pl.data.readers import CORPUS_READERS, summary_line
-from zipper_pl.data.sources import split_fingerprints
-from zipper_pl.data.store import ShardedTokenWriter, reusable_store, token_dtype
-from zipper_pl.data.text import TextTokenizer, read_text_file
-from zipper_pl.data.textnorm import VERSION as TEXTNORM_VERSION
+from zipper_pl.data.batches.aligned import Encoders, load_pairs
+from zipper_pl.data.corpora.embedded import build_embedded_corpus, split_pools
+from zipper_pl.data.corpora.manifest import Record, read_manifest, write_manifest
+from zipper_pl.data.corpora.phonemes import PHONEME_TOKENIZER_FILE, PhonemeTokenizer, phoneme_rules
+from zipper_pl.data.corpora.readers import CORPUS_READERS, summary_line
+from zipper_pl.data.corpora.sources import split_fingerprints
+from zipper_pl.data.corpora.text import TextTokenizer, read_text_file
+from zipper_pl.data.corpora.textnorm import VERSION as TEXTNORM_VERSION
+from zipper_pl.data.tokenizers.audio_tokenizers import build_audio_tokenizer
+from zipper_pl.data.tokens.audio_cache import fit_audio_tokenizer, tokenize_manifest
+from zipper_pl.data.tokens.store import ShardedTokenWriter, reusable_store, token_dtype
 from zipper_pl.errors import UserError
 from zipper_pl.io import atomic_write_json, json_digest, read_json
 

@@ -17,7 +17,7 @@ import torch
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from zipper_pl.config import Config
-from zipper_pl.data.aligned import TASKS, tasks_of
+from zipper_pl.data.batches.aligned import TASKS, tasks_of
 from zipper_pl.lit.common import TrainModule
 from zipper_pl.models.generation import FinetunedModel
 from zipper_pl.models.sequences import IGNORE, Segment, stream_losses

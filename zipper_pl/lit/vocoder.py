@@ -30,7 +30,7 @@ from vocos.loss import (
 )
 
 from zipper_pl.config import Config, VocoderConfig
-from zipper_pl.data.sampling import train_loader
+from zipper_pl.data.batches.sampling import train_loader
 from zipper_pl.errors import UserError
 from zipper_pl.models.vocoder import UnitVocoder, duration_loss, runs_of
 

@@ -1,0 +1,1 @@
+"""From tokens to batches: aligned pairs, resumable rank-sharded samplers, DataModules."""

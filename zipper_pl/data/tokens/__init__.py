@@ -1,0 +1,1 @@
+"""Token stores: verified, sharded, content-addressed caches of tokenized audio."""

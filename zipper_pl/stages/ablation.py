@@ -1,0 +1,267 @@
+"""Aligned-data study (the paper's Fig. 3): test WER against the share of aligned pairs.
+
+Cells (``ablation_cells``) = task x fraction x system (model and freeze setting) x seed. Every
+cell is an ordinary zip stage (``training.run_zip``: finished cells are skipped, interrupted ones
+resume), zipping towers pretrained with the cell's seed. With ``ablation.lrs`` each system first
+runs that learning-rate grid at ``ablation.lr_frac`` and keeps the rate with the best
+*validation* score (ASR: validation WER; TTS: validation loss), never a test figure; the study
+then scores every cell on the test split (per-utterance errors, cached in the cell's folder) and
+writes a CSV, a markdown table with mean +- sd over seeds and paired tests (``ablation_tables``),
+and plots. ``ablation.shard=i/n`` runs every n-th cell, so n processes (one per GPU, e.g. with
+``CUDA_VISIBLE_DEVICES=i``) split a study (towers and grid cells are stages, trained once by
+whichever shard gets there first); any of them (or a last plain run) writes the tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+from zipper_pl.config import Config, save_config, to_dict
+from zipper_pl.errors import UserError
+from zipper_pl.fitting.ablation_cells import (
+    cell_config,
+    cells_of,
+    freeze_pairs,
+    parse_shard,
+    reference_of,
+    rotated,
+    seed_towers,
+    system_label,
+    systems_of,
+)
+from zipper_pl.fitting.judging import judge_fingerprint, run_judge
+from zipper_pl.fitting.towers import run_zip
+from zipper_pl.io import atomic_write_json, read_json
+from zipper_pl.lit.common import NonFiniteTraining
+from zipper_pl.models.generation import SAMPLING_SCHEME
+from zipper_pl.registry import peak_lr
+from zipper_pl.results.ablation_tables import grid_lines, write_tables
+from zipper_pl.results.scoring import asr_cell_metrics, tts_cell_metrics
+from zipper_pl.runs.identity import IDENTITY_FILE
+from zipper_pl.runs.layout import (
+    CONFIG,
+    METRICS,
+    input_fingerprints,
+    is_finished,
+    require_stage,
+    stage_dir,
+    stage_identity,
+)
+from zipper_pl.runs.machine import check_machine
+from zipper_pl.runs.provenance import PROVENANCE_FILE, provenance
+
+# ---- learning-rate selection, on validation data only ----------------------------------------
+SELECT_ON = {"asr": "val_wer", "tts": "val_loss"}  # ASR falls back to val_loss without a WER
+
+
+def validation_view(metrics: dict) -> dict:
+    """The validation figures of a cell's metrics.json: all lr selection ever reads."""
+    return {k: v for k, v in metrics.items() if k.startswith("val_")}
+
+
+def select_lr(results: dict[float, dict], task: str) -> float:
+    """The grid's learning rate whose cell scored best on validation (lowest; ties: smaller lr).
+    ``results`` maps each lr to ``validation_view`` of its cell's metrics."""
+
+    def score(lr: float) -> tuple[float, float]:
+        v = results[lr].get(SELECT_ON[task])
+        v = results[lr].get("val_loss") if v is None else v
+        return (math.inf if v is None or not math.isfinite(v) else v, lr)
+
+    return min(results, key=score)
+
+
+def _select_lrs(
+    cfg: Config, cells: list[dict], towers: dict, fps: dict, first: int = 0
+) -> tuple[dict, list]:
+    """{(model, freeze, task): selected lr} and the grid's rows (every lr's validation score),
+    running each system's grid cells at ``ablation.lr_frac`` with the first seed (shard i starts
+    at its i-th grid cell: parallel shards train different ones first)."""
+    a, seed = cfg.ablation, cfg.ablation.seeds[0]
+    scores: dict[tuple, dict | None] = {}
+    for system, lr in rotated([(s, lr) for s in systems_of(cells) for lr in a.lrs], first):
+        cell = {**system, "frac": a.lr_frac, "seed": seed, "lr": lr}
+        print(f"[ablation] lr grid {system['task']}: {cell}")
+        key = (system["task"], system["model"], system["freeze"], lr)
+        scores[key] = _grid_cell(cfg, cell, towers[seed], fps[seed])
+    chosen, grid = {}, []
+    for system in systems_of(cells):
+        task = system["task"]
+        results = {lr: scores[(task, system["model"], system["freeze"], lr)] for lr in a.lrs}
+        if all(v is None for v in results.values()):
+            raise UserError(
+                f"every learning rate of ablation.lrs {a.lrs} diverged for {system_label(system)} "
+                f"on {task}: add smaller rates to ablation.lrs (ABLATION_LRS)"
+            )
+        best = select_lr({lr: v for lr, v in results.items() if v is not None}, task)
+        chosen[(system["model"], system["freeze"], task)] = best
+        for lr, val in results.items():
+            diverged = val is None
+            val = val or {}
+            grid.append({"system": system_label(system), "task": task, "lr": lr,
+                         SELECT_ON[task]: val.get(SELECT_ON[task]), "val_loss": val.get("val_loss"),
+                         "selected": lr == best, "diverged": diverged})  # fmt: skip
+    return chosen, grid
+
+
+DIVERGED = "diverged.json"  # in a grid cell's folder: its rate diverged (the search's result)
+
+
+def _grid_cell(cfg: Config, cell: dict, towers: dict, fingerprints: dict) -> dict | None:
+    """A grid cell's validation figures, or None where its rate diverged: a rate too large for
+    a system is a result of the search (it loses the selection), not a failed study. The
+    divergence is recorded in the cell's (identity-named) folder, so a resumed study does not
+    train it again to find out. ``towers`` and ``fingerprints`` are the cell's seed's."""
+    ccfg, label = cell_config(cfg, cell, towers), system_label(cell)
+    folder = stage_dir(ccfg, "zip", fingerprints)
+    record = folder / DIVERGED
+    # a finished folder outranks the record: the rate may have trained on another machine type
+    # (floating point differs across types), and that result is the cell's
+    if record.is_file() and not is_finished(folder):
+        print(f"[ablation] lr grid: lr {cell['lr']:g} diverged for {label} on {cell['task']} "
+              f"in an earlier run ({read_json(record)['error']}): it is not selected")  # fmt: skip
+        return None
+    try:
+        folder = run_zip(ccfg, fingerprints=fingerprints)
+    except NonFiniteTraining as e:
+        error = str(e).partition("\n")[0]
+        atomic_write_json(record, {"error": error, **provenance()})
+        print(f"[ablation] lr grid: lr {cell['lr']:g} diverged for {label} on {cell['task']} "
+              f"({error}): it is not selected; recorded in {record}")  # fmt: skip
+        return None
+    return validation_view(read_json(folder / METRICS))
+
+
+def ablation_stage(cfg: Config) -> Path:
+    """Run (or resume) the towers per seed, the lr grid and every cell, then write ablation.csv
+    / .md and plots."""
+    check_machine(cfg)
+    started, cells = time.monotonic(), cells_of(cfg)
+    i, n = parse_shard(cfg.ablation.shard)
+    if cfg.ablation.tts and cfg.inputs.judge:  # before hours of training, not after
+        require_stage(cfg.inputs.judge, "judge", "inputs.judge")
+    towers = seed_towers(cfg, first=i)
+    fps = {seed: input_fingerprints(**t) for seed, t in towers.items()}
+    chosen, grid = _select_lrs(cfg, cells, towers, fps, i) if cfg.ablation.lrs else ({}, [])
+
+    def config_of(cell: dict) -> Config:
+        lr = chosen.get((cell["model"], cell["freeze"], cell["task"]))
+        return cell_config(cfg, {**cell, "lr": lr}, towers[cell["seed"]])
+
+    # the sweep is what its cells are: their identities (not their settings' names) are its inputs
+    cell_ids = {
+        f"cell{k}.{cell['task']}": stage_identity(config_of(cell), "zip", fps[cell["seed"]])[
+            "fingerprint"
+        ]
+        for k, cell in enumerate(cells)
+    }
+    judge = None
+    if cfg.ablation.tts:
+        judge = require_stage(
+            cfg.inputs.judge or run_judge(dataclasses.replace(cfg, out="")),
+            "judge",
+            "inputs.judge",
+        )
+        cell_ids["judge"] = judge_fingerprint(judge)
+    keys = _score_keys(judge, cfg)
+    identity = stage_identity(cfg, "ablation", cell_ids)
+    out = stage_dir(cfg, "ablation", cell_ids)
+    for k, cell in enumerate(cells):
+        if k % n == i:
+            print(f"[ablation] cell {k + 1}/{len(cells)}: {cell}")
+            folder = run_zip(config_of(cell), fingerprints=fps[cell["seed"]])
+            _score(cell["task"], folder, judge, cfg, keys[cell["task"]])
+    rows = _collect(cells, config_of, keys, fps)
+    if rows is None:
+        print("[ablation] some cells are not finished yet (other shards?): tables not written")
+        return out
+    atomic_write_json(out / IDENTITY_FILE, identity)
+    atomic_write_json(out / PROVENANCE_FILE, provenance())
+    save_config(cfg, out / CONFIG)
+    extra = grid_lines(grid, cfg.ablation.lr_frac, cfg.ablation.seeds[0])
+    # ablation.csv first: marks it written
+    write_tables(out, rows, reference_of(cells), extra, freeze_pairs(cells))
+    print((out / "ablation.md").read_text())
+    print(
+        f"[ablation] {len(cells)} cells; this run took {(time.monotonic() - started) / 60:.1f} min"
+    )
+    return out
+
+
+SCORES = {"asr": "asr_eval.json", "tts": "tts_eval.json"}  # per cell, next to its metrics
+
+
+def _score_keys(judge: Path | None, cfg: Config) -> dict[str, dict]:
+    """What a cached cell score depends on besides the cell: ``eval.*``, and for TTS the judge's
+    weights and the sampling scheme (``generation.SAMPLING_SCHEME``)."""
+    keys = {"asr": {"eval": to_dict(cfg.eval)}}
+    if judge is not None:
+        keys["tts"] = {
+            "judge": judge_fingerprint(judge),
+            "eval": to_dict(cfg.eval),
+            "sampling": SAMPLING_SCHEME,  # best of N samples: the seeds' draws
+        }
+    return keys
+
+
+def _score(task: str, folder: Path, judge: Path | None, cfg: Config, key: dict) -> dict:
+    """One cell's test score with per-utterance errors, cached next to its metrics. The cache
+    carries ``key``: scores from another judge (retrained, or pointed elsewhere with
+    inputs.judge) or other eval settings are recomputed, not mixed into the table."""
+    cached = _cached(folder, task, key)
+    if cached is not None:
+        return cached
+    if task == "tts":
+        res = tts_cell_metrics(folder, require_stage(judge, "judge", "inputs.judge"), cfg)
+    else:
+        res = asr_cell_metrics(folder, cfg)
+    res = {**res, **key}
+    atomic_write_json(folder / SCORES[task], res)
+    return res
+
+
+def _cached(folder: Path, task: str, key: dict | None) -> dict | None:
+    cache = folder / SCORES[task]
+    if key is None or not cache.is_file():
+        return None
+    res = read_json(cache)
+    stale = [k for k, v in key.items() if res.get(k) != v]
+    if stale:  # never silent: say why a score is computed again
+        print(f"[ablation] {folder.name}: cached {task} score made with other {', '.join(stale)}: "
+              "scoring again")  # fmt: skip
+        return None
+    return res
+
+
+def _collect(cells, config_of, keys, fps) -> list[dict] | None:
+    """One row per system, fraction and seed, with each task's columns ("-" where the system
+    has no cell of that task); None while a cell of another shard is unfinished."""
+    rows: dict[tuple, dict] = {}
+    for cell in cells:
+        key = (cell["model"], cell["freeze"], cell["frac"], cell["seed"])
+        row = rows.setdefault(key, _empty_row(cell))
+        task, cfg = cell["task"], config_of(cell)
+        folder = stage_dir(cfg, "zip", fps[cell["seed"]])
+        scored = _cached(folder, task, keys[task]) if is_finished(folder) else None
+        if scored is None:
+            return None
+        m = read_json(folder / METRICS)
+        row["aligned_pairs"] = m.get("aligned_pairs_used")
+        row[f"{task}_wer"] = scored.get("asr_wer" if task == "asr" else "tts_wer_gold")
+        if task == "asr":
+            row["asr_cer"] = scored.get("asr_cer")  # the CSV keeps its CER column
+        row[f"{task}_lr"] = peak_lr(cfg)
+        row[f"{task}_best_step"] = m.get("selected_step", m.get("steps"))
+        row[f"{task}_errors"] = scored["errors"]
+    return list(rows.values())
+
+
+def _empty_row(cell: dict) -> dict:
+    row = {"system": system_label(cell), **{k: v for k, v in cell.items() if k != "task"}}
+    row |= {"aligned_pairs": None, "asr_cer": None}
+    for task in ("asr", "tts"):
+        row |= dict.fromkeys(f"{task}_{c}" for c in ("wer", "lr", "best_step", "errors"))
+    return row

@@ -1,0 +1,61 @@
+"""Stage entry points of the training chain: pretrain, zip, finetune, judge, vocoder and data. Each
+checks the machine (``check_machine``) before any work, then runs its stage's work from the layer
+below (``training.py``, ``judging.py``, ``data/prepare.py``). Stage modules (this one,
+``evaluate.py``, ``ablation.py``) sit side by side and never import each other
+(tests/test_layers.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import filelock
+
+from zipper_pl.config import Config
+from zipper_pl.data.corpora.manifest import read_manifest
+from zipper_pl.data.prepare import audio_store, audio_tokenizer, corpus_manifests, text_tokenizer
+from zipper_pl.fitting.judging import run_judge
+from zipper_pl.fitting.towers import run_finetune, run_pretrain, run_zip
+from zipper_pl.fitting.vocoding import run_vocoder
+from zipper_pl.runs.machine import check_machine
+
+
+def pretrain(cfg: Config) -> Path:
+    """Unimodal next-token pretraining of a text or speech tower."""
+    return run_pretrain(check_machine(cfg))
+
+
+def zip_stage(cfg: Config) -> Path:
+    """Zip the pretrained towers (or extend the text tower: arch=single) and fine-tune them."""
+    return run_zip(check_machine(cfg))
+
+
+def finetune(cfg: Config) -> Path:
+    """Continue training a zipped stage (e.g. task=mix, or zip.freeze=none to unfreeze speech)."""
+    return run_finetune(check_machine(cfg))
+
+
+def judge_stage(cfg: Config) -> Path:
+    """Train the judge ASR on the gold speech tokens of the full aligned training pool."""
+    return run_judge(check_machine(cfg))
+
+
+def vocoder_stage(cfg: Config) -> Path:
+    """Train the unit vocoder of the active codec (speech tokens -> audio) on the speech pool."""
+    return run_vocoder(check_machine(cfg))
+
+
+def prepare_data(cfg: Config) -> Path:
+    """``make data``: corpus manifests, text tokenizer, audio tokenizer and every token cache."""
+    check_machine(cfg)
+    with filelock.FileLock(str(Path(cfg.data.cache_dir).with_suffix(".lock"))):
+        manifests = corpus_manifests(cfg)
+        for pool, path in manifests.items():
+            print(f"[data] {pool:14s} {len(read_manifest(path)):7d} records  {path}")
+        tok = text_tokenizer(cfg)
+        print(f"[data] text tokenizer: {tok.vocab_size} pieces  {tok.path}")
+        atok, folder = audio_tokenizer(cfg)
+        print(f"[data] audio tokenizer: {atok.vocab_size} tokens  {folder}")
+        for pool in ("speech", "aligned_train", "valid", "test"):
+            store = audio_store(cfg, atok, pool, need_transcript=pool != "speech")
+            print(f"[data] {pool:14s} tokens cached in {store}")
+    return Path(cfg.data.cache_dir)
