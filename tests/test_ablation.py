@@ -14,6 +14,7 @@ import torch
 from tests.conftest import ROOT, run_make, tiny_config
 from zipper_pl.config import load_config
 from zipper_pl.errors import UserError
+from zipper_pl.fitting import towers as tower_fits
 from zipper_pl.fitting.ablation_cells import cell_config, cells_of, seed_towers
 from zipper_pl.fitting.judging import Utterance
 from zipper_pl.io import save_weights
@@ -92,8 +93,8 @@ def test_each_seed_zips_towers_pretrained_with_that_seed(data_root, tiny_towers,
     def no_training(*args, **kwargs):
         raise AssertionError("a finished tower or cell was trained again")
 
-    monkeypatch.setattr(towers, "_pretrain", no_training)
-    monkeypatch.setattr(towers, "_train_finetune", no_training)
+    monkeypatch.setattr(tower_fits, "_pretrain", no_training)
+    monkeypatch.setattr(tower_fits, "_train_finetune", no_training)
     assert ablation.ablation_stage(cfg) == out
 
 
@@ -259,7 +260,7 @@ def test_a_zip_that_really_diverges_is_recorded_by_the_grid(data_root, tiny_towe
     assert not (folder / "model.safetensors").exists()
     # fingerprints a caller passes must be of this config's towers (a caller's bug otherwise)
     with pytest.raises(ValueError, match="fingerprints of"):
-        towers.run_zip(cell_config(cfg, cell, towers[0]), fingerprints={"text": fps["text"]})
+        tower_fits.run_zip(cell_config(cfg, cell, towers[0]), fingerprints={"text": fps["text"]})
 
 
 def test_cached_scores_belong_to_their_judge_and_eval_settings(monkeypatch, tmp_path):

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from zipper_pl.data.corpora.audio import BadAudio, load_audio, resample
+from zipper_pl.data.modalities import MODALITIES
 from zipper_pl.data.tokenizers.hf_tokenizer import HF_TEXT_DIR
 from zipper_pl.errors import UserError
 from zipper_pl.fitting.vocoding import Voice, voice_for
@@ -159,16 +160,17 @@ class Model:
             ]
             for s in inputs
         ]
-        budgets = {"text": self.ft.cfg.eval.max_new_text}
-        longest_text = max((len(ids) for s in inputs for m, ids in s if m == "text"), default=8)
-        budgets["speech"] = math.ceil(self.ft.cfg.eval.max_new_speech_per_word * longest_text)
-        unknown = set(output_modalities) - set(budgets)
+        unknown = sorted(set(output_modalities) - set(MODALITIES))
         if unknown:
-            raise UserError(f"output modalities {sorted(unknown)}: this model has text and speech")
+            raise UserError(f"output modalities {unknown}: known are {', '.join(MODALITIES)}")
+        longest: dict[str, int] = {}
+        for s in inputs:
+            for m, ids in s:
+                longest[m] = max(longest.get(m, 0), len(ids))
+        budgets = {m: MODALITIES[m].budget(self.ft.cfg, longest) for m in output_modalities}
         out = self.ft.model.generate(
-            batch, list(output_modalities), {m: budgets[m] for m in output_modalities},
-            temperature=temperature, seed=seed,
-        )  # fmt: skip
+            batch, list(output_modalities), budgets, temperature=temperature, seed=seed
+        )
         return [[(seg.modality, seg.tokens.tolist()) for seg in sample] for sample in out]
 
     def export_hf(self, out: str | os.PathLike) -> Path:

@@ -6,6 +6,7 @@ table branches on a modality's name to build a vocabulary or a pretraining corpu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,9 @@ class Modality:
     # folder): copies what ``load`` reads back
     pair_tokens: Callable[[Config, Any, str], Encoder]  # (cfg, tokenizer, pool) -> an aligned
     # pair's token arrays of this modality
+    budget: Callable[[Config, Mapping[str, int]], int]  # (cfg, longest input segment per
+    # modality) -> the new tokens a generated segment of this modality may take
+    from_hub: bool = False  # a Hugging Face model can be this modality's tower
 
 
 MODALITIES: dict[str, Modality] = {
@@ -145,6 +149,8 @@ MODALITIES: dict[str, Modality] = {
         load=load_text_tokenizer,
         save=copy_file_tokenizer,
         pair_tokens=transcript_tokens,
+        budget=lambda cfg, longest: cfg.eval.max_new_text,
+        from_hub=True,
     ),
     "speech": Modality(
         spec=units_spec,
@@ -154,6 +160,10 @@ MODALITIES: dict[str, Modality] = {
         load=load_units_tokenizer,
         save=copy_units_tokenizer,
         pair_tokens=audio_tokens,
+        # per word of the text it says (text tokens stand in for words; 8 without a text)
+        budget=lambda cfg, longest: math.ceil(
+            cfg.eval.max_new_speech_per_word * longest.get("text", 8)
+        ),
     ),
     "phonemes": Modality(
         spec=text_spec,
@@ -162,6 +172,8 @@ MODALITIES: dict[str, Modality] = {
         load=load_phoneme_tokenizer,
         save=copy_file_tokenizer,
         pair_tokens=transcript_tokens,
+        # ~3-5x a subword transcript, as Task.budgets gives a phoneme output before the text
+        budget=lambda cfg, longest: 4 * cfg.eval.max_new_text,
     ),
 }
 

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from zipper_pl.config import Config, load_config
+from zipper_pl.config.components import TASKS
 from zipper_pl.errors import UserError
 from zipper_pl.fitting.towers import run_pretrain
 from zipper_pl.hub import is_hf_folder
@@ -64,7 +65,7 @@ def _freezes(cfg: Config, task: str, frac: float, model: str) -> list[str]:
     a = cfg.ablation
     if not ARCHS[model].zipped:
         return ["none"]
-    if task == "asr":
+    if TASKS[task].writes_text:  # ASR: ablation.asr_freeze
         return list(a.asr_freeze)
     return list(a.freeze) if not a.freeze_fracs or frac in a.freeze_fracs else a.freeze[:1]
 

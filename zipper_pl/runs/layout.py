@@ -210,8 +210,9 @@ def tower_input(cfg: Config, modality: str) -> Path:
 def _tower_folder(spec: str, modality: str, key: str) -> Path:
     if not (spec.startswith(HF_PREFIX) or is_hf_folder(Path(spec))):
         return require_stage(spec, f"{modality} tower", key)
-    if modality != "text":
-        raise UserError(f"{key}: a Hugging Face model can be the text tower only, got {spec!r}")
+    if not MODALITIES[modality].from_hub:
+        hub_ok = ", ".join(m for m, mod in MODALITIES.items() if mod.from_hub)
+        raise UserError(f"{key}: a Hugging Face model can be the {hub_ok} tower only, got {spec!r}")
     folder = hub_folder(spec, key)
     if not is_hf_folder(folder):
         raise UserError(f"{key}: {str(folder)!r} lacks config.json or tokenizer files")

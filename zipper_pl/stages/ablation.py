@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from zipper_pl.config import Config, save_config, to_dict
+from zipper_pl.config.components import TASKS
 from zipper_pl.errors import UserError
 from zipper_pl.fitting.ablation_cells import (
     cell_config,
@@ -214,7 +215,7 @@ def _score(task: str, folder: Path, judge: Path | None, cfg: Config, key: dict) 
     cached = _cached(folder, task, key)
     if cached is not None:
         return cached
-    if task == "tts":
+    if TASKS[task].speaks:
         res = tts_cell_metrics(folder, require_stage(judge, "judge", "inputs.judge"), cfg)
     else:
         res = asr_cell_metrics(folder, cfg)
@@ -250,8 +251,9 @@ def _collect(cells, config_of, keys, fps) -> list[dict] | None:
             return None
         m = read_json(folder / METRICS)
         row["aligned_pairs"] = m.get("aligned_pairs_used")
-        row[f"{task}_wer"] = scored.get("asr_wer" if task == "asr" else "tts_wer_gold")
-        if task == "asr":
+        writes_text = TASKS[task].writes_text
+        row[f"{task}_wer"] = scored.get("asr_wer" if writes_text else "tts_wer_gold")
+        if writes_text:
             row["asr_cer"] = scored.get("asr_cer")  # the CSV keeps its CER column
         row[f"{task}_lr"] = peak_lr(cfg)
         row[f"{task}_best_step"] = m.get("selected_step", m.get("steps"))
