@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,9 @@ import pytest
 import soundfile as sf
 import torch
 
+import zipper_pl.__main__ as zipper_cli
 from tests.conftest import tiny_config
+from tests.test_faults import _small_disk
 from tests.test_listen import PROBE, chromium, run_chromium
 from zipper_pl.config import load_config
 from zipper_pl.errors import UserError
@@ -240,3 +243,32 @@ def test_a_stage_folder_with_a_comma_in_eval_stages_says_how_to_quote_it(tmp_pat
         resolve_systems(load_config(None, [f"eval.stages=[{folder}]"]))
     quoted = load_config(None, [f"eval.stages=['{folder}']"])
     assert quoted.eval.stages == [str(folder)]
+
+
+def test_a_real_full_disk_at_the_evaluation_outputs_is_one_line_and_a_rerun_completes(
+    evaluated, data_root, tiny_towers, tmp_path, capsys
+):
+    """The evaluation writes wavs, utterance rows, TensorBoard audio and the listening page: on a
+    real full disk each ends in one line naming a path under the stage folder (TensorBoard's
+    writer thread no longer prints a traceback of its own), nothing claims to be finished, and a
+    re-run with space completes."""
+    disk = _small_disk(tmp_path, "256k")
+    if disk is None:
+        pytest.skip("needs root to mount a small tmpfs (the injected faults run elsewhere)")
+    cfg, _ = evaluated
+    out = disk / "eval"
+    args = ["evaluate", "experiments/tiny/evaluate.yaml", f"data.root={data_root}",
+            f"data.cache_dir={data_root / 'cache'}", f"runs={cfg.runs}", "train.accelerator=cpu",
+            *_inputs(tiny_towers), "train.max_steps=2", "eval.max_utterances=4",
+            f"out={out}"]  # fmt: skip
+    try:
+        assert zipper_cli.main(args) == 2
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert "Traceback" not in err and len(lines) == 1, err[-2000:]
+        assert lines[0].startswith(f"error: {out}") and "No space left on device" in lines[0]
+        assert not (out / "results.json").exists()
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        assert zipper_cli.main(args) == 0 and (out / "results.json").is_file()
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)

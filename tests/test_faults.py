@@ -612,3 +612,51 @@ def test_a_real_full_disk_while_preparing_data_names_the_file_and_a_rerun_comple
         assert r.returncode == 0 and "tokens cached" in r.stdout, r.stderr[-2000:]
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def _fill(disk: Path) -> Path:
+    """Fill a mounted small disk to the last block: the next write fails with ENOSPC."""
+    assert os.path.ismount(disk), disk  # never fill the machine's own disk
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(bytes(4096))
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+    return filler
+
+
+def test_a_real_full_disk_at_tensorboard_names_the_stage_folder_and_a_rerun_completes(
+    data_root, tmp_path, monkeypatch, capsys
+):
+    """Found with a real tmpfs: Lightning's hparams.yaml (written through fsspec) and
+    TensorBoard's event writer raise ``No space left on device`` naming no file, so the one line
+    said nothing of where; it now names the stage folder."""
+    disk = _small_disk(tmp_path, "2m")
+    if disk is None:
+        pytest.skip("needs root to mount a small tmpfs (the injected faults run elsewhere)")
+    real_make = towers.make_trainer
+    filled: list[Path] = []
+
+    def make_then_fill(*args, **kwargs):  # the logger's event file exists, then the disk is full
+        trainer = real_make(*args, **kwargs)
+        assert trainer.logger.experiment is not None
+        filled.append(_fill(disk))
+        return trainer
+
+    monkeypatch.setattr(towers, "make_trainer", make_then_fill)
+    out = disk / "stage"
+    args = ["pretrain", "experiments/tiny/pretrain_text.yaml", f"data.root={data_root}",
+            f"data.cache_dir={data_root / 'cache'}", "train.max_steps=3", "train.val_every=3",
+            "train.ckpt_every=100", "train.accelerator=cpu", f"out={out}"]  # fmt: skip
+    try:
+        assert zipper_cli.main(args) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+        assert len(err) == 1 and f"{out}: No space left on device (ENOSPC)" in err[0], err
+        assert not is_finished(out)
+        filled[0].unlink()
+        monkeypatch.setattr(towers, "make_trainer", real_make)
+        assert zipper_cli.main(args) == 0 and is_finished(out)
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)

@@ -9,6 +9,7 @@ import errno
 import importlib
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -153,8 +154,21 @@ def _speak_args(args: list[str]) -> tuple[str, str, dict]:
     return positional[0], positional[1], options
 
 
+_THREAD_EXCEPTHOOK = threading.excepthook
+
+
+def _quiet_event_writer_thread(args: threading.ExceptHookArgs) -> None:
+    """TensorBoard's event writer thread prints its disk error as a traceback, then the main
+    thread raises the same error at the writer's next call, where it becomes one line naming the
+    folder: print it there only (found with a real full disk)."""
+    if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+        return
+    _THREAD_EXCEPTHOOK(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    threading.excepthook = _quiet_event_writer_thread
     if not argv or argv[0] in HELP:
         print(USAGE)
         return 0

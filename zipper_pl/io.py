@@ -6,6 +6,7 @@ through ``atomic_write_text`` without it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -13,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -155,6 +157,19 @@ def weights_readable(path: Path) -> bool:
         return True
     except (SafetensorError, OSError, ValueError):
         return False
+
+
+@contextlib.contextmanager
+def disk_errors_name(folder: Path) -> Iterator[None]:
+    """An OSError naming no file is raised again naming ``folder``, the place to free: found with
+    a real full disk, Lightning's ``hparams.yaml`` (written through fsspec) and TensorBoard's
+    event writer raise ``No space left on device`` without a path."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, str(folder)) from e
+        raise
 
 
 def file_sha256(path: Path) -> str:

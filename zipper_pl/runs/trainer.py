@@ -18,6 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from zipper_pl.config import Config
 from zipper_pl.config.components import MIX, TASKS
 from zipper_pl.errors import Terminated, UserError
+from zipper_pl.io import disk_errors_name
 
 LAST_CKPT = "last.ckpt"
 BEST_CKPT = "best.ckpt"
@@ -219,13 +220,15 @@ def _best_checkpoint(out: Path, enabled: bool, monitor: str, patience: int) -> l
 
 
 def fit_unless_terminated(trainer: L.Trainer, module, dm, ckpt: Path) -> None:
-    """``trainer.fit`` (from ``ckpt`` where it exists). A SIGTERM raises ``Terminated`` saying
-    what ``last.ckpt`` holds: Lightning ends fit on it with ``SIGTERMException``, a
-    ``SystemExit`` without a code, which the process (and make, going on) would read as success.
-    Ctrl-C raises ``KeyboardInterrupt``: Lightning turns it into ``sys.exit(1)``."""
+    """``trainer.fit`` (from ``ckpt`` where it exists); a disk error naming no file names the
+    stage folder. A SIGTERM raises ``Terminated`` saying what ``last.ckpt`` holds: Lightning ends
+    fit on it with ``SIGTERMException``, a ``SystemExit`` without a code, which the process (and
+    make, going on) would read as success. Ctrl-C raises ``KeyboardInterrupt``: Lightning turns
+    it into ``sys.exit(1)``."""
     on_sigterm = sigterm_checkpoint(trainer)
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.is_file() else None)
+        with disk_errors_name(ckpt.parent):  # every write of a fit is under the stage folder
+            trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.is_file() else None)
     except SIGTERMException as e:
         raise Terminated(on_sigterm.stopped(trainer.global_step)) from e
     except SystemExit as e:

@@ -45,7 +45,7 @@ from zipper_pl.fitting.judging import (
 )
 from zipper_pl.fitting.towers import run_zip
 from zipper_pl.fitting.vocoding import Voice, load_vocoder, run_vocoder
-from zipper_pl.io import atomic_write_json, atomic_write_text
+from zipper_pl.io import atomic_write_json, atomic_write_text, disk_errors_name
 from zipper_pl.registry import ARCHS, frozen_towers, needs_vocoder
 from zipper_pl.results.audio_eval import (
     build_audio_scorer,
@@ -167,6 +167,23 @@ def _test_set(cfg: Config, systems: list[System], judge_tok) -> tuple[list[Utter
 # ---- outputs ---------------------------------------------------------------------------------
 
 
+class _Writer:
+    """A ``SummaryWriter`` whose disk errors name its folder: its event writer thread raises
+    ``No space left on device`` naming no file (found with a real full disk)."""
+
+    def __init__(self, folder: Path) -> None:
+        self._writer, self._folder = SummaryWriter(str(folder)), folder
+
+    def __getattr__(self, name: str):
+        method = getattr(self._writer, name)
+
+        def call(*args, **kwargs):
+            with disk_errors_name(self._folder):
+                return method(*args, **kwargs)
+
+        return call
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, default=float) + "\n" for r in rows))
 
@@ -193,7 +210,7 @@ def evaluate_stage(cfg: Config) -> Path:
     targets = oracle["hyps"]
     out.mkdir(parents=True, exist_ok=True)
     _write_jsonl(out / "utterances" / "oracle.jsonl", oracle["rows"])
-    writer = SummaryWriter(str(out / "tb"))
+    writer = _Writer(out / "tb")
     scorer, refs, columns = None, None, {}
     if cfg.eval.tts_asr != "none":
         voice = load_vocoder(vocoder_dir, judge_tok) if vocoder_dir else Voice(judge_tok)
