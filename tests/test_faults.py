@@ -27,6 +27,7 @@ from tests.test_readers import _audio
 from zipper_pl.data.corpora.manifest import Record, write_manifest
 from zipper_pl.data.corpora.readers import read_jsonl_manifest
 from zipper_pl.data.corpora.text import TextTokenizer
+from zipper_pl.data.prepare import audio_tokenizer, text_tokenizer
 from zipper_pl.data.tokenizers import audio_tokenizers as at
 from zipper_pl.data.tokenizers import encodec_weights
 from zipper_pl.data.tokens.store import reusable_store
@@ -660,3 +661,40 @@ def test_a_real_full_disk_at_tensorboard_names_the_stage_folder_and_a_rerun_comp
         assert zipper_cli.main(args) == 0 and is_finished(out)
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_damaged_cached_tokenizer_is_said_and_made_again_identical(data_root, tmp_path, capsys):
+    """Found by a user (#31, the tokenizer half): a cached tokenizer carried no checksum, so a
+    flipped byte or a truncated file was reused as it was (or failed deep inside a library)."""
+    cfg = tiny_config(data_root, tmp_path, "pretrain_speech.yaml")
+    text = text_tokenizer(cfg).path
+    _, folder = audio_tokenizer(cfg)
+    kmeans = folder / "units_kmeans.npz"
+    good = {text: text.read_bytes(), kmeans: kmeans.read_bytes()}
+    data = bytearray(good[text])
+    data[len(data) // 2] ^= 0xFF  # same size, other content
+    text.write_bytes(bytes(data))
+    kmeans.write_bytes(good[kmeans][:-100])  # truncated
+    capsys.readouterr()
+    assert text_tokenizer(cfg).path == text and audio_tokenizer(cfg)[1] == folder
+    out = capsys.readouterr().out
+    assert "[cache] text tokenizer" in out and "differs from the sha256" in out, out
+    assert "[cache] audio tokenizer" in out and "units_kmeans.npz holds" in out, out
+    assert all(p.read_bytes() == b for p, b in good.items())  # made again, bit for bit
+    capsys.readouterr()
+    text_tokenizer(cfg), audio_tokenizer(cfg)
+    assert "[cache]" not in capsys.readouterr().out  # intact now: reused without a word
+
+
+def test_a_stage_whose_tokenizer_changed_is_refused_naming_the_file(tiny_towers, tmp_path):
+    """A finished stage's checksums cover what later stages read: weights and tokenizers."""
+    folder = tmp_path / "tower"
+    shutil.copytree(tiny_towers["speech"], folder, copy_function=shutil.copy)
+    recorded = json.loads((folder / "checksums.json").read_text())
+    assert {"model.safetensors", "audio_tokenizer/units_kmeans.npz"} <= set(recorded)
+    kmeans = folder / "audio_tokenizer" / "units_kmeans.npz"
+    data = bytearray(kmeans.read_bytes())
+    data[-1] ^= 0xFF
+    kmeans.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"audio_tokenizer/units_kmeans.npz differs.*delete"):
+        require_stage(folder, "speech tower", "inputs.speech")

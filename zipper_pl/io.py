@@ -225,3 +225,61 @@ def copy_artefact(src: Path, out: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# ---- files that are what their checksums say -------------------------------------------------
+# ``record_checksums`` writes ``checksums.json`` beside files that later work reads (a stage's
+# weights and tokenizers, a cached tokenizer): size, sha256 and mtime. ``damaged`` checks the size
+# always and the sha256 whenever a file's mtime is not the recorded one (an edit, a copy, a
+# damaged disk), so an unchanged multi-GB tower is not hashed by every ``make`` call.
+CHECKSUMS = "checksums.json"
+
+
+def _stamp(path: Path) -> dict:
+    st = path.stat()
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def record_checksums(folder: Path, names: list[str]) -> None:
+    """Size, sha256 and mtime of ``names`` (paths relative to ``folder``) into its
+    ``checksums.json``."""
+    entries = {n: {**_stamp(folder / n), "sha256": file_sha256(folder / n)} for n in names}
+    atomic_write_json(folder / CHECKSUMS, entries)
+
+
+def damaged(folder: Path) -> str | None:
+    """The first recorded file whose size or content changed since it was recorded (or is
+    gone), with what changed; None when all are intact or nothing was recorded."""
+    path = folder / CHECKSUMS
+    if not path.is_file():
+        return None
+    entries = read_json(path)
+    changed = False
+    for name, rec in entries.items():
+        try:
+            now = _stamp(folder / name)
+        except OSError:
+            return f"{name} is missing"
+        if now["bytes"] != rec["bytes"]:
+            return f"{name} holds {now['bytes']} bytes, {rec['bytes']} when it was written"
+        if now["mtime_ns"] != rec["mtime_ns"]:
+            if file_sha256(folder / name) != rec["sha256"]:
+                return f"{name} differs from the sha256 recorded when it was written"
+            rec["mtime_ns"], changed = now["mtime_ns"], True  # copied intact: hash it once
+    if changed:
+        with contextlib.suppress(OSError):  # a read-only folder is checked, not updated
+            atomic_write_json(path, entries)
+    return None
+
+
+def cache_intact(folder: Path, names: list[str], what: str) -> bool:
+    """Whether a cached artefact may be reused: one that is not what its checksums say is said
+    on the console (to be made again); one cached before checksums existed is recorded now."""
+    if not (folder / CHECKSUMS).is_file():
+        with contextlib.suppress(OSError):  # a read-only cache is used, not recorded
+            record_checksums(folder, names)
+        return True
+    if problem := damaged(folder):
+        print(f"[cache] {what} in {folder}: {problem}: made again")
+        return False
+    return True

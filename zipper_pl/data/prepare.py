@@ -25,7 +25,7 @@ from zipper_pl.data.tokenizers.audio_tokenizers import build_audio_tokenizer
 from zipper_pl.data.tokens.audio_cache import fit_audio_tokenizer, tokenize_manifest
 from zipper_pl.data.tokens.store import ShardedTokenWriter, reusable_store, token_dtype
 from zipper_pl.errors import UserError
-from zipper_pl.io import atomic_write_json, json_digest, read_json
+from zipper_pl.io import atomic_write_json, cache_intact, json_digest, read_json, record_checksums
 
 POOLS = ("text", "speech", "aligned_train", "valid", "test")
 
@@ -173,10 +173,12 @@ def text_tokenizer(cfg: Config) -> TextTokenizer:
     lines = text_lines(cfg, "text")
     key = _digest([asdict(cfg.text_tokenizer), _digest(lines, 16)])
     path = cache_root(cfg) / "text_tokenizer" / key / "text_tokenizer.model"
-    if path.is_file():
+    if path.is_file() and cache_intact(path.parent, [path.name], "text tokenizer"):
         return TextTokenizer(path)
     t = cfg.text_tokenizer
-    return TextTokenizer.train(lines, path, t.vocab_size, t.model_type, t.max_sentences)
+    tok = TextTokenizer.train(lines, path, t.vocab_size, t.model_type, t.max_sentences)
+    record_checksums(path.parent, [path.name])
+    return tok
 
 
 def phoneme_tokenizer(cfg: Config) -> PhonemeTokenizer:
@@ -184,9 +186,11 @@ def phoneme_tokenizer(cfg: Config) -> PhonemeTokenizer:
     lines = text_lines(cfg, "text")
     key = _digest([asdict(cfg.phonemes), phoneme_rules(cfg.phonemes.voice), _digest(lines, 16)])
     path = cache_root(cfg) / "phoneme_tokenizer" / key / PHONEME_TOKENIZER_FILE
-    if path.is_file():
+    if path.is_file() and cache_intact(path.parent, [path.name], "phoneme tokenizer"):
         return PhonemeTokenizer(path, cfg.phonemes.voice)
-    return PhonemeTokenizer.train(lines, path, cfg.phonemes.voice)
+    tok = PhonemeTokenizer.train(lines, path, cfg.phonemes.voice)
+    record_checksums(path.parent, [path.name])
+    return tok
 
 
 def text_store(cfg: Config, tok: TextTokenizer, pool: str, lines: list[str] | None = None) -> Path:

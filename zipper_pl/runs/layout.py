@@ -1,9 +1,8 @@
 """The runs layout: stage identity, folder names, artefact names, locks and copy helpers.
 
-Every stage module (pretraining, fine-tuning, judge, evaluation, ablation) finds and claims its
-folder here: ``stage_dir`` names it from a readable summary and the stage's identity
-(``identity.py``), ``claim_stage`` decides between reuse, resume and training, ``chain_paths``
-gives the Makefile every folder of an experiment before anything runs. Imports no models.
+Every stage module finds and claims its folder here: ``stage_dir`` names it from a readable
+summary and the stage's identity (``identity.py``), ``claim_stage`` decides between reuse, resume
+and training, ``chain_paths`` gives the Makefile every folder of an experiment. Imports no models.
 """
 
 from __future__ import annotations
@@ -22,9 +21,8 @@ from zipper_pl.data.corpora.sources import data_fingerprint
 from zipper_pl.data.modalities import MODALITIES
 from zipper_pl.errors import UserError
 from zipper_pl.hub import CONFIG_JSON, HF_PREFIX, folder_fingerprint, hub_folder, is_hf_folder
-from zipper_pl.io import atomic_write_json, weights_readable
+from zipper_pl.io import atomic_write_json, damaged, record_checksums, weights_readable
 from zipper_pl.registry import ARCHS, frozen_towers, needs_vocoder
-from zipper_pl.runs.checksums import damaged, record_checksums
 from zipper_pl.runs.identity import (
     IDENTITY_FILE,
     consumed_fingerprint,
@@ -164,9 +162,15 @@ def claim_stage(out: Path, name: str, identity: dict) -> Iterator[bool]:
         yield not finished
         if not finished and (out / WEIGHTS).is_file():
             atomic_write_json(out / PROVENANCE, provenance())
-            record_checksums(out, [WEIGHTS])
+            record_checksums(out, read_artefacts(out))
     finally:
         lock.release()
+
+
+def read_artefacts(out: Path) -> list[str]:
+    """What later stages read: the weights and every file whose path names a tokenizer."""
+    files = (str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    return [WEIGHTS, *sorted(f for f in files if "tokenizer" in f)]
 
 
 def require_stage(folder: str | Path, what: str, key: str) -> Path:

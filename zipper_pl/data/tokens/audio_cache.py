@@ -31,6 +31,7 @@ from zipper_pl.data.tokens.store import (
     token_dtype,
 )
 from zipper_pl.errors import UserError
+from zipper_pl.io import CHECKSUMS, cache_intact, record_checksums
 
 REPORT = "bad_audio.json"
 
@@ -257,7 +258,8 @@ def fit_audio_tokenizer(
     fit_keys = ("codec", *tokenizer.identity_fields, "units_fit_max_frames", "seed")
     if saved.is_file():
         old = json.loads(saved.read_text())
-        if all(old.get(k) == v for k, v in asdict(tokenizer.cfg).items() if k in fit_keys):
+        same = all(old.get(k) == v for k, v in asdict(tokenizer.cfg).items() if k in fit_keys)
+        if same and cache_intact(out, _files(out), "audio tokenizer"):
             # fitted before with the same settings; batch size, device... come from the caller
             return type(tokenizer)._load(tokenizer.cfg, out)
     if tokenizer.needs_fit:
@@ -283,4 +285,10 @@ def fit_audio_tokenizer(
             raise UserError("no readable audio to fit the units tokenizer on: check data.root")
         tokenizer.fit(waves)
     tokenizer.save(out)
+    record_checksums(out, _files(out))
     return tokenizer
+
+
+def _files(folder: Path) -> list[str]:
+    """A saved tokenizer's files (what its checksums cover)."""
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS)
