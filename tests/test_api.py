@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import zipper_pl
 from tests.conftest import ROOT, tiny_config, zip_config
 from tests.test_readers import _audio
+from zipper_pl.data.corpora.audio import split_at_silences
 from zipper_pl.errors import UserError
 from zipper_pl.stages.chain import vocoder_stage, zip_stage
 
@@ -71,3 +73,21 @@ def test_empty_and_non_finite_audio_are_refused_and_long_audio_is_transcribed_in
     (text,) = model.transcribe(wave, sample_rate=16000)
     assert isinstance(text, str)
     assert "chunks" in capsys.readouterr().err
+    model.transcribe(wave, sample_rate=16000, chunk_seconds=1.0)
+    chunks = int(re.search(r"in (\d+) chunks", capsys.readouterr().err).group(1))
+    assert chunks >= math.ceil(seconds)  # no chunk longer than chunk_seconds
+    with pytest.raises(UserError, match="chunk_seconds"):
+        model.transcribe(wave, sample_rate=16000, chunk_seconds=0.01)
+
+
+def test_long_audio_is_cut_at_its_pauses():
+    """Three 'sentences' of tone with 0.3 s pauses: 1.5 s chunks end in the pauses, never
+    inside a tone, and nothing is lost or repeated."""
+    sr, tone, pause = 16000, np.sin(np.arange(16000) / 5).astype(np.float32), np.zeros(4800)
+    wave = np.concatenate([tone, pause, tone, pause, tone]).astype(np.float32)
+    pieces = split_at_silences(wave, longest=int(1.5 * sr), frame=320)
+    assert np.array_equal(np.concatenate(pieces), wave) and len(pieces) == 3
+    for piece in pieces[:-1]:
+        assert len(piece) <= 1.5 * sr and not piece[-160:].any()  # ends inside a pause
+    (short,) = split_at_silences(wave[:100], longest=200, frame=320)
+    assert np.array_equal(short, wave[:100])

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zipper_pl.data.corpora.audio import BadAudio, load_audio, resample
+from zipper_pl.data.corpora.audio import BadAudio, load_audio, resample, split_at_silences
 from zipper_pl.data.modalities import MODALITIES
 from zipper_pl.data.tokenizers.hf_tokenizer import HF_TEXT_DIR
 from zipper_pl.errors import UserError
@@ -85,21 +85,29 @@ class Model:
         audio: AudioInput | Sequence[AudioInput],
         sample_rate: int | None = None,
         batch_size: int = 32,
+        chunk_seconds: float | None = None,
     ) -> list[str]:
         """Greedy ASR of audio files (any format soundfile reads) or float arrays at
-        ``sample_rate``; batched, KV-cached."""
+        ``sample_rate``; batched, KV-cached. Audio longer than ``chunk_seconds`` (default: the
+        most the model reads at once) is cut at its quietest moments into chunks, transcribed
+        and joined: a model fine-tuned on short utterances reads best near their length."""
         items = [audio] if isinstance(audio, str | os.PathLike | np.ndarray) else list(audio)
-        waves = [self._wave(a, sample_rate) for a in items]
-        tokens = self.ft.audio_tok.encode(waves)
-        longest = self.longest_input()
-        # audio longer than the model reads at once: equal chunks that fit, transcribed one by
-        # one and joined (a word cut at a boundary may be lost: said on the console)
-        pieces = [np.array_split(t, math.ceil(len(t) / longest)) if len(t) else [t] for t in tokens]
+        tok, longest = self.ft.audio_tok, self.longest_input()
+        hop = round(self.sample_rate / tok.frame_rate)  # samples per (undeduplicated) token
+        most = longest * hop if chunk_seconds is None else round(chunk_seconds * self.sample_rate)
+        if most < 4 * hop:
+            raise UserError(f"transcribe: chunk_seconds={chunk_seconds} is shorter than 4 tokens")
+        chunks = [split_at_silences(self._wave(a, sample_rate), most, hop) for a in items]
+        # a chunk still too long in tokens (a codec without pauses): equal parts that fit
+        pieces = [
+            [p for t in tok.encode(c) for p in np.array_split(t, max(1, -(-len(t) // longest)))]
+            for c in chunks
+        ]
         for item, p in zip(items, pieces, strict=True):
             if len(p) > 1:
                 name = item if not isinstance(item, np.ndarray) else "an array"
-                said = f"{sum(map(len, p))} speech tokens, more than the {longest} it reads at once"
-                print(f"[transcribe] {name}: {said}: {len(p)} chunks", file=sys.stderr)
+                print(f"[transcribe] {name}: {sum(map(len, p))} speech tokens in {len(p)} "
+                      "chunks, cut at pauses", file=sys.stderr)  # fmt: skip
         flat = [c for p in pieces for c in p]
         texts = iter(self.ft.transcribe(flat, batch_size, self.ft.cfg.eval.max_new_text))
         return [" ".join(t for t in (next(texts) for _ in p) if t) for p in pieces]

@@ -109,6 +109,23 @@ def load_audio(
     return resample(np.ascontiguousarray(wave, dtype=np.float32), sr, target_sr)
 
 
+def split_at_silences(wave: np.ndarray, longest: int, frame: int) -> list[np.ndarray]:
+    """Pieces of at most ``longest`` samples, each cut at the quietest ``frame`` of the second
+    half of its window (a pause between words or sentences, where a cut loses least)."""
+    if len(wave) <= longest:
+        return [wave]
+    frame = max(1, min(frame, longest // 4))
+    n = len(wave) // frame
+    energy = np.square(wave[: n * frame].astype(np.float64)).reshape(n, frame).mean(axis=1)
+    pieces, start = [], 0
+    while len(wave) - start > longest:
+        lo, hi = (start + longest // 2) // frame, (start + longest) // frame
+        cut = (lo + int(np.argmin(energy[lo:hi]))) * frame + frame // 2
+        pieces.append(wave[start:cut])
+        start = cut
+    return [*pieces, wave[start:]]
+
+
 class SkipCounter:
     """Counts skipped items by reason and stops a run when too many are bad."""
 
