@@ -5,7 +5,7 @@ SHELL := /bin/bash
 # ---- variables ------------------------------------------------------------------------------
 # Empty ones take the experiment file's value; set ones are forwarded as key=value overrides.
 SCALE        ?= demo#      tower + corpus size preset: tiny | demo | s | l
-DATA         ?=#           corpus: embedded | librispeech | libritts | librilight | jsonl | textfile
+DATA         ?=#           corpus: embedded | librispeech | libritts | librilight | jsonl | lhotse | textfile
 DATA_ROOT    ?=#           corpus root (generated corpora are written under it)
 CODEC        ?=#           audio tokenizer: units (offline k-means) | encodec (pretrained weights) | hubert (HuBERT-layer k-means)
 ALIGNED_FRAC ?=#           share of aligned pairs for fine-tuning, in (0, 1]
@@ -25,6 +25,7 @@ ARGS         ?=#           extra key=value overrides of every stage the command 
 FT_ARGS      ?=#           extra key=value overrides of the fine-tuning stages only, e.g. FT_ARGS="train.lr=5e-4"
 TASK         ?= asr#       `make zip` task (asr | tts | asr_phonemes: speech -> [phonemes, text]); reads EXP/zip_TASK.yaml
 TOWERS       ?=#           `make zip` towers, comma-separated modalities, e.g. text,speech,phonemes; empty = the file's zip.towers
+OUT          ?=#           `make export-lhotse` output folder for the CutSet files
 VOCODER      ?=#           a finished vocoder stage folder to voice speech with (evaluate); empty = the chain's
 TEXT_TOWER   ?=#           the text tower to zip: a finished stage folder, or hf:<hub id or folder> (a Llama/Mistral/Qwen2 causal LM)
 SPEECH_TOWER ?=#           a finished speech-tower stage folder to zip (e.g. pretrained on LibriLight)
@@ -85,7 +86,7 @@ W := model.safetensors
 ASR_DIR = $(if $(filter single,$(strip $(MODEL))),$(SINGLE_ASR_DIR),$(ZIPPER_ASR_DIR))
 TTS_DIR = $(if $(filter single,$(strip $(MODEL))),$(SINGLE_TTS_DIR),$(ZIPPER_TTS_DIR))
 
-.PHONY: help setup lock test test-fast lint format data zip zip-asr zip-tts finetune judge vocoder evaluate demo ablation \
+.PHONY: help setup lock test test-fast lint format data export-lhotse zip zip-asr zip-tts finetune judge vocoder evaluate demo ablation \
   bench tensorboard clean-runs _check-paths ablation-quick
 
 help: ## list targets and variables
@@ -137,6 +138,8 @@ _check-paths:
 
 data: $(STAMP) ## prepare corpus, tokenizers and token caches (DATA, DATA_ROOT, CODEC)
 	$(ZPL) data $(EXP)/pretrain_speech.yaml $(COMMON)
+export-lhotse: $(STAMP) ## the corpus (DATA, DATA_ROOT) as lhotse CutSets: OUT=<folder>/<pool>.jsonl.gz
+	$(ZPL) export-lhotse $(EXP)/pretrain_speech.yaml $(COMMON) out=$(OUT)
 
 pretrain-%: $(STAMP) ## pretrain one tower: pretrain-text, pretrain-speech, pretrain-phonemes (EXP/pretrain_<m>.yaml)
 	@$(MAKE) --no-print-directory _check-paths _pretrain-$*

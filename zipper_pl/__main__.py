@@ -25,6 +25,7 @@ stages:
   finetune    continue from a zipped stage folder (inputs.init=...)
   judge       train the judge ASR used to score TTS
   vocoder     train the unit vocoder of the codec (speech tokens -> audio)
+  export-lhotse  the corpus as lhotse CutSets: out=<folder>/<pool>.jsonl.gz
   evaluate    ASR/TTS WER, text retention, paper-style tables
   ablation    aligned-fraction sweep (table + plots)
   path KIND   print the stage folder a config resolves to (KIND: pretrain|zip|finetune|judge)
@@ -58,6 +59,7 @@ STAGES = {
     "finetune": "zipper_pl.stages.chain:finetune",
     "judge": "zipper_pl.stages.chain:judge_stage",
     "vocoder": "zipper_pl.stages.chain:vocoder_stage",
+    "export-lhotse": "zipper_pl.stages.chain:export_lhotse_stage",
     "evaluate": "zipper_pl.stages.evaluate:evaluate_stage",
     "ablation": "zipper_pl.stages.ablation:ablation_stage",
 }

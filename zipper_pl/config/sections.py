@@ -107,8 +107,17 @@ class DataConfig:
 
     corpus: str = F(
         "embedded",
-        "corpus: embedded (generated) | librispeech | libritts | librilight | jsonl | textfile",
-        choices=("embedded", "librispeech", "libritts", "librilight", "jsonl", "textfile"),
+        "corpus: embedded (generated) | librispeech | libritts | librilight | jsonl | lhotse "
+        "(<root>/<split>.jsonl.gz CutSets) | textfile",
+        choices=(
+            "embedded",
+            "librispeech",
+            "libritts",
+            "librilight",
+            "jsonl",
+            "lhotse",
+            "textfile",
+        ),
     )
     root: str = F("data", "corpus root directory (DATA_ROOT); generated corpora are written here")
     cache_dir: str = F(

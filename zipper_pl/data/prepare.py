@@ -229,7 +229,7 @@ def audio_tokenizer(cfg: Config):
     """(tokenizer, its saved folder); ``units`` is fitted on the speech pool once and cached."""
     tok = build_audio_tokenizer(cfg.audio)  # first: a codec without weights fails before any work
     records = _records(cfg, "speech")
-    key = _digest([asdict(cfg.audio), _digest([asdict(r) for r in records], 16)])
+    key = _digest([asdict(cfg.audio), _digest([r.row() for r in records], 16)])
     folder = cache_root(cfg) / "audio_tokenizer" / f"{cfg.audio.codec}-{key}" / "audio_tokenizer"
     return fit_audio_tokenizer(records, tok, folder), folder
 

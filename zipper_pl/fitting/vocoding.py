@@ -24,7 +24,7 @@ import torch
 from zipper_pl.config import Config, VocoderConfig, save_config
 from zipper_pl.config.components import TASKS
 from zipper_pl.data.batches.aligned import tasks_of
-from zipper_pl.data.corpora.audio import BadAudio, SkipCounter, load_audio
+from zipper_pl.data.corpora.audio import BadAudio, SkipCounter, load_record
 from zipper_pl.data.corpora.manifest import read_manifest
 from zipper_pl.data.modalities import load_units_tokenizer
 from zipper_pl.data.prepare import audio_tokenizer, corpus_manifests
@@ -76,7 +76,7 @@ def speech_clips(cfg: Config, tok: AudioTokenizer, pool: str, limit: int) -> lis
         waves, ids = [], []
         for r in records[lo : lo + 64]:
             try:
-                waves.append(load_audio(r.audio, tok.sample_rate, cfg.audio.max_seconds or None))
+                waves.append(load_record(r, tok.sample_rate, cfg.audio.max_seconds or None))
                 ids.append(r.id)
             except BadAudio as e:
                 skips.add_bad(r.id, e)

@@ -25,7 +25,7 @@ import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
 from zipper_pl.config import Config
-from zipper_pl.data.corpora.audio import BadAudio, load_audio
+from zipper_pl.data.corpora.audio import BadAudio, load_record
 from zipper_pl.data.corpora.manifest import read_manifest
 from zipper_pl.data.prepare import corpus_manifests
 from zipper_pl.data.tokenizers.audio_tokenizers import AudioTokenizer, UnitsTokenizer
@@ -58,7 +58,7 @@ def _waves(cfg: Config, pool: str, ids: list[str] | None, sample_rate: int) -> l
     records = {r.id: r for r in read_manifest(corpus_manifests(cfg)[pool]) if r.audio}
     ids = ids if ids is not None else list(records)[:FLOOR_STATS_UTTERANCES]
     try:
-        return [load_audio(records[i].audio, sample_rate) for i in ids]
+        return [load_record(records[i], sample_rate) for i in ids]
     except (KeyError, BadAudio) as e:  # tokenized a moment ago: the corpus changed underneath
         raise UserError(f"the {pool} audio changed while evaluating ({e}): run again") from None
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import filelock
 
 from zipper_pl.config import Config
+from zipper_pl.data.corpora.lhotse_corpus import export_lhotse
 from zipper_pl.data.corpora.manifest import read_manifest
 from zipper_pl.data.prepare import audio_store, audio_tokenizer, corpus_manifests, text_tokenizer
+from zipper_pl.errors import UserError
 from zipper_pl.fitting.judging import run_judge
 from zipper_pl.fitting.towers import run_finetune, run_pretrain, run_zip
 from zipper_pl.fitting.vocoding import run_vocoder
@@ -42,6 +44,18 @@ def judge_stage(cfg: Config) -> Path:
 def vocoder_stage(cfg: Config) -> Path:
     """Train the unit vocoder of the active codec (speech tokens -> audio) on the speech pool."""
     return run_vocoder(check_machine(cfg))
+
+
+def export_lhotse_stage(cfg: Config) -> Path:
+    """The corpus ``cfg.data`` names as lhotse CutSets, ``<out>/<pool>.jsonl.gz`` for each pool
+    with audio (speech, aligned_train, valid, test): for icefall / k2, NeMo, or ``DATA=lhotse``."""
+    check_machine(cfg)
+    if not cfg.out:
+        raise UserError("export-lhotse needs out=<folder> (make: OUT=<folder>) for the CutSets")
+    pools = {pool: read_manifest(path) for pool, path in corpus_manifests(cfg).items()}
+    for path in export_lhotse({p: r for p, r in pools.items() if any(x.audio for x in r)}, cfg.out):
+        print(f"[export] {path}")
+    return Path(cfg.out)
 
 
 def prepare_data(cfg: Config) -> Path:

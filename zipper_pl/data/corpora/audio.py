@@ -78,24 +78,36 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
 
 
 def load_audio(
-    path: str | os.PathLike, target_sr: int, max_seconds: float | None = None
+    path: str | os.PathLike,
+    target_sr: int,
+    max_seconds: float | None = None,
+    *,
+    offset: float | None = None,
+    duration: float | None = None,
 ) -> np.ndarray:
-    """Decode ``path`` to mono float32 at ``target_sr``; raise ``BadAudio`` on any problem.
+    """Decode ``path`` (or, with ``offset``, the ``duration`` seconds from ``offset`` on: a
+    segment of a long recording, read alone) to mono float32 at ``target_sr``; raise
+    ``BadAudio`` on any problem.
 
     Stereo is down-mixed by averaging channels; ``max_seconds`` (None or <= 0: no limit) is
     checked from the header before decoding so over-long files cost nothing.
     """
     if not Path(path).is_file():
         raise BadAudio("unreadable", f"no such file: {path}")
-    frames, sr = audio_info(path)
-    if frames == 0:
+    total, sr = audio_info(path)
+    start = 0 if offset is None else round(offset * sr)
+    frames = total - start if offset is None or duration is None else round(duration * sr)
+    if start + frames > total:
+        end, length = (start + frames) / sr, total / sr
+        raise BadAudio("truncated", f"segment ends at {end:.2f}s of a {length:.2f}s recording")
+    if frames <= 0:
         raise BadAudio("empty", "zero samples")
     if max_seconds and max_seconds > 0 and frames / sr > max_seconds:
         raise BadAudio("too_long", f"{frames / sr:.1f}s > max {max_seconds:g}s")
     if _wav_data_truncated(path):
         raise BadAudio("truncated", "WAV data chunk is shorter than its header says")
-    try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # [T, C]
+    try:  # a segment is read alone: soundfile seeks, the rest of the recording is not decoded
+        data, sr = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
         # the header opened, so the body is damaged (e.g. FLAC "decoder lost sync")
         raise BadAudio("truncated", str(e).strip()) from None
@@ -124,6 +136,12 @@ def split_at_silences(wave: np.ndarray, longest: int, frame: int) -> list[np.nda
         pieces.append(wave[start:cut])
         start = cut
     return [*pieces, wave[start:]]
+
+
+def load_record(record, target_sr: int, max_seconds: float | None = None) -> np.ndarray:
+    """The audio of a manifest ``Record``: its whole file, or its segment (``offset``)."""
+    return load_audio(record.audio or "", target_sr, max_seconds, offset=record.offset,
+                      duration=record.duration)  # fmt: skip
 
 
 class SkipCounter:

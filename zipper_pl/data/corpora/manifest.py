@@ -25,9 +25,20 @@ class Record:
     text: str | None
     duration: float
     speaker: str
+    # seconds into ``audio`` where the utterance starts, for a segment of a longer recording (a
+    # lhotse cut): it is read by offset and ``duration``; None: the whole file
+    offset: float | None = None
+
+    def row(self) -> dict:
+        """The record as a manifest row; ``offset`` only for a segment, so the manifests (and
+        the caches keyed by them) of whole-file corpora are what they were before it existed."""
+        row = dataclasses.asdict(self)
+        if self.offset is None:
+            del row["offset"]
+        return row
 
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(Record))
+_FIELDS = tuple(f.name for f in dataclasses.fields(Record) if f.name != "offset")
 
 
 def read_manifest(path: str | os.PathLike) -> list[Record]:
@@ -52,6 +63,7 @@ def read_manifest(path: str | os.PathLike) -> list[Record]:
                     text=None if row["text"] is None else str(row["text"]),
                     duration=float(row["duration"]),
                     speaker=str(row["speaker"]),
+                    offset=None if row.get("offset") is None else float(row["offset"]),
                 )
             except (ValueError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
                 raise UserError(
@@ -71,7 +83,7 @@ def write_manifest(path: str | os.PathLike, records: Iterable[Record]) -> None:
     base = os.path.abspath(path.parent)
     lines = []
     for r in records:
-        row = dataclasses.asdict(r)
+        row = r.row()
         if r.audio is not None:
             audio = os.path.abspath(r.audio)
             if os.path.commonpath([audio, base]) == base:

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import soundfile as sf
 
+from zipper_pl.data.corpora.lhotse_corpus import read_lhotse
 from zipper_pl.data.corpora.manifest import Record, read_manifest
 from zipper_pl.data.corpora.textnorm import REASONS as TEXT_REASONS
-from zipper_pl.data.corpora.textnorm import normalize_text
+from zipper_pl.data.corpora.textnorm import clean_transcript
 from zipper_pl.errors import UserError
 
 # first = preferred when one utterance has several files; ogg / mp3 need libsndfile >= 1.1
@@ -135,17 +136,6 @@ def split_dirs(root: str | os.PathLike, splits: Sequence[str], corpus_dir: str) 
     return out
 
 
-def _text(s: str | None, counts: Counter[str]) -> str | None:
-    """Normalised transcript, or None (counted) when there is none or nothing speakable."""
-    if s is None:
-        counts["no_transcript"] += 1
-        return None
-    t = normalize_text(s, counts)
-    if not t:
-        counts["empty_transcript"] += 1
-    return t or None
-
-
 def _other_files(names: list[str], known: Callable[[str], bool], counts: Counter[str]) -> None:
     _add(counts, "other_file", sum(1 for n in names if not _is_audio(n) and not known(n)))
 
@@ -185,7 +175,7 @@ def read_librispeech(
             _other_files(names, lambda n, t=trans: n == t, counts)
             _add(counts, "orphan_transcript", len(texts.keys() - audio.keys()))
             for utt, path in audio.items():
-                text = _text(texts.get(utt), counts)
+                text = clean_transcript(texts.get(utt), counts)
                 records.append(Record(utt, str(path), text, _duration(path), spk))
     return sorted(records, key=lambda r: r.id)
 
@@ -213,7 +203,9 @@ def read_libritts(
                 txt = chapter / f"{utt}{_TTS_TEXT}"
                 raw = txt.read_text(encoding="utf-8", errors="replace") if utt in txts else None
                 speaker = chapter.parent.name
-                records.append(Record(utt, str(path), _text(raw, counts), _duration(path), speaker))
+                records.append(
+                    Record(utt, str(path), clean_transcript(raw, counts), _duration(path), speaker)
+                )
     return sorted(records, key=lambda r: r.id)
 
 
@@ -322,7 +314,7 @@ def read_jsonl_manifest(
     for r in chosen:
         if r.audio is None:
             counts["no_audio"] += 1
-        r.text = _text(r.text, counts)
+        r.text = clean_transcript(r.text, counts)
     return chosen
 
 
@@ -333,4 +325,5 @@ CORPUS_READERS: dict[str, Callable[..., list[Record]]] = {
     "libritts": read_libritts,
     "librilight": read_librilight,
     "jsonl": read_jsonl_manifest,
+    "lhotse": read_lhotse,
 }

@@ -17,10 +17,13 @@ import os
 from pathlib import Path
 
 from zipper_pl.data.corpora.embedded import corpus_fingerprint
+from zipper_pl.data.corpora.lhotse_corpus import lhotse_files
 from zipper_pl.data.corpora.readers import jsonl_files, split_dirs
 from zipper_pl.data.corpora.textnorm import VERSION as TEXTNORM_VERSION
 from zipper_pl.io import file_digest, json_digest
 
+# corpora read from manifest files: corpus -> (root, splits) -> {split: manifest file}
+MANIFEST_FILES = {"jsonl": jsonl_files, "lhotse": lhotse_files}
 TREE_CORPUS_DIRS = {
     "librispeech": "LibriSpeech",
     "libritts": "LibriTTS",
@@ -54,9 +57,8 @@ def split_fingerprints(data) -> dict[str, str]:
     for group, splits in groups.items():
         if not splits and group != "train":
             continue
-        if data.corpus == "jsonl":
-            files = jsonl_files(data.root, splits)
-            for name, f in files.items():
+        if data.corpus in MANIFEST_FILES:  # the manifests' bytes, not the audio's listing
+            for name, f in MANIFEST_FILES[data.corpus](data.root, splits).items():
                 out[f"{group}:{name}"] = file_digest(f)
         else:
             dirs = split_dirs(data.root, splits, TREE_CORPUS_DIRS[data.corpus])

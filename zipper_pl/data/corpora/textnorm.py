@@ -149,3 +149,14 @@ def normalize_text(s: str, report: Counter[str] | None = None) -> str:
         for m in _SYMBOLS.finditer(s):
             report["unspoken_symbol"] += len(m.group(0))
     return _tidy(_NOT_ALLOWED.sub(" ", s))  # num2words' hyphens and commas become spaces here
+
+
+def clean_transcript(s: str | None, counts: Counter[str]) -> str | None:
+    """Normalised transcript, or None (counted) when there is none or nothing speakable."""
+    if s is None:
+        counts["no_transcript"] += 1
+        return None
+    t = normalize_text(s, counts)
+    if not t:
+        counts["empty_transcript"] += 1
+    return t or None

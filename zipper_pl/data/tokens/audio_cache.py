@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from zipper_pl.data.corpora.audio import BadAudio, SkipCounter, load_audio
+from zipper_pl.data.corpora.audio import BadAudio, SkipCounter, load_record
 from zipper_pl.data.corpora.manifest import Record, read_manifest
 from zipper_pl.data.corpora.readers import summary_line
 from zipper_pl.data.tokenizers.audio_tokenizers import AudioTokenizer
@@ -110,7 +110,7 @@ def _encode_shard(
                 raise BadAudio("missing_transcript", "no text in the manifest")
             if not r.audio:
                 raise BadAudio("unreadable", "no audio path in the manifest")
-            wave = load_audio(r.audio, tokenizer.sample_rate, max_seconds)
+            wave = load_record(r, tokenizer.sample_rate, max_seconds)
         except BadAudio as e:
             bad.append([r.id, e.reason, e.detail])
             bar.update(1)
@@ -275,7 +275,7 @@ def fit_audio_tokenizer(
                     break
                 r = records[int(i)]
                 try:
-                    wave = load_audio(r.audio or "", tokenizer.sample_rate, max_s)
+                    wave = load_record(r, tokenizer.sample_rate, max_s)
                 except BadAudio:
                     continue
                 waves.append(wave)

@@ -1,0 +1,128 @@
+"""lhotse CutSets as a corpus (DATA=lhotse) and any corpus as CutSets (export-lhotse). Every cut
+set here is built locally: lhotse's own LibriSpeech recipe on a small generated tree, or
+``export_lhotse``; nothing is downloaded."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from lhotse import CutSet
+from lhotse.recipes import prepare_librispeech
+
+from tests.conftest import ROOT, run_make
+from tests.test_readers import _librispeech
+from zipper_pl.config import load_config
+from zipper_pl.data.corpora.audio import load_audio, load_record
+from zipper_pl.data.corpora.lhotse_corpus import export_lhotse, read_lhotse
+from zipper_pl.data.corpora.manifest import Record
+from zipper_pl.data.corpora.readers import read_librispeech
+from zipper_pl.data.corpora.sources import data_fingerprint
+from zipper_pl.errors import UserError
+
+PARTS = ("train-clean-100", "dev-clean", "test-clean")
+
+
+def lhotse_librispeech(tmp_path: Path) -> Path:
+    """``prepare_librispeech`` on a LibriSpeech-style tree, then one CutSet file per part, as
+    lhotse's recipes write them."""
+    _librispeech(tmp_path / "LibriSpeech")
+    manifests = prepare_librispeech(tmp_path / "LibriSpeech", dataset_parts=list(PARTS))
+    out = tmp_path / "cuts"
+    out.mkdir()
+    for part, m in manifests.items():
+        cuts = CutSet.from_manifests(recordings=m["recordings"], supervisions=m["supervisions"])
+        cuts.to_file(out / f"{part}.jsonl.gz")
+    return out
+
+
+def cut_rows(path: Path) -> list[dict]:
+    with gzip.open(path, "rt") as f:
+        return [json.loads(x) for x in f]
+
+
+def test_cuts_of_lhotses_librispeech_recipe_are_the_utterances_we_read_from_the_tree(tmp_path):
+    cuts = lhotse_librispeech(tmp_path)
+    counts: Counter[str] = Counter()
+    records = read_lhotse(cuts, ["train-clean-100", "dev-clean"], counts)
+    ours = {r.audio: r for r in read_librispeech(tmp_path / "LibriSpeech", PARTS[:2]) if r.text}
+    assert len(records) == len(ours) == 4 and not counts  # lhotse keeps transcribed ones only
+    for r in records:
+        tree = ours[r.audio]
+        assert (r.text, r.speaker, r.offset) == (tree.text, tree.speaker, 0.0)
+        assert r.duration == pytest.approx(tree.duration)
+        assert np.array_equal(load_record(r, 16000), load_audio(r.audio, 16000))
+    with pytest.raises(UserError, match=r"cut set .*train-other-500.jsonl.gz not found \(found: "):
+        read_lhotse(cuts, ["train-other-500"])
+
+
+def test_a_cut_of_a_long_recording_is_read_alone_by_offset_and_duration(tmp_path):
+    sr, long = 16000, tmp_path / "book.wav"
+    wave = np.random.default_rng(0).uniform(-0.5, 0.5, 6 * sr).astype(np.float32)
+    sf.write(long, wave, sr, subtype="FLOAT")
+    segments = [Record(f"u{i}", str(long), f"part {w}", 1.5, "reader", offset=2.0 * i)
+                for i, w in enumerate(("one", "two", "three"))]  # fmt: skip
+    (path,) = export_lhotse({"train": segments}, tmp_path / "cuts")
+    rows = cut_rows(path)
+    assert len({row["recording"]["id"] for row in rows}) == 1  # one recording, three cuts
+    back = read_lhotse(tmp_path / "cuts", ["train"])
+    assert [(r.id, r.offset, r.duration, r.text) for r in back] == [
+        (s.id, s.offset, s.duration, s.text) for s in segments
+    ]
+    for r in back:
+        start = round(r.offset * sr)
+        assert np.array_equal(load_record(r, sr), wave[start : start + round(1.5 * sr)])
+    beyond = Record("x", str(long), "t", 2.0, "s", offset=5.0)
+    with pytest.raises(Exception, match="segment ends at 7.00s of a 6.00s recording"):
+        load_record(beyond, sr)
+
+
+def test_a_recording_that_is_not_one_local_file_is_skipped_and_counted(tmp_path):
+    cuts = lhotse_librispeech(tmp_path)
+    path = cuts / "dev-clean.jsonl.gz"
+    rows = cut_rows(path)
+    rows[0]["recording"]["sources"][0] = {"type": "url", "channels": [0],
+                                          "source": "https://example.org/a.flac"}  # fmt: skip
+    with gzip.open(path, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    counts: Counter[str] = Counter()
+    assert len(read_lhotse(cuts, ["dev-clean"], counts)) == 1
+    assert counts == {"not_one_local_file": 1}
+
+
+def test_the_identity_follows_the_cut_sets_content(tmp_path):
+    cuts = lhotse_librispeech(tmp_path)
+    over = ["data.corpus=lhotse", f"data.root={cuts}", "data.train_splits=train-clean-100",
+            "data.valid_splits=dev-clean", "data.test_splits=test-clean"]  # fmt: skip
+    cfg = load_config(ROOT / "experiments" / "tiny" / "zip_asr.yaml", over)
+    before = data_fingerprint(cfg.data)
+    assert data_fingerprint(cfg.data) == before  # nothing changed: the same identity
+    path = cuts / "test-clean.jsonl.gz"
+    rows = cut_rows(path)
+    rows[0]["supervisions"][0]["text"] = "A TRANSCRIPT FIXED IN PLACE"
+    with gzip.open(path, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    assert data_fingerprint(cfg.data) != before
+
+
+@pytest.mark.slow
+def test_make_exports_a_corpus_as_cut_sets_and_zips_towers_on_them(tmp_path):
+    """``make export-lhotse``, then the whole tiny chain up to a zipped ASR stage with
+    ``DATA=lhotse`` on what it wrote: the acceptance's command, on our own corpus's audio."""
+    cuts, runs = tmp_path / "cuts", tmp_path / "runs"
+    r = run_make("export-lhotse", "SCALE=tiny", f"OUT={cuts}", f"RUNS={runs}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in cuts.iterdir()) == [
+        "aligned_train.jsonl.gz", "speech.jsonl.gz", "test.jsonl.gz", "valid.jsonl.gz",
+    ]  # fmt: skip
+    args = "data.train_splits=[aligned_train] data.valid_splits=[valid] data.test_splits=[test]"
+    r = run_make("zip-asr", "SCALE=tiny", "DATA=lhotse", f"DATA_ROOT={cuts}", f"RUNS={runs}",
+                 f"ARGS={args}")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    (metrics,) = runs.glob("tiny-lhotse/zipper-asr-*/metrics.json")
+    assert json.loads(metrics.read_text())["test_utterances"] > 0
