@@ -134,6 +134,12 @@ class DataConfig:
     )
     seq_len: int = F(256, "tokens per packed pretraining sequence", ge=8)
     batch_size: int = F(16, "sequences (or pairs) per device per micro-batch", ge=1)
+    max_tokens: int = F(
+        0,
+        "fine-tuning micro-batches by a token budget instead: items x longest item (padded "
+        "tokens) at most this, similar lengths together; 0 = data.batch_size items",
+        ge=0,
+    )
     num_workers: int = F(0, "DataLoader worker processes", ge=0)
     valid_batches: int = F(8, "batches per validation pass (fixed subset, same every time)", ge=1)
     max_bad_share: float = F(

@@ -118,7 +118,8 @@ RESULT_KEYS: dict[str, tuple[str, ...]] = {
     "data.batch_size": TRAINING,
     "data.valid_batches": TRAINING,
     **dict.fromkeys(
-        _keys("aligned_frac task asr_tts_ratio shrink_batch_to_subset", "data."), FINETUNING
+        _keys("aligned_frac task asr_tts_ratio shrink_batch_to_subset max_tokens", "data."),
+        FINETUNING,
     ),
     **dict.fromkeys(
         _keys(

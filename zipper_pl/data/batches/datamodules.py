@@ -83,6 +83,10 @@ class AlignedDataModule(L.LightningDataModule):
                 f"[data] aligned_frac={d.aligned_frac}: {len(self.train_pairs)} of "
                 f"{len(all_train)} aligned pairs, {len(self.train_set)} {d.task} items"
             )
+        if d.max_tokens:  # micro-batches by a token budget: TokenBudgetBatchSampler checks it
+            self.batch_size, self.info["max_tokens"] = None, d.max_tokens
+            print(f"[data] micro-batches of at most data.max_tokens={d.max_tokens} padded tokens")
+            return
         if len(self.train_set) < d.batch_size * world and d.shrink_batch_to_subset:
             per_device = max(1, len(self.train_set) // world)
             print(

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import numpy as np
 from torch.utils.data import DataLoader, Sampler, Subset
 
+from zipper_pl.errors import UserError
+
 
 class StepBatchSampler(Sampler[list[int]]):
     """Yields this rank's micro-batches from ``start_batch`` on, forever.
@@ -78,6 +80,86 @@ class StepBatchSampler(Sampler[list[int]]):
         return 10**12
 
 
+class TokenBudgetBatchSampler(Sampler[list[int]]):
+    """This rank's micro-batches by a token budget, from ``start_batch`` on, forever.
+
+    Each epoch is a seeded permutation, sorted by length within windows of ``window`` items and
+    packed greedily: a micro-batch takes items while ``items x longest`` (its padded tokens)
+    stays within ``max_tokens``. ``world_size`` consecutive micro-batches (similar lengths: ranks
+    wait little for each other) make a global step, and the steps are shuffled. As in
+    ``StepBatchSampler``, the order is a pure function of (seed, step, rank): a resume at
+    ``start_batch`` continues exactly, and every item is seen once per epoch across ranks (the
+    micro-batches short of a whole global step are dropped, others each epoch). Written here,
+    not taken from lhotse's ``DynamicBucketingSampler``: that one resumes from its own saved
+    state and shards by skipping, where ours resumes from the global step alone.
+    """
+
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        max_tokens: int,
+        *,
+        seed: int,
+        start_batch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        window: int = 4096,
+    ) -> None:
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        longest = int(self.lengths.max()) if len(self.lengths) else 0
+        if longest > max_tokens:
+            raise UserError(
+                f"data.max_tokens={max_tokens} is below the longest training item ({longest} "
+                "tokens): raise it (it must hold at least one item)"
+            )
+        self.max_tokens, self.seed, self.window = max_tokens, seed, window
+        self.start_batch, self.rank, self.world_size = start_batch, rank, world_size
+        if not self.epoch_steps(0):
+            raise UserError(
+                f"data.max_tokens={max_tokens} packs {len(self.lengths)} items into fewer "
+                f"micro-batches than the {world_size} devices of one step: lower it"
+            )
+
+    def epoch_steps(self, epoch: int) -> list[list[list[int]]]:
+        """[step][rank] -> item indices of one epoch."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.lengths))
+        for lo in range(0, len(order), self.window):
+            chunk = order[lo : lo + self.window]
+            order[lo : lo + self.window] = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+        batches, batch, longest = [], [], 0
+        for i in order.tolist():
+            longest_with = max(longest, int(self.lengths[i]))
+            if batch and (len(batch) + 1) * longest_with > self.max_tokens:
+                batches.append(batch)
+                batch, longest_with = [], int(self.lengths[i])
+            batch.append(i)
+            longest = longest_with
+        batches.append(batch)
+        w = self.world_size
+        steps = [batches[k : k + w] for k in range(0, len(batches) - w + 1, w)]
+        return [steps[k] for k in rng.permutation(len(steps))]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, offset = 0, self.start_batch
+        while offset >= len(steps := self.epoch_steps(epoch)):
+            epoch, offset = epoch + 1, offset - len(steps)
+        while True:
+            for step in steps[offset:]:
+                yield step[self.rank]
+            epoch, offset = epoch + 1, 0
+            steps = self.epoch_steps(epoch)
+
+    def __len__(self) -> int:
+        return 10**12  # endless, as StepBatchSampler
+
+
+def padding_share(batches: list[list[int]], lengths: np.ndarray) -> float:
+    """Padded positions / all positions of these micro-batches (each padded to its longest)."""
+    padded = sum(len(b) * int(lengths[b].max()) for b in batches)
+    return 1.0 - sum(int(lengths[b].sum()) for b in batches) / padded
+
+
 class StepDataLoader(DataLoader):
     """A DataLoader over a ``StepBatchSampler``: its position is a function of the global step,
     which Lightning restores, so it is resumable by construction (Lightning's ``_Stateful``
@@ -101,15 +183,17 @@ def train_loader(
     """The training loader every DataModule uses: resumes at the trainer's global step and
     shards each global batch exactly across ranks (``cfg`` is the root Config)."""
     rank, world = _rank_world(trainer)
-    sampler = StepBatchSampler(
-        len(dataset),
-        cfg.data.batch_size,
-        seed=cfg.seed,
-        start_batch=trainer.global_step * cfg.train.accumulate if trainer else 0,
-        rank=rank,
-        world_size=world,
-        lengths=lengths,
-    )
+    start = trainer.global_step * cfg.train.accumulate if trainer else 0
+    if cfg.data.max_tokens and lengths is not None:
+        sampler = TokenBudgetBatchSampler(
+            lengths, cfg.data.max_tokens, seed=cfg.seed, start_batch=start, rank=rank,
+            world_size=world,
+        )  # fmt: skip
+    else:
+        sampler = StepBatchSampler(
+            len(dataset), cfg.data.batch_size, seed=cfg.seed, start_batch=start, rank=rank,
+            world_size=world, lengths=lengths,
+        )  # fmt: skip
     return StepDataLoader(
         dataset,
         batch_sampler=sampler,
