@@ -15,6 +15,7 @@ import soundfile as sf
 from lhotse import CutSet
 from lhotse.recipes import prepare_librispeech
 
+from benchmarks.bench_scale import simulate_librilight
 from tests.conftest import ROOT, run_make
 from tests.test_readers import _librispeech
 from zipper_pl.config import load_config
@@ -126,3 +127,18 @@ def test_make_exports_a_corpus_as_cut_sets_and_zips_towers_on_them(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     (metrics,) = runs.glob("tiny-lhotse/zipper-asr-*/metrics.json")
     assert json.loads(metrics.read_text())["test_utterances"] > 0
+
+
+def test_the_librilight_simulator_lays_out_speakers_books_and_segments(tmp_path):
+    """benchmarks/bench_scale.py's simulator (the 10k / 100k / 1M-file measurements): its tree
+    is what our LibriLight reader walks, and the fingerprint sees one file more."""
+    root = simulate_librilight(tmp_path, 250, per_book=10, books_per_speaker=5)
+    files = sorted((root / "librilight" / "small").rglob("*.flac"))
+    assert len(files) == 250 and len({f.parent.parent for f in files}) == 5  # 25 books / 5
+    over = ["data.corpus=librilight", f"data.root={root}", "data.train_splits=[small]",
+            "data.valid_splits=[]", "data.test_splits=[]"]  # fmt: skip
+    cfg = load_config(ROOT / "experiments" / "l" / "pretrain_speech.yaml", over)
+    before = data_fingerprint(cfg.data)
+    assert data_fingerprint(cfg.data) == before
+    (files[0].parent / "extra.flac").touch()
+    assert data_fingerprint(cfg.data) != before
