@@ -20,6 +20,7 @@ from zipper_pl.data.corpora.sources import data_fingerprint
 from zipper_pl.data.prepare import corpus_manifests
 from zipper_pl.data.tokenizers.audio_tokenizers import AUDIO_TOKENIZERS
 from zipper_pl.errors import UserError
+from zipper_pl.runs import layout
 from zipper_pl.runs.identity import (
     IDENTITY_FILE,
     KINDS,
@@ -288,3 +289,19 @@ def test_cli_refuses_one_jsonl_file_without_splits_in_one_line(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "own file" in lines[0] and '"split" field' in lines[0]
+
+
+def test_the_data_fingerprint_is_computed_once_for_sections_reading_the_same_sources(
+    tmp_path, monkeypatch
+):
+    """A 1M-file tree was walked once per experiment file of a chain (~4 x 12 s to name it):
+    sections that differ only in how they batch share one walk (benchmarks/bench_scale.py)."""
+    walks: list[str] = []
+    monkeypatch.setattr(layout, "_DATA_FP", {})
+    monkeypatch.setattr(layout, "data_fingerprint", lambda d: walks.append(d.root) or "fp")
+    base = ["data.corpus=librispeech", f"data.root={tmp_path}"]
+    for extra in ([], ["data.batch_size=3"], ["data.seq_len=64", "data.max_tokens=900"]):
+        layout.data_fingerprint_of(load_config(TINY / "zip_asr.yaml", [*base, *extra]))
+    assert len(walks) == 1
+    layout.data_fingerprint_of(load_config(TINY / "zip_asr.yaml", [*base, "data.test_splits=x"]))
+    assert len(walks) == 2  # other sources: walked again

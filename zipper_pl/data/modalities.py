@@ -139,6 +139,7 @@ class Modality:
     budget: Callable[[Config, Mapping[str, int]], int]  # (cfg, longest input segment per
     # modality) -> the new tokens a generated segment of this modality may take
     from_hub: bool = False  # a Hugging Face model can be this modality's tower
+    make_var: str = ""  # how make names its tower folder; "" = ARGS="inputs.<name>=<folder>"
 
 
 MODALITIES: dict[str, Modality] = {
@@ -151,6 +152,7 @@ MODALITIES: dict[str, Modality] = {
         pair_tokens=transcript_tokens,
         budget=lambda cfg, longest: cfg.eval.max_new_text,
         from_hub=True,
+        make_var="TEXT_TOWER=<folder> or hf:<hub id or folder>",
     ),
     "speech": Modality(
         spec=units_spec,
@@ -164,6 +166,7 @@ MODALITIES: dict[str, Modality] = {
         budget=lambda cfg, longest: math.ceil(
             cfg.eval.max_new_speech_per_word * longest.get("text", 8)
         ),
+        make_var="SPEECH_TOWER=<folder>",
     ),
     "phonemes": Modality(
         spec=text_spec,

@@ -8,7 +8,6 @@ and training, ``chain_paths`` gives the Makefile every folder of an experiment. 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import filelock
 
-from zipper_pl.config import Config, to_dict
+from zipper_pl.config import Config
 from zipper_pl.data.corpora.sources import data_fingerprint
 from zipper_pl.data.modalities import MODALITIES
 from zipper_pl.errors import UserError
@@ -48,8 +47,10 @@ _DATA_FP: dict[str, str] = {}
 
 
 def data_fingerprint_of(cfg: Config) -> str:
-    """``data.sources.data_fingerprint``, computed once per process and data section."""
-    key = json.dumps(to_dict(cfg.data), sort_keys=True, default=str)
+    """``data_fingerprint`` once per process and set of sources (the keys it reads, #33)."""
+    d = cfg.data
+    sources = (d.corpus, d.root, d.train_splits, d.valid_splits, d.test_splits, d.text_file)
+    key = repr((*sources, d.embedded))
     if key not in _DATA_FP:
         _DATA_FP[key] = data_fingerprint(cfg.data)
     return _DATA_FP[key]
@@ -190,13 +191,11 @@ def require_stage(folder: str | Path, what: str, key: str) -> Path:
     return p
 
 
-TOWER_KEYS = {"text": "inputs.text (make: TEXT_TOWER=<folder> or hf:<hub id or folder>)",
-              "speech": "inputs.speech (make: SPEECH_TOWER=<folder>)"}  # fmt: skip
-
-
 def tower_key(modality: str) -> str:
     """How a user names a modality's tower folder (the config key, and make's variable)."""
-    return TOWER_KEYS.get(modality, f'inputs.{modality} (make: ARGS="inputs.{modality}=<folder>")')
+    var = MODALITIES[modality].make_var if modality in MODALITIES else ""
+    default = f'ARGS="inputs.{modality}=<folder>"'
+    return f"inputs.{modality} (make: {var or default})"
 
 
 def tower_input(cfg: Config, modality: str) -> Path:
