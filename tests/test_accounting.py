@@ -254,7 +254,7 @@ def test_tokenization_shows_skips_and_checks_them_on_reuse(
     def no_decoding(*args, **kwargs):
         raise AssertionError("audio decoded although the store is finished")
 
-    monkeypatch.setattr(audio_cache, "load_audio", no_decoding)
+    monkeypatch.setattr(audio_cache, "load_record", no_decoding)
     t0 = time.perf_counter()
     again = tokenize_manifest(tmp_path / "valid.jsonl", tokenizer, cache, max_bad_share=0.9, **kw)
     assert again == out and capsys.readouterr().out.strip() == fresh

@@ -6,6 +6,7 @@ import soundfile as sf
 from test_audio import plant_audio, sine
 
 import zipper_pl.data.tokens.audio_cache as audio_cache
+from zipper_pl.data.corpora.audio import load_audio
 from zipper_pl.data.corpora.manifest import Record, write_manifest
 from zipper_pl.data.tokenizers.audio_tokenizers import AudioTokenizerConfig, UnitsTokenizer
 from zipper_pl.data.tokens.audio_cache import fit_audio_tokenizer, tokenize_manifest
@@ -59,7 +60,7 @@ def test_bad_files_skipped_by_reason(tmp_path, tokenizer):
     assert report["by_reason"] == EXPECTED_BAD and report["total_items"] == len(cases) + 2
     assert report["examples"]["truncated"] == ["truncated", "truncated_flac"]
     # one manifest, same tokens as encoding the files directly
-    wave = audio_cache.load_audio(cases["good"][0], 16000, 2.0)
+    wave = load_audio(cases["good"][0], 16000, 2.0)
     np.testing.assert_array_equal(store[store.ids.index("good")], tokenizer.encode([wave])[0])
 
 
@@ -84,7 +85,7 @@ def test_second_call_decodes_nothing(tmp_path, tokenizer, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("audio decoded although the cache is finished")
 
-    monkeypatch.setattr(audio_cache, "load_audio", no_decoding)
+    monkeypatch.setattr(audio_cache, "load_record", no_decoding)
     assert tokenize_manifest(manifest, tokenizer, tmp_path / "cache", **kw) == first
     # another setting that changes the tokens is another cache
     with pytest.raises(AssertionError, match="decoded"):
@@ -108,8 +109,8 @@ def test_killed_run_resumes_byte_identical(tmp_path, tokenizer, monkeypatch):
         tokenize_manifest(manifest, tokenizer, tmp_path / "run", **kw)
     monkeypatch.setattr(ShardedTokenWriter, "write_shard", real_write)
     calls = []
-    real_load = audio_cache.load_audio
-    monkeypatch.setattr(audio_cache, "load_audio", lambda *a: calls.append(a) or real_load(*a))
+    real_load = audio_cache.load_record
+    monkeypatch.setattr(audio_cache, "load_record", lambda *a: calls.append(a) or real_load(*a))
     run = tokenize_manifest(manifest, tokenizer, tmp_path / "run", **kw)
     assert run.name == ref.name and _files(run) == _files(ref)
     n_records = TokenStore(ref).meta["num_records"]
@@ -126,7 +127,7 @@ def test_fit_once_then_reuse(tmp_path, monkeypatch):
     cfg = AudioTokenizerConfig(units_k=4, units_fit_max_frames=60)
     fitted = fit_audio_tokenizer(recs, UnitsTokenizer(cfg), tmp_path / "tok", progress=False)
     assert fitted.centroids is not None and (tmp_path / "tok" / "units_kmeans.npz").is_file()
-    monkeypatch.setattr(audio_cache, "load_audio", lambda *a: pytest.fail("refitted"))
+    monkeypatch.setattr(audio_cache, "load_record", lambda *a: pytest.fail("refitted"))
     cfg.batch_seconds = 5.0  # does not change the units: no refit
     again = fit_audio_tokenizer(recs, UnitsTokenizer(cfg), tmp_path / "tok", progress=False)
     assert again.fingerprint() == fitted.fingerprint() and again.cfg.batch_seconds == 5.0
