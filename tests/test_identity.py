@@ -54,7 +54,7 @@ def test_every_schema_key_is_either_result_or_inert():
     configs = [load_config(None, [f"audio.codec={c}"]) for c in AUDIO_TOKENIZERS]
     configs += [load_config(None, [f"modality={m}"]) for m in MODALITY_NAMES]
     # a key added later enters identities away from its old behaviour (LATE_KEYS: numbers)
-    configs += [load_config(None, [f"{k}={v + 1}"]) for k, v in LATE_KEYS.items()]
+    configs += [load_config(None, [f"{k}={_another(v)}"]) for k, v in LATE_KEYS.items()]
     for key in schema_keys():
         assert category(key) != "result" or any(
             key in result_config(c, k, by_content=False) for c in configs for k in KINDS
@@ -117,6 +117,30 @@ def test_zip_folder_follows_config_and_towers(override):
     other = load_config(TINY / "zip_asr.yaml", [override])
     assert stage_dir(other, "zip", towers) != stage_dir(base, "zip", towers)
     assert stage_dir(base, "zip", {**towers, "text": "c"}) != stage_dir(base, "zip", towers)
+
+
+def _another(value) -> str:
+    """A ``key=value`` override other than a LATE_KEYS value (a number or a list of numbers)."""
+    return (
+        "[" + ",".join(str(v) for v in [*value, 2048]) + "]"
+        if isinstance(value, list)
+        else value + 1
+    )
+
+
+def test_batches_by_tokens_and_mel_scales_keep_existing_stages_at_their_defaults():
+    """data.max_tokens and vocoder.mel_scales came in this phase: at their defaults a stage
+    trains as before, so a user's finished zip and vocoder stages keep their folders (a fresh
+    demo named its zip stages anew until they were listed here)."""
+    base = load_config(TINY / "zip_asr.yaml")
+    assert "data.max_tokens" not in result_config(base, "zip")
+    budget = load_config(TINY / "zip_asr.yaml", ["data.max_tokens=400"])
+    assert result_config(budget, "zip")["data.max_tokens"] == 400
+    vocoder = load_config(TINY / "vocoder.yaml")
+    assert vocoder.vocoder.mel_scales == [1024]
+    assert "vocoder.mel_scales" not in result_config(vocoder, "vocoder")
+    demo = load_config(TINY.parent / "demo" / "vocoder.yaml")
+    assert result_config(demo, "vocoder")["vocoder.mel_scales"] == [256, 512, 1024, 2048]
 
 
 def test_a_key_added_later_keeps_existing_stages_at_its_old_behaviour():

@@ -176,7 +176,11 @@ MODALITY_KEYS = {"phonemes.voice": "phonemes"}  # key -> the one modality whose 
 # Keys added after stages were built, with the value at which a stage computes exactly what it
 # did before the key existed: at that value the key stays out of the identity, so finished
 # stages keep theirs and are reused (any other value is a new stage).
-LATE_KEYS: dict[str, Any] = {"train.patience": 0}
+LATE_KEYS: dict[str, Any] = {
+    "train.patience": 0,
+    "data.max_tokens": 0,
+    "vocoder.mel_scales": [1024],
+}
 
 
 def flat_config(cfg: Config) -> dict[str, Any]:
