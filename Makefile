@@ -5,7 +5,7 @@ SHELL := /bin/bash
 # ---- variables ------------------------------------------------------------------------------
 # Empty ones take the experiment file's value; set ones are forwarded as key=value overrides.
 SCALE        ?= demo#      tower + corpus size preset: tiny | demo | s | l
-DATA         ?=#           corpus: embedded | librispeech | libritts | librilight | jsonl | lhotse | textfile
+DATA         ?=#           corpus: embedded | librispeech | libritts | librilight | jsonl | lhotse (CutSets, Shar) | hf | textfile
 DATA_ROOT    ?=#           corpus root (generated corpora are written under it)
 CODEC        ?=#           audio tokenizer: units (offline k-means) | encodec (pretrained weights) | hubert (HuBERT-layer k-means)
 ALIGNED_FRAC ?=#           share of aligned pairs for fine-tuning, in (0, 1]
@@ -26,6 +26,7 @@ FT_ARGS      ?=#           extra key=value overrides of the fine-tuning stages o
 TASK         ?= asr#       `make zip` task (asr | tts | asr_phonemes: speech -> [phonemes, text]); reads EXP/zip_TASK.yaml
 TOWERS       ?=#           `make zip` towers, comma-separated modalities, e.g. text,speech,phonemes; empty = the file's zip.towers
 OUT          ?=#           `make export-lhotse` output folder for the CutSet files
+SHARD        ?=#           `make data` as process i of n: i/n (e.g. 0/4 ... 3/4, run side by side); each tokenizes every n-th store shard, the last to finish merges
 VOCODER      ?=#           a finished vocoder stage folder to voice speech with (evaluate); empty = the chain's
 TEXT_TOWER   ?=#           the text tower to zip: a finished stage folder, or hf:<hub id or folder> (a Llama/Mistral/Qwen2 causal LM)
 SPEECH_TOWER ?=#           a finished speech-tower stage folder to zip (e.g. pretrained on LibriLight)
@@ -137,7 +138,7 @@ _check-paths:
 	@test -n "$(TEXT_DIR)" || { $(ZPL) paths $(EXP) $(COMMON) -- $(ZIPVARS); exit 2; }
 
 data: $(STAMP) ## prepare corpus, tokenizers and token caches (DATA, DATA_ROOT, CODEC)
-	$(ZPL) data $(EXP)/pretrain_speech.yaml $(COMMON)
+	$(ZPL) data $(EXP)/pretrain_speech.yaml $(COMMON) $(if $(strip $(SHARD)),--shard $(strip $(SHARD)))
 export-lhotse: $(STAMP) ## the corpus (DATA, DATA_ROOT) as lhotse CutSets: OUT=<folder>/<pool>.jsonl.gz
 	$(ZPL) export-lhotse $(EXP)/pretrain_speech.yaml $(COMMON) out=$(OUT)
 

@@ -19,7 +19,7 @@ from zipper_pl.data.corpora.embedded import (
     corpus_dir,
 )
 from zipper_pl.data.corpora.espeak import SAMPLE_RATE, Speaker, Synthesizer, synthesize
-from zipper_pl.data.corpora.manifest import Record, read_manifest, write_manifest
+from zipper_pl.data.corpora.manifest import Manifest, Record, read_manifest, write_manifest
 from zipper_pl.errors import UserError
 
 TINY = EmbeddedCorpusConfig(**EMBEDDED_PRESETS["tiny"])
@@ -91,6 +91,29 @@ def test_manifest_errors_name_the_problem(tmp_path):
     )
     with pytest.raises(UserError, match=r"bad.jsonl:2 .*missing keys"):
         read_manifest(bad)
+
+
+def test_a_manifest_read_as_columns_is_the_records_the_line_reader_makes(tmp_path):
+    """pyarrow's columns (``Manifest``) stand for exactly the records the line-by-line reader
+    makes: unicode, nulls, segments, relative and absolute paths, blank lines, slices."""
+    recs = [Record(f"u{i}", str(tmp_path / f"w/{i}.flac") if i % 3 else None,
+                   None if i % 4 == 0 else f"sä{i} “quoted” text", 0.1 * i + 1e-7, f"spk{i % 5}",
+                   offset=None if i % 2 else 2.5 * i) for i in range(200)]  # fmt: skip
+    recs[7] = Record("abs", "/elsewhere/x.wav", "t", 3.0, "s")
+    path = tmp_path / "m.jsonl"
+    write_manifest(path, recs)
+    path.write_text(path.read_text().replace("\n", "\n\n", 3))  # blank lines are skipped
+    table, lines = read_manifest(path), read_manifest(path, strict=True)
+    assert isinstance(table, Manifest) and isinstance(lines, list)
+    assert table == lines == recs and len(table) == 200
+    assert table[5:9] == recs[5:9] and table[-1] == recs[-1] and table[::50] == recs[::50]
+    Manifest.CHUNK = 7  # iteration by chunks: their borders lose nothing
+    try:
+        assert list(table) == recs
+    finally:
+        Manifest.CHUNK = 65_536
+    with pytest.raises(IndexError):
+        table[200]
 
 
 # --- embedded corpus ----------------------------------------------------------------------------

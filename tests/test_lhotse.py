@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from datasets import DatasetDict
 from lhotse import CutSet
 from lhotse.recipes import prepare_librispeech
 
 from benchmarks.bench_scale import simulate_librilight
 from tests.conftest import ROOT, run_make
+from tests.test_hf_corpus import records_as_dataset
 from tests.test_readers import _librispeech
 from zipper_pl.config import load_config
 from zipper_pl.data.corpora.audio import load_audio, load_record
@@ -58,7 +60,9 @@ def test_cuts_of_lhotses_librispeech_recipe_are_the_utterances_we_read_from_the_
         assert (r.text, r.speaker, r.offset) == (tree.text, tree.speaker, 0.0)
         assert r.duration == pytest.approx(tree.duration)
         assert np.array_equal(load_record(r, 16000), load_audio(r.audio, 16000))
-    with pytest.raises(UserError, match=r"cut set .*train-other-500.jsonl.gz not found \(found: "):
+    with pytest.raises(
+        UserError, match=r"cut set .*train-other-500.jsonl.gz not found, nor a Shar .* \(found: "
+    ):
         read_lhotse(cuts, ["train-other-500"])
 
 
@@ -111,22 +115,72 @@ def test_the_identity_follows_the_cut_sets_content(tmp_path):
     assert data_fingerprint(cfg.data) != before
 
 
+def cuts_as_shar(cuts: Path, out: Path, parts) -> Path:
+    """Each part's CutSet as a Lhotse Shar folder ``out/<part>/`` (audio in FLAC tar shards)."""
+    for part in parts:
+        (out / part).mkdir(parents=True)
+        CutSet.from_file(cuts / f"{part}.jsonl.gz").to_shar(
+            out / part, fields={"recording": "flac"}, shard_size=2
+        )
+    return out
+
+
+def test_a_shar_folder_is_read_as_the_cut_set_it_was_written_from(tmp_path):
+    cuts = lhotse_librispeech(tmp_path)
+    shar = cuts_as_shar(cuts, tmp_path / "shar", PARTS)
+    assert (shar / "dev-clean" / "recording.000000.tar").is_file()
+    counts: Counter[str] = Counter()
+    held = tmp_path / "held"
+    records = read_lhotse(shar, ["train-clean-100", "dev-clean"], counts, audio_dir=held)
+    direct = {r.id: r for r in read_lhotse(cuts, ["train-clean-100", "dev-clean"])}
+    assert sorted(r.id for r in records) == sorted(direct) and not counts
+    for r in records:
+        d = direct[r.id]
+        assert (r.text, r.speaker, r.offset, r.duration) == (d.text, d.speaker, 0.0, d.duration)
+        assert Path(r.audio).is_relative_to(held)
+        assert np.array_equal(load_record(r, 16000), load_record(d, 16000))
+    counts = Counter()  # without a folder to write held audio to, Shar audio is counted out
+    assert read_lhotse(shar, ["dev-clean"], counts) == [] and counts == {"not_one_local_file": 2}
+
+
+def test_a_shar_folders_identity_follows_its_shards(tmp_path):
+    shar = cuts_as_shar(lhotse_librispeech(tmp_path), tmp_path / "shar", PARTS)
+    over = ["data.corpus=lhotse", f"data.root={shar}", f"data.cache_dir={tmp_path / 'c'}",
+            "data.train_splits=train-clean-100", "data.valid_splits=dev-clean",
+            "data.test_splits=test-clean"]  # fmt: skip
+    cfg = load_config(ROOT / "experiments" / "tiny" / "zip_asr.yaml", over)
+    before = data_fingerprint(cfg.data)
+    assert data_fingerprint(cfg.data) == before
+    shard = shar / "test-clean" / "cuts.000000.jsonl.gz"
+    rows = cut_rows(shard)
+    rows[0]["supervisions"][0]["text"] = "A TRANSCRIPT FIXED IN PLACE"
+    with gzip.open(shard, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    assert data_fingerprint(cfg.data) != before
+    with pytest.raises(UserError, match=r"nor a Shar folder .*found: dev-clean/, "):
+        read_lhotse(shar, ["train-other-500"])
+
+
 @pytest.mark.slow
-def test_make_exports_a_corpus_as_cut_sets_and_zips_towers_on_them(tmp_path):
-    """``make export-lhotse``, then the whole tiny chain up to a zipped ASR stage with
-    ``DATA=lhotse`` on what it wrote: the acceptance's command, on our own corpus's audio."""
+def test_make_zips_towers_on_a_corpus_as_cut_sets_as_shar_and_as_a_hf_dataset(tmp_path):
+    """``make export-lhotse``, then the whole tiny chain up to a zipped ASR stage on what it
+    wrote, as CutSet files (``DATA=lhotse``), as Shar folders (``DATA=lhotse``) and as a saved
+    Hugging Face dataset (``DATA=hf``): the acceptance's commands, on our own corpus's audio."""
     cuts, runs = tmp_path / "cuts", tmp_path / "runs"
     r = run_make("export-lhotse", "SCALE=tiny", f"OUT={cuts}", f"RUNS={runs}")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert sorted(p.name for p in cuts.iterdir()) == [
-        "aligned_train.jsonl.gz", "speech.jsonl.gz", "test.jsonl.gz", "valid.jsonl.gz",
-    ]  # fmt: skip
+    pools = ["aligned_train", "speech", "test", "valid"]
+    assert sorted(p.name for p in cuts.iterdir()) == [f"{p}.jsonl.gz" for p in pools]
+    shar = cuts_as_shar(cuts, tmp_path / "shar", pools)
+    hf = tmp_path / "hf"
+    DatasetDict({p: records_as_dataset(read_lhotse(cuts, [p])) for p in pools}).save_to_disk(hf)
     args = "data.train_splits=[aligned_train] data.valid_splits=[valid] data.test_splits=[test]"
-    r = run_make("zip-asr", "SCALE=tiny", "DATA=lhotse", f"DATA_ROOT={cuts}", f"RUNS={runs}",
-                 f"ARGS={args}")  # fmt: skip
-    assert r.returncode == 0, r.stderr[-2000:]
-    (metrics,) = runs.glob("tiny-lhotse/zipper-asr-*/metrics.json")
-    assert json.loads(metrics.read_text())["test_utterances"] > 0
+    for data, root in (("lhotse", cuts), ("lhotse", shar), ("hf", hf)):
+        r = run_make("zip-asr", "SCALE=tiny", f"DATA={data}", f"DATA_ROOT={root}",
+                     f"RUNS={runs / root.name}", f"ARGS={args}")  # fmt: skip
+        assert r.returncode == 0, (root.name, r.stderr[-2000:])
+        (metrics,) = (runs / root.name).glob(f"tiny-{data}/zipper-asr-*/metrics.json")
+        assert json.loads(metrics.read_text())["test_utterances"] > 0, root.name
 
 
 def test_the_librilight_simulator_lays_out_speakers_books_and_segments(tmp_path):

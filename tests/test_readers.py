@@ -85,7 +85,7 @@ def test_jsonl_and_registry(tmp_path):
     out = read_jsonl_manifest(tmp_path, ["train"])
     assert out[0].text == "hi there" and Path(out[0].audio).is_file()
     assert read_jsonl_manifest(tmp_path, ["train"])[0].id == "a"
-    assert set(CORPUS_READERS) == {"librispeech", "libritts", "librilight", "jsonl", "lhotse"}
+    assert set(CORPUS_READERS) == {"librispeech", "libritts", "librilight", "jsonl", "lhotse", "hf"}
     assert CORPUS_READERS["librispeech"] is read_librispeech
 
 

@@ -20,6 +20,9 @@ USAGE = """usage: python -m zipper_pl STAGE [config.yaml] [key=value ...]
 
 stages:
   data        prepare the corpus, tokenizers and token caches only
+              (data EXP/pretrain_speech.yaml [key=value ...] --shard i/n: process i of n
+              tokenizes every n-th store shard, the last to finish merges; torchrun's
+              RANK/WORLD_SIZE or srun's SLURM_PROCID/SLURM_STEP_NUM_TASKS set it too)
   pretrain    unimodal pretraining of a tower (modality=text|speech)
   zip         zip the pretrained towers and fine-tune on aligned pairs (arch=zipper|single)
   finetune    continue from a zipped stage folder (inputs.init=...)
@@ -74,6 +77,7 @@ LIST_RUNS = "zipper_pl.runs.inventory:list_runs"
 FORMAT_RUNS = "zipper_pl.runs.inventory:format_runs"
 LOAD_MODEL = "zipper_pl.api:load"
 SPEAK_TO_FILE = "zipper_pl.api:speak_to_file"
+SPLIT_SHARD_FLAG = "zipper_pl.data.tokens.sharding:split_shard_flag"
 
 
 def _entry(target: str) -> Any:
@@ -205,12 +209,18 @@ def main(argv: list[str] | None = None) -> int:
         if stage == "paths":
             print(" ".join(f"{k}={v}" for k, v in _chain_paths(rest).items()))
             return 0
+        shard = None
+        if any(a.startswith("--shard") for a in rest):  # checked before the config is read
+            if stage != "data":
+                raise UserError(f"--shard is an option of the data command only, not of {stage}")
+            shard, rest = _entry(SPLIT_SHARD_FLAG)(rest)
         path, overrides = _split_args(rest)
         cfg = _entry(LOAD_CONFIG)(path, overrides)
         if kind is not None:
             print(_entry(PATH_OF)(cfg, kind))
             return 0
-        _stage(stage)(_entry(CHECK_MACHINE)(cfg))
+        options = {"shard": shard} if stage == "data" else {}
+        _stage(stage)(_entry(CHECK_MACHINE)(cfg), **options)
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

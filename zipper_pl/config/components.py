@@ -254,3 +254,13 @@ class EmbeddedCorpusConfig:
         le=1.0,
     )
     workers: int = F(2, "threads driving espeak helper processes (output is identical)", ge=1)
+
+
+@dataclass
+class HFColumnsConfig:
+    """Column names of a Hugging Face dataset read as a corpus (``data.corpus=hf``)."""
+
+    audio: str = F("audio", "the Audio column (bytes and / or a local path per row)")
+    text: str = F("text", "the transcript column; empty: the dataset has none (speech only)")
+    speaker: str = F("speaker_id", "the speaker column; missing from the dataset: 'unknown'")
+    id: str = F("id", "the utterance id column; missing: <split>-<row number>")

@@ -16,6 +16,7 @@ from zipper_pl.config.components import (
     TASKS,
     AudioTokenizerConfig,
     EmbeddedCorpusConfig,
+    HFColumnsConfig,
     JudgeConfig,
     PhonemeConfig,
     VocoderConfig,
@@ -108,7 +109,8 @@ class DataConfig:
     corpus: str = F(
         "embedded",
         "corpus: embedded (generated) | librispeech | libritts | librilight | jsonl | lhotse "
-        "(<root>/<split>.jsonl.gz CutSets) | textfile",
+        "(<root>/<split>.jsonl.gz CutSets or <root>/<split>/ Shar folders) | hf (a saved Hugging "
+        "Face dataset or parquet files) | textfile",
         choices=(
             "embedded",
             "librispeech",
@@ -116,6 +118,7 @@ class DataConfig:
             "librilight",
             "jsonl",
             "lhotse",
+            "hf",
             "textfile",
         ),
     )
@@ -132,6 +135,7 @@ class DataConfig:
     embedded: EmbeddedCorpusConfig = F(
         None, "size of the generated offline corpus", factory=EmbeddedCorpusConfig
     )
+    hf: HFColumnsConfig = F(None, "column names of data.corpus=hf", factory=HFColumnsConfig)
     seq_len: int = F(256, "tokens per packed pretraining sequence", ge=8)
     batch_size: int = F(16, "sequences (or pairs) per device per micro-batch", ge=1)
     max_tokens: int = F(

@@ -17,12 +17,13 @@ from zipper_pl.data.batches.aligned import Encoders, load_pairs
 from zipper_pl.data.corpora.embedded import build_embedded_corpus, split_pools
 from zipper_pl.data.corpora.manifest import Record, read_manifest, write_manifest
 from zipper_pl.data.corpora.phonemes import PHONEME_TOKENIZER_FILE, PhonemeTokenizer, phoneme_rules
-from zipper_pl.data.corpora.readers import CORPUS_READERS, summary_line
+from zipper_pl.data.corpora.readers import CORPUS_READERS, READER_OPTIONS, summary_line
 from zipper_pl.data.corpora.sources import split_fingerprints
 from zipper_pl.data.corpora.text import TextTokenizer, read_text_file
 from zipper_pl.data.corpora.textnorm import VERSION as TEXTNORM_VERSION
 from zipper_pl.data.tokenizers.audio_tokenizers import build_audio_tokenizer
 from zipper_pl.data.tokens.audio_cache import fit_audio_tokenizer, tokenize_manifest
+from zipper_pl.data.tokens.sharding import Shard
 from zipper_pl.data.tokens.store import ShardedTokenWriter, reusable_store, token_dtype
 from zipper_pl.errors import UserError
 from zipper_pl.io import atomic_write_json, cache_intact, json_digest, read_json, record_checksums
@@ -68,9 +69,10 @@ def corpus_manifests(cfg: Config) -> dict[str, Path]:
         _show_report(folder)
         return out
     counts: dict[str, Counter[str]] = {"train": Counter(), "valid": Counter(), "test": Counter()}
-    train = reader(d.root, d.train_splits, counts["train"])
-    valid = reader(d.root, d.valid_splits, counts["valid"]) if d.valid_splits else []
-    test = reader(d.root, d.test_splits, counts["test"]) if d.test_splits else []
+    options = READER_OPTIONS.get(d.corpus, lambda *_: {})(d, folder / "audio")
+    train = reader(d.root, d.train_splits, counts["train"], **options)
+    valid = reader(d.root, d.valid_splits, counts["valid"], **options) if d.valid_splits else []
+    test = reader(d.root, d.test_splits, counts["test"], **options) if d.test_splits else []
     if not d.valid_splits:  # LibriLight has no dev split: hold some training utterances out
         train, valid = hold_out(train)
         counts["train"]["held_out_as_valid"] += len(valid)
@@ -234,14 +236,19 @@ def audio_tokenizer(cfg: Config):
     return fit_audio_tokenizer(records, tok, folder), folder
 
 
-def audio_store(cfg: Config, tok, pool: str, need_transcript: bool = False) -> Path:
-    """Token store of an audio pool (resumable, bad files skipped and counted)."""
+def audio_store(
+    cfg: Config, tok, pool: str, need_transcript: bool = False, *, shard: Shard | None = None
+) -> Path:
+    """Token store of an audio pool (resumable, bad files skipped and counted). ``shard=(i, n)``:
+    only its store shards ``k % n == i``; the store is finished only if this call or another
+    process found every one done (``data/tokens/sharding.py``)."""
     return tokenize_manifest(
         corpus_manifests(cfg)[pool],
         tok,
         cache_root(cfg) / "audio_tokens",
         max_bad_share=cfg.data.max_bad_share,
         need_transcript=need_transcript,
+        shard=shard,
     )
 
 

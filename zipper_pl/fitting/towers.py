@@ -89,7 +89,9 @@ def _fit(
     _seed(cfg)  # again: the data order does not depend on how much the model's init drew
     if cfg.train.compile:
         compile_forward(getattr(module, "tower", None) or module.model)
-    trainer = make_trainer(cfg, out, select_best=select_best)
+    # a zipped model's parameters past its input tower's last fusion layer miss the loss
+    unused = isinstance(module, FinetuneModule)
+    trainer = make_trainer(cfg, out, select_best=select_best, unused_parameters=unused)
     monitor, fallback = selection_metric(cfg)
     if select_best and fallback:
         rank_zero_only(print)(f"[select] train.select_on={cfg.train.select_on}, but {fallback}")

@@ -117,7 +117,7 @@ def _train_vocoder(cfg: Config, out: Path) -> None:
         ),
         data=dataclasses.replace(cfg.data, batch_size=v.batch_size, valid_batches=VALID_CLIPS),
     )
-    trainer = make_trainer(tcfg, out)
+    trainer = make_trainer(tcfg, out, unused_parameters=True)  # discriminators before gan_from
     t0 = time.perf_counter()
     fit_unless_terminated(trainer, module, VocoderData(train, valid, tcfg), out / LAST_CKPT)
     fit_s = time.perf_counter() - t0

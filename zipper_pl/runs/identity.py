@@ -84,6 +84,7 @@ DATA_SOURCE_KEYS = frozenset(
         "max_words lexicon_frac",
         "data.embedded.",
     )
+    + _keys("audio text speaker id", "data.hf.")  # which columns a dataset is read from
 )
 
 # Every other key, one by one (no section prefixes: a new key must be sorted in by hand, and

@@ -8,7 +8,6 @@ and training, ``chain_paths`` gives the Makefile every folder of an experiment. 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +27,7 @@ from zipper_pl.runs.identity import (
     read_identity,
     stage_fingerprint,
 )
+from zipper_pl.runs.launch import await_claim, is_launching_process, record_claim
 from zipper_pl.runs.provenance import PROVENANCE_FILE, provenance
 
 WEIGHTS, CONFIG, METRICS, TOWER_JSON, PROVENANCE = (
@@ -105,12 +105,6 @@ def is_finished(out: Path) -> bool:
 
 
 LOCK_FILE = ".stage.lock"
-# set to a non-zero rank in the processes a launcher starts (DDP spawn, torchrun, SLURM)
-_RANK_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
-
-
-def _is_launching_process() -> bool:
-    return all(os.environ.get(v, "0") == "0" for v in _RANK_VARS)
 
 
 def _check_identity(out: Path, identity: dict, name: str) -> None:
@@ -136,16 +130,17 @@ def claim_stage(out: Path, name: str, identity: dict) -> Iterator[bool]:
     One process trains a stage folder at a time: a second ``make`` that needs the same missing
     stage (two sweeps sharing towers) waits for the first, then finds the stage finished instead of
     training into the same folder. Only the launching process locks; DDP ranks > 0 run while
-    their rank 0 holds the lock. The identity record is written before training starts, so an
-    interrupted stage resumes only under the same identity.
+    their rank 0 holds the lock, as it decided (``launch.py``: srun and torchrun start them at
+    once). The identity record is written before training starts, so an interrupted stage
+    resumes only under the same identity.
     """
     _check_identity(out, identity, name)
     if is_finished(out):
         print(f"[{name}] already finished: {out}")
         yield False
         return
-    if not _is_launching_process():
-        yield True
+    if not is_launching_process():
+        yield await_claim(out, name, lambda: is_finished(out))
         return
     out.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(out / LOCK_FILE))
@@ -160,6 +155,7 @@ def claim_stage(out: Path, name: str, identity: dict) -> Iterator[bool]:
             print(f"[{name}] finished by the process this one waited for: {out}")
         else:
             atomic_write_json(out / IDENTITY_FILE, identity)
+        record_claim(out, train=not finished)
         yield not finished
         if not finished and (out / WEIGHTS).is_file():
             atomic_write_json(out / PROVENANCE, provenance())

@@ -1,7 +1,8 @@
 """Provenance: where a stage ran (the machine, the libraries, the commit), recorded next to its
 identity as metadata, never as identity (``identity.py``): the same experiment on another
 machine is the same experiment. The CPU is recorded by family, model and the ISA flags that pick
-kernels, the GPU by name and compute capability."""
+kernels, the GPU by name and compute capability; a distributed stage's processes by count and
+launch."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from zipper_pl.runs.launch import launch_id
 
 PROVENANCE_FILE = "provenance.json"
 _PACKAGES = ("torch", "lightning", "numpy", "scikit-learn", "sentencepiece", "espeakng-loader")
@@ -77,11 +80,16 @@ def provenance() -> dict[str, Any]:
         major, minor = torch.cuda.get_device_capability(i)
         gpus.append(f"{torch.cuda.get_device_name(i)} (sm_{major}{minor})")
     status = _git("status", "--porcelain", "--untracked-files=no")
+    # the process group Lightning set up for the fit is still up when rank 0 records this
+    dist = torch.distributed
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     return {
         **_cpu(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpus": gpus,
+        "world_size": world,  # processes that trained the stage (devices x nodes)
+        "launch": launch_id(),  # the torchrun run or SLURM job step (its log), or null
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions,

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from zipper_pl.config import Config
@@ -144,11 +145,20 @@ def sigterm_checkpoint(trainer: L.Trainer) -> CheckpointOnSigterm:
 
 
 def make_trainer(
-    cfg: Config, out: Path, *, progress: bool = True, select_best: bool = False
+    cfg: Config,
+    out: Path,
+    *,
+    progress: bool = True,
+    select_best: bool = False,
+    unused_parameters: bool = False,
 ) -> L.Trainer:
     """Trainer writing TensorBoard events and ``last.ckpt`` into the stage folder ``out``;
     with ``select_best`` also ``best.ckpt``, the weights of the lowest validation loss or WER
-    (``train.select_on``, see ``selection_metric``)."""
+    (``train.select_on``, see ``selection_metric``). ``unused_parameters``: the module has
+    parameters some steps leave out of the loss (a zipped model's past its input tower's last
+    fusion layer, the vocoder's discriminators before ``vocoder.gan_from``), so DDP must search
+    for them at every step, a walk of the autograd graph that the towers' pretraining, which
+    uses every parameter, is spared."""
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -160,16 +170,11 @@ def make_trainer(
         every_n_train_steps=t.ckpt_every,
         save_on_train_epoch_end=False,
     )
-    strategy = t.strategy
-    if strategy == "ddp" and cfg.train.accelerator == "cpu":
-        from lightning.pytorch.strategies import DDPStrategy
-
-        strategy = DDPStrategy(process_group_backend="gloo")
     return L.Trainer(
         accelerator=t.accelerator,
         devices=resolve_devices(t.devices),
         num_nodes=t.num_nodes,
-        strategy=strategy,
+        strategy=_strategy(cfg, unused_parameters),
         precision=resolve_precision(cfg),
         max_steps=t.max_steps,
         accumulate_grad_batches=t.accumulate,
@@ -191,6 +196,33 @@ def make_trainer(
         enable_progress_bar=progress,
         default_root_dir=str(out),
     )
+
+
+def _strategy(cfg: Config, unused_parameters: bool) -> str | DDPStrategy:
+    """``train.strategy`` for the Trainer; with ``unused_parameters``, DDP searching for them,
+    "auto" included where Lightning's auto picks DDP (several nodes or devices): without the
+    search DDP stops at the first step of a model with parameters that do not reach the loss."""
+    t = cfg.train
+    several = t.num_nodes > 1 or _device_count(cfg) > 1
+    ddp = t.strategy in ("ddp", "ddp_spawn") or (t.strategy == "auto" and several)
+    if not ddp or (t.strategy == "auto" and not unused_parameters):
+        return t.strategy
+    return DDPStrategy(
+        start_method="spawn" if t.strategy == "ddp_spawn" else "popen",
+        find_unused_parameters=unused_parameters,
+        process_group_backend="gloo" if t.accelerator == "cpu" else None,  # None: NCCL on GPUs
+    )
+
+
+def _device_count(cfg: Config) -> int:
+    """Devices per node ``train.devices`` gives, as Lightning counts them."""
+    devices = resolve_devices(cfg.train.devices)
+    if isinstance(devices, list):
+        return len(devices)
+    if devices in ("auto", -1):  # every GPU; one device for the CPU accelerator
+        gpu = cfg.train.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        return torch.cuda.device_count() if gpu else 1
+    return int(devices)
 
 
 def _best_checkpoint(out: Path, enabled: bool, monitor: str, patience: int) -> list:

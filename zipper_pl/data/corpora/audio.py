@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 from zipper_pl.errors import UserError
 from zipper_pl.io import atomic_write_json
@@ -72,6 +71,10 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """
     if orig_sr == target_sr:
         return wave
+    # imported here: scipy.signal costs ~0.9 s, and every command (make's `paths` included)
+    # imports this module, while only the corpora that need resampling call it
+    from scipy.signal import resample_poly
+
     g = math.gcd(orig_sr, target_sr)
     out = resample_poly(np.ascontiguousarray(wave, dtype=np.float32), target_sr // g, orig_sr // g)
     return out.astype(np.float32, copy=False)

@@ -2,6 +2,11 @@
 
 Audio paths under the manifest's folder are stored relative to it, so a generated corpus can be
 moved or mounted elsewhere; ``read_manifest`` returns them resolved against the manifest's folder.
+
+A manifest is parsed by pyarrow's JSON reader into columns (``Manifest``): at LibriLight's 7M
+utterances, ``Record`` objects would hold ~400 bytes each (2.9 GB, 78 s to read); the columns hold
+the strings' bytes. A ``Record`` is made when one is asked for. Where pyarrow cannot parse a line
+(a corrupt or hand-written file), the line-by-line reader decides, and names the line.
 """
 
 from __future__ import annotations
@@ -9,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from zipper_pl.errors import UserError
@@ -38,14 +44,98 @@ class Record:
         return row
 
 
+# ids that come from users' files (JSONL, Hugging Face datasets) name output files: one name each
+SAFE_ID = re.compile(r"(?!\.)[A-Za-z0-9._-]+")
+
 _FIELDS = tuple(f.name for f in dataclasses.fields(Record) if f.name != "offset")
 
 
-def read_manifest(path: str | os.PathLike) -> list[Record]:
-    """Records of a JSONL manifest; relative audio paths are resolved against its folder."""
+def read_manifest(path: str | os.PathLike, *, strict: bool = False) -> Sequence[Record]:
+    """Records of a JSONL manifest; relative audio paths are resolved against its folder.
+    ``strict``: a user's file, read line by line, so a row without one of the keys is an error
+    naming its line (pyarrow reads a missing key as null)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"manifest {path} not found: check data.root or rebuild the corpus")
+    if not strict:
+        table = _arrow_table(path)
+        if table is not None:
+            return Manifest(table, Path(os.path.abspath(path.parent)))
+    return _read_lines(path)
+
+
+_SCHEMA = {"id": "string", "audio": "string", "text": "string", "duration": "float64",
+           "speaker": "string", "offset": "float64"}  # fmt: skip
+
+
+def _arrow_table(path: Path):
+    """The manifest's columns, or None where pyarrow cannot parse it or a required value is
+    null (the line-by-line reader then names the line)."""
+    import pyarrow as pa
+    import pyarrow.json as paj
+
+    schema = pa.schema([(k, getattr(pa, t)()) for k, t in _SCHEMA.items()])
+    options = paj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore",
+                               newlines_in_values=False)  # fmt: skip
+    try:
+        table = paj.read_json(path, parse_options=options)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError):
+        return None
+    if any(table.column(k).null_count for k in ("id", "duration", "speaker")):
+        return None
+    return table  # chunked as parsed: combining them would copy every column once more
+
+
+class Manifest(Sequence[Record]):
+    """A manifest's records held as pyarrow columns; indexing and iterating make ``Record``s."""
+
+    CHUNK = 65_536  # rows turned into Python objects at a time while iterating
+
+    def __init__(self, table, base: Path) -> None:
+        self._table, self._base = table, base
+
+    def __len__(self) -> int:
+        return self._table.num_rows
+
+    def _records(self, start: int, stop: int) -> list[Record]:
+        cols = self._table.slice(start, stop - start).to_pydict()
+        out = []
+        base = str(self._base) + os.sep
+        for i, audio in enumerate(cols["audio"]):
+            if audio is not None and not os.path.isabs(audio):
+                audio = base + audio if _plain(audio) else str(self._base / audio)
+            out.append(Record(cols["id"][i], audio, cols["text"][i], cols["duration"][i],
+                              cols["speaker"][i], cols["offset"][i]))  # fmt: skip
+        return out
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            rows = self._records(start, max(start, stop)) if step == 1 else None
+            return rows if rows is not None else [self[i] for i in range(start, stop, step)]
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(index)
+        return self._records(index % n, index % n + 1)[0]
+
+    def __iter__(self) -> Iterator[Record]:
+        for start in range(0, len(self), self.CHUNK):
+            yield from self._records(start, min(len(self), start + self.CHUNK))
+
+    def __eq__(self, other: object) -> bool:  # as the list of records it stands for
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-sequence semantics, as a list's
+
+
+def _plain(rel: str) -> bool:
+    """A relative path that pathlib would join unchanged (no "." parts, no doubled or trailing
+    separator): joined as strings, ~3x faster than ``Path /`` on millions of records."""
+    return not (rel.startswith("./") or rel.endswith(("/", "/.")) or rel == "."
+                or "//" in rel or "/./" in rel)  # fmt: skip
+
+
+def _read_lines(path: Path) -> list[Record]:
     base = Path(os.path.abspath(path.parent))
     records = []
     with path.open(encoding="utf-8") as f:

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import soundfile as sf
 
+from zipper_pl.data.corpora.hf_corpus import read_hf
 from zipper_pl.data.corpora.lhotse_corpus import read_lhotse
-from zipper_pl.data.corpora.manifest import Record, read_manifest
+from zipper_pl.data.corpora.manifest import SAFE_ID, Record, read_manifest
 from zipper_pl.data.corpora.textnorm import REASONS as TEXT_REASONS
 from zipper_pl.data.corpora.textnorm import clean_transcript
 from zipper_pl.errors import UserError
@@ -301,9 +301,10 @@ def read_jsonl_manifest(
                 f"{path} has no records of split {', '.join(missing)} (it has: "
                 f"{', '.join(sorted(set(tags)))}): name those in data.*_splits"
             )
-        chosen = [r for r, t in zip(read_manifest(path), tags, strict=True) if t in splits]
+        rows = read_manifest(path, strict=True)
+        chosen = [r for r, t in zip(rows, tags, strict=True) if t in splits]
     else:
-        chosen = [r for f in files.values() for r in read_manifest(f)]
+        chosen = [r for f in files.values() for r in read_manifest(f, strict=True)]
     bad = [r.id for r in chosen if not SAFE_ID.fullmatch(r.id)]
     if bad:
         raise UserError(
@@ -318,12 +319,17 @@ def read_jsonl_manifest(
     return chosen
 
 
-SAFE_ID = re.compile(r"(?!\.)[A-Za-z0-9._-]+")  # JSONL ids are the user's: one file name each
-
 CORPUS_READERS: dict[str, Callable[..., list[Record]]] = {
     "librispeech": read_librispeech,
     "libritts": read_libritts,
     "librilight": read_librilight,
     "jsonl": read_jsonl_manifest,
     "lhotse": read_lhotse,
+    "hf": read_hf,
+}
+# what a corpus's reader needs beyond (root, splits, counts): (data config, the folder where audio
+# held inside its files is written once) -> keyword arguments
+READER_OPTIONS: dict[str, Callable[..., dict]] = {
+    "lhotse": lambda data, audio_dir: {"audio_dir": audio_dir},
+    "hf": lambda data, audio_dir: {"audio_dir": audio_dir, "columns": data.hf},
 }

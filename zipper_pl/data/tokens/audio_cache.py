@@ -4,7 +4,8 @@ The cache directory is named by a hash of what decides the tokens (the records' 
 and durations, transcript presence when transcripts are needed, ``max_seconds``) and the
 tokenizer's fingerprint, so a finished cache is found again without decoding any audio. Each
 shard of ``items_per_shard`` records is written atomically together with the list of its bad
-items, so a killed run resumes at the first unfinished shard and reproduces the same bytes.
+items, so a killed run resumes at the first unfinished shard and reproduces the same bytes;
+several processes can each tokenize every n-th shard and one of them merges (``sharding.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from zipper_pl.data.corpora.audio import BadAudio, SkipCounter, load_record
 from zipper_pl.data.corpora.manifest import Record, read_manifest
 from zipper_pl.data.corpora.readers import summary_line
 from zipper_pl.data.tokenizers.audio_tokenizers import AudioTokenizer
+from zipper_pl.data.tokens.sharding import Shard, merge_once, owns, shard_line
 from zipper_pl.data.tokens.store import (
     ShardedTokenWriter,
     TokenStore,
@@ -137,6 +139,7 @@ def tokenize_manifest(
     bad_share_key: str = "data.max_bad_share",
     progress: bool = True,
     label: str | None = None,
+    shard: Shard | None = None,
 ) -> Path:
     """Tokenize every record's audio into ``cache_root/<codec>-<key>/`` and return that folder.
 
@@ -145,6 +148,9 @@ def tokenize_manifest(
     ``max_seconds`` defaults to the tokenizer's ``max_seconds`` (0 = no limit). Every call,
     fresh or reusing a finished store, prints one line of kept and skipped-by-reason counts for
     ``label`` (default: the manifest's name) and applies the ``max_bad_share`` check.
+    ``shard=(i, n)``: tokenize only the store shards ``k % n == i`` (``sharding.py``); the folder
+    returned is finished (``TokenStore.exists``) only when this call found every store shard
+    done and merged them, or another process did.
     """
     records = _records(manifest)
     if len({r.id for r in records}) != len(records):
@@ -164,36 +170,40 @@ def tokenize_manifest(
         # against today's threshold from the stored report (one small JSON file)
         _show_and_check(_stored_skips(out), len(records), len(records), report, **check)
         return out
-    writer = ShardedTokenWriter(out, token_dtype(tokenizer.vocab_size), items_per_shard)
+    dtype = token_dtype(tokenizer.vocab_size)
+    writes = None if shard is None else lambda k: owns(shard, k)  # others' temp files stay
+    writer = ShardedTokenWriter(out, dtype, items_per_shard, writes=writes)
     n_shards = -(-len(records) // items_per_shard)
-    skips = SkipCounter()
-    done = writer.completed_shards()
-    todo = [k for k in range(n_shards) if k not in done or not (out / _bad_name(k)).is_file()]
-    for k in sorted(set(range(n_shards)) - set(todo)):  # resumed shards keep their skip counts
-        for item_id, reason, detail in json.loads((out / _bad_name(k)).read_text()):
-            skips.add(item_id, reason, detail)
-    pending = sum(len(records[k * items_per_shard : (k + 1) * items_per_shard]) for k in todo)
+    size = [len(records[k * items_per_shard : (k + 1) * items_per_shard]) for k in range(n_shards)]
+    # a shard counts as done with its bad-items list (written before it): resumed (and, with
+    # ``shard``, other processes') shards keep their skip counts
+    done = {k for k in writer.completed_shards() if (out / _bad_name(k)).is_file()}
+    skips = _skips_of(out, sorted(done))
+    todo = [k for k in range(n_shards) if owns(shard, k) and k not in done]
+    share = sum(size[k] for k in range(n_shards) if owns(shard, k))
     bar = tqdm(
-        total=len(records),
-        initial=len(records) - pending,
+        total=share,
+        initial=share - sum(size[k] for k in todo),
         desc=f"tokenize audio ({tokenizer.name})",
         unit="utt",
         disable=not progress,
     )
-    checked = len(records) - pending
+    checked = sum(size[k] for k in done)
     with bar:
         for k in todo:
             recs = records[k * items_per_shard : (k + 1) * items_per_shard]
             ids, tokens, bad = _encode_shard(recs, tokenizer, need_transcript, max_s, bar)
             atomic_write_json(out / _bad_name(k), bad)  # before the shard: a done shard has it
             writer.write_shard(k, ids, tokens)
+            done.add(k)
             for item_id, reason, detail in bad:
                 skips.add(item_id, reason, detail)
             checked += len(recs)
             if skips.total > max_bad_share * len(records):  # cannot end below the threshold
                 break
-    skips.write(report, len(records))
-    _show_and_check(skips, len(records), checked, report, **check)
+    if skips.total > max_bad_share * len(records):
+        skips.write(report, len(records))
+        _show_and_check(skips, len(records), checked, report, **check)  # raises
     meta = {
         "codec": tokenizer.name,
         "fingerprint": tokenizer.fingerprint(),
@@ -203,10 +213,30 @@ def tokenize_manifest(
         "need_transcript": need_transcript,
         "max_seconds": max_s,
         "num_records": len(records),
-        "skipped": dict(sorted(skips.counts.items())),
     }
-    writer.finalize(meta, num_shards=n_shards)
+
+    def merge() -> None:
+        # in shard order, whoever merges: the report's examples are those of a single run's
+        merged = _skips_of(out, range(n_shards))
+        merged.write(report, len(records))
+        _show_and_check(merged, len(records), len(records), report, **check)
+        writer.finalize({**meta, "skipped": dict(sorted(merged.counts.items()))}, n_shards)
+
+    missing = merge_once(
+        writer, n_shards, known=done, ready=lambda k: (out / _bad_name(k)).is_file(), merge=merge
+    )
+    if shard is not None:
+        print(shard_line(label, shard, tokenized=len(todo), total=n_shards, missing=missing))
     return out
+
+
+def _skips_of(out: Path, shards: Iterable[int]) -> SkipCounter:
+    """The skipped items of ``shards`` (their ``bad_k.json``), in that order."""
+    skips = SkipCounter()
+    for k in shards:
+        for item_id, reason, detail in json.loads((out / _bad_name(k)).read_text()):
+            skips.add(item_id, reason, detail)
+    return skips
 
 
 def _stored_skips(out: Path) -> SkipCounter:

@@ -26,7 +26,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,8 @@ INDEX_NPY = "index.npy"
 WRITER_JSON = "writer.json"
 VERIFIED_JSON = "verified.json"
 _SHARD_RE = re.compile(r"^shard_(\d{5,})\.json$")
+# a temp file of slice k's files (shard_k.bin / .json, and a caller's per-slice files: bad_k.json)
+_TMP_SLICE_RE = re.compile(r"^\.[a-z]+_(\d{5,})\.")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -63,9 +65,19 @@ class ShardedTokenWriter:
     ``items_per_shard`` fixes the slicing of the input order: the caller feeds slice ``k`` (items
     ``[k*items_per_shard, (k+1)*items_per_shard)``, possibly minus skipped items) to
     ``write_shard(k, ...)``. A directory written with another dtype or slicing is reset.
+    ``writes``: which slices this writer writes while other processes write the others (None:
+    all); it then removes only those slices' leftover temp files, as another process's may be a
+    write in progress.
     """
 
-    def __init__(self, dir: str | os.PathLike, dtype: Any, items_per_shard: int) -> None:
+    def __init__(
+        self,
+        dir: str | os.PathLike,
+        dtype: Any,
+        items_per_shard: int,
+        *,
+        writes: Callable[[int], bool] | None = None,
+    ) -> None:
         if items_per_shard < 1:
             raise ValueError(f"items_per_shard must be >= 1, got {items_per_shard}")
         self.dir = Path(dir)
@@ -76,7 +88,9 @@ class ShardedTokenWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         for p in self.dir.iterdir():  # leftovers of a killed writer: never valid
             if p.name.startswith(".") and TMP_MARK in p.name:
-                p.unlink(missing_ok=True)
+                k = _TMP_SLICE_RE.match(p.name)
+                if writes is None or (k is not None and writes(int(k.group(1)))):
+                    p.unlink(missing_ok=True)
         layout = {"dtype": self.dtype.name, "items_per_shard": self.items_per_shard}
         wj = self.dir / WRITER_JSON
         if wj.exists() and json.loads(wj.read_text()) != layout:
@@ -90,12 +104,14 @@ class ShardedTokenWriter:
                                                          VERIFIED_JSON):  # fmt: skip
                 p.unlink()
 
-    def completed_shards(self) -> set[int]:
-        """Slices whose shard (.bin + .json, sizes consistent) is fully on disk."""
+    def completed_shards(self, among: Iterable[int] | None = None) -> set[int]:
+        """Slices whose shard (.bin + .json, sizes consistent) is fully on disk; only those of
+        ``among`` are checked when given (each check hashes the shard)."""
         done = set()
+        wanted = None if among is None else set(among)
         for p in self.dir.iterdir():
             m = _SHARD_RE.match(p.name)
-            if not m:
+            if not m or (wanted is not None and int(m.group(1)) not in wanted):
                 continue
             k = int(m.group(1))
             if _intact(self.dir, k, self.dtype, None):
