@@ -136,6 +136,10 @@ def test_batches_by_tokens_and_mel_scales_keep_existing_stages_at_their_defaults
     assert "data.max_tokens" not in result_config(base, "zip")
     budget = load_config(TINY / "zip_asr.yaml", ["data.max_tokens=400"])
     assert result_config(budget, "zip")["data.max_tokens"] == 400
+    judge = load_config(TINY / "judge.yaml")  # the judge batches by it too, from 2026-12-05
+    assert "data.max_tokens" not in result_config(judge, "judge")
+    judge = load_config(TINY / "judge.yaml", ["data.max_tokens=400"])
+    assert result_config(judge, "judge")["data.max_tokens"] == 400
     vocoder = load_config(TINY / "vocoder.yaml")
     assert vocoder.vocoder.mel_scales == [1024]
     assert "vocoder.mel_scales" not in result_config(vocoder, "vocoder")

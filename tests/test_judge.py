@@ -3,6 +3,7 @@ import random
 import pytest
 import torch
 
+from zipper_pl.data.batches.sampling import TokenBudgetBatchSampler
 from zipper_pl.errors import UserError
 from zipper_pl.metrics import corpus_cer
 from zipper_pl.models.judge import (
@@ -195,3 +196,29 @@ def test_word_judge_learns_synthetic_task():
     metrics = train_judge(model, train, valid, steps=200, lr=3e-3, batch_size=10, seed=0)
     assert len(model.vocab) == 2 + 8  # blank, <unk> and the synthetic words
     assert metrics["valid_wer"] < 0.2, metrics
+
+
+def test_the_judge_trains_on_token_budget_batches_when_given_them():
+    """``data.max_tokens`` reaches the judge as a batcher over its kept items' lengths: every
+    micro-batch it trains on is one the sampler drew (items x longest within the budget)."""
+    torch.set_num_threads(1)
+    vocab = 40
+    train, valid = _synthetic_task(0, 30, 10, vocab)
+    cfg = JudgeConfig(vocab=vocab, d_model=64, n_layers=2, n_heads=4, max_len=64, dropout=0.0)
+    torch.manual_seed(0)
+    model = JudgeASR(cfg)
+    drawn, seen = [], []
+
+    def batcher(lengths):
+        seen.append(lengths)
+        for b in TokenBudgetBatchSampler(lengths, 60, seed=0):
+            drawn.append(b)
+            yield b
+
+    metrics = train_judge(model, train, valid, steps=150, lr=3e-3, batch_size=10, seed=0,
+                          batcher=batcher)  # fmt: skip
+    (lengths,) = seen
+    assert list(lengths) == [len(x) for x, _ in train]
+    assert len(drawn) == 150 and len({len(b) for b in drawn}) > 1  # sizes follow the lengths
+    assert all(len(b) * lengths[b].max() <= 60 for b in drawn)
+    assert metrics["valid_cer"] < 0.3, metrics

@@ -29,6 +29,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from zipper_pl.config import Config, save_config
+from zipper_pl.data.batches.sampling import TokenBudgetBatchSampler
 from zipper_pl.data.corpora.manifest import read_manifest
 from zipper_pl.data.modalities import load_units_tokenizer
 from zipper_pl.data.prepare import audio_store, corpus_manifests
@@ -115,6 +116,17 @@ def oracle_scores(judge: JudgeASR, utts: list[Utterance], batch_size: int) -> di
     }
 
 
+def _token_budget(cfg: Config):
+    """``data.max_tokens``: the judge's micro-batches by a token budget, as fine-tuning's (the
+    same sampler: bucketed by length, a pure function of the seed); 0: fixed batches."""
+    if not cfg.data.max_tokens:
+        return None
+    print(f"[judge] micro-batches of at most data.max_tokens={cfg.data.max_tokens} tokens")
+    return lambda lengths: iter(
+        TokenBudgetBatchSampler(lengths, cfg.data.max_tokens, seed=cfg.seed)
+    )
+
+
 def run_judge(cfg: Config) -> Path:
     """Train the judge ASR on the gold speech tokens of the full aligned training pool: the
     judge's stage folder, trained now unless finished (the machine is the caller's to check)."""
@@ -164,6 +176,7 @@ def _train_judge_stage(cfg: Config, out: Path) -> None:
         weight_decay=cfg.train.weight_decay,
         clip=cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf"),
         log_every=cfg.train.log_every,
+        batcher=_token_budget(cfg),
     )
     fit_s = time.perf_counter() - t0
     oracle = oracle_scores(model, pools["test"], cfg.eval.batch_size)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -300,11 +300,14 @@ def train_judge(
     weight_decay: float = 0.01,
     clip: float = 1.0,
     log_every: int = 50,
+    batcher: Callable[[np.ndarray], Iterator[list[int]]] | None = None,
 ) -> dict[str, float]:
     """Train the judge with AdamW, warmup + cosine LR and gradient clipping; return metrics.
 
     Seeds torch's global RNG (dropout) and shuffles with its own generator, so a run is
     deterministic given ``seed``. ``log_fn(step, metrics)`` is called every ``log_every`` steps.
+    ``batcher``: given the kept items' token lengths, the micro-batches to train on (e.g. by a
+    token budget); None: ``batch_size`` items of a fresh permutation each time.
     """
     train, train_skips = prepare_items(train_items, model.cfg, model.vocab)
     valid, valid_skips = prepare_items(valid_items, model.cfg, model.vocab)
@@ -318,10 +321,14 @@ def train_judge(
     model.train()
     order: list[int] = []
     recent: list[float] = []
+    given = batcher(np.array([len(it.tokens) for it in train])) if batcher else None
     for step in range(steps):
-        if len(order) < batch_size:
-            order += torch.randperm(len(train), generator=gen).tolist()
-        idx, order = order[:batch_size], order[batch_size:]
+        if given is not None:
+            idx = next(given)
+        else:
+            if len(order) < batch_size:
+                order += torch.randperm(len(train), generator=gen).tolist()
+            idx, order = order[:batch_size], order[batch_size:]
         batch = {k: v.to(device) for k, v in collate_judge([train[i] for i in idx]).items()}
         for group in opt.param_groups:
             group["lr"] = warmup_cosine(step, steps, lr, warmup)

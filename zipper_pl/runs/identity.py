@@ -119,9 +119,9 @@ RESULT_KEYS: dict[str, tuple[str, ...]] = {
     "data.batch_size": TRAINING,
     "data.valid_batches": TRAINING,
     **dict.fromkeys(
-        _keys("aligned_frac task asr_tts_ratio shrink_batch_to_subset max_tokens", "data."),
-        FINETUNING,
+        _keys("aligned_frac task asr_tts_ratio shrink_batch_to_subset", "data."), FINETUNING
     ),
+    "data.max_tokens": (*FINETUNING, "judge"),  # the judge batches by it too
     **dict.fromkeys(
         _keys(
             "max_steps lr min_lr_ratio warmup_steps weight_decay beta1 beta2 grad_clip accumulate "
