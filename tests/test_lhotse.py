@@ -20,12 +20,14 @@ from benchmarks.bench_scale import simulate_librilight
 from tests.conftest import ROOT, run_make
 from tests.test_hf_corpus import records_as_dataset
 from tests.test_readers import _librispeech
+from tests.test_towers_from_anywhere import SHRINK
 from zipper_pl.config import load_config
 from zipper_pl.data.corpora.audio import load_audio, load_record
 from zipper_pl.data.corpora.lhotse_corpus import export_lhotse, read_lhotse
-from zipper_pl.data.corpora.manifest import Record
+from zipper_pl.data.corpora.manifest import Record, read_manifest
 from zipper_pl.data.corpora.readers import read_librispeech
 from zipper_pl.data.corpora.sources import data_fingerprint
+from zipper_pl.data.prepare import corpus_manifests
 from zipper_pl.errors import UserError
 
 PARTS = ("train-clean-100", "dev-clean", "test-clean")
@@ -162,30 +164,49 @@ def test_a_shar_folders_identity_follows_its_shards(tmp_path):
 
 
 @pytest.mark.slow
-def test_make_zips_towers_on_a_corpus_as_cut_sets_as_shar_and_as_a_hf_dataset(tmp_path):
-    """``make export-lhotse``, then the whole tiny chain up to a zipped ASR stage on what it
-    wrote, as CutSet files (``DATA=lhotse``), as Shar folders (``DATA=lhotse``) and as a saved
-    Hugging Face dataset (``DATA=hf``): the acceptance's commands, on our own corpus's audio."""
-    cuts, runs = tmp_path / "cuts", tmp_path / "runs"
-    r = run_make("export-lhotse", "SCALE=tiny", f"OUT={cuts}", f"RUNS={runs}")
-    assert r.returncode == 0, r.stderr[-2000:]
-    pools = ["aligned_train", "speech", "test", "valid"]
-    assert sorted(p.name for p in cuts.iterdir()) == [f"{p}.jsonl.gz" for p in pools]
-    shar = cuts_as_shar(cuts, tmp_path / "shar", pools)
+def test_make_zips_towers_on_lhotses_librispeech_cut_sets_as_shar_and_as_a_hf_dataset(tmp_path):
+    """The acceptance's commands: ``prepare_librispeech`` on a LibriSpeech-shaped tree and
+    ``CutSet.from_manifests(...).to_file(<part>.jsonl.gz)`` per part, then ``make zip-asr
+    SCALE=tiny DATA=lhotse`` with LibriSpeech's split names; the same cut sets as Shar folders
+    (``DATA=lhotse``) and as a saved Hugging Face dataset (``DATA=hf``), zipping the first run's
+    towers (saves 4 fits). The tree is 9 utterances, so the tiny settings are shrunk."""
+    cuts, runs = lhotse_librispeech(tmp_path), tmp_path / "runs"
+    shar = cuts_as_shar(cuts, tmp_path / "shar", PARTS)
     hf = tmp_path / "hf"
-    DatasetDict({p: records_as_dataset(read_lhotse(cuts, [p])) for p in pools}).save_to_disk(hf)
-    args = "data.train_splits=[aligned_train] data.valid_splits=[valid] data.test_splits=[test]"
-    towers: list[str] = []  # the CutSets' towers, zipped on the other two forms (saves 4 fits)
+    DatasetDict({p.replace("-", "_"): records_as_dataset(read_lhotse(cuts, [p]))
+                 for p in PARTS}).save_to_disk(hf)  # fmt: skip
+    towers: list[str] = []
     for data, root in (("lhotse", cuts), ("lhotse", shar), ("hf", hf)):
+        sep = "_" if data == "hf" else "-"  # HF split names are identifiers (train_clean_100)
+        splits = [f"data.{k}_splits={p.replace('-', sep)}" for k, p in zip(
+            ("train", "valid", "test"), PARTS, strict=True)]  # fmt: skip
+        args = [*SHRINK, "data.aligned_frac=1.0", "data.shrink_batch_to_subset=true", *splits]
         r = run_make("zip-asr", "SCALE=tiny", f"DATA={data}", f"DATA_ROOT={root}",
-                     f"RUNS={runs / root.name}", f"ARGS={args}", *towers)  # fmt: skip
+                     f"RUNS={runs / root.name}", f"ARGS={' '.join(args)}", *towers)  # fmt: skip
         assert r.returncode == 0, (root.name, r.stderr[-2000:])
         (metrics,) = (runs / root.name).glob(f"tiny-{data}/zipper-asr-*/metrics.json")
-        assert json.loads(metrics.read_text())["test_utterances"] > 0, root.name
+        assert json.loads(metrics.read_text())["test_utterances"] == 2, root.name  # transcribed
         if not towers:
             (text,) = (runs / root.name).glob("tiny-lhotse/pretrain-text-*/model.safetensors")
             (speech,) = (runs / root.name).glob("tiny-lhotse/pretrain-speech-*/model.safetensors")
             towers = [f"TEXT_TOWER={text.parent}", f"SPEECH_TOWER={speech.parent}"]
+
+
+@pytest.mark.slow
+def test_make_exports_our_corpus_as_cut_sets_that_read_back_as_its_records(tmp_path):
+    """``make export-lhotse SCALE=tiny``: one CutSet per pool that reads back as the pool."""
+    cuts = tmp_path / "cuts"
+    r = run_make("export-lhotse", "SCALE=tiny", f"OUT={cuts}", f"RUNS={tmp_path / 'runs'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    pools = ["aligned_train", "speech", "test", "valid"]
+    assert sorted(p.name for p in cuts.iterdir()) == [f"{p}.jsonl.gz" for p in pools]
+    cfg = load_config(ROOT / "experiments" / "tiny" / "zip_asr.yaml")
+    for pool, manifest in corpus_manifests(cfg).items():
+        if pool not in pools:
+            continue  # the text pool has no audio: nothing to export
+        ours = [(x.id, x.text, x.speaker, round(x.duration, 3)) for x in read_manifest(manifest)]
+        back = [(x.id, x.text, x.speaker, round(x.duration, 3)) for x in read_lhotse(cuts, [pool])]
+        assert back == ours, pool
 
 
 def test_the_librilight_simulator_lays_out_speakers_books_and_segments(tmp_path):
