@@ -120,12 +120,11 @@ def test_zip_folder_follows_config_and_towers(override):
 
 
 def _another(value) -> str:
-    """A ``key=value`` override other than a LATE_KEYS value (a number or a list of numbers)."""
-    return (
-        "[" + ",".join(str(v) for v in [*value, 2048]) + "]"
-        if isinstance(value, list)
-        else value + 1
-    )
+    """A valid ``key=value`` override other than a LATE_KEYS value (a number or a list of
+    numbers; a share in (0, 1), as a dropout, is halved)."""
+    if isinstance(value, list):
+        return "[" + ",".join(str(v) for v in [*value, 2048]) + "]"
+    return value / 2 if isinstance(value, float) and 0 < value < 1 else value + 1
 
 
 def test_batches_by_tokens_and_mel_scales_keep_existing_stages_at_their_defaults():

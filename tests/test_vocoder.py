@@ -80,9 +80,14 @@ def test_the_mel_loss_averages_its_scales_and_refuses_bad_ones():
                           sample_rate=16000, durations=False)  # fmt: skip
 
 
-def test_the_duration_predictor_learns_durations_of_deduplicated_units():
+@pytest.mark.parametrize(
+    "predictor",
+    [{}, {"dur_classes": 4, "dur_layers": 3, "dur_kernel": 5, "dur_dropout": 0.1}],
+    ids=["fairseq: log-duration regression", "classes of 1..K frames"],
+)
+def test_the_duration_predictor_learns_durations_of_deduplicated_units(predictor):
     torch.manual_seed(0)
-    net = UnitVocoder(TINY, vocab_size=8, hop=320)
+    net = UnitVocoder(dataclasses.replace(TINY, **predictor), vocab_size=8, hop=320)
     units = torch.randint(0, 8, (16, 12))
     frames = 1 + units % 4  # each unit's own duration
     opt = torch.optim.AdamW(net.duration.parameters(), lr=1e-2)
@@ -94,6 +99,18 @@ def test_the_duration_predictor_learns_durations_of_deduplicated_units():
     net.eval()
     got = torch.stack([net.durations(u) for u in units])
     assert (got == frames).float().mean() > 0.8
+
+
+def test_classes_count_longer_runs_as_the_longest_and_fairseqs_layout_loads_old_weights():
+    """A run longer than K frames trains class K (no index error); the default predictor keeps
+    fairseq's parameter names and shapes, so vocoders trained before the setting existed load."""
+    net = UnitVocoder(dataclasses.replace(TINY, dur_classes=3), vocab_size=8, hop=320)
+    loss = duration_loss(net, torch.tensor([[1, 2, 3]]), torch.tensor([[1, 7, 0]]))
+    assert torch.isfinite(loss)
+    old = UnitVocoder(TINY, vocab_size=8, hop=320).duration.state_dict()
+    convs = [f"{m}.{i}.{p}" for m in ("convs", "norms") for i in (0, 1) for p in ("weight", "bias")]
+    assert sorted(old) == sorted([*convs, "embed.weight", "out.bias", "out.weight"])
+    assert old["out.weight"].shape == (1, TINY.dur_hidden)
 
 
 @pytest.fixture(scope="module")

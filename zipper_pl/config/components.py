@@ -165,6 +165,15 @@ class VocoderConfig:
     n_layers: int = F(8, "ConvNeXt blocks (Vocos: 8)", ge=1)
     n_fft_hops: int = F(4, "ISTFT window in codec hops (Vocos: 1024 = 4 x its hop 256)", ge=1)
     dur_hidden: int = F(128, "duration predictor width (fairseq unit HiFi-GAN: 128)", ge=8)
+    dur_layers: int = F(2, "duration predictor conv layers (fairseq: 2)", ge=1)
+    dur_kernel: int = F(3, "duration predictor conv kernel, odd (fairseq: 3)", ge=1)
+    dur_dropout: float = F(0.5, "duration predictor dropout (fairseq: 0.5)", ge=0.0, lt=1.0)
+    dur_classes: int = F(
+        0,
+        "0: regress log(1 + frames) by MSE and round (fairseq); K > 0: classify 1..K frames by "
+        "cross-entropy and take the most likely (longer runs count as K)",
+        ge=0,
+    )
     segment_frames: int = F(64, "training crop in token frames (50/s units: 64 = 1.28 s)", ge=4)
     max_steps: int = F(20000, "generator optimizer steps", ge=1)
     lr: float = F(5e-4, "AdamW lr of generator and discriminators (Vocos: 5e-4)", gt=0.0)

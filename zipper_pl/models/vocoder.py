@@ -25,25 +25,49 @@ from zipper_pl.errors import UserError
 
 
 class DurationPredictor(nn.Module):
-    """fairseq's ``VariancePredictor``: conv-ReLU-LayerNorm-dropout twice, then one linear."""
+    """fairseq's ``VariancePredictor`` (conv-ReLU-LayerNorm-dropout, then one linear), with its
+    depth, kernel and dropout as settings, regressing log(1 + frames) or (``classes`` = K)
+    classifying 1..K frames. On the demo's units (200 test utterances, the demo vocoder voicing
+    the durations; ``docs/audio.md``) classifying with 4 layers of kernel 5 cut the judge WER from
+    7.0 (fairseq's 2 x 3, MSE) to ~5.1 against 4.5 from the true durations: MSE on log durations
+    under-predicts (91% of the true frames) and rounding loses the runs of one frame."""
 
-    def __init__(self, vocab_size: int, hidden: int, kernel: int = 3, dropout: float = 0.5):
+    def __init__(self, vocab_size: int, hidden: int, kernel: int = 3, dropout: float = 0.5,
+                 layers: int = 2, classes: int = 0) -> None:  # fmt: skip
         super().__init__()
+        self.classes = classes
         self.embed = nn.Embedding(vocab_size, hidden)
         self.convs = nn.ModuleList(
-            [nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2) for _ in range(2)]
+            [nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2) for _ in range(layers)]
         )
-        self.norms = nn.ModuleList([nn.LayerNorm(hidden) for _ in range(2)])
+        self.norms = nn.ModuleList([nn.LayerNorm(hidden) for _ in range(layers)])
         self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden, 1)
+        self.out = nn.Linear(hidden, classes or 1)
 
     def forward(self, units: Tensor) -> Tensor:
-        """units [B, N] -> predicted log(1 + frames) [B, N]."""
+        """units [B, N] -> log(1 + frames) [B, N], or logits of 1..K frames [B, N, K]."""
         x = self.embed(units)  # [B, N, H]
         for conv, norm in zip(self.convs, self.norms, strict=True):
             x = conv(x.transpose(1, 2)).transpose(1, 2).relu()
             x = self.dropout(norm(x))
-        return self.out(x).squeeze(-1)
+        y = self.out(x)
+        return y if self.classes else y.squeeze(-1)
+
+    def frames(self, units: Tensor) -> Tensor:
+        """Frames per unit [B, N], at least 1: the most likely class, or the rounded regression
+        (as fairseq rounds it)."""
+        y = self(units)
+        if self.classes:
+            return y.argmax(-1) + 1
+        return torch.clamp(torch.round(torch.exp(y) - 1), min=1).long()
+
+    def loss(self, units: Tensor, frames: Tensor) -> Tensor:
+        """Over real (frames > 0) runs of [B, N]: cross-entropy over 1..K, or MSE on log."""
+        mask = frames > 0
+        y = self(units)[mask]
+        if self.classes:
+            return Fn.cross_entropy(y, frames[mask].clamp(max=self.classes) - 1)
+        return Fn.mse_loss(y, torch.log1p(frames[mask].float()))
 
 
 class UnitVocoder(nn.Module):
@@ -60,7 +84,14 @@ class UnitVocoder(nn.Module):
             num_layers=cfg.n_layers,
         )
         self.head = ISTFTHead(cfg.dim, n_fft=cfg.n_fft_hops * hop, hop_length=hop, padding="same")
-        self.duration = DurationPredictor(vocab_size, cfg.dur_hidden)
+        self.duration = DurationPredictor(
+            vocab_size,
+            cfg.dur_hidden,
+            cfg.dur_kernel,
+            cfg.dur_dropout,
+            cfg.dur_layers,
+            cfg.dur_classes,
+        )
 
     def forward(self, units: Tensor) -> Tensor:
         """units [B, T] -> audio [B, T * hop]."""
@@ -86,9 +117,8 @@ class UnitVocoder(nn.Module):
 
     @torch.no_grad()
     def durations(self, units: Tensor) -> Tensor:
-        """Frames per deduplicated unit [N] (at least 1), as fairseq rounds them."""
-        log_d = self.duration(units[None])[0]
-        return torch.clamp(torch.round(torch.exp(log_d) - 1), min=1).long()
+        """Frames per deduplicated unit [N] (at least 1)."""
+        return self.duration.frames(units[None])[0]
 
     @torch.no_grad()
     def synthesize(self, units: np.ndarray, *, expand: bool) -> np.ndarray:
@@ -103,10 +133,8 @@ class UnitVocoder(nn.Module):
 
 
 def duration_loss(model: UnitVocoder, units: Tensor, frames: Tensor) -> Tensor:
-    """MSE between predicted and true log(1 + frames) over real (frames > 0) runs: [B, N]."""
-    mask = frames > 0
-    target = torch.log1p(frames.float())
-    return Fn.mse_loss(model.duration(units)[mask], target[mask])
+    """The duration predictor's loss over real (frames > 0) runs: [B, N]."""
+    return model.duration.loss(units, frames)
 
 
 def runs_of(frame_units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -91,7 +91,8 @@ DATA_SOURCE_KEYS = frozenset(
 # tests/test_identity.py fails until it is) -> the stage kinds whose result it can change.
 _ALL = KINDS
 _VOCODER_KEYS = (
-    "dim intermediate_dim n_layers n_fft_hops dur_hidden segment_frames max_steps lr batch_size "
+    "dim intermediate_dim n_layers n_fft_hops dur_hidden dur_layers dur_kernel dur_dropout "
+    "dur_classes segment_frames max_steps lr batch_size "
     "gan_from mel_weight mel_scales mrd_weight val_every max_utterances"
 )
 _EVAL_ALL = ("eval", "ablation")
@@ -181,6 +182,11 @@ LATE_KEYS: dict[str, Any] = {
     "train.patience": 0,
     "data.max_tokens": 0,
     "vocoder.mel_scales": [1024],
+    # the duration predictor as fairseq's (2026-12-05): configurable depth, kernel, loss
+    "vocoder.dur_layers": 2,
+    "vocoder.dur_kernel": 3,
+    "vocoder.dur_dropout": 0.5,
+    "vocoder.dur_classes": 0,
 }
 
 
