@@ -156,13 +156,18 @@ def _synthetic_task(seed: int, n_train: int, n_valid: int, vocab: int = 40):
     return _synthetic(n_train, rng, code, vocab), _synthetic(n_valid, rng, code, vocab)
 
 
-def test_judge_learns_synthetic_task():
+def _small_judge_on_a_synthetic_task():
+    """(an untrained 2-layer character judge, train items, valid items) of task seed 0."""
     torch.set_num_threads(1)
     vocab = 40
     train, valid = _synthetic_task(0, 30, 10, vocab)
     cfg = JudgeConfig(vocab=vocab, d_model=64, n_layers=2, n_heads=4, max_len=64, dropout=0.0)
     torch.manual_seed(0)
-    model = JudgeASR(cfg)
+    return JudgeASR(cfg), train, valid
+
+
+def test_judge_learns_synthetic_task():
+    model, train, valid = _small_judge_on_a_synthetic_task()
     untrained = corpus_cer([t for _, t in valid], model.transcribe([x for x, _ in valid]))
     logs = []
     metrics = train_judge(
@@ -201,12 +206,7 @@ def test_word_judge_learns_synthetic_task():
 def test_the_judge_trains_on_token_budget_batches_when_given_them():
     """``data.max_tokens`` reaches the judge as a batcher over its kept items' lengths: every
     micro-batch it trains on is one the sampler drew (items x longest within the budget)."""
-    torch.set_num_threads(1)
-    vocab = 40
-    train, valid = _synthetic_task(0, 30, 10, vocab)
-    cfg = JudgeConfig(vocab=vocab, d_model=64, n_layers=2, n_heads=4, max_len=64, dropout=0.0)
-    torch.manual_seed(0)
-    model = JudgeASR(cfg)
+    model, train, valid = _small_judge_on_a_synthetic_task()
     drawn, seen = [], []
 
     def batcher(lengths):

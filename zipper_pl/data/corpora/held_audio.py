@@ -23,7 +23,7 @@ from zipper_pl.io import atomic_write_bytes
 
 # leading bytes -> the extension soundfile needs to pick the decoder
 MAGIC = ((b"fLaC", ".flac"), (b"RIFF", ".wav"), (b"OggS", ".ogg"), (b"ID3", ".mp3"))
-READABLE = {ext for _, ext in MAGIC} | {".flac", ".wav", ".ogg", ".mp3"}
+READABLE = {ext for _, ext in MAGIC}  # the extensions soundfile reads by name too
 
 
 def sniff_extension(data: bytes, name_hint: str | None = None) -> str | None:

@@ -79,8 +79,8 @@ def read_lhotse(
     counts = counts if counts is not None else Counter()
     records = []
     for split, cuts in _cut_sets(root, splits):
+        held = None if audio_dir is None else audio_dir / split
         for cut in cuts:
-            held = None if audio_dir is None else audio_dir / split
             rec = _record(cut, counts, held)
             if rec is not None:
                 records.append(rec)

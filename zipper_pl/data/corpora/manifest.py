@@ -114,8 +114,9 @@ class Manifest(Sequence[Record]):
     def __getitem__(self, index):
         if isinstance(index, slice):
             start, stop, step = index.indices(len(self))
-            rows = self._records(start, max(start, stop)) if step == 1 else None
-            return rows if rows is not None else [self[i] for i in range(start, stop, step)]
+            if step == 1:
+                return self._records(start, max(start, stop))
+            return [self[i] for i in range(start, stop, step)]
         n = len(self)
         if not -n <= index < n:
             raise IndexError(index)
