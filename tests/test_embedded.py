@@ -192,3 +192,16 @@ def test_config_changes_move_the_folder_and_bad_sizes_fail(tmp_path):
     assert corpus_dir(tmp_path, TINY) != corpus_dir(tmp_path, dataclasses.replace(TINY, seed=1))
     with pytest.raises(UserError, match="n_speakers"):
         build_embedded_corpus(tmp_path, dataclasses.replace(TINY, n_speakers=0))
+
+
+def test_a_manifest_pyarrow_cannot_read_as_columns_is_read_line_by_line_and_said(tmp_path, capsys):
+    """A speaker written as a number (a user's script) is no string column for pyarrow: the
+    line reader reads it as always, and the console says so (it was silent)."""
+    path = tmp_path / "m.jsonl"
+    row = {"id": "a", "audio": None, "text": "x", "duration": 1, "speaker": 19}
+    path.write_text(json.dumps(row) + "\n")
+    assert read_manifest(path) == [Record("a", None, "x", 1.0, "19")]
+    assert "m.jsonl: read line by line (pyarrow: " in capsys.readouterr().out
+    empty = tmp_path / "empty.jsonl"
+    empty.touch()
+    assert read_manifest(empty) == [] and capsys.readouterr().out == ""  # no records, nothing said

@@ -40,13 +40,14 @@ def odd_tree(root: Path) -> Path:
     return root
 
 
-def test_find_lists_what_the_walk_lists_and_follows_every_change(tmp_path, monkeypatch):
+def test_find_lists_what_the_walk_lists_and_follows_every_change(tmp_path, monkeypatch, capsys):
     root = odd_tree(tmp_path / "tree")
     assert sources._listing_by_find(root) is not None  # GNU find on this machine: it is used
     before = sources.tree_digest(root)
     assert before == walk_digest(root)
     monkeypatch.setattr(sources, "_find", lambda folder, starts: None)  # no GNU find: the walk
     assert sources.tree_digest(root) == before
+    assert "no GNU find (or it failed): listing every file from Python" in capsys.readouterr().out
     monkeypatch.undo()
     trans = root / "19/198/19-198.trans.txt"
     trans.write_bytes(b"u")  # a transcript edited in place: same size, new mtime
