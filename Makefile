@@ -19,6 +19,7 @@ PRECISION    ?=#           auto (bf16-mixed on GPU, fp32 on CPU) | 32-true | bf1
 MAX_STEPS    ?=#           optimizer steps (every stage)
 FT_STEPS     ?=#           optimizer steps of the fine-tuning stages only (zip, finetune, evaluate, ablation)
 DEMO_FT_STEPS ?= 500#      FT_STEPS of `make demo` (keeps the whole chain within ~30 min on 2 CPU cores)
+DEMO_JOBS    ?= 2#          stages `make demo` runs side by side, on nproc / DEMO_JOBS torch threads each (2 cores: 1.2x the work of one stage on both); 1 = one at a time
 SEED         ?=#           seed for data order, init and subsets
 RUNS         ?= runs#      root of all stage folders
 ARGS         ?=#           extra key=value overrides of every stage the command runs, towers included
@@ -48,6 +49,8 @@ COMMON = runs=$(strip $(RUNS)) $(call fwd,SEED,seed) $(call fwd,DATA,data.corpus
   $(call fwd,STRATEGY,train.strategy) $(call fwd,PRECISION,train.precision) \
   $(call fwd,MAX_STEPS,train.max_steps) $(call fwd,TEXT_TOWER,inputs.text) \
   $(call fwd,SPEECH_TOWER,inputs.speech) $(ARGS)
+# a stage beside others (`make demo`'s lanes): its share of the cores and no progress bar
+LANE = $(if $(strip $(LANE_THREADS)),train.threads=$(strip $(LANE_THREADS)) train.progress_bar=false)
 ZIPVARS = $(call fwd,MODEL,arch) $(call fwd,FREEZE,zip.freeze) $(call fwd,ALIGNED_FRAC,data.aligned_frac) \
   $(call fwd,FT_STEPS,train.max_steps) $(FT_ARGS)
 
@@ -176,27 +179,27 @@ _evaluate: $(EVAL_DIR)/results.json
 ifneq ($(TEXT_DIR),)
 define pretrain_rule
 $(DIR_$(1))/$(W):
-	$(ZPL) pretrain $(EXP)/pretrain_$(1).yaml $(COMMON) out=$(DIR_$(1))
+	$(ZPL) pretrain $(EXP)/pretrain_$(1).yaml $(LANE) $(COMMON) out=$(DIR_$(1))
 endef
 $(foreach m,$(MODALITY_NAMES),$(eval $(call pretrain_rule,$(m))))
 # (a `make zip` stage that is one of the chain's, e.g. TASK=asr, keeps the chain's rule)
 ifeq ($(filter $(ZIP_DIR),$(ZIPPER_ASR_DIR) $(ZIPPER_TTS_DIR) $(SINGLE_ASR_DIR) $(SINGLE_TTS_DIR)),)
 $(ZIP_DIR)/$(W): $(ZIP_DONE)
-	$(ZPL) zip $(EXP)/zip_$(strip $(TASK)).yaml $(COMMON) $(ZIPVARS) data.task=$(strip $(TASK)) \
+	$(ZPL) zip $(EXP)/zip_$(strip $(TASK)).yaml $(LANE) $(COMMON) $(ZIPVARS) data.task=$(strip $(TASK)) \
 	  $(if $(strip $(TOWERS)),zip.towers=[$(strip $(TOWERS))]) out=$(@D) $(ZIP_INPUTS)
 endif
 $(ZIPPER_ASR_DIR)/$(W) $(SINGLE_ASR_DIR)/$(W): $(TEXT_DONE) $(SPEECH_DONE)
-	$(ZPL) zip $(EXP)/zip_asr.yaml $(COMMON) $(ZIPVARS) out=$(@D) \
+	$(ZPL) zip $(EXP)/zip_asr.yaml $(LANE) $(COMMON) $(ZIPVARS) out=$(@D) \
 	  arch=$(if $(findstring /single-,$@),single,zipper) inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR)
 # the vocoder first (order only): a TTS stage beside it puts spoken validation samples in TensorBoard
 $(ZIPPER_TTS_DIR)/$(W) $(SINGLE_TTS_DIR)/$(W): $(TEXT_DONE) $(SPEECH_DONE) | $(VOCODER_DONE)
-	$(ZPL) zip $(EXP)/zip_tts.yaml $(COMMON) $(ZIPVARS) out=$(@D) \
+	$(ZPL) zip $(EXP)/zip_tts.yaml $(LANE) $(COMMON) $(ZIPVARS) out=$(@D) \
 	  arch=$(if $(findstring /single-,$@),single,zipper) inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR)
 $(JUDGE_DIR)/$(W): $(SPEECH_DONE)
-	$(ZPL) judge $(EXP)/judge.yaml $(COMMON) out=$(JUDGE_DIR) inputs.speech=$(SPEECH_DIR) inputs.text=$(TEXT_DIR)
+	$(ZPL) judge $(EXP)/judge.yaml $(LANE) $(COMMON) out=$(JUDGE_DIR) inputs.speech=$(SPEECH_DIR) inputs.text=$(TEXT_DIR)
 ifeq ($(strip $(VOCODER))$(if $(VOCODER_DIR),,none),)
 $(VOCODER_DIR)/$(W):
-	$(ZPL) vocoder $(EXP)/vocoder.yaml $(COMMON) out=$(VOCODER_DIR)
+	$(ZPL) vocoder $(EXP)/vocoder.yaml $(LANE) $(COMMON) out=$(VOCODER_DIR)
 endif
 $(EVAL_DIR)/results.json: $(ZIPPER_ASR_DIR)/$(W) $(ZIPPER_TTS_DIR)/$(W) $(SINGLE_ASR_DIR)/$(W) \
   $(SINGLE_TTS_DIR)/$(W) $(JUDGE_DIR)/$(W) $(VOCODER_DONE)
@@ -205,8 +208,14 @@ $(EVAL_DIR)/results.json: $(ZIPPER_ASR_DIR)/$(W) $(ZIPPER_TTS_DIR)/$(W) $(SINGLE
 	  $(if $(VOCODER_DIR),inputs.vocoder=$(VOCODER_DIR))
 endif
 
+# the corpus and token caches first (one process builds them), then DEMO_JOBS stages at a time
+DEMO_LANE_THREADS = $(if $(filter-out 0 1,$(strip $(DEMO_JOBS))),$(shell n=$$(nproc 2>/dev/null || echo 1); \
+  t=$$((n / $(strip $(DEMO_JOBS)))); echo $$((t > 0 ? t : 1))))
 demo: $(STAMP) ## the whole chain on the embedded corpus at SCALE=demo, ending with the results table
-	@$(MAKE) --no-print-directory evaluate SCALE=demo FT_STEPS=$(or $(strip $(FT_STEPS)),$(strip $(DEMO_FT_STEPS)))
+	@$(MAKE) --no-print-directory data SCALE=demo
+	@$(if $(DEMO_LANE_THREADS),echo "[demo] $(strip $(DEMO_JOBS)) stages side by side on $(DEMO_LANE_THREADS) torch thread(s) each; progress bars off (DEMO_JOBS=1: one at a time)")
+	@$(MAKE) --no-print-directory -j$(or $(strip $(DEMO_JOBS)),1) evaluate SCALE=demo \
+	  FT_STEPS=$(or $(strip $(FT_STEPS)),$(strip $(DEMO_FT_STEPS))) LANE_THREADS=$(DEMO_LANE_THREADS)
 
 ablation: $(STAMP) ## the paper's Fig. 3 study (EXP/ablation.yaml): WER vs aligned fraction, seeds, lr grid, tests
 	@$(MAKE) --no-print-directory _check-paths _ablation

@@ -3,6 +3,7 @@ counted by reason and shown on the console (readers, manifests, text files, audi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from test_audio import plant_audio, sine
 
+import zipper_pl.data.corpora.embedded as embedded
 import zipper_pl.data.corpora.sentences as sentences
 import zipper_pl.data.prepare as prepare
 import zipper_pl.data.tokens.audio_cache as audio_cache
@@ -89,10 +91,26 @@ def test_embedded_sentences_are_unchanged(monkeypatch):
     cfg = EmbeddedCorpusConfig(n_text=300, n_speech=50, n_aligned_train=50, n_valid=10, n_test=10)
     new_pools, new_many = split_pools(cfg), sentences.generate_sentences(5000, seed=3)
     monkeypatch.setattr(sentences, "normalize_text", _old_normalize_text)
+    monkeypatch.setattr(embedded, "_POOLS_MEMO", {})  # drawn again, not remembered
     assert split_pools(cfg) == new_pools
     assert sentences.generate_sentences(5000, seed=3) == new_many
     for s in ["what did my friendly dancer wrap", "if molly doesn't read", "'tis rock 'n' roll"]:
         assert normalize_text(s) == _old_normalize_text(s)
+
+
+def test_embedded_pools_are_drawn_once_per_process(monkeypatch):
+    """Every stage asks for its pools several times; the sentences are generated once."""
+    monkeypatch.setattr(embedded, "_POOLS_MEMO", {})
+    calls = []
+    real = embedded.generate_sentences
+    monkeypatch.setattr(embedded, "generate_sentences", lambda *a: calls.append(a) or real(*a))
+    cfg = EmbeddedCorpusConfig(n_text=300, n_speech=50, n_aligned_train=50, n_valid=10, n_test=10)
+    first = split_pools(cfg)
+    first["text"].clear()  # a caller's edit does not reach the next caller
+    again = split_pools(cfg)
+    assert len(calls) == 1 and len(again["text"]) == 300
+    assert split_pools(dataclasses.replace(cfg, seed=1))["test"] != again["test"]
+    assert len(calls) == 2
 
 
 # ---- readers -------------------------------------------------------------------------------------

@@ -225,6 +225,11 @@ class TrainConfig:
         ge=0,
     )
     threads: int = F(0, "CPU threads for torch; 0 = torch's default", ge=0)
+    progress_bar: bool = F(
+        True,
+        "Lightning's progress bar on the console (`make demo` turns it off while stages run side "
+        "by side, where two bars would overwrite each other)",
+    )
 
 
 @dataclass

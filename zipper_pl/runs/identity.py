@@ -55,6 +55,7 @@ INERT_KEYS = frozenset(
         "train.ckpt_every",  # resuming from last.ckpt is bit-identical
         "train.log_every",
         "train.threads",
+        "train.progress_bar",  # what the console shows
         "train.compile",  # the same model traced; same weights and keys
         "ablation.shard",  # which cells this process runs, not what any cell computes
         "judge.vocab",  # always replaced by the speech tower's tokenizer size (an input stage)

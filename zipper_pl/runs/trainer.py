@@ -193,7 +193,7 @@ def make_trainer(
         # our StepBatchSampler shards by rank itself, exactly and resumably
         use_distributed_sampler=False,
         enable_model_summary=False,
-        enable_progress_bar=progress,
+        enable_progress_bar=progress and t.progress_bar,
         default_root_dir=str(out),
     )
 

@@ -96,6 +96,18 @@ def split_pools(cfg: EmbeddedCorpusConfig) -> dict[str, list[str]]:
     as the generator stream is prefix-stable, growing a training pool never changes the others."""
     sizes = {"test": cfg.n_test, "valid": cfg.n_valid, "aligned_train": cfg.n_aligned_train,
              "speech": cfg.n_speech, "text": cfg.n_text}  # fmt: skip
+    key = (*sizes.values(), cfg.seed, cfg.min_words, cfg.max_words, cfg.lexicon_frac)
+    # A stage asks for its pools ~6 times (tokenizer, token stores, retention) and the demo's
+    # 43k sentences take ~1.7 s to generate: kept once per process (copies: callers may edit).
+    if key not in _POOLS_MEMO:
+        _POOLS_MEMO[key] = _draw_pools(cfg, sizes)
+    return {name: list(lines) for name, lines in _POOLS_MEMO[key].items()}
+
+
+_POOLS_MEMO: dict[tuple, dict[str, tuple[str, ...]]] = {}
+
+
+def _draw_pools(cfg: EmbeddedCorpusConfig, sizes: dict[str, int]) -> dict[str, tuple[str, ...]]:
     need = sum(sizes.values())
     n = need + need // 20 + 100
     while True:
@@ -115,7 +127,7 @@ def split_pools(cfg: EmbeddedCorpusConfig) -> dict[str, list[str]]:
         n *= 2
     pools, start = {}, 0
     for name, size in sizes.items():
-        pools[name] = unique[start : start + size]
+        pools[name] = tuple(unique[start : start + size])
         start += size
     return pools
 
