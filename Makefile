@@ -32,6 +32,7 @@ VOCODER      ?=#           a finished vocoder stage folder to voice speech with 
 TEXT_TOWER   ?=#           the text tower to zip: a finished stage folder, or hf:<hub id or folder> (a Llama/Mistral/Qwen2 causal LM)
 SPEECH_TOWER ?=#           a finished speech-tower stage folder to zip (e.g. pretrained on LibriLight)
 EXP          ?= experiments/$(strip $(SCALE))#  folder of the experiment YAML files
+STUDY        ?= ablation#   the study `make ablation` runs: EXP/<STUDY>.yaml (ablation: aligned data, Fig. 3; design: the design ablations) or a YAML file's path
 ABLATION_FRACS ?=#         `make ablation` aligned fractions (the file's: 0.01 0.03 0.1 0.3 1.0 at demo scale)
 ABLATION_SEEDS ?=#         `make ablation` seeds, each with towers pretrained with it (demo: 0 1 2)
 ABLATION_FREEZE ?=#        `make ablation` Zipper FREEZE values of the TTS cells (demo: text both; text = speech tower trained)
@@ -217,7 +218,7 @@ demo: $(STAMP) ## the whole chain on the embedded corpus at SCALE=demo, ending w
 	@$(MAKE) --no-print-directory -j$(or $(strip $(DEMO_JOBS)),1) evaluate SCALE=demo \
 	  FT_STEPS=$(or $(strip $(FT_STEPS)),$(strip $(DEMO_FT_STEPS))) LANE_THREADS=$(DEMO_LANE_THREADS)
 
-ablation: $(STAMP) ## the paper's Fig. 3 study (EXP/ablation.yaml): WER vs aligned fraction, seeds, lr grid, tests
+ablation: $(STAMP) ## a study (STUDY; default the paper's Fig. 3, EXP/ablation.yaml): cells, seeds, lr grid, tests
 	@$(MAKE) --no-print-directory _check-paths _ablation
 
 # straight to _ablation: each make level computes the stage paths again (~11 s on 2 cores)
@@ -228,9 +229,10 @@ ablation-quick: $(STAMP) ## the study cut to ABLATION_QUICK_FRACS x seeds 0 1, A
 QUICK_LRS = $(or $(strip $(ABLATION_QUICK_LRS)),$(if $(filter demo,$(strip $(SCALE))),2e-3,[]))
 qfwd = $(if $(strip $($(1))),"$(2)=$(strip $($(1)))")
 NO_TTS = $(filter false,$(strip $(ABLATION_TTS)))
+STUDY_FILE = $(if $(findstring /,$(STUDY))$(filter %.yaml,$(STUDY)),$(STUDY),$(EXP)/$(strip $(STUDY)).yaml)
 .PHONY: _ablation
 _ablation: $(TEXT_DONE) $(SPEECH_DONE) $(if $(NO_TTS),,$(JUDGE_DIR)/$(W))
-	$(ZPL) ablation $(EXP)/ablation.yaml $(COMMON) $(call fwd,FT_STEPS,train.max_steps) $(FT_ARGS) \
+	$(ZPL) ablation $(STUDY_FILE) $(COMMON) $(call fwd,FT_STEPS,train.max_steps) $(FT_ARGS) \
 	  $(call qfwd,ABLATION_FRACS,ablation.fracs) $(call qfwd,ABLATION_SEEDS,ablation.seeds) \
 	  $(call qfwd,ABLATION_FREEZE,ablation.freeze) $(call qfwd,ABLATION_LRS,ablation.lrs) \
 	  $(call fwd,ABLATION_TTS,ablation.tts) inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR) \

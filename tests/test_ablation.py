@@ -5,23 +5,31 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from tests.conftest import ROOT, run_make, tiny_config
 from zipper_pl.config import load_config
 from zipper_pl.errors import UserError
 from zipper_pl.fitting import towers as tower_fits
-from zipper_pl.fitting.ablation_cells import cell_config, cells_of, seed_towers
+from zipper_pl.fitting.ablation_cells import (
+    cell_config,
+    cells_of,
+    reference_of,
+    seed_towers,
+    system_label,
+)
 from zipper_pl.fitting.judging import Utterance
 from zipper_pl.io import save_weights
 from zipper_pl.lit.common import NonFiniteTraining
 from zipper_pl.results import scoring
 from zipper_pl.results.ablation_tables import adjust_p, grid_lines, paired_tests, write_tables
-from zipper_pl.runs.layout import input_fingerprints, is_finished, stage_dir
+from zipper_pl.runs.layout import input_fingerprints, is_finished, stage_dir, stage_identity
 from zipper_pl.stages import ablation
 
 
@@ -194,8 +202,8 @@ def test_lr_selection_reads_validation_only(monkeypatch, data_root, tmp_path):
              for t in ("asr", "tts")]  # fmt: skip
     towers = {0: {"text": tmp_path / "text", "speech": tmp_path / "speech"}}
     chosen, grid = ablation._select_lrs(cfg, cells, towers, {0: FAKE_FPS})
-    assert chosen[("zipper", "text", "asr")] == 1e-3  # lowest validation WER
-    assert chosen[("zipper", "text", "tts")] == 2e-3  # lowest validation loss
+    assert chosen[("zipper", "text", "", "asr")] == 1e-3  # lowest validation WER
+    assert chosen[("zipper", "text", "", "tts")] == 2e-3  # lowest validation loss
     assert all("test" not in k for g in grid for k in g)
     # the selection function itself never sees a test figure
     assert ablation.validation_view({"val_wer": 0.1, "test_wer": 0.2}) == {"val_wer": 0.1}
@@ -227,7 +235,7 @@ def test_a_diverging_grid_rate_loses_the_selection_instead_of_ending_the_study(
     cells = [{"task": "asr", "model": "zipper", "freeze": "text", "frac": 1.0, "seed": 0}]
     towers, fps = {0: {"text": tmp_path / "text", "speech": tmp_path / "speech"}}, {0: FAKE_FPS}
     chosen, grid = ablation._select_lrs(cfg, cells, towers, fps)
-    assert chosen[("zipper", "text", "asr")] == 2e-3 and trained == [1e-3, 2e-3]
+    assert chosen[("zipper", "text", "", "asr")] == 2e-3 and trained == [1e-3, 2e-3]
     assert [g["diverged"] for g in grid] == [True, False]
     assert "diverged" in "\n".join(grid_lines(grid, 1.0, 0))
     (record,) = tmp_path.rglob(ablation.DIVERGED)
@@ -238,7 +246,7 @@ def test_a_diverging_grid_rate_loses_the_selection_instead_of_ending_the_study(
     # than 2e-3's 0.5) outranks the record, read from the finished stage without training
     (record.parent / "model.safetensors").write_bytes(b"weights")
     (record.parent / "metrics.json").write_text(json.dumps({"val_wer": 0.1, "val_loss": 1.0}))
-    assert ablation._select_lrs(cfg, cells, towers, fps)[0][("zipper", "text", "asr")] == 1e-3
+    assert ablation._select_lrs(cfg, cells, towers, fps)[0][("zipper", "text", "", "asr")] == 1e-3
     diverging.update({1e-3, 2e-3})
     for f in ("model.safetensors", "metrics.json", ablation.DIVERGED):
         (record.parent / f).unlink()
@@ -397,3 +405,97 @@ def test_ablation_quick_runs_the_rate_the_grid_selected():
     assert " _check-paths _ablation " in quick_call()  # one make level: stage paths computed once
     assert "ABLATION_LRS=[]" in quick_call("SCALE=tiny")  # the grid's rate is the demo's
     assert 2e-3 in load_config(ROOT / "experiments/demo/ablation.yaml").ablation.lrs
+
+
+# ---- studies of designs: variants in a YAML file ------------------------------------------------
+DESIGNS = {
+    "paper": [],
+    "prior": ["zip.align_prior=true"],
+    "speech proj only": ["zip.input_proj.text=none"],
+}
+
+
+def study_file(tmp_path, name: str = "my_study", **ablation_keys) -> Path:
+    """The tiny study file with ``ablation_keys`` replaced, written where a user would keep it."""
+    tree = yaml.safe_load((ROOT / "experiments/tiny/ablation.yaml").read_text())
+    tree["ablation"].update(ablation_keys)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def test_a_design_is_a_yaml_entry_with_its_own_cells_lr_and_label(data_root, tmp_path, monkeypatch):
+    """A new design needs no code: its cells are the file's with its overrides, named by it,
+    their own stages, with their own learning rate chosen on validation."""
+    study = study_file(tmp_path, variants=DESIGNS, fracs=[1.0], seeds=[0], tts=False)
+    common = [f"data.root={data_root}", f"runs={tmp_path}", "train.accelerator=cpu"]
+    cfg = load_config(study, common)
+    cells = cells_of(cfg)
+    assert [(c["model"], c["variant"]) for c in cells] == [
+        ("zipper", "paper"), ("zipper", "prior"), ("zipper", "speech proj only"), ("single", "")
+    ]  # fmt: skip
+    configs = {c["variant"]: cell_config(cfg, c, {"text": "t", "speech": "s"}) for c in cells}
+    assert configs["prior"].zip.align_prior and not configs["paper"].zip.align_prior
+    assert configs["speech proj only"].zip.input_proj == {"text": "none", "speech": "gated"}
+    ids = {stage_identity(c, "zip", FAKE_FPS)["fingerprint"] for c in configs.values()}
+    assert len(ids) == 4  # every design is a stage of its own
+    assert [system_label(c) for c in cells][:2] == ["Zipper: paper", "Zipper: prior"]
+    assert reference_of(cells) == "Single Decoder"
+    assert ablation.freeze_pairs(cells)[0] == ("Zipper: prior", "Zipper: paper")
+    only = load_config(study_file(tmp_path, "only", variants=DESIGNS, models=["zipper"]), common)
+    assert reference_of(cells_of(only)) == "Zipper: paper"  # the first design
+
+    def fake_zip(cfg, *, fingerprints):  # "prior" prefers the small rate, the others the large
+        folder = tmp_path / f"{cfg.zip.align_prior}-{cfg.train.lr:g}"
+        folder.mkdir(exist_ok=True)
+        good = (cfg.train.lr < 2e-3) == cfg.zip.align_prior
+        (folder / "metrics.json").write_text(json.dumps({"val_wer": 0.1 if good else 0.5}))
+        return folder
+
+    monkeypatch.setattr(ablation, "run_zip", fake_zip)
+    grid = load_config(study, [*common, "ablation.models=[zipper]"])
+    chosen, _ = ablation._select_lrs(grid, cells_of(grid), {0: {}}, {0: FAKE_FPS})
+    assert chosen == {("zipper", "text", "paper", "asr"): 2e-3,
+                      ("zipper", "text", "prior", "asr"): 1e-3,
+                      ("zipper", "text", "speech proj only", "asr"): 2e-3}  # fmt: skip
+
+
+def test_a_design_that_sets_what_the_study_sets_or_a_wrong_key_is_refused(data_root, tmp_path):
+    common = [f"data.root={data_root}", f"runs={tmp_path}"]
+    taken = study_file(tmp_path, variants={"half": ["data.aligned_frac=0.5"]})
+    with pytest.raises(UserError, match=r"variants.half sets data.aligned_frac.*ablation\.\*"):
+        cells_of(load_config(taken, common))
+    typo = study_file(tmp_path, variants={"typo": ["zip.align_prio=true"]})
+    with pytest.raises(UserError, match="variants.typo.*did you mean 'zip.align_prior'"):
+        cells_of(load_config(typo, common))
+
+
+def test_a_design_study_runs_from_its_yaml_file(data_root, tiny_towers, tmp_path):
+    """The stage end to end on a user's file: one row per design, tested against the first."""
+    study = study_file(tmp_path, variants={"paper": [], "prior": ["zip.align_prior=true"]},
+                       models=["zipper"], fracs=[1.0], seeds=[0], tts=False, lrs=[],
+                       tower_seeds=False)  # fmt: skip
+    cfg = load_config(study, [
+        f"data.root={data_root}", f"data.cache_dir={data_root / 'cache'}", f"runs={tmp_path}",
+        "train.accelerator=cpu", "train.max_steps=2", "eval.max_utterances=4",
+        f"inputs.text={tiny_towers['text']}", f"inputs.speech={tiny_towers['speech']}",
+    ])  # fmt: skip
+    out = ablation.ablation_stage(cfg)
+    rows = list(csv.DictReader((out / "ablation.csv").open()))
+    assert [(r["system"], r["variant"]) for r in rows] == [
+        ("Zipper: paper", "paper"), ("Zipper: prior", "prior")
+    ]  # fmt: skip
+    md = (out / "ablation.md").read_text()
+    assert md.startswith("# Design ablation") and "| system | aligned 1 |" in md
+    assert "| p (Zipper: prior vs Zipper: paper) |" in md
+
+
+def test_make_ablation_runs_the_study_file_named():
+    def study_call(*args: str) -> str:
+        r = run_make("-n", "_ablation", "SCALE=tiny", "TEXT_DIR=t", "SPEECH_DIR=s", "JUDGE_DIR=j",
+                     "W=x", *args, timeout=60)  # fmt: skip
+        return r.stdout
+
+    assert " ablation experiments/tiny/ablation.yaml " in study_call()
+    assert " ablation experiments/tiny/design.yaml " in study_call("STUDY=design")
+    assert " ablation /tmp/mine.yaml " in study_call("STUDY=/tmp/mine.yaml")

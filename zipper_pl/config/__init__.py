@@ -34,6 +34,7 @@ from zipper_pl.config.loading import (
     parse_overrides,
     save_config,
     to_dict,
+    with_overrides,
 )
 from zipper_pl.config.schema import F, check_range, coerce
 from zipper_pl.config.sections import (
@@ -76,4 +77,5 @@ __all__ = [
     "parse_overrides",
     "save_config",
     "to_dict",
+    "with_overrides",
 ]

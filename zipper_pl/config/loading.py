@@ -118,7 +118,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         tree = loaded
     leaf_types = _leaf_types(Config)
     flat = _flatten_with_types(tree, leaf_types)
-    for k, v in parse_overrides(overrides or []).items():
+    _apply_overrides(flat, overrides or [], leaf_types)
+    return _validate(flat, leaf_types)
+
+
+def with_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """``cfg`` with ``key=value`` overrides applied as on the command line, validated again (a
+    study's variants: ``ablation.variants``)."""
+    leaf_types = _leaf_types(Config)
+    flat = _flatten_with_types(to_dict(cfg), leaf_types)
+    _apply_overrides(flat, overrides, leaf_types)
+    return _validate(flat, leaf_types)
+
+
+def _apply_overrides(flat: dict[str, Any], overrides: list[str], leaf_types: dict) -> None:
+    for k, v in parse_overrides(overrides).items():
         value = yaml.safe_load(v) if v != "" else ""
         parent, _, entry = k.rpartition(".")
         if k not in leaf_types and _is_dict_type(leaf_types.get(parent)):
@@ -127,7 +141,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             flat[parent] = {**(base if isinstance(base, dict) else {}), entry: value}
         else:
             flat[k] = value
-    return _validate(flat, leaf_types)
 
 
 def _default_at(path: str) -> Any:

@@ -77,6 +77,13 @@ class AblationConfig:
         gt=0.0, le=1.0,
     )  # fmt: skip
     shard: str = F("", "run only cells i, i+n, ... as 'i/n' (parallel GPUs); empty = all")
+    variants: dict[str, list[str]] = F(
+        None,
+        "named Zipper designs, each a list of key=value overrides of its cells (a design study, "
+        "experiments/demo/design.yaml; the first is the reference of the paired tests); "
+        "empty = the file's one design",
+        factory=dict,
+    )
 
 
 @dataclass

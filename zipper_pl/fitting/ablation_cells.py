@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from zipper_pl.config import Config, load_config
+from zipper_pl.config import Config, load_config, parse_overrides, with_overrides
 from zipper_pl.config.components import TASKS
 from zipper_pl.errors import UserError
 from zipper_pl.fitting.towers import run_pretrain
@@ -44,20 +44,29 @@ def cells_of(cfg: Config) -> list[dict]:
             "to ABLATION_FRACS, or set ABLATION_FREEZE=text (no comparison) or "
             'ARGS="ablation.freeze_fracs=[]" (at every fraction)'
         )
+    check_variants(cfg)
     cells = [
-        {"task": task, "frac": frac, "model": model, "freeze": freeze, "seed": seed}
+        {"task": task, "frac": frac, "model": model, "freeze": freeze, "variant": variant,
+         "seed": seed}
         for seed in a.seeds
         for task in study_tasks(cfg)
         for frac in a.fracs
         for model in a.models
+        for variant in _variants(cfg, model)
         for freeze in _freezes(cfg, task, frac, model)
-    ]
+    ]  # fmt: skip
     if not cells:
         raise UserError(
             "the ablation has no cells: ablation.asr_freeze (and with ablation.tts, "
             "ablation.freeze) name no Zipper setting and ablation.models no other"
         )
     return cells
+
+
+def _variants(cfg: Config, model: str) -> list[str]:
+    """The design variants one model runs: every one for a zipped model (they vary the
+    fusion), none for the single decoder."""
+    return list(cfg.ablation.variants) or [""] if ARCHS[model].zipped else [""]
 
 
 def _freezes(cfg: Config, task: str, frac: float, model: str) -> list[str]:
@@ -70,22 +79,49 @@ def _freezes(cfg: Config, task: str, frac: float, model: str) -> list[str]:
     return list(a.freeze) if not a.freeze_fracs or frac in a.freeze_fracs else a.freeze[:1]
 
 
+# what the study sets per cell: a variant that set it would be overwritten, or change the study
+STUDY_KEYS = ("seed", "arch", "data.task", "data.aligned_frac", "zip.freeze", "train.lr",
+              "train.single_lr", "out", "runs")  # fmt: skip
+
+
+def check_variants(cfg: Config) -> None:
+    """Each of ``ablation.variants`` overrides only keys of its cells, into a valid config."""
+    for name, overrides in cfg.ablation.variants.items():
+        if not name.strip():
+            raise UserError("ablation.variants: a variant has an empty name; name each design")
+        keys = parse_overrides(list(overrides))
+        taken = [k for k in keys if k in STUDY_KEYS or k.startswith(("inputs.", "ablation."))]
+        if taken:
+            raise UserError(
+                f"ablation.variants.{name} sets {', '.join(taken)}, which the study sets per "
+                "cell (seeds, fractions, freeze settings, the lr grid, towers): vary them "
+                "through ablation.* instead"
+            )
+        try:
+            with_overrides(cfg, list(overrides))
+        except UserError as e:
+            problems = str(e).removeprefix("invalid configuration:").split("\n")
+            raise UserError(
+                f"ablation.variants.{name}: " + "; ".join(p.strip() for p in problems if p.strip())
+            ) from None
+
+
 def study_tasks(cfg: Config) -> tuple[str, ...]:
     return ("asr", "tts") if cfg.ablation.tts else ("asr",)
 
 
 def system_label(cell: dict) -> str:
-    """A system's table label: one per (model, freeze) setting."""
+    """A system's table label: one per (model, freeze, design variant) setting."""
     label, freeze = ARCHS[cell["model"]].label, cell["freeze"]
-    if not ARCHS[cell["model"]].zipped or freeze == "text":  # the paper's Zipper: text frozen
-        return label
-    return (
-        f"{label} (speech frozen)" if freeze in ("both", "all") else f"{label} (frozen: {freeze})"
-    )
+    if ARCHS[cell["model"]].zipped and freeze != "text":  # the paper's Zipper: text frozen
+        label += " (speech frozen)" if freeze in ("both", "all") else f" (frozen: {freeze})"
+    return f"{label}: {cell['variant']}" if cell.get("variant") else label
 
 
 def cell_config(cfg: Config, cell: dict, towers: dict[str, Path]) -> Config:
-    """The zip stage of one cell, zipping ``towers`` (its seed's)."""
+    """The zip stage of one cell, zipping ``towers`` (its seed's), in its design variant."""
+    if cell.get("variant"):  # first: the cell's own keys below always win
+        cfg = with_overrides(cfg, list(cfg.ablation.variants[cell["variant"]]))
     # the smallest fractions can hold fewer pairs than a batch: train on all of them per step
     data = dataclasses.replace(
         cfg.data, aligned_frac=cell["frac"], task=cell["task"], shrink_batch_to_subset=True
@@ -165,14 +201,19 @@ def parse_shard(spec: str) -> tuple[int, int]:
 
 
 def systems_of(cells: list[dict]) -> list[dict]:
-    """The distinct (task, model, freeze) systems of the cells, in order."""
-    keys = dict.fromkeys((c["task"], c["model"], c["freeze"]) for c in cells)
-    return [{"task": t, "model": m, "freeze": f} for t, m, f in keys]
+    """The distinct (task, model, freeze, variant) systems of the cells, in order."""
+    keys = dict.fromkeys((c["task"], c["model"], c["freeze"], c.get("variant", "")) for c in cells)
+    return [{"task": t, "model": m, "freeze": f, "variant": v} for t, m, f, v in keys]
+
+
+def system_key(cell: dict) -> tuple:
+    """What a chosen learning rate is keyed by: one system of one task."""
+    return cell["model"], cell["freeze"], cell.get("variant", ""), cell["task"]
 
 
 def freeze_pairs(cells: list[dict]) -> list[tuple[str, str]]:
-    """(system, vs) for each Zipper freeze setting after its task's first, against the first:
-    the speech tower frozen vs trained (question (d) of the study)."""
+    """(system, vs) for each Zipper setting (freeze, design variant) after its task's first,
+    against the first: e.g. the speech tower frozen vs trained (question (d) of the study)."""
     pairs = []
     for task in dict.fromkeys(c["task"] for c in cells):
         zipped = [c for c in cells if c["task"] == task and ARCHS[c["model"]].zipped]
@@ -183,6 +224,6 @@ def freeze_pairs(cells: list[dict]) -> list[tuple[str, str]]:
 
 def reference_of(cells: list[dict]) -> str:
     """The system the paired tests compare against: the first unzipped one (the paper's
-    baseline), else the first system."""
+    baseline), else the first system (a design study's first variant)."""
     base = [c for c in cells if not ARCHS[c["model"]].zipped] or cells
     return system_label(base[0])

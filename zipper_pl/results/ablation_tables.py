@@ -102,7 +102,7 @@ def table_lines(rows: list[dict], tests: list[dict], task: str, reference: str) 
         f"seed, pooled over seeds), Benjamini-Hochberg adjusted over the {len(tests)} tests of "
         "this ablation.",
         "",
-        "| system | " + " | ".join(f"{f:g}" for f in fracs) + " |",
+        "| system | " + " | ".join(f"aligned {f:g}" for f in fracs) + " |",
         "|---|" + "---|" * len(fracs),
     ]
     for s in systems_with(rows, metric):
@@ -151,6 +151,7 @@ def write_tables(
     reference: str,
     extra: list[str] = (),
     pairs: list[tuple[str, str]] = (),
+    title: str = "Aligned-data ablation",
 ) -> list[dict]:
     """ablation.csv (one row per cell), ablation.md (mean ± sd, p-values against ``reference``
     and for the extra ``pairs``, ``extra`` lines such as the learning-rate selection) and one
@@ -163,7 +164,7 @@ def write_tables(
     writer.writerows(rows)
     atomic_write_text(out / "ablation.csv", buf.getvalue())
     tests = paired_tests(rows, reference, pairs)
-    lines = ["# Aligned-data ablation", ""]
+    lines = [f"# {title}", ""]
     for task, (metric, title) in METRICS.items():
         if all(r[metric] is None for r in rows):
             continue

@@ -166,7 +166,8 @@ RESULT_KEYS: dict[str, tuple[str, ...]] = {
     ),
     **dict.fromkeys(
         _keys(
-            "fracs seeds freeze freeze_fracs asr_freeze tower_seeds models tts lrs lr_frac",
+            "fracs seeds freeze freeze_fracs asr_freeze tower_seeds models tts lrs lr_frac "
+            "variants",
             "ablation.",
         ),
         ("ablation",),
@@ -188,6 +189,7 @@ LATE_KEYS: dict[str, Any] = {
     "vocoder.dur_kernel": 3,
     "vocoder.dur_dropout": 0.5,
     "vocoder.dur_classes": 0,
+    "ablation.variants": {},  # studies of designs (2026-12-05)
 }
 
 

@@ -30,6 +30,7 @@ from zipper_pl.fitting.ablation_cells import (
     reference_of,
     rotated,
     seed_towers,
+    system_key,
     system_label,
     systems_of,
 )
@@ -86,19 +87,18 @@ def _select_lrs(
     for system, lr in rotated([(s, lr) for s in systems_of(cells) for lr in a.lrs], first):
         cell = {**system, "frac": a.lr_frac, "seed": seed, "lr": lr}
         print(f"[ablation] lr grid {system['task']}: {cell}")
-        key = (system["task"], system["model"], system["freeze"], lr)
-        scores[key] = _grid_cell(cfg, cell, towers[seed], fps[seed])
+        scores[(*system_key(system), lr)] = _grid_cell(cfg, cell, towers[seed], fps[seed])
     chosen, grid = {}, []
     for system in systems_of(cells):
         task = system["task"]
-        results = {lr: scores[(task, system["model"], system["freeze"], lr)] for lr in a.lrs}
+        results = {lr: scores[(*system_key(system), lr)] for lr in a.lrs}
         if all(v is None for v in results.values()):
             raise UserError(
                 f"every learning rate of ablation.lrs {a.lrs} diverged for {system_label(system)} "
                 f"on {task}: add smaller rates to ablation.lrs (ABLATION_LRS)"
             )
         best = select_lr({lr: v for lr, v in results.items() if v is not None}, task)
-        chosen[(system["model"], system["freeze"], task)] = best
+        chosen[system_key(system)] = best
         for lr, val in results.items():
             diverged = val is None
             val = val or {}
@@ -149,7 +149,7 @@ def ablation_stage(cfg: Config) -> Path:
     chosen, grid = _select_lrs(cfg, cells, towers, fps, i) if cfg.ablation.lrs else ({}, [])
 
     def config_of(cell: dict) -> Config:
-        lr = chosen.get((cell["model"], cell["freeze"], cell["task"]))
+        lr = chosen.get(system_key(cell))
         return cell_config(cfg, {**cell, "lr": lr}, towers[cell["seed"]])
 
     # the sweep is what its cells are: their identities (not their settings' names) are its inputs
@@ -184,7 +184,10 @@ def ablation_stage(cfg: Config) -> Path:
     save_config(cfg, out / CONFIG)
     extra = grid_lines(grid, cfg.ablation.lr_frac, cfg.ablation.seeds[0])
     # ablation.csv first: marks it written
-    write_tables(out, rows, reference_of(cells), extra, freeze_pairs(cells))
+    reference = reference_of(cells)
+    pairs = [(s, vs) for s, vs in freeze_pairs(cells) if vs != reference]  # not tested twice
+    title = "Design ablation" if cfg.ablation.variants else "Aligned-data ablation"
+    write_tables(out, rows, reference, extra, pairs, title)
     print((out / "ablation.md").read_text())
     print(
         f"[ablation] {len(cells)} cells; this run took {(time.monotonic() - started) / 60:.1f} min"
@@ -242,7 +245,7 @@ def _collect(cells, config_of, keys, fps) -> list[dict] | None:
     has no cell of that task); None while a cell of another shard is unfinished."""
     rows: dict[tuple, dict] = {}
     for cell in cells:
-        key = (cell["model"], cell["freeze"], cell["frac"], cell["seed"])
+        key = (cell["model"], cell["freeze"], cell.get("variant", ""), cell["frac"], cell["seed"])
         row = rows.setdefault(key, _empty_row(cell))
         task, cfg = cell["task"], config_of(cell)
         folder = stage_dir(cfg, "zip", fps[cell["seed"]])
