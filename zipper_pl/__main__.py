@@ -39,6 +39,8 @@ stages:
   runs [RUNS] one line per stage folder: kind, status, keys that differ from its experiment file
   speak STAGE "some text" [-o out.wav] [--vocoder FOLDER] [--temperature T] [--seed N]
               speak with a fine-tuned stage and write a 16-bit wav (default: speech.wav)
+  by-length EVAL   TTS WER by utterance length with bootstrap intervals (the paper's Fig. 2) of a
+              finished evaluation folder: by_length.md / .png beside its results.md
   export-hf STAGE OUT
               write the text tower of a zipped stage as a Hugging Face model folder (towers
               imported with TEXT_TOWER=hf:...; AutoModelForCausalLM.from_pretrained(OUT) loads it)
@@ -77,6 +79,7 @@ LIST_RUNS = "zipper_pl.runs.inventory:list_runs"
 FORMAT_RUNS = "zipper_pl.runs.inventory:format_runs"
 LOAD_MODEL = "zipper_pl.api:load"
 SPEAK_TO_FILE = "zipper_pl.api:speak_to_file"
+LENGTH_REPORT = "zipper_pl.results.lengths:write_length_report"
 SPLIT_SHARD_FLAG = "zipper_pl.data.tokens.sharding:split_shard_flag"
 
 
@@ -191,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
             if len(rest) != 2:
                 raise UserError("usage: python -m zipper_pl export-hf STAGE_FOLDER OUT_FOLDER")
             print(_entry(LOAD_MODEL)(rest[0]).export_hf(rest[1]))
+            return 0
+        if stage == "by-length":
+            if len(rest) != 1:
+                raise UserError("usage: python -m zipper_pl by-length EVAL_FOLDER")
+            print(Path(_entry(LENGTH_REPORT)(rest[0])).read_text())
             return 0
         if stage == "speak":
             print(_entry(SPEAK_TO_FILE)(*_speak_args(rest)))

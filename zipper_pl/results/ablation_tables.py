@@ -21,7 +21,10 @@ from scipy.stats import false_discovery_control
 from zipper_pl.io import atomic_write_bytes, atomic_write_text
 from zipper_pl.metrics import wilcoxon_paired
 
-METRICS = {"asr": ("asr_wer", "ASR WER"), "tts": ("tts_wer", "TTS WER (judge, vs gold)")}
+METRICS = {
+    "asr": ("asr_wer", "ASR WER"),
+    "tts": ("tts_wer", "TTS WER (the token judge on generated tokens, not audio; vs gold)"),
+}
 CSV_SKIP = ("asr_errors", "tts_errors")  # per-utterance lists: in the cells' folders, not the CSV
 
 

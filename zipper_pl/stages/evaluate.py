@@ -55,6 +55,7 @@ from zipper_pl.results.audio_eval import (
     system_rows,
     write_listen,
 )
+from zipper_pl.results.lengths import write_length_report
 from zipper_pl.results.recognizers import check_spec
 from zipper_pl.results.report import render_markdown
 from zipper_pl.results.retention import text_retention
@@ -316,6 +317,9 @@ def evaluate_stage(cfg: Config) -> Path:
     atomic_write_json(out / "results.json", results)  # last: the Makefile's target
     atomic_write_text(out / "results.md", markdown)
     print(markdown)
+    if len(list((out / "utterances").glob("*.tts.jsonl"))) > 1:  # two systems speak: Fig. 2
+        labels = {e["name"]: e["label"] for e in results["systems"]}
+        print(f"[evaluate] TTS by utterance length: {write_length_report(out, labels)}")
     print(f"[evaluate] {out} ({results['wall_s']:.0f} s)")
     return out
 
