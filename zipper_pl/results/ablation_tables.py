@@ -18,8 +18,9 @@ from pathlib import Path
 
 from scipy.stats import false_discovery_control
 
-from zipper_pl.io import atomic_write_bytes, atomic_write_text
+from zipper_pl.io import atomic_write_text
 from zipper_pl.metrics import wilcoxon_paired
+from zipper_pl.results.figures import new_axes, save_png
 
 METRICS = {
     "asr": ("asr_wer", "ASR WER"),
@@ -179,12 +180,7 @@ def write_tables(
 
 def plot(path: Path, rows: list[dict], metric: str, title: str) -> None:
     """WER vs aligned fraction per system: mean over seeds, error bars one sd."""
-    import matplotlib  # optional heavy dependency: only the ablation plots need it
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = new_axes()
     for s in systems_with(rows, metric):
         fracs = sorted({r["frac"] for r in rows if r["system"] == s})
         stats = [
@@ -202,8 +198,4 @@ def plot(path: Path, rows: list[dict], metric: str, title: str) -> None:
     ax.set_title(f"{title} vs aligned data (mean ± sd over seeds)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path)

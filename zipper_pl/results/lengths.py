@@ -13,7 +13,6 @@ of the difference between two systems, on the same utterances (paired).
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -21,8 +20,9 @@ import numpy as np
 from scipy import stats
 
 from zipper_pl.errors import UserError
-from zipper_pl.io import atomic_write_bytes, atomic_write_text
+from zipper_pl.io import atomic_write_text
 from zipper_pl.registry import ARCHS
+from zipper_pl.results.figures import new_axes, save_png
 
 MAX_BUCKETS = 4
 RESAMPLES = 2000
@@ -112,13 +112,8 @@ def _pair(interval: tuple[float, float]) -> str:
 
 def plot(path: Path, table: list[dict], labels: dict[str, str]) -> None:
     """WER per length bucket and system, with the intervals as error bars."""
-    import matplotlib  # optional heavy dependency: only the plots need it
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
     buckets = list(dict.fromkeys(r["words"] for r in table))
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = new_axes()
     for s in dict.fromkeys(r["system"] for r in table):
         mine = [r for r in table if r["system"] == s]
         wer = np.array([100 * r["wer"] for r in mine])
@@ -131,11 +126,7 @@ def plot(path: Path, table: list[dict], labels: dict[str, str]) -> None:
     ax.set_title("TTS WER by utterance length (95% bootstrap intervals)")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path)
 
 
 def write_length_report(folder: Path, labels: dict[str, str] | None = None) -> Path:
