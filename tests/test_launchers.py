@@ -254,3 +254,18 @@ def test_ddp_searches_unused_parameters_only_when_asked():
         assert chosen._ddp_kwargs["find_unused_parameters"] is True
         assert chosen.process_group_backend == "gloo"
     assert strategy(False, "train.strategy=ddp")._ddp_kwargs["find_unused_parameters"] is False
+
+
+def test_a_stage_process_ends_its_process_group(tmp_path, monkeypatch):
+    """A finished stage destroys its gloo group before exit (left to exit, a rank once aborted
+    with "terminate called without an active exception" after finishing its work)."""
+    import torch.distributed as dist
+
+    from zipper_pl.__main__ import _close_process_group
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29533")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    _close_process_group()
+    assert not dist.is_initialized()
+    _close_process_group()  # nothing to close: a no-op

@@ -175,6 +175,15 @@ def _quiet_event_writer_thread(args: threading.ExceptHookArgs) -> None:
     _THREAD_EXCEPTHOOK(args)
 
 
+def _close_process_group() -> None:
+    """End a finished stage's distributed process group (torchrun, srun) before the interpreter
+    exits: left to exit, gloo's threads can abort a rank ("terminate called without an active
+    exception", exit -6) after it finished its work; seen once in ~8 two-rank CI runs."""
+    dist = sys.modules.get("torch.distributed")  # loaded only by a stage that used it
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     threading.excepthook = _quiet_event_writer_thread
@@ -229,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         options = {"shard": shard} if stage == "data" else {}
         _stage(stage)(_entry(CHECK_MACHINE)(cfg), **options)
+        _close_process_group()
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
