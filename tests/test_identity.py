@@ -121,11 +121,13 @@ def test_zip_folder_follows_config_and_towers(override):
 
 def _another(value) -> str:
     """A valid ``key=value`` override other than a LATE_KEYS value (a number, a list of numbers
-    or a mapping; a share in (0, 1), as a dropout, is halved)."""
+    a mapping or a choice; a share in (0, 1), as a dropout, is halved)."""
     if isinstance(value, list):
         return "[" + ",".join(str(v) for v in [*value, 2048]) + "]"
     if isinstance(value, dict):  # a mapping of lists (ablation.variants): one entry more
         return "{another: [seed=1]}"
+    if isinstance(value, str):  # a choice (zip.xattn_ffw): another one
+        return {"per_modality": "shared"}[value]
     return value / 2 if isinstance(value, float) and 0 < value < 1 else value + 1
 
 

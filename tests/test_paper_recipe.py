@@ -186,7 +186,7 @@ def test_zip_stage_selecting_on_wer_exports_the_lowest_wer_weights(
 _TRAIN = ("max_steps lr min_lr_ratio warmup_steps weight_decay gate_lr_mult single_lr beta1 beta2 "
           "grad_clip accumulate select_best select_on patience")  # fmt: skip
 _ZIP = ("towers intervals layers directions proj_layers proj_hidden gate_init xattn_heads "
-        "xattn_d_ff input_proj freeze dropout align_prior")  # fmt: skip
+        "xattn_d_ff xattn_ffw input_proj freeze dropout align_prior")  # fmt: skip
 RECIPE_KEYS = [
     *(f"train.{k}" for k in _TRAIN.split()),
     *(f"zip.{k}" for k in _ZIP.split()),

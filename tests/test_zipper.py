@@ -383,3 +383,37 @@ def test_gates_get_their_own_learning_rate_and_no_decay():
     # frozen towers stay out of the optimizer
     frozen = {id(p) for p in m.towers["text"].parameters()}
     assert not any(ids & frozen for ids, _ in by_group)
+
+
+@pytest.mark.parametrize("mode", ["shared", "none"])
+def test_cross_attention_feed_forward_modes(mode):
+    """zip.xattn_ffw: one MLP per zipped layer for both directions (norms and gates their own),
+    or none; either way the cached engine still equals the reference."""
+    torch.manual_seed(0)
+    same = {t: Tower(tower_config("tiny", SPECS[t].vocab_size, n_layers=2)) for t in SPECS}
+    m = ZipperModel.from_towers(same, ZipperConfig(gate_init=0.7, xattn_ffw=mode), SPECS)
+    ref = ZipperModel.from_towers(same, ZipperConfig(gate_init=0.7), SPECS)
+    a, b = m.fusion["text_from_speech"][1].xattn, m.fusion["speech_from_text"][1].xattn
+    if mode == "shared":
+        assert a.ffw is b.ffw and a.norm_ffw is not b.norm_ffw and a.beta is not b.beta
+        assert sum(p.numel() for p in ref.parameters()) - sum(
+            p.numel() for p in m.parameters()
+        ) == sum(p.numel() for p in a.ffw.parameters()) * m.n_zipped
+        batch = collate_segments(samples(["speech", "text"], [(4, 3)]), SPECS, loss_on="all")
+        token_loss(m(batch), batch)[0].backward()
+        assert a.ffw[0].weight.grad.abs().sum() > 0
+    else:
+        assert a.ffw is None and b.ffw is None and not a.beta.requires_grad
+        assert not any(k.endswith("_ffw") for k in m.gates())
+        assert not any(".ffw." in k for k in m.state_dict())
+    m = sharpen(m.eval())
+    xs = samples(["text"], [(5,), (2,)], seed=1)
+    cached = m.generate(xs, ["speech"], max_new_tokens=5)
+    assert [s[0].tokens.tolist() for s in cached] == [
+        s[0].tokens.tolist() for s in m.generate_uncached(xs, ["speech"], max_new_tokens=5)
+    ]
+
+
+def test_shared_feed_forward_needs_towers_of_one_width():
+    with pytest.raises(UserError, match="xattn_ffw=per_modality"):
+        ZipperModel.from_towers(towers(), ZipperConfig(xattn_ffw="shared"), SPECS)

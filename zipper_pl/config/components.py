@@ -92,6 +92,13 @@ class ZipperConfig:
     gate_init: float = F(0.0, "initial tanh-gate value of cross-attention and its feed-forward")
     xattn_heads: int = F(0, "cross-attention heads; 0 = the query tower's n_heads", ge=0)
     xattn_d_ff: int = F(0, "cross-attention feed-forward width; 0 = 4 x query width", ge=0)
+    xattn_ffw: str = F(
+        "per_modality",
+        "the feed-forward after each cross-attention: 'per_modality' (the paper's: each reading "
+        "tower its own), 'shared' (one MLP per zipped layer for all directions, each keeping its "
+        "norm and gate; towers of one width) or 'none' (cross-attention only)",
+        choices=("per_modality", "shared", "none"),
+    )
     input_proj: dict[str, str] = F(
         None,
         "tower -> 'gated' (emb + tanh(gamma)*ReLU(MLP(emb)), gamma=0: starts exactly as the "

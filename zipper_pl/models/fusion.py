@@ -37,8 +37,10 @@ class GatedCrossAttention(nn.Module):
     """Flamingo's gated cross-attention + gated feed-forward, with tanh gates.
 
     x = x + tanh(alpha) * xattn(norm(x), kv);  x = x + tanh(beta) * ffw(norm(x)).
-    With alpha = beta = 0 the layer is the identity exactly. Keys/values are projected by
-    ``project_kv`` separately so generation can project each new source token once and cache it.
+    With alpha = beta = 0 the layer is the identity exactly. ``ffw`` may be None (no
+    feed-forward) or a module shared with other layers (``zip.xattn_ffw``). Keys/values are
+    projected by ``project_kv`` separately so generation can project each new source token once
+    and cache it.
     """
 
     def __init__(
@@ -65,7 +67,10 @@ class GatedCrossAttention(nn.Module):
         self.proj = nn.Linear(d_query, d_query, bias=False)
         self.norm_ffw = nn.RMSNorm(d_query, eps=norm_eps)
         d_ff = d_ff or 4 * d_query
-        self.ffw = nn.Sequential(nn.Linear(d_query, d_ff), nn.GELU(), nn.Linear(d_ff, d_query))
+        # zip.xattn_ffw: ZipperModel may replace it by another direction's (shared) or by None
+        self.ffw: nn.Module | None = nn.Sequential(
+            nn.Linear(d_query, d_ff), nn.GELU(), nn.Linear(d_ff, d_query)
+        )
         self.alpha = nn.Parameter(torch.tensor(float(gate_init)))
         self.beta = nn.Parameter(torch.tensor(float(gate_init)))
         self.drop = nn.Dropout(dropout)
@@ -104,6 +109,8 @@ class GatedCrossAttention(nn.Module):
             y = y * has_key  # [B,H,Tq,hd]
             attn = self.proj(y.transpose(1, 2).reshape(B, Tq, D))
         x = x + torch.tanh(self.alpha) * self.drop(attn)
+        if self.ffw is None:
+            return x
         return x + torch.tanh(self.beta) * self.drop(self.ffw(self.norm_ffw(x)))
 
 

@@ -77,6 +77,7 @@ class ZipperModel(FinetunedModel):
                 )
                 for _ in range(self.n_zipped)
             )
+        self._arrange_feed_forwards(cfg.xattn_ffw)
         if cfg.align_prior:
             missing = [t for t in self.names if float(cfg.tokens_per_word.get(t, 0)) <= 0]
             if missing:
@@ -114,6 +115,25 @@ class ZipperModel(FinetunedModel):
         if n == 0:
             raise UserError(f"no zipped layer fits towers of depth {depth}: lower zipper intervals")
         return {t: [k * iv[t] for k in range(1, n + 1)] for t in self.names}
+
+    def _arrange_feed_forwards(self, mode: str) -> None:
+        """zip.xattn_ffw: keep each direction's MLP, share zipped layer n's first one with every
+        direction of that layer (one parameter set; norms and gates stay per direction), or drop
+        them."""
+        if mode == "per_modality":
+            return
+        layers = list(self.fusion.values())
+        if mode == "shared" and len({self.towers[dst].d_model for dst, _ in self.dirs}) > 1:
+            widths = {t: self.towers[t].d_model for t in self.names}
+            raise UserError(
+                f"zip.xattn_ffw=shared needs reading towers of one width, got {widths}: "
+                "use zip.xattn_ffw=per_modality"
+            )
+        for n in range(self.n_zipped):
+            for direction in layers:
+                xattn = direction[n].xattn
+                xattn.ffw = layers[0][n].xattn.ffw if mode == "shared" else None
+                xattn.beta.requires_grad_(xattn.ffw is not None)  # no MLP: its gate is unused
 
     def _directions(self) -> list[tuple[str, str]]:
         dirs = []
@@ -274,5 +294,6 @@ class ZipperModel(FinetunedModel):
         for direction, layers in self.fusion.items():
             for n, layer in enumerate(layers):
                 out[f"{direction}/{n}_attn"] = torch.tanh(layer.xattn.alpha.detach())
-                out[f"{direction}/{n}_ffw"] = torch.tanh(layer.xattn.beta.detach())
+                if layer.xattn.ffw is not None:
+                    out[f"{direction}/{n}_ffw"] = torch.tanh(layer.xattn.beta.detach())
         return out
