@@ -396,9 +396,10 @@ def test_cross_attention_feed_forward_modes(mode):
     a, b = m.fusion["text_from_speech"][1].xattn, m.fusion["speech_from_text"][1].xattn
     if mode == "shared":
         assert a.ffw is b.ffw and a.norm_ffw is not b.norm_ffw and a.beta is not b.beta
-        assert sum(p.numel() for p in ref.parameters()) - sum(
-            p.numel() for p in m.parameters()
-        ) == sum(p.numel() for p in a.ffw.parameters()) * m.n_zipped
+        assert (
+            sum(p.numel() for p in ref.parameters()) - sum(p.numel() for p in m.parameters())
+            == sum(p.numel() for p in a.ffw.parameters()) * m.n_zipped
+        )
         batch = collate_segments(samples(["speech", "text"], [(4, 3)]), SPECS, loss_on="all")
         token_loss(m(batch), batch)[0].backward()
         assert a.ffw[0].weight.grad.abs().sum() > 0
