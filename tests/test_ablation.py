@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import filelock
 import numpy as np
 import pytest
 import torch
@@ -22,6 +23,7 @@ from zipper_pl.fitting.ablation_cells import (
     cells_of,
     reference_of,
     seed_towers,
+    shard_order,
     system_label,
 )
 from zipper_pl.fitting.judging import Utterance
@@ -29,7 +31,13 @@ from zipper_pl.io import save_weights
 from zipper_pl.lit.common import NonFiniteTraining
 from zipper_pl.results import scoring
 from zipper_pl.results.ablation_tables import adjust_p, grid_lines, paired_tests, write_tables
-from zipper_pl.runs.layout import input_fingerprints, is_finished, stage_dir, stage_identity
+from zipper_pl.runs.layout import (
+    LOCK_FILE,
+    input_fingerprints,
+    is_finished,
+    stage_dir,
+    stage_identity,
+)
 from zipper_pl.stages import ablation
 
 
@@ -499,3 +507,25 @@ def test_make_ablation_runs_the_study_file_named():
     assert " ablation experiments/tiny/ablation.yaml " in study_call()
     assert " ablation experiments/tiny/design.yaml " in study_call("STUDY=design")
     assert " ablation /tmp/mine.yaml " in study_call("STUDY=/tmp/mine.yaml")
+
+
+def test_shards_take_different_shared_stages_until_their_shares_run_out(tmp_path):
+    """Shards once started at their i-th shared stage and went on in order: shard 1 then met
+    shard 0 at the next stage and waited for it, so two shards trained the lr grid one at a time."""
+    items = list(range(10))
+    orders = [shard_order(items, (i, 2)) for i in range(2)]
+    assert all(sorted(o) == items for o in orders)
+    assert not set(orders[0][:5]) & set(orders[1][:5])
+    # past its share, a shard skips the stages another process holds the lock of
+    folders = [tmp_path / str(k) for k in range(3)]
+    for f in folders:
+        f.mkdir()
+    held = filelock.FileLock(str(folders[0] / LOCK_FILE))
+    with held:
+        assert ablation.next_free(folders) == 1
+        with (
+            filelock.FileLock(str(folders[1] / LOCK_FILE)),
+            filelock.FileLock(str(folders[2] / LOCK_FILE)),
+        ):
+            assert ablation.next_free(folders) == 0  # all busy: wait for the first
+    assert ablation.next_free(folders) == 0

@@ -140,15 +140,15 @@ def cell_config(cfg: Config, cell: dict, towers: dict[str, Path]) -> Config:
 
 
 # ---- towers per seed --------------------------------------------------------------------------
-def seed_towers(cfg: Config, first: int = 0) -> dict[int, dict[str, Path]]:
+def seed_towers(cfg: Config, shard: tuple[int, int] = (0, 1)) -> dict[int, dict[str, Path]]:
     """{seed: {modality: tower folder}}: with ``ablation.tower_seeds`` each seed's towers are the
     given towers pretrained again with that seed (their own saved configs, seed replaced: the
-    same stage `make pretrain-<modality> SEED=<seed>` names, reused once finished). Shard i
-    starts at its i-th seed, so parallel shards pretrain different towers first."""
+    same stage `make pretrain-<modality> SEED=<seed>` names, reused once finished). Shards
+    pretrain their own seeds' towers first (``shard_order``)."""
     given = {m: tower_input(cfg, m) for m in cfg.zip.towers}
     if not cfg.ablation.tower_seeds:
         return dict.fromkeys(cfg.ablation.seeds, given)
-    seeds = rotated(cfg.ablation.seeds, first)
+    seeds = shard_order(cfg.ablation.seeds, shard)
     towers = {s: {m: _reseeded(cfg, f, m, s) for m, f in given.items()} for s in seeds}
     return {s: towers[s] for s in cfg.ablation.seeds}
 
@@ -180,12 +180,13 @@ def _reseeded(cfg: Config, folder: Path, modality: str, seed: int) -> Path:
     return out
 
 
-def rotated(items: list, first: int) -> list:
-    """``items`` starting at index ``first`` (mod their count), wrapping around: shard i works
-    through shared stages (towers, grid cells) in its own order, so shards start on different
-    ones."""
-    first %= max(len(items), 1)
-    return items[first:] + items[:first]
+def shard_order(items: list, shard: tuple[int, int]) -> list:
+    """``items`` as shard (i, n) works through shared stages (towers, grid cells): its own share
+    ``items[i::n]`` first, then the others' (finished by then, or waited for under their lock),
+    so n parallel shards train different stages until their shares run out."""
+    i, n = shard
+    own = items[i::n]
+    return own + [x for x in items if x not in own]
 
 
 def parse_shard(spec: str) -> tuple[int, int]:

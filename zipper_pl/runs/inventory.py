@@ -51,15 +51,24 @@ def distinguishing_keys(cfg: Config, kind: str) -> dict[str, Any]:
 DONE_MARKERS = {"eval": "results.json", "ablation": "ablation.csv"}
 
 
+def is_busy(folder: Path) -> bool:
+    """Whether a process is computing the stage in ``folder`` now (it holds the stage's lock)."""
+    if not (folder / LOCK_FILE).is_file():
+        return False
+    lock = filelock.FileLock(str(folder / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        return True
+    lock.release()
+    return False
+
+
 def _status(folder: Path, kind: str) -> str:
     marker = DONE_MARKERS.get(kind)
     if (folder / marker).is_file() if marker else is_finished(folder):
         return "finished"
-    lock = filelock.FileLock(str(folder / LOCK_FILE))
-    try:
-        lock.acquire(timeout=0)
-        lock.release()
-    except filelock.Timeout:
+    if is_busy(folder):
         return "running"
     ckpt = folder / LAST_CKPT
     if ckpt.is_file():

@@ -7,9 +7,11 @@ runs that learning-rate grid at ``ablation.lr_frac`` and keeps the rate with the
 *validation* score (ASR: validation WER; TTS: validation loss), never a test figure; the study
 then scores every cell on the test split (per-utterance errors, cached in the cell's folder) and
 writes a CSV, a markdown table with mean +- sd over seeds and paired tests (``ablation_tables``),
-and plots. ``ablation.shard=i/n`` runs every n-th cell, so n processes (one per GPU, e.g. with
-``CUDA_VISIBLE_DEVICES=i``) split a study (towers and grid cells are stages, trained once by
-whichever shard gets there first); any of them (or a last plain run) writes the tables.
+and plots. ``ablation.shard=i/n`` lets n processes (one per GPU, e.g. with
+``CUDA_VISIBLE_DEVICES=i``) split a study: shard i takes every n-th stage first (towers, grid
+cells, cells), then any stage no other shard is computing (a stage's lock says so), so shards
+that finish early take over the others' remaining cells; every stage is trained once, and the
+last shard to finish writes the tables (or a last plain run).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from zipper_pl.fitting.ablation_cells import (
     freeze_pairs,
     parse_shard,
     reference_of,
-    rotated,
     seed_towers,
+    shard_order,
     system_key,
     system_label,
     systems_of,
@@ -43,6 +45,7 @@ from zipper_pl.registry import peak_lr
 from zipper_pl.results.ablation_tables import grid_lines, write_tables
 from zipper_pl.results.scoring import asr_cell_metrics, tts_cell_metrics
 from zipper_pl.runs.identity import IDENTITY_FILE
+from zipper_pl.runs.inventory import is_busy
 from zipper_pl.runs.layout import (
     CONFIG,
     METRICS,
@@ -77,17 +80,25 @@ def select_lr(results: dict[float, dict], task: str) -> float:
 
 
 def _select_lrs(
-    cfg: Config, cells: list[dict], towers: dict, fps: dict, first: int = 0
+    cfg: Config, cells: list[dict], towers: dict, fps: dict, shard: tuple[int, int] = (0, 1)
 ) -> tuple[dict, list]:
     """{(model, freeze, task): selected lr} and the grid's rows (every lr's validation score),
-    running each system's grid cells at ``ablation.lr_frac`` with the first seed (shard i starts
-    at its i-th grid cell: parallel shards train different ones first)."""
+    running each system's grid cells at ``ablation.lr_frac`` with the first seed (each shard its
+    own share first, then any cell no other shard is training: ``next_free``)."""
     a, seed = cfg.ablation, cfg.ablation.seeds[0]
     scores: dict[tuple, dict | None] = {}
-    for system, lr in rotated([(s, lr) for s in systems_of(cells) for lr in a.lrs], first):
-        cell = {**system, "frac": a.lr_frac, "seed": seed, "lr": lr}
-        print(f"[ablation] lr grid {system['task']}: {cell}")
-        scores[(*system_key(system), lr)] = _grid_cell(cfg, cell, towers[seed], fps[seed])
+    grid_cells = [
+        {**system, "frac": a.lr_frac, "seed": seed, "lr": lr}
+        for system in systems_of(cells)
+        for lr in a.lrs
+    ]
+    todo = shard_order(grid_cells, shard)
+    folders = [stage_dir(cell_config(cfg, c, towers[seed]), "zip", fps[seed]) for c in todo]
+    while todo:
+        cell = todo.pop(k := next_free(folders))
+        folders.pop(k)
+        print(f"[ablation] lr grid {cell['task']}: {cell}")
+        scores[(*system_key(cell), cell["lr"])] = _grid_cell(cfg, cell, towers[seed], fps[seed])
     chosen, grid = {}, []
     for system in systems_of(cells):
         task = system["task"]
@@ -106,6 +117,12 @@ def _select_lrs(
                          SELECT_ON[task]: val.get(SELECT_ON[task]), "val_loss": val.get("val_loss"),
                          "selected": lr == best, "diverged": diverged})  # fmt: skip
     return chosen, grid
+
+
+def next_free(folders: list[Path]) -> int:
+    """Index of the first stage folder no other process is computing now; when all are busy the
+    first (its lock is then waited for, and the stage usually found finished)."""
+    return next((k for k, f in enumerate(folders) if not is_busy(f)), 0)
 
 
 DIVERGED = "diverged.json"  # in a grid cell's folder: its rate diverged (the search's result)
@@ -144,9 +161,9 @@ def ablation_stage(cfg: Config) -> Path:
     i, n = parse_shard(cfg.ablation.shard)
     if cfg.ablation.tts and cfg.inputs.judge:  # before hours of training, not after
         require_stage(cfg.inputs.judge, "judge", "inputs.judge")
-    towers = seed_towers(cfg, first=i)
+    towers = seed_towers(cfg, shard=(i, n))
     fps = {seed: input_fingerprints(**t) for seed, t in towers.items()}
-    chosen, grid = _select_lrs(cfg, cells, towers, fps, i) if cfg.ablation.lrs else ({}, [])
+    chosen, grid = _select_lrs(cfg, cells, towers, fps, (i, n)) if cfg.ablation.lrs else ({}, [])
 
     def config_of(cell: dict) -> Config:
         lr = chosen.get(system_key(cell))
@@ -170,11 +187,14 @@ def ablation_stage(cfg: Config) -> Path:
     keys = _score_keys(judge, cfg)
     identity = stage_identity(cfg, "ablation", cell_ids)
     out = stage_dir(cfg, "ablation", cell_ids)
-    for k, cell in enumerate(cells):
-        if k % n == i:
-            print(f"[ablation] cell {k + 1}/{len(cells)}: {cell}")
-            folder = run_zip(config_of(cell), fingerprints=fps[cell["seed"]])
-            _score(cell["task"], folder, judge, cfg, keys[cell["task"]])
+    todo = shard_order(list(enumerate(cells)), (i, n))
+    folders = [stage_dir(config_of(cell), "zip", fps[cell["seed"]]) for _, cell in todo]
+    while todo:  # this shard's own cells first, then others' that nobody is training
+        k, cell = todo.pop(j := next_free(folders))
+        folders.pop(j)
+        print(f"[ablation] cell {k + 1}/{len(cells)}: {cell}")
+        folder = run_zip(config_of(cell), fingerprints=fps[cell["seed"]])
+        _score(cell["task"], folder, judge, cfg, keys[cell["task"]])
     rows = _collect(cells, config_of, keys, fps)
     if rows is None:
         print("[ablation] some cells are not finished yet (other shards?): tables not written")
