@@ -115,6 +115,12 @@ class ZipperConfig:
         "segments to cross-attention logits (learned per-head slopes). Not in the paper: a "
         "monotonic-alignment prior that lets small models learn ASR/TTS alignment in minutes",
     )
+    choose_output: bool = F(
+        False,
+        "each tower learns to name, at the end of each of its segments, the next segment's "
+        "modality or 'done'; generate(..., 'auto') follows it (not in the paper: its future "
+        "work; models/choices.py)",
+    )
     tokens_per_word: dict[str, float] = F(
         None,
         "tower -> mean tokens per transcript word, converts segment positions to words for "

@@ -18,10 +18,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from zipper_pl.config import Config, load_config, save_config
 from zipper_pl.data.batches.aligned import (
-    TASKS,
-    PairTasks,
     nested_subset,
-    tasks_of,
     tokens_per_word,
 )
 from zipper_pl.data.batches.datamodules import AlignedDataModule, LMDataModule
@@ -33,11 +30,11 @@ from zipper_pl.data.modalities import (
     prepare_pretraining,
 )
 from zipper_pl.errors import UserError
+from zipper_pl.fitting.held_out import held_out_metrics
 from zipper_pl.fitting.vocoding import validation_voice
 from zipper_pl.io import atomic_write_json, copy_artefact, load_weights, read_json, save_weights
 from zipper_pl.lit.finetune import FinetuneModule
 from zipper_pl.lit.lm import LMModule
-from zipper_pl.metrics import corpus_cer, corpus_wer
 from zipper_pl.models.tower import Tower, TowerConfig
 from zipper_pl.registry import (
     build_model,
@@ -195,43 +192,6 @@ def _pretrain(cfg: Config, out: Path) -> None:
 # ---- zipping and fine-tuning ---------------------------------------------------------------
 
 
-def _asr_test(ft, pairs, cfg: Config) -> dict:
-    """Test WER / CER of the stage's transcribing task (ASR, or ASR through phonemes)."""
-    if cfg.eval.max_utterances:
-        pairs = pairs[: cfg.eval.max_utterances]
-    hyps = ft.transcribe(
-        [p.tokens["speech"] for p in pairs], cfg.eval.batch_size, cfg.eval.max_new_text
-    )
-    refs = [p.text for p in pairs]
-    return {
-        "test_wer": corpus_wer(refs, hyps),
-        "test_cer": corpus_cer(refs, hyps),
-        "test_utterances": len(pairs),
-    }
-
-
-def _teacher_forced(module, dm) -> dict:
-    """Token accuracy / perplexity of the output segments on the test split."""
-    tasks = tasks_of(module.cfg.data.task)
-    res = {}
-    for task in tasks:
-        ds = PairTasks(dm.test_pairs, [(i, task) for i in range(len(dm.test_pairs))])
-        loader = torch.utils.data.DataLoader(
-            ds, batch_size=module.cfg.eval.batch_size, collate_fn=dm.collate
-        )
-        totals: dict[str, float] = {}
-        module.eval()
-        with torch.no_grad():
-            for batch in loader:
-                batch = module.transfer_batch_to_device(batch, module.device, 0)
-                for k, v in module.validation_sums(batch).items():
-                    totals[k] = totals.get(k, 0.0) + float(v)
-        r = module.reduce_validation_sums(totals)
-        res[f"test_{task}_token_acc"] = r.get("val/token_acc")
-        res[f"test_{task}_ppl"] = r.get("val/ppl")
-    return res
-
-
 def _with_tokens_per_word(cfg: Config, prepared: dict, init: Path | None) -> Config:
     """Fill zip.tokens_per_word for align_prior: from the zipped stage continued from, else
     measured on this run's aligned training subset (the resolved value is saved with the stage)."""
@@ -301,9 +261,7 @@ def _train_finetune(
         "fit_wall_s": run["wall_s"],
         **dm.info,
     }
-    if any(TASKS[t].writes_text for t in tasks_of(cfg.data.task)):
-        metrics.update(_asr_test(ft, dm.test_pairs, cfg))
-    metrics.update(_teacher_forced(module, dm))
+    metrics.update(held_out_metrics(ft, module, dm))
     copy_tokenizers(toks, towers_from, out)
     save_towers_json(out, towers)
     _log_hparams(trainer, cfg, "zip" if init is None else "finetune", metrics)

@@ -19,6 +19,7 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 from zipper_pl.config import Config
 from zipper_pl.data.batches.aligned import TASKS, tasks_of
 from zipper_pl.lit.common import TrainModule
+from zipper_pl.models.choices import CHOICE
 from zipper_pl.models.generation import FinetunedModel
 from zipper_pl.models.sequences import IGNORE, Segment, stream_losses
 
@@ -72,7 +73,7 @@ class FinetuneModule(TrainModule):
                 part = torch.stack([per_sample[sel].sum(), n_sample[sel].sum().float()])
                 sums[key] = sums.get(key, 0) + part
         loss = total / torch.clamp(torch.as_tensor(count, device=self.device), min=1)
-        streams = {t: (logits[t], batch["model"][t]["targets"]) for t in logits}
+        streams = {t: (logits[t], batch["model"][t]["targets"]) for t in logits if CHOICE not in t}
         return loss, sums, streams
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -84,7 +85,8 @@ class FinetuneModule(TrainModule):
                 if n > 0:
                     self.log(f"train/{k}", s / n, on_step=True, batch_size=bs)
             self.log_gates()
-        self.log_throughput(sum(int(v["valid"].sum()) for v in batch["model"].values()))
+        streams = batch["model"].values()  # choice targets (CHOICE) are no tokens: no "valid"
+        self.log_throughput(sum(int(v["valid"].sum()) for v in streams if "valid" in v))
         return loss
 
     def log_gates(self) -> None:

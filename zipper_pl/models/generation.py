@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from zipper_pl.errors import UserError
+from zipper_pl.models.choices import AUTO, DONE
 from zipper_pl.models.sequences import ModalitySpec, Segment
 from zipper_pl.models.tower import Tower
 
@@ -84,6 +85,14 @@ class FinetunedModel(nn.Module):
         """The tower that models ``modality`` on its own (text retention runs it alone)."""
         raise NotImplementedError
 
+    def choose_next(self, samples: Sequence[Sequence[Segment]]) -> list[str]:
+        """The modality each sample continues with after its last (closed) segment, or "done":
+        the model's own choice (models/choices.py)."""
+        raise UserError(
+            "this model does not choose its output modality: name output_modalities, or zip "
+            "with zip.choose_output=true (arch=zipper; experiments/demo/zip_choose.yaml)"
+        )
+
     def gates(self) -> dict[str, Tensor]:
         """Named gate values to log (tanh of each zipped layer's gates); none by default."""
         return {}
@@ -95,13 +104,14 @@ class FinetunedModel(nn.Module):
     def generate(
         self,
         inputs: list[list[Segment]],
-        output_modalities: list[str],
+        output_modalities: list[str] | str,
         max_new_tokens: dict[str, int] | int,
         temperature: float = 0.0,
         top_k: int | None = None,
         seed: int | None = None,
         *,
         engine: str = "static",
+        max_segments: int = 4,
     ) -> list[list[Segment]]:
         """Continue each sample's input segments with one segment per output modality, in order.
 
@@ -109,10 +119,14 @@ class FinetunedModel(nn.Module):
         Batched and KV-cached; ``max_new_tokens`` bounds each output segment (eos excluded).
         ``engine``: one of ``ENGINES`` (module docstring); ``uncached`` recomputes the whole
         prefix each step: the reference the cached engines must equal token for token
-        (``generate_uncached``).
+        (``generate_uncached``). ``output_modalities="auto"``: the model chooses each segment's
+        modality and when to stop, at most ``max_segments`` segments (``generate_auto``).
         """
         if engine not in ENGINES:
             raise UserError(f"generation engine {engine!r} unknown: choose from {ENGINES}")
+        if output_modalities == AUTO:
+            args = (inputs, max_new_tokens, temperature, top_k, seed, max_segments)
+            return generate_auto(self, engine, *args)
         args = (inputs, output_modalities, max_new_tokens, temperature, top_k, seed)
         return run_generation(self, engine, *args)
 
@@ -199,6 +213,55 @@ def run_generation(
         return results
     finally:
         model.train(was_training)
+
+
+def generate_auto(
+    model: FinetunedModel,
+    engine: str,
+    inputs: list[list[Segment]],
+    max_new_tokens: dict[str, int] | int,
+    temperature: float,
+    top_k: int | None,
+    seed: int | None,
+    max_segments: int,
+) -> list[list[Segment]]:
+    """Generation that follows the model's choices: after the prompt and after every generated
+    segment, ``choose_next`` names the next modality per sample (or "done"); the samples that
+    chose one modality generate that segment together (``run_generation``, on their prompt so
+    far), until every sample is done or has ``max_segments`` segments (counted on the console)."""
+    prompts = [list(x) for x in inputs]
+    results: list[list[Segment]] = [[] for _ in inputs]
+    open_rows, no_room = [b for b, x in enumerate(inputs) if x], 0
+    for _ in range(max_segments):
+        if not open_rows:
+            break
+        picks = dict(
+            zip(open_rows, model.choose_next([prompts[b] for b in open_rows]), strict=True)
+        )
+        for m in [m for m in model.specs if m in picks.values()]:
+            rows = [b for b in open_rows if picks[b] == m]
+            group = [prompts[b] for b in rows]
+            budgets = _budgets(model, group, [m], max_new_tokens, temperature)
+            try:  # another segment of m within its budget may not fit the sequences
+                model.check_lengths(group, [m], budgets)
+            except UserError:
+                picks |= dict.fromkeys(rows, DONE)
+                no_room += len(rows)
+                continue
+            args = (group, [m], max_new_tokens, temperature, top_k, seed)
+            for b, out in zip(rows, run_generation(model, engine, *args), strict=True):
+                prompts[b].append(out[0])
+                results[b].append(out[0])
+        open_rows = [b for b in open_rows if picks[b] != DONE]
+    if open_rows:  # max_segments reached: does the model want more?
+        going_on = [c != DONE for c in model.choose_next([prompts[b] for b in open_rows])]
+        if any(going_on):
+            print(f"[generate] {sum(going_on)} of {len(inputs)} samples stopped at max_segments="
+                  f"{max_segments} while their model chose to go on")  # fmt: skip
+    if no_room:
+        print(f"[generate] {no_room} of {len(inputs)} samples stopped where their model chose "
+              "another segment: the sequence has no room for its budget")  # fmt: skip
+    return results
 
 
 def _segment(runner: Runner, spec: ModalitySpec, B: int, budget: int, pick) -> list[Tensor]:

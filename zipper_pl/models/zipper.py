@@ -18,6 +18,7 @@ from torch import Tensor
 
 from zipper_pl.config.components import ZipperConfig
 from zipper_pl.errors import UserError
+from zipper_pl.models.choices import CHOICE, ChoiceHeads, choice_targets, last_choices
 from zipper_pl.models.fusion import FusionLayer, InputProjection
 from zipper_pl.models.generation import FinetunedModel
 from zipper_pl.models.sequences import (
@@ -78,6 +79,8 @@ class ZipperModel(FinetunedModel):
                 for _ in range(self.n_zipped)
             )
         self._arrange_feed_forwards(cfg.xattn_ffw)
+        if cfg.choose_output:  # models/choices.py
+            self.choice = ChoiceHeads({t: towers[t].d_model for t in self.names})
         if cfg.align_prior:
             missing = [t for t in self.names if float(cfg.tokens_per_word.get(t, 0)) <= 0]
             if missing:
@@ -198,13 +201,15 @@ class ZipperModel(FinetunedModel):
         ],
         outputs: Collection[str] | None = None,
         distances: Mapping[tuple[str, str], Tensor] | None = None,
+        states: dict[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """Run the towers that have new inputs h[t] [B,T,D] through all blocks and zipped layers.
 
         run_kw[t]: run_blocks kwargs (positions / key_valid / cache); masks[(dst, src)] [B,1,Tq,Tk].
         kv_fn(direction, n, new_kv or None) -> all keys/values the direction may read (a cache
         appends new_kv and returns everything; training just returns new_kv). distances: see
-        ``distances`` (align_prior only). Returns logits.
+        ``distances`` (align_prior only). Returns logits; ``states`` (a dict) receives each
+        tower's final-norm hidden states [B,T,D].
         """
         distances = distances or {}
         start = dict.fromkeys(h, 0)
@@ -236,7 +241,10 @@ class ZipperModel(FinetunedModel):
             if outputs is not None and t not in outputs:
                 continue  # no loss on this tower: its last blocks and softmax would be wasted
             tower = self.towers[t]
-            out[t] = tower.head(tower.run_blocks(h[t], start[t], tower.n_layers, **run_kw[t]))
+            x = tower.run_blocks(h[t], start[t], tower.n_layers, **run_kw[t])
+            if states is not None:
+                states[t] = tower.norm_f(x)
+            out[t] = tower.head(x)
         return out
 
     def embed(self, t: str, ids: Tensor) -> Tensor:
@@ -248,23 +256,38 @@ class ZipperModel(FinetunedModel):
         """Batch from ``collate_segments`` -> {tower: logits [B,T,V]} (right-padded streams).
 
         outputs: towers whose logits are needed (default all); the others skip their blocks after
-        the last zipped layer and their softmax.
+        the last zipped layer and their softmax. With ``zip.choose_output`` every tower runs to
+        the end and {tower + CHOICE: choice logits [B,T,K]} are returned too (models/choices.py).
         """
         h = {t: self.embed(t, batch[t]["ids"]) for t in self.names}
         masks = {(a, b): cross_mask(batch[a], batch[b]) for a, b in self.dirs}
-        return self.zip_pass(
+        states = {} if self.cfg.choose_output else None
+        logits = self.zip_pass(
             h,
             {t: {} for t in self.names},
             masks,
             lambda d, n, kv: kv,
-            outputs=outputs,
+            outputs=None if self.cfg.choose_output else outputs,
             distances=self.distances(batch, batch),
+            states=states,
         )
+        return logits | {t + CHOICE: self.choice(t, x) for t, x in (states or {}).items()}
 
     # ---- the fine-tuned-model interface (models/generation.py) ------------------------------
     def collator(self, loss_on: str = "last") -> Callable[[Sequence[Sequence[Segment]]], dict]:
-        """One stream per tower (``collate_segments``)."""
-        return functools.partial(collate_segments, specs=self.specs, loss_on=loss_on)
+        """One stream per tower (``collate_segments``), and their choice targets."""
+        collate = _with_choices if self.cfg.choose_output else collate_segments
+        return functools.partial(collate, specs=self.specs, loss_on=loss_on)
+
+    def choose_next(self, samples: Sequence[Sequence[Segment]]) -> list[str]:
+        """What each sample's heads choose after its last segment: a modality or "done"."""
+        if not self.cfg.choose_output:
+            super().choose_next(samples)
+        device = next(self.parameters()).device
+        batch = self.collate(samples)
+        batch = {t: {k: v.to(device) for k, v in d.items()} for t, d in batch.items()}
+        picks = last_choices(self(batch), batch, [s[-1].modality for s in samples])
+        return [self.choice.classes[k] for k in picks]
 
     def runner(self, engine, inputs, outputs, budgets, device) -> CachedRunner | UncachedRunner:
         return RUNNERS[engine](self, inputs, outputs, budgets, device)
@@ -297,3 +320,11 @@ class ZipperModel(FinetunedModel):
                 if layer.xattn.ffw is not None:
                     out[f"{direction}/{n}_ffw"] = torch.tanh(layer.xattn.beta.detach())
         return out
+
+
+def _with_choices(
+    samples: Sequence[Sequence[Segment]], specs: Mapping[str, ModalitySpec], loss_on: str
+) -> dict:
+    """``collate_segments`` plus each tower's choice targets (``zip.choose_output``)."""
+    batch = collate_segments(samples, specs, loss_on)
+    return batch | choice_targets(samples, specs, {t: batch[t]["ids"].size(1) for t in specs})

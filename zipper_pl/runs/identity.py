@@ -142,7 +142,8 @@ RESULT_KEYS: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(
         _keys(
             "towers intervals layers directions proj_layers proj_hidden gate_init xattn_heads "
-            "xattn_d_ff xattn_ffw input_proj freeze dropout align_prior tokens_per_word",
+            "xattn_d_ff xattn_ffw input_proj freeze dropout align_prior tokens_per_word "
+            "choose_output",
             "zip.",
         ),
         FINETUNING,
@@ -191,6 +192,7 @@ LATE_KEYS: dict[str, Any] = {
     "vocoder.dur_classes": 0,
     "ablation.variants": {},  # studies of designs (2026-12-05)
     "zip.xattn_ffw": "per_modality",  # shared or no cross-attention MLPs (2026-12-05)
+    "zip.choose_output": False,  # the model names the next modality (2026-12-05)
 }
 
 
