@@ -263,6 +263,14 @@ class EvalConfig:
     batch_size: int = F(32, "utterances per generation batch", ge=1)
     max_new_text: int = F(96, "token budget for generated text", ge=1)
     max_new_speech_per_word: float = F(40.0, "speech-token budget per input word", gt=0.0)
+    test_words: list[int] = F(
+        None,
+        "[min, max]: test on a generated pool of sentences of that many words instead of the "
+        "corpus' test split (embedded corpus; data.embedded.n_test of them, none in any "
+        "training pool), for TTS WER by length (the paper's Fig. 2) beyond the training "
+        "lengths; empty = the test split",
+        factory=list,
+    )
     tts_asr: str = F(
         "judge",
         "who transcribes TTS audio (vocoded): judge (the judge on the audio re-tokenized), "

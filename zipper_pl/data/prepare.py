@@ -15,6 +15,7 @@ from pathlib import Path
 from zipper_pl.config import Config
 from zipper_pl.data.batches.aligned import Encoders, load_pairs
 from zipper_pl.data.corpora.embedded import build_embedded_corpus, split_pools
+from zipper_pl.data.corpora.length_test import build_length_test
 from zipper_pl.data.corpora.manifest import Record, read_manifest, write_manifest
 from zipper_pl.data.corpora.phonemes import PHONEME_TOKENIZER_FILE, PhonemeTokenizer, phoneme_rules
 from zipper_pl.data.corpora.readers import CORPUS_READERS, READER_OPTIONS, summary_line
@@ -54,7 +55,17 @@ def corpus_manifests(cfg: Config) -> dict[str, Path]:
     if d.corpus == "embedded":
         out = build_embedded_corpus(Path(d.root) / "embedded", d.embedded)
         _show_report(out["text"].parent)
+        if cfg.eval.test_words:
+            out["test"] = build_length_test(
+                Path(d.root) / "embedded", d.embedded, cfg.eval.test_words
+            )
+            _show_report(out["test"].parent)
         return out
+    if cfg.eval.test_words:
+        raise UserError(
+            f"eval.test_words={cfg.eval.test_words} generates test sentences: it needs "
+            "data.corpus=embedded (a real corpus tests on its own test_splits)"
+        )
     if d.corpus == "textfile":
         raise UserError("data.corpus=textfile only provides text: use it with modality=text")
     reader = CORPUS_READERS[d.corpus]

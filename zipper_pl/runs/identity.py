@@ -150,6 +150,7 @@ RESULT_KEYS: dict[str, tuple[str, ...]] = {
     ),
     # zip stages measure test WER, and the judge its oracle WER, with some eval settings
     "eval.max_utterances": (*FINETUNING, *_EVAL_ALL),
+    "eval.test_words": (*FINETUNING, *_EVAL_ALL),  # which test sentences
     "eval.batch_size": (*FINETUNING, "judge", *_EVAL_ALL),
     "eval.max_new_text": (*FINETUNING, *_EVAL_ALL),
     **dict.fromkeys(
@@ -193,6 +194,7 @@ LATE_KEYS: dict[str, Any] = {
     "ablation.variants": {},  # studies of designs (2026-12-05)
     "zip.xattn_ffw": "per_modality",  # shared or no cross-attention MLPs (2026-12-05)
     "zip.choose_output": False,  # the model names the next modality (2026-12-05)
+    "eval.test_words": [],  # a generated test pool by length (2026-12-05)
 }
 
 

@@ -138,7 +138,7 @@ def _write_wav(path: Path, samples) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _synthesize_all(jobs: list[tuple[Path, str, Speaker]], workers: int) -> list[float]:
+def synthesize_all(jobs: list[tuple[Path, str, Speaker]], workers: int) -> list[float]:
     """Write each job's WAV unless it exists (resume); return durations in job order."""
     durations = [0.0] * len(jobs)
     bar = tqdm(total=len(jobs), desc="embedded corpus: speaking", unit="utt", mininterval=1.0)
@@ -194,7 +194,7 @@ def build_embedded_corpus(root: str | os.PathLike, cfg: EmbeddedCorpusConfig) ->
             path = folder / "wav" / pool / f"{pool}-{i:06d}.wav"
             records[pool].append(Record(path.stem, str(path), text, 0.0, f"spk{k:02d}"))
             jobs.append((path, text, speakers[k]))
-    durations = iter(_synthesize_all(jobs, max(1, min(cfg.workers, len(jobs)))))
+    durations = iter(synthesize_all(jobs, max(1, min(cfg.workers, len(jobs)))))
     for pool in AUDIO_POOLS:
         for r in records[pool]:
             r.duration = round(next(durations), 6)
