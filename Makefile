@@ -33,6 +33,7 @@ TEXT_TOWER   ?=#           the text tower to zip: a finished stage folder, or hf
 SPEECH_TOWER ?=#           a finished speech-tower stage folder to zip (e.g. pretrained on LibriLight)
 EXP          ?= experiments/$(strip $(SCALE))#  folder of the experiment YAML files
 STUDY        ?= ablation#   the study `make ablation` runs: EXP/<STUDY>.yaml (ablation: aligned data, Fig. 3; design: the design ablations) or a YAML file's path
+STUDY_JOBS   ?= 1#         `make ablation` shards side by side, on nproc / STUDY_JOBS torch threads each (each takes its own share of stages first, then any stage no other shard holds)
 ABLATION_FRACS ?=#         `make ablation` aligned fractions (the file's: 0.01 0.03 0.1 0.3 1.0 at demo scale)
 ABLATION_SEEDS ?=#         `make ablation` seeds, each with towers pretrained with it (demo: 0 1 2)
 ABLATION_FREEZE ?=#        `make ablation` Zipper FREEZE values of the TTS cells (demo: text both; text = speech tower trained)
@@ -231,12 +232,23 @@ qfwd = $(if $(strip $($(1))),"$(2)=$(strip $($(1)))")
 NO_TTS = $(filter false,$(strip $(ABLATION_TTS)))
 STUDY_FILE = $(if $(findstring /,$(STUDY))$(filter %.yaml,$(STUDY)),$(STUDY),$(EXP)/$(strip $(STUDY)).yaml)
 .PHONY: _ablation
-_ablation: $(TEXT_DONE) $(SPEECH_DONE) $(if $(NO_TTS),,$(JUDGE_DIR)/$(W))
-	$(ZPL) ablation $(STUDY_FILE) $(COMMON) $(call fwd,FT_STEPS,train.max_steps) $(FT_ARGS) \
+STUDY_LANES = $(filter-out 0 1,$(strip $(STUDY_JOBS)))
+STUDY_CMD = $(ZPL) ablation $(STUDY_FILE) $(COMMON) $(call fwd,FT_STEPS,train.max_steps) $(FT_ARGS) \
 	  $(call qfwd,ABLATION_FRACS,ablation.fracs) $(call qfwd,ABLATION_SEEDS,ablation.seeds) \
 	  $(call qfwd,ABLATION_FREEZE,ablation.freeze) $(call qfwd,ABLATION_LRS,ablation.lrs) \
 	  $(call fwd,ABLATION_TTS,ablation.tts) inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR) \
 	  $(if $(NO_TTS),,inputs.judge=$(JUDGE_DIR))
+_ablation: $(TEXT_DONE) $(SPEECH_DONE) $(if $(NO_TTS),,$(JUDGE_DIR)/$(W))
+ifeq ($(STUDY_LANES),)
+	$(STUDY_CMD)
+else
+	@echo "[ablation] $(STUDY_LANES) shards side by side on $$(( $$(nproc) / $(STUDY_LANES) > 0 ? $$(nproc) / $(STUDY_LANES) : 1 )) torch thread(s) each; progress bars off"
+	@t=$$(( $$(nproc) / $(STUDY_LANES) )); t=$$(( t > 0 ? t : 1 )); pids=; \
+	for i in $$(seq 0 $$(( $(STUDY_LANES) - 1 ))); do \
+	  $(STUDY_CMD) ablation.shard=$$i/$(STUDY_LANES) train.threads=$$t train.progress_bar=false & \
+	  pids="$$pids $$!"; \
+	done; failed=0; for p in $$pids; do wait $$p || failed=1; done; exit $$failed
+endif
 
 bench: $(STAMP) ## benchmarks: matmul roofline, training, generation, tokenization, data loading
 	$(PY) -m benchmarks $(BENCH_ARGS)

@@ -378,11 +378,12 @@ def test_bad_ablation_freeze_is_a_config_error(data_root, tmp_path):
 def test_ablation_quick_through_make(tmp_path, data_root, tiny_towers):
     """`make ablation-quick` (the Makefile's quoted lists, ASR only: no judge, no lr grid): every
     system x fraction x seed has its row, and seed 1 zipped towers pretrained with seed 1 (the
-    tiny study file names other fractions, seeds 0-2 and a grid, so each override shows)."""
+    tiny study file names other fractions, seeds 0-2 and a grid, so each override shows). Two
+    shards side by side (STUDY_JOBS=2) share the towers and cells and finish one table."""
     runs = tmp_path / "runs"
     args = f"ARGS=data.cache_dir={data_root / 'cache'} train.accelerator=cpu eval.max_utterances=4"
     proc = run_make(
-        "ablation-quick", "SCALE=tiny", "FT_STEPS=2", "ABLATION_QUICK_FRACS=1.0",
+        "ablation-quick", "STUDY_JOBS=2", "SCALE=tiny", "FT_STEPS=2", "ABLATION_QUICK_FRACS=1.0",
         "ABLATION_QUICK_LRS=[]", f"RUNS={runs}", f"DATA_ROOT={data_root}", f"PY={sys.executable}",
         args, f"TEXT_TOWER={tiny_towers['text']}", f"SPEECH_TOWER={tiny_towers['speech']}",
     )  # fmt: skip
@@ -398,6 +399,8 @@ def test_ablation_quick_through_make(tmp_path, data_root, tiny_towers):
     assert {float(r["asr_lr"]) for r in rows if r["system"] == "Zipper"} == {1e-3}
     assert "seed 1: text tower pretrained with seed 1" in proc.stdout
     assert not list(runs.glob("*/judge-*"))
+    assert "2 shards side by side" in proc.stdout
+    assert len(list(runs.glob("*/zipper-asr-*"))) == 2  # each cell trained once, by one shard
 
 
 def test_ablation_quick_runs_the_rate_the_grid_selected():
