@@ -8,6 +8,7 @@ import pickle
 import pytest
 import torch
 
+import zipper_pl
 from tests.test_zipper import SPECS, samples, sharpen, towers
 from zipper_pl.errors import UserError
 from zipper_pl.models.choices import AUTO, CHOICE, DONE, choice_classes
@@ -115,3 +116,6 @@ def test_a_zip_stage_measures_the_modality_it_chooses(data_root, tiny_towers, tm
     assert metrics["test_asr_wer_chosen"] >= 0 and "test_tts_wer_chosen" not in metrics
     ft = load_finetuned(out)
     assert set(ft.model.choice.heads) == {"text", "speech"}
+    model = zipper_pl.load(out)  # the Python API: "auto" lets the model choose
+    (sample,) = model.generate([[("speech", [1, 2, 3, 4])]], "auto")
+    assert all(m in ("text", "speech") and isinstance(ids, list) for m, ids in sample)

@@ -31,6 +31,7 @@ from zipper_pl.data.tokenizers.hf_tokenizer import HF_TEXT_DIR
 from zipper_pl.errors import UserError
 from zipper_pl.fitting.vocoding import Voice, voice_for
 from zipper_pl.hub import is_hf_folder
+from zipper_pl.models.choices import AUTO
 from zipper_pl.models.hf_llama import export_hf_tower
 from zipper_pl.models.sequences import Segment
 from zipper_pl.results.listen import write_wav
@@ -154,12 +155,13 @@ class Model:
     def generate(
         self,
         inputs: Sequence[Sequence[tuple[str, Sequence[int]]]],
-        output_modalities: Sequence[str],
+        output_modalities: Sequence[str] | str,
         temperature: float = 0.0,
         seed: int | None = None,
     ) -> list[list[tuple[str, list[int]]]]:
         """Continue each sample's ``(modality, token ids)`` segments with one segment per output
-        modality, in order (the paper's section 3.2); budgets per modality are automatic."""
+        modality, in order (the paper's section 3.2); budgets per modality are automatic.
+        ``"auto"``: the model chooses the modalities (a stage zipped with zip.choose_output)."""
         device = next(self.ft.model.parameters()).device
         batch = [
             [
@@ -168,16 +170,18 @@ class Model:
             ]
             for s in inputs
         ]
-        unknown = sorted(set(output_modalities) - set(MODALITIES))
+        auto = output_modalities == AUTO
+        wanted = list(self.ft.model.specs) if auto else list(output_modalities)
+        unknown = sorted(set(wanted) - set(MODALITIES))
         if unknown:
             raise UserError(f"output modalities {unknown}: known are {', '.join(MODALITIES)}")
         longest: dict[str, int] = {}
         for s in inputs:
             for m, ids in s:
                 longest[m] = max(longest.get(m, 0), len(ids))
-        budgets = {m: MODALITIES[m].budget(self.ft.cfg, longest) for m in output_modalities}
+        budgets = {m: MODALITIES[m].budget(self.ft.cfg, longest) for m in wanted}
         out = self.ft.model.generate(
-            batch, list(output_modalities), budgets, temperature=temperature, seed=seed
+            batch, AUTO if auto else wanted, budgets, temperature=temperature, seed=seed
         )
         return [[(seg.modality, seg.tokens.tolist()) for seg in sample] for sample in out]
 
