@@ -97,6 +97,9 @@ def test_a_model_without_choice_heads_says_how_to_get_them():
     m = ZipperModel.from_towers(towers(), ZipperConfig(), SPECS)
     with pytest.raises(UserError, match="zip.choose_output=true"):
         m.generate(samples(["text"], [(3,)]), AUTO, max_new_tokens=3)
+    with pytest.raises(UserError, match="at least 1 generated segment"):
+        chooser().generate(samples(["text"], [(3,)]), AUTO, max_new_tokens=3, max_segments=0)
+    assert chooser().generate([[], []], AUTO, max_new_tokens=3) == [[], []]  # nothing to answer
 
 
 def test_a_zip_stage_measures_the_modality_it_chooses(data_root, tiny_towers, tmp_path):

@@ -229,6 +229,8 @@ def generate_auto(
     segment, ``choose_next`` names the next modality per sample (or "done"); the samples that
     chose one modality generate that segment together (``run_generation``, on their prompt so
     far), until every sample is done or has ``max_segments`` segments (counted on the console)."""
+    if max_segments < 1:
+        raise UserError(f"max_segments={max_segments}: allow at least 1 generated segment")
     prompts = [list(x) for x in inputs]
     results: list[list[Segment]] = [[] for _ in inputs]
     open_rows, no_room = [b for b, x in enumerate(inputs) if x], 0
