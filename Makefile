@@ -242,12 +242,7 @@ _ablation: $(TEXT_DONE) $(SPEECH_DONE) $(if $(NO_TTS),,$(JUDGE_DIR)/$(W))
 ifeq ($(STUDY_LANES),)
 	$(STUDY_CMD)
 else
-	@echo "[ablation] $(STUDY_LANES) shards side by side on $$(( $$(nproc) / $(STUDY_LANES) > 0 ? $$(nproc) / $(STUDY_LANES) : 1 )) torch thread(s) each; progress bars off"
-	@t=$$(( $$(nproc) / $(STUDY_LANES) )); t=$$(( t > 0 ? t : 1 )); pids=; \
-	for i in $$(seq 0 $$(( $(STUDY_LANES) - 1 ))); do \
-	  $(STUDY_CMD) ablation.shard=$$i/$(STUDY_LANES) train.threads=$$t train.progress_bar=false & \
-	  pids="$$pids $$!"; \
-	done; failed=0; for p in $$pids; do wait $$p || failed=1; done; exit $$failed
+	scripts/study_shards.sh $(STUDY_LANES) $(STUDY_CMD)
 endif
 
 bench: $(STAMP) ## benchmarks: matmul roofline, training, generation, tokenization, data loading

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -519,16 +523,41 @@ def test_shards_take_different_shared_stages_until_their_shares_run_out(tmp_path
     orders = [shard_order(items, (i, 2)) for i in range(2)]
     assert all(sorted(o) == items for o in orders)
     assert not set(orders[0][:5]) & set(orders[1][:5])
-    # past its share, a shard skips the stages another process holds the lock of
+    # past its share, a shard skips the cells another shard works on: training them or, after
+    # the stage's own lock is released, scoring them (two shards once scored the same cell)
     folders = [tmp_path / str(k) for k in range(3)]
-    for f in folders:
-        f.mkdir()
-    held = filelock.FileLock(str(folders[0] / LOCK_FILE))
-    with held:
+    with ablation.cell_work(folders[0]):
+        assert not filelock.FileLock(str(folders[0] / LOCK_FILE)).is_locked  # training is over
         assert ablation.next_free(folders) == 1
-        with (
-            filelock.FileLock(str(folders[1] / LOCK_FILE)),
-            filelock.FileLock(str(folders[2] / LOCK_FILE)),
-        ):
+        with ablation.cell_work(folders[1]), ablation.cell_work(folders[2]):
             assert ablation.next_free(folders) == 0  # all busy: wait for the first
     assert ablation.next_free(folders) == 0
+
+
+def test_interrupting_a_sharded_study_stops_every_shard(tmp_path):
+    """Ctrl-C on `make ablation STUDY_JOBS=2` (SIGINT to the foreground process group) once left
+    both shards training: background commands of a non-interactive shell ignore SIGINT."""
+    child = (
+        "import os, pathlib, sys, time; "
+        f"pathlib.Path({str(tmp_path)!r}, str(os.getpid())).write_text(' '.join(sys.argv[1:])); "
+        "time.sleep(120)"
+    )
+    script = ROOT / "scripts" / "study_shards.sh"
+    proc = subprocess.Popen(
+        [str(script), "2", sys.executable, "-c", child],
+        start_new_session=True, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for _ in range(400):
+        if len([p for p in tmp_path.iterdir() if p.stat().st_size]) == 2:
+            break
+        time.sleep(0.05)
+    shards = {int(p.name): p.read_text() for p in tmp_path.iterdir()}
+    assert sorted(a.split()[0] for a in shards.values()) == [
+        "ablation.shard=0/2",
+        "ablation.shard=1/2",
+    ]
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=30) != 0
+    for pid in shards:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

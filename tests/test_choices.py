@@ -9,11 +9,15 @@ import pytest
 import torch
 
 import zipper_pl
+from tests.conftest import tiny_config
 from tests.test_zipper import SPECS, samples, sharpen, towers
 from zipper_pl.errors import UserError
+from zipper_pl.lit.finetune import FinetuneModule
 from zipper_pl.models.choices import AUTO, CHOICE, DONE, choice_classes
 from zipper_pl.models.sequences import IGNORE, token_loss
 from zipper_pl.models.zipper import ZipperConfig, ZipperModel
+from zipper_pl.registry import build_model
+from zipper_pl.results.retention import text_retention
 
 CLASSES = choice_classes(list(SPECS))  # text, speech, done
 
@@ -93,6 +97,34 @@ def test_a_few_steps_teach_which_modality_answers():
     assert [[s.modality for s in r] for r in out] == [["text"], ["text"], ["speech"]]
 
 
+def test_choices_stay_out_of_the_validation_loss_and_skip_unwanted_softmaxes(data_root, tmp_path):
+    """val/loss (lr selection, perplexity) is the token loss alone; the heads' losses are logged
+    as their own streams; a forward for one output computes no softmax of the other tower."""
+    m = chooser(gate_init=0.5)
+    cfg = tiny_config(data_root, tmp_path, "zip_asr.yaml", "zip.choose_output=true")
+    module = FinetuneModule(m, cfg, decode_text=lambda ids: "")
+    data = samples(["speech", "text"], [(4, 3), (6, 2)])
+    batch = {"model": m.collate(data), "tasks": ["asr", "asr"]}
+    _, sums, _ = module._losses(batch)
+    tokens = sum(int((batch["model"][t]["targets"] != IGNORE).sum()) for t in SPECS)
+    assert int(sums["loss_asr"][1]) == tokens and "loss_text" + CHOICE in sums
+    out = m(batch["model"], outputs={"text"})
+    assert set(out) == {"text", "text" + CHOICE, "speech" + CHOICE}
+
+
+def test_choices_are_made_without_dropout_or_gradients():
+    m = chooser(gate_init=0.5, dropout=0.5, seed=2).train()
+    xs = samples(["speech"], [(5,), (3,), (7,), (2,)], seed=4) + samples(["text"], [(4,)])
+    picks = [m.choose_next(xs) for _ in range(5)]
+    assert all(p == picks[0] for p in picks) and m.training
+
+
+def test_choosing_needs_a_zipped_architecture(data_root, tmp_path):
+    cfg = tiny_config(data_root, tmp_path, "zip_asr.yaml", "arch=single", "zip.choose_output=true")
+    with pytest.raises(UserError, match="needs a zipped architecture"):
+        build_model(cfg, towers(), SPECS)
+
+
 def test_a_model_without_choice_heads_says_how_to_get_them():
     m = ZipperModel.from_towers(towers(), ZipperConfig(), SPECS)
     with pytest.raises(UserError, match="zip.choose_output=true"):
@@ -122,3 +154,7 @@ def test_a_zip_stage_measures_the_modality_it_chooses(data_root, tiny_towers, tm
     model = zipper_pl.load(out)  # the Python API: "auto" lets the model choose
     (sample,) = model.generate([[("speech", [1, 2, 3, 4])]], "auto")
     assert all(m in ("text", "speech") and isinstance(ids, list) for m, ids in sample)
+    with pytest.raises(UserError, match=r"give a list, e.g. \['text'\]"):
+        model.generate([[("speech", [1, 2, 3, 4])]], "text")
+    # text retention runs the model on text alone: the choice targets are no second text stream
+    assert text_retention(ft, ft.cfg)["ppl_after"] > 0

@@ -11,6 +11,7 @@ from zipper_pl.data.corpora.embedded import split_pools
 from zipper_pl.data.corpora.manifest import read_manifest
 from zipper_pl.data.prepare import corpus_manifests
 from zipper_pl.errors import UserError
+from zipper_pl.fitting import judging
 from zipper_pl.runs.layout import stage_dir
 
 
@@ -46,6 +47,28 @@ def test_bad_lengths_are_one_line_errors(data_root, tmp_path, words):
     cfg = tiny_config(data_root, tmp_path, "zip_tts.yaml", f"eval.test_words={words}")
     with pytest.raises(UserError, match=r"give \[min, max\] words"):
         corpus_manifests(cfg)
+
+
+def test_lengths_the_grammar_never_makes_are_an_error_not_a_hang(data_root, tmp_path):
+    cfg = tiny_config(data_root, tmp_path, "zip_tts.yaml", "eval.test_words=[40,45]")
+    with pytest.raises(UserError, match=r"made no sentence of \[40, 41"):
+        corpus_manifests(cfg)
+
+
+def test_the_judge_keeps_the_corpus_test_split(data_root, tmp_path, monkeypatch):
+    """The judge's oracle WER is on the test split its identity names, whatever eval.test_words
+    the command that trains it carries."""
+    seen = []
+
+    def stop(cfg, modality):
+        seen.append(cfg.eval.test_words)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(judging, "tower_input", stop)
+    cfg = tiny_config(data_root, tmp_path, "judge.yaml", "eval.test_words=[4,12]")
+    with pytest.raises(RuntimeError, match="stop here"):
+        judging._train_judge_stage(cfg, tmp_path / "judge")
+    assert seen == [[]]
 
 
 def test_a_real_corpus_is_told_to_use_its_own_test_split(data_root, tmp_path):

@@ -404,9 +404,9 @@ def test_cross_attention_feed_forward_modes(mode):
         token_loss(m(batch), batch)[0].backward()
         assert a.ffw[0].weight.grad.abs().sum() > 0
     else:
-        assert a.ffw is None and b.ffw is None and not a.beta.requires_grad
+        assert a.ffw is None and b.ffw is None and a.norm_ffw is None and not a.beta.requires_grad
         assert not any(k.endswith("_ffw") for k in m.gates())
-        assert not any(".ffw." in k for k in m.state_dict())
+        assert not any(".ffw." in k or "norm_ffw" in k for k in m.state_dict())
     m = sharpen(m.eval())
     xs = samples(["text"], [(5,), (2,)], seed=1)
     cached = m.generate(xs, ["speech"], max_new_tokens=5)

@@ -171,6 +171,11 @@ class Model:
             for s in inputs
         ]
         auto = output_modalities == AUTO
+        if isinstance(output_modalities, str) and not auto:
+            raise UserError(
+                f"output_modalities={output_modalities!r}: give a list, e.g. "
+                f"[{output_modalities!r}], or 'auto' to let the model choose"
+            )
         wanted = list(self.ft.model.specs) if auto else list(output_modalities)
         unknown = sorted(set(wanted) - set(MODALITIES))
         if unknown:

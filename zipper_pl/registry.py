@@ -53,6 +53,11 @@ ARCHS: dict[str, Arch] = {
 
 def build_model(cfg: Config, towers: dict[str, Tower], specs: dict[str, ModalitySpec]):
     """The fine-tuned model ``cfg.arch`` names, from its pretrained towers."""
+    if cfg.zip.choose_output and not ARCHS[cfg.arch].zipped:
+        raise UserError(
+            f"zip.choose_output needs a zipped architecture (arch=zipper), not arch={cfg.arch}: "
+            "drop zip.choose_output=true"
+        )
     return ARCHS[cfg.arch].build(cfg, towers, specs)
 
 

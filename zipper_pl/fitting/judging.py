@@ -139,6 +139,8 @@ def run_judge(cfg: Config) -> Path:
 
 
 def _train_judge_stage(cfg: Config, out: Path) -> None:
+    # its oracle WER is on the corpus' test split, as its identity says (not eval.test_words)
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, test_words=[]))
     speech = tower_input(cfg, "speech")
     audio_tok = load_units_tokenizer(speech)
     # the vocabulary always follows the tokenizer; the saved config says what was used

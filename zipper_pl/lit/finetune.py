@@ -67,6 +67,8 @@ class FinetuneModule(TrainModule):
             count = count + n_sample.sum()
             if n_sample.sum() > 0:
                 sums[f"loss_{name}"] = torch.stack([per_sample.sum(), n_sample.sum().float()])
+            if CHOICE in name:  # trained on, logged as loss_<tower>.next, kept out of val/loss
+                continue
             for task in set(tasks):
                 sel = torch.tensor([t == task for t in tasks], device=per_sample.device)
                 key = f"loss_{task}"

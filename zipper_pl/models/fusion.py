@@ -65,7 +65,7 @@ class GatedCrossAttention(nn.Module):
         self.q = nn.Linear(d_query, d_query, bias=False)
         self.kv = nn.Linear(d_kv, 2 * d_query, bias=False)
         self.proj = nn.Linear(d_query, d_query, bias=False)
-        self.norm_ffw = nn.RMSNorm(d_query, eps=norm_eps)
+        self.norm_ffw: nn.Module | None = nn.RMSNorm(d_query, eps=norm_eps)
         d_ff = d_ff or 4 * d_query
         # zip.xattn_ffw: ZipperModel may replace it by another direction's (shared) or by None
         self.ffw: nn.Module | None = nn.Sequential(

@@ -136,7 +136,9 @@ class ZipperModel(FinetunedModel):
             for direction in layers:
                 xattn = direction[n].xattn
                 xattn.ffw = layers[0][n].xattn.ffw if mode == "shared" else None
-                xattn.beta.requires_grad_(xattn.ffw is not None)  # no MLP: its gate is unused
+                if xattn.ffw is None:  # no MLP: its norm and gate are unused
+                    xattn.norm_ffw = None
+                    xattn.beta.requires_grad_(False)
 
     def _directions(self) -> list[tuple[str, str]]:
         dirs = []
@@ -223,11 +225,10 @@ class ZipperModel(FinetunedModel):
                     h[t] = self.towers[t].run_blocks(h[t], start[t], stop, **run_kw[t])
                 start[t] = stop
             last = n == self.n_zipped - 1
-            # after the last zipped layer a tower's update only feeds its own logits: skip the
-            # directions into towers whose logits nobody asked for (ASR: text -> speech)
-            live = [
-                d for d in self.dirs if not (last and outputs is not None and d[0] not in outputs)
-            ]
+            # after the last zipped layer a tower's update only feeds its own logits (and choice
+            # head): skip the directions into towers nobody asked for (ASR: text -> speech)
+            skip = last and outputs is not None and states is None  # choices read every tower
+            live = [d for d in self.dirs if not (skip and d[0] not in outputs)]
             kv = {}
             for d in live:  # every direction reads the pre-update states
                 layer = self.fusion[f"{d[0]}_from_{d[1]}"][n]
@@ -238,13 +239,15 @@ class ZipperModel(FinetunedModel):
                     h[d[0]] = layer(h[d[0]], *kv[d], masks[d], distances.get(d))
         out = {}
         for t in h:
-            if outputs is not None and t not in outputs:
+            wanted = outputs is None or t in outputs
+            if not wanted and states is None:
                 continue  # no loss on this tower: its last blocks and softmax would be wasted
             tower = self.towers[t]
             x = tower.run_blocks(h[t], start[t], tower.n_layers, **run_kw[t])
             if states is not None:
                 states[t] = tower.norm_f(x)
-            out[t] = tower.head(x)
+            if wanted:
+                out[t] = tower.head(x)
         return out
 
     def embed(self, t: str, ids: Tensor) -> Tensor:
@@ -257,7 +260,7 @@ class ZipperModel(FinetunedModel):
 
         outputs: towers whose logits are needed (default all); the others skip their blocks after
         the last zipped layer and their softmax. With ``zip.choose_output`` every tower runs to
-        the end and {tower + CHOICE: choice logits [B,T,K]} are returned too (models/choices.py).
+        its end and {tower + CHOICE: choice logits [B,T,K]} come too (models/choices.py).
         """
         h = {t: self.embed(t, batch[t]["ids"]) for t in self.names}
         masks = {(a, b): cross_mask(batch[a], batch[b]) for a, b in self.dirs}
@@ -267,7 +270,7 @@ class ZipperModel(FinetunedModel):
             {t: {} for t in self.names},
             masks,
             lambda d, n, kv: kv,
-            outputs=None if self.cfg.choose_output else outputs,
+            outputs=outputs,
             distances=self.distances(batch, batch),
             states=states,
         )
@@ -279,14 +282,21 @@ class ZipperModel(FinetunedModel):
         collate = _with_choices if self.cfg.choose_output else collate_segments
         return functools.partial(collate, specs=self.specs, loss_on=loss_on)
 
+    @torch.no_grad()
     def choose_next(self, samples: Sequence[Sequence[Segment]]) -> list[str]:
-        """What each sample's heads choose after its last segment: a modality or "done"."""
+        """What each sample's heads choose after its last segment: a modality or "done" (the
+        most likely one, also when generation samples tokens)."""
         if not self.cfg.choose_output:
             super().choose_next(samples)
-        device = next(self.parameters()).device
+        device, was_training = next(self.parameters()).device, self.training
         batch = self.collate(samples)
         batch = {t: {k: v.to(device) for k, v in d.items()} for t, d in batch.items()}
-        picks = last_choices(self(batch), batch, [s[-1].modality for s in samples])
+        try:
+            self.eval()  # no dropout in a choice
+            logits = self(batch, outputs=())
+        finally:
+            self.train(was_training)
+        picks = last_choices(logits, batch, [s[-1].modality for s in samples])
         return [self.choice.classes[k] for k in picks]
 
     def runner(self, engine, inputs, outputs, budgets, device) -> CachedRunner | UncachedRunner:

@@ -15,6 +15,7 @@ import torch.nn.functional as Fn
 from zipper_pl.config import Config
 from zipper_pl.data.prepare import text_lines
 from zipper_pl.hub import is_hf_folder
+from zipper_pl.models.choices import CHOICE
 from zipper_pl.models.sequences import IGNORE, ModalitySpec, Segment
 from zipper_pl.models.tower import Tower
 from zipper_pl.runs.finetuned import Finetuned, load_tower
@@ -58,7 +59,8 @@ def _model_step(ft: Finetuned) -> Callable:
     def step(seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         samples = [[Segment("text", torch.as_tensor(s, dtype=torch.long), loss=True)] for s in seqs]
         batch = ft.model.collate(samples)
-        (name,) = (t for t in batch if bool((batch[t]["targets"] != IGNORE).any()))
+        streams = [t for t in batch if CHOICE not in t]  # not the choice heads' targets
+        (name,) = (t for t in streams if bool((batch[t]["targets"] != IGNORE).any()))
         return ft.model(batch, outputs={"text"})[name], batch[name]["targets"]
 
     return step

@@ -51,11 +51,12 @@ def distinguishing_keys(cfg: Config, kind: str) -> dict[str, Any]:
 DONE_MARKERS = {"eval": "results.json", "ablation": "ablation.csv"}
 
 
-def is_busy(folder: Path) -> bool:
-    """Whether a process is computing the stage in ``folder`` now (it holds the stage's lock)."""
-    if not (folder / LOCK_FILE).is_file():
+def is_busy(folder: Path, lock_name: str = LOCK_FILE) -> bool:
+    """Whether a process holds the lock ``lock_name`` in ``folder`` now (by default the stage's:
+    it is computing the stage)."""
+    if not (folder / lock_name).is_file():
         return False
-    lock = filelock.FileLock(str(folder / LOCK_FILE))
+    lock = filelock.FileLock(str(folder / lock_name))
     try:
         lock.acquire(timeout=0)
     except filelock.Timeout:

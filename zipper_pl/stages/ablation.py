@@ -21,6 +21,8 @@ import math
 import time
 from pathlib import Path
 
+import filelock
+
 from zipper_pl.config import Config, save_config, to_dict
 from zipper_pl.config.components import TASKS
 from zipper_pl.errors import UserError
@@ -96,9 +98,11 @@ def _select_lrs(
     folders = [stage_dir(cell_config(cfg, c, towers[seed]), "zip", fps[seed]) for c in todo]
     while todo:
         cell = todo.pop(k := next_free(folders))
-        folders.pop(k)
+        folder = folders.pop(k)
         print(f"[ablation] lr grid {cell['task']}: {cell}")
-        scores[(*system_key(cell), cell["lr"])] = _grid_cell(cfg, cell, towers[seed], fps[seed])
+        with cell_work(folder):  # the divergence record too
+            score = _grid_cell(cfg, cell, towers[seed], fps[seed])
+        scores[(*system_key(cell), cell["lr"])] = score
     chosen, grid = {}, []
     for system in systems_of(cells):
         task = system["task"]
@@ -119,10 +123,20 @@ def _select_lrs(
     return chosen, grid
 
 
+CELL_LOCK = ".cell.lock"  # held by the shard training and then scoring a cell (or grid cell)
+
+
+def cell_work(folder: Path) -> filelock.FileLock:
+    """The lock a shard holds from training a cell through scoring it (the stage's own lock
+    ends with training): another shard never trains or scores the same cell at the same time."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return filelock.FileLock(str(folder / CELL_LOCK))
+
+
 def next_free(folders: list[Path]) -> int:
-    """Index of the first stage folder no other process is computing now; when all are busy the
-    first (its lock is then waited for, and the stage usually found finished)."""
-    return next((k for k, f in enumerate(folders) if not is_busy(f)), 0)
+    """Index of the first cell folder no other shard is working on now; when all are busy the
+    first (its lock is then waited for, and the cell found finished and scored)."""
+    return next((k for k, f in enumerate(folders) if not is_busy(f, CELL_LOCK)), 0)
 
 
 DIVERGED = "diverged.json"  # in a grid cell's folder: its rate diverged (the search's result)
@@ -189,12 +203,12 @@ def ablation_stage(cfg: Config) -> Path:
     out = stage_dir(cfg, "ablation", cell_ids)
     todo = shard_order(list(enumerate(cells)), (i, n))
     folders = [stage_dir(config_of(cell), "zip", fps[cell["seed"]]) for _, cell in todo]
-    while todo:  # this shard's own cells first, then others' that nobody is training
+    while todo:  # this shard's own cells first, then others' that nobody is working on
         k, cell = todo.pop(j := next_free(folders))
-        folders.pop(j)
         print(f"[ablation] cell {k + 1}/{len(cells)}: {cell}")
-        folder = run_zip(config_of(cell), fingerprints=fps[cell["seed"]])
-        _score(cell["task"], folder, judge, cfg, keys[cell["task"]])
+        with cell_work(folders.pop(j)):
+            folder = run_zip(config_of(cell), fingerprints=fps[cell["seed"]])
+            _score(cell["task"], folder, judge, cfg, keys[cell["task"]])
     rows = _collect(cells, config_of, keys, fps)
     if rows is None:
         print("[ablation] some cells are not finished yet (other shards?): tables not written")

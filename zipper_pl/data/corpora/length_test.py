@@ -3,7 +3,9 @@
 The demo world's sentences have 4-8 words, too few lengths to see a trend. This pool is generated
 beside the corpus, in its own folder (``<corpus>-test-<min>-<max>-<n>/``: ``test.jsonl`` and
 ``wav/test/``), from the same grammar, lexicon and voices, with its own seed stream, so the
-corpus, its pools and every stage trained on them keep their identities. Sentences of any
+corpus, its pools, the towers and the judge keep their identities (a fine-tuning stage run with
+``eval.test_words`` reports its test figures on this pool, so it is a stage of its own; evaluate
+trained ones with ``eval.stages``). Sentences of any
 training, valid or test pool are left out, so nothing tested was ever trained on; lengths are
 drawn evenly over [min, max] (so long sentences are not rare).
 """
@@ -14,6 +16,8 @@ import json
 import os
 import random
 from pathlib import Path
+
+import filelock
 
 from zipper_pl.config.components import EmbeddedCorpusConfig
 from zipper_pl.data.corpora.embedded import (
@@ -28,6 +32,7 @@ from zipper_pl.errors import UserError
 from zipper_pl.io import atomic_write_text
 
 LENGTH_SEED = 7_919  # added to data.embedded.seed: a stream no corpus pool is drawn from
+ANY_LENGTH = 1_000  # words: longer than any sentence the grammar makes
 
 
 def length_test_sentences(cfg: EmbeddedCorpusConfig, lo: int, hi: int) -> list[str]:
@@ -35,9 +40,11 @@ def length_test_sentences(cfg: EmbeddedCorpusConfig, lo: int, hi: int) -> list[s
     any pool of the corpus ``cfg`` describes."""
     taken = {s for pool in split_pools(cfg).values() for s in pool}
     per_length = -(-cfg.n_test // (hi - lo + 1))
-    n = 20 * per_length * (hi - lo + 1)
+    n = max(20 * per_length * (hi - lo + 1), 20_000)
     while True:  # the grammar makes some lengths rarely: draw until each has enough
-        drawn = generate_sentences(n, cfg.seed + LENGTH_SEED, lo, max(hi, 6), cfg.lexicon_frac)
+        # every length the grammar makes (1..ANY_LENGTH), sorted here: the generator's own
+        # length filter would loop forever on lengths it never makes
+        drawn = generate_sentences(n, cfg.seed + LENGTH_SEED, 1, ANY_LENGTH, cfg.lexicon_frac)
         by_length: dict[int, list[str]] = {w: [] for w in range(lo, hi + 1)}
         for s in dict.fromkeys(drawn):
             if s not in taken and len(s.split()) in by_length:
@@ -45,7 +52,13 @@ def length_test_sentences(cfg: EmbeddedCorpusConfig, lo: int, hi: int) -> list[s
         short = {w: len(v) for w, v in by_length.items() if len(v) < per_length}
         if not short:
             break
-        if n > 2_000_000:
+        never = [w for w, found in short.items() if not found]
+        if never:
+            raise UserError(
+                f"eval.test_words={[lo, hi]}: the grammar made no sentence of {never} words in "
+                f"{n:,} draws: choose lengths it makes (the demo world's: 4-8; up to ~20 work)"
+            )
+        if n > 500_000:
             raise UserError(
                 f"too few new sentences of these lengths (words: found) {short}, "
                 f"{per_length} each needed: narrow eval.test_words or lower data.embedded.n_test"
@@ -66,6 +79,15 @@ def build_length_test(root: str | os.PathLike, cfg: EmbeddedCorpusConfig, words:
     manifest = folder / "test.jsonl"
     if (folder / "DONE").is_file() and manifest.is_file():
         return manifest
+    folder.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(str(folder / ".build.lock")):  # one builder; the others then reuse
+        if not (folder / "DONE").is_file():
+            _build(folder, cfg, lo, hi)
+    return manifest
+
+
+def _build(folder: Path, cfg: EmbeddedCorpusConfig, lo: int, hi: int) -> None:
+    manifest = folder / "test.jsonl"
     speakers = embedded_speakers(cfg.n_speakers, cfg.voices)
     rng = random.Random(f"embedded-{cfg.seed}-test-{lo}-{hi}-speakers")
     (folder / "wav" / "test").mkdir(parents=True, exist_ok=True)
@@ -78,6 +100,5 @@ def build_length_test(root: str | os.PathLike, cfg: EmbeddedCorpusConfig, words:
     for r, seconds in zip(records, synthesize_all(jobs, max(1, cfg.workers)), strict=True):
         r.duration = round(seconds, 6)
     write_manifest(manifest, records)
-    summary = {"words": words, "utterances": len(records), "corpus": base.name}
+    summary = {"words": [lo, hi], "utterances": len(records), "corpus": folder.name}
     atomic_write_text(folder / "DONE", json.dumps(summary, indent=2) + "\n")  # last
-    return manifest
