@@ -10,12 +10,15 @@ import torch
 
 from zipper_pl.config import Config
 from zipper_pl.data.batches.aligned import TASKS, Pair, PairTasks, tasks_of
+from zipper_pl.data.batches.datamodules import AlignedDataModule
+from zipper_pl.lit.finetune import FinetuneModule
 from zipper_pl.metrics import corpus_cer, corpus_wer
 from zipper_pl.models.choices import AUTO
 from zipper_pl.models.sequences import Segment
+from zipper_pl.runs.finetuned import Finetuned
 
 
-def held_out_metrics(ft, module, dm) -> dict:
+def held_out_metrics(ft: Finetuned, module: FinetuneModule, dm: AlignedDataModule) -> dict:
     """Every test figure of a finished fine-tuning stage (``ft``: its ``Finetuned``)."""
     cfg = module.cfg
     res = {}
@@ -27,7 +30,7 @@ def held_out_metrics(ft, module, dm) -> dict:
     return res
 
 
-def asr_wer(ft, pairs: list[Pair], cfg: Config) -> dict:
+def asr_wer(ft: Finetuned, pairs: list[Pair], cfg: Config) -> dict:
     """Test WER / CER of the stage's transcribing task (ASR, or ASR through phonemes)."""
     if cfg.eval.max_utterances:
         pairs = pairs[: cfg.eval.max_utterances]
@@ -42,7 +45,7 @@ def asr_wer(ft, pairs: list[Pair], cfg: Config) -> dict:
     }
 
 
-def teacher_forced(module, dm) -> dict:
+def teacher_forced(module: FinetuneModule, dm: AlignedDataModule) -> dict:
     """Token accuracy / perplexity of the output segments on the test split."""
     res = {}
     for task in tasks_of(module.cfg.data.task):
@@ -63,7 +66,7 @@ def teacher_forced(module, dm) -> dict:
     return res
 
 
-def modality_choice(ft, pairs: list[Pair], cfg: Config) -> dict:
+def modality_choice(ft: Finetuned, pairs: list[Pair], cfg: Config) -> dict:
     """Per task of the stage: the share of test prompts (the task's inputs, nothing saying what
     to produce) whose generated modality sequence is the task's outputs, the share whose greedy
     output is token for token the fixed-modality generation, and for transcribing tasks the

@@ -45,7 +45,9 @@ class ChoiceHeads(nn.Module):
 
 
 def choice_targets(
-    samples: Sequence[Sequence[Segment]], specs: Mapping[str, ModalitySpec], lengths: dict
+    samples: Sequence[Sequence[Segment]],
+    specs: Mapping[str, ModalitySpec],
+    lengths: Mapping[str, int],
 ) -> dict[str, dict[str, Tensor]]:
     """{tower + CHOICE: {"targets": [B,T]}}: at the end token of each segment (wrapped as bos ..
     eos in its tower's stream, as ``collate_segments`` lays it out), the index of the next
