@@ -186,6 +186,7 @@ def test_evaluate_listed_stages(evaluated, tmp_path):
     got = json.loads((evaluate_stage(listed) / "results.json").read_text())
     first, second = got["systems"]  # in eval.stages order
     assert first["arch"] == "zipper" and "asr" in first and "tts" not in first
+    assert first["label"] == f"Zipper: {Path(asr).name}"  # tables say which system a folder is
     assert second["arch"] == "single" and "tts" in second and "asr" not in second
     assert got["significance"] == []  # no task in common
     assert second["tts"]["n"] == 3

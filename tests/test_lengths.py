@@ -76,6 +76,24 @@ def test_the_command_writes_table_and_plot_of_an_evaluation_folder(tmp_path, cap
     assert "judged from audio" in write_length_report(tmp_path).read_text()
 
 
+def test_folders_of_eval_stages_put_the_baseline_first_whatever_their_names(tmp_path):
+    """Systems named by their folders (eval.stages) once kept file order, so a Zipper folder
+    that sorted first became the row every gap was measured from."""
+    utterances = tmp_path / "utterances"
+    utterances.mkdir()
+    planted = _planted(np.random.default_rng(0))
+    names = {"single": "b-single-tts-stage", "zipper": "a-zipper-tts-stage"}
+    for arch, rows in planted.items():
+        (utterances / f"{names[arch]}.tts.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows)
+        )
+    systems = [{"name": n, "arch": a, "label": f"{a}: {n}"} for a, n in names.items()]
+    (tmp_path / "results.json").write_text(json.dumps({"systems": systems}))
+    rows = [r for r in write_length_report(tmp_path).read_text().splitlines() if "stage |" in r]
+    assert "single: b-single" in rows[0] and rows[0].rstrip().endswith("|  |  |")  # no gap
+    assert "zipper: a-zipper" in rows[1] and "+" in rows[1]
+
+
 def test_a_folder_without_two_speaking_systems_is_one_line_error(tmp_path, capsys):
     (tmp_path / "utterances").mkdir()
     assert main(["by-length", str(tmp_path)]) == 2

@@ -141,13 +141,17 @@ def write_length_report(folder: Path, labels: dict[str, str] | None = None) -> P
         raise UserError(f"{folder} has no per-utterance TTS rows of two systems (utterances/"
                         "<system>.tts.jsonl): give a finished `make evaluate` folder")  # fmt: skip
     rows = {f.name.removesuffix(f".{kind}.jsonl"): _read(f) for f in files}
-    # the baseline (an unzipped system) first: gaps are its WER minus the others', as the paper's
-    rows = dict(sorted(rows.items(), key=lambda kv: kv[0] not in ARCHS or ARCHS[kv[0]].zipped))
-    table = by_length(rows)
-    if labels is None and (folder / "results.json").is_file():  # a finished evaluation's names
+    arch = {name: name for name in rows}  # the default systems are named by their arch
+    if (folder / "results.json").is_file():  # a finished evaluation: its names and archs
         systems = json.loads((folder / "results.json").read_text()).get("systems", [])
-        labels = {e["name"]: e["label"] for e in systems if "name" in e and "label" in e}
+        arch |= {e["name"]: e["arch"] for e in systems if "name" in e and "arch" in e}
+        if labels is None:
+            labels = {e["name"]: e["label"] for e in systems if "name" in e and "label" in e}
     labels = labels or {}
+    # the baseline (an unzipped system) first: gaps are its WER minus the others', as the paper's
+    zipped = {n: arch[n] not in ARCHS or ARCHS[arch[n]].zipped for n in rows}
+    rows = dict(sorted(rows.items(), key=lambda kv: zipped[kv[0]]))
+    table = by_length(rows)
     atomic_write_text(folder / "by_length.md", markdown(table, labels, SOURCES[kind]))
     plot(folder / "by_length.png", table, labels)
     return folder / "by_length.md"

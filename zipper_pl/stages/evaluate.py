@@ -246,7 +246,8 @@ def evaluate_stage(cfg: Config) -> Path:
     }
     errors: dict[str, dict[str, list[float]]] = {}
     for system in systems:
-        label = ARCHS[system.name].label if system.name in ARCHS else system.name
+        own = system.name in ARCHS  # else a folder of eval.stages: its arch's name, the folder
+        label = ARCHS[system.name].label if own else f"{ARCHS[system.arch].label}: {system.name}"
         entry = {
             "name": system.name,
             "label": label,
