@@ -142,7 +142,10 @@ def test_a_zip_stage_measures_the_modality_it_chooses(data_root, tiny_towers, tm
     from zipper_pl.runs.finetuned import load_finetuned
     from zipper_pl.stages.chain import zip_stage
 
-    overrides = ("data.task=mix", "zip.choose_output=true", "train.max_steps=4")
+    overrides = (
+        *("data.task=mix", "zip.choose_output=true", "train.max_steps=4"),
+        *("eval.max_utterances=4", "eval.max_new_text=8", "eval.max_new_speech_per_word=2"),
+    )  # an untrained model writes to its budgets, four segments long: keep them short
     out = zip_stage(zip_config(data_root, tiny_towers, tmp_path / "z", *overrides))
     metrics = json.loads((out / "metrics.json").read_text())
     for task in ("asr", "tts"):
