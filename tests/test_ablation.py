@@ -561,3 +561,22 @@ def test_interrupting_a_sharded_study_stops_every_shard(tmp_path):
     for pid in shards:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_scores_cached_before_a_new_eval_key_stay_valid_at_its_default(tmp_path, capsys):
+    """eval.test_words came after the design study's first cells were scored: at its default a
+    cached score is still this score (it once had every finished cell scored again)."""
+    from zipper_pl.config import to_dict
+
+    cfg = load_config(None)
+    key = ablation._score_keys(None, cfg)["asr"]
+    settings = to_dict(cfg.eval)
+    for stored in (
+        {k: v for k, v in settings.items() if k != "test_words"},  # written before the key
+        settings,  # written after it, at its default
+    ):
+        (tmp_path / "asr_eval.json").write_text(json.dumps({"asr_wer": 0.5, "eval": stored}))
+        assert ablation._cached(tmp_path, "asr", key)["asr_wer"] == 0.5
+    other = ablation._score_keys(None, load_config(None, ["eval.test_words=[4,16]"]))["asr"]
+    assert ablation._cached(tmp_path, "asr", other) is None
+    assert "scoring again" in capsys.readouterr().out

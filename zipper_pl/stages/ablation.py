@@ -46,7 +46,7 @@ from zipper_pl.models.generation import SAMPLING_SCHEME
 from zipper_pl.registry import peak_lr
 from zipper_pl.results.ablation_tables import grid_lines, write_tables
 from zipper_pl.results.scoring import asr_cell_metrics, tts_cell_metrics
-from zipper_pl.runs.identity import IDENTITY_FILE
+from zipper_pl.runs.identity import IDENTITY_FILE, LATE_KEYS
 from zipper_pl.runs.inventory import is_busy
 from zipper_pl.runs.layout import (
     CONFIG,
@@ -235,14 +235,24 @@ SCORES = {"asr": "asr_eval.json", "tts": "tts_eval.json"}  # per cell, next to i
 def _score_keys(judge: Path | None, cfg: Config) -> dict[str, dict]:
     """What a cached cell score depends on besides the cell: ``eval.*``, and for TTS the judge's
     weights and the sampling scheme (``generation.SAMPLING_SCHEME``)."""
-    keys = {"asr": {"eval": to_dict(cfg.eval)}}
+    keys = {"asr": {"eval": _eval_key(to_dict(cfg.eval))}}
     if judge is not None:
         keys["tts"] = {
             "judge": judge_fingerprint(judge),
-            "eval": to_dict(cfg.eval),
+            "eval": _eval_key(to_dict(cfg.eval)),
             "sampling": SAMPLING_SCHEME,  # best of N samples: the seeds' draws
         }
     return keys
+
+
+def _eval_key(settings: dict) -> dict:
+    """eval.* as a score depends on it: keys added later (``LATE_KEYS``) at the value that
+    scores as before they existed are left out, so scores cached before them stay valid (a new
+    eval key once had every finished cell scored again)."""
+    return {k: v for k, v in settings.items() if LATE_KEYS.get(f"eval.{k}", _NONE) != v}
+
+
+_NONE = object()
 
 
 def _score(task: str, folder: Path, judge: Path | None, cfg: Config, key: dict) -> dict:
@@ -266,6 +276,8 @@ def _cached(folder: Path, task: str, key: dict | None) -> dict | None:
     if key is None or not cache.is_file():
         return None
     res = read_json(cache)
+    if isinstance(res.get("eval"), dict):  # written before or after a LATE key: compare alike
+        res["eval"] = _eval_key(res["eval"])
     stale = [k for k, v in key.items() if res.get(k) != v]
     if stale:  # never silent: say why a score is computed again
         print(f"[ablation] {folder.name}: cached {task} score made with other {', '.join(stale)}: "
