@@ -126,7 +126,7 @@ lock: ## regenerate requirements.lock from pyproject.toml (exact versions + hash
 
 setup: $(STAMP) ## create .venv and install the project (once)
 
-test: $(STAMP) ## run the test suite (CPU, tiny configs, < 10 min)
+test: $(STAMP) ## run the test suite (CPU, tiny configs, ~10.5 min on 2 cores)
 	$(PY) -m pytest
 
 test-fast: $(STAMP) ## the edit loop: every test not marked slow (no stages, processes or make; ~1 min)
