@@ -9,7 +9,7 @@ then scores every cell on the test split (per-utterance errors, cached in the ce
 writes a CSV, a markdown table with mean +- sd over seeds and paired tests (``ablation_tables``),
 and plots. ``ablation.shard=i/n`` lets n processes (one per GPU, e.g. with
 ``CUDA_VISIBLE_DEVICES=i``) split a study: shard i takes every n-th stage first (towers, grid
-cells, cells), then any stage no other shard is computing (a stage's lock says so), so shards
+cells, cells), then any cell no other shard works on (its cell lock says so), so shards
 that finish early take over the others' remaining cells; every stage is trained once, and the
 last shard to finish writes the tables (or a last plain run).
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import filelock
@@ -96,13 +97,9 @@ def _select_lrs(
     ]
     todo = shard_order(grid_cells, shard)
     folders = [stage_dir(cell_config(cfg, c, towers[seed]), "zip", fps[seed]) for c in todo]
-    while todo:
-        cell = todo.pop(k := next_free(folders))
-        folder = folders.pop(k)
+    for cell in claimed(todo, folders):  # the divergence record is written under the lock too
         print(f"[ablation] lr grid {cell['task']}: {cell}")
-        with cell_work(folder):  # the divergence record too
-            score = _grid_cell(cfg, cell, towers[seed], fps[seed])
-        scores[(*system_key(cell), cell["lr"])] = score
+        scores[(*system_key(cell), cell["lr"])] = _grid_cell(cfg, cell, towers[seed], fps[seed])
     chosen, grid = {}, []
     for system in systems_of(cells):
         task = system["task"]
@@ -131,6 +128,17 @@ def cell_work(folder: Path) -> filelock.FileLock:
     ends with training): another shard never trains or scores the same cell at the same time."""
     folder.mkdir(parents=True, exist_ok=True)
     return filelock.FileLock(str(folder / CELL_LOCK))
+
+
+def claimed(items: list, folders: list[Path]) -> Iterator:
+    """Each item in turn, the first whose folder no other shard works on first, with its cell
+    lock held while the caller works on it (training through scoring)."""
+    items, folders = list(items), list(folders)
+    while items:
+        k = next_free(folders)
+        item = items.pop(k)
+        with cell_work(folders.pop(k)):
+            yield item
 
 
 def next_free(folders: list[Path]) -> int:
@@ -203,12 +211,10 @@ def ablation_stage(cfg: Config) -> Path:
     out = stage_dir(cfg, "ablation", cell_ids)
     todo = shard_order(list(enumerate(cells)), (i, n))
     folders = [stage_dir(config_of(cell), "zip", fps[cell["seed"]]) for _, cell in todo]
-    while todo:  # this shard's own cells first, then others' that nobody is working on
-        k, cell = todo.pop(j := next_free(folders))
+    for k, cell in claimed(todo, folders):  # own cells first, then others' nobody works on
         print(f"[ablation] cell {k + 1}/{len(cells)}: {cell}")
-        with cell_work(folders.pop(j)):
-            folder = run_zip(config_of(cell), fingerprints=fps[cell["seed"]])
-            _score(cell["task"], folder, judge, cfg, keys[cell["task"]])
+        folder = run_zip(config_of(cell), fingerprints=fps[cell["seed"]])
+        _score(cell["task"], folder, judge, cfg, keys[cell["task"]])
     rows = _collect(cells, config_of, keys, fps)
     if rows is None:
         print("[ablation] some cells are not finished yet (other shards?): tables not written")
