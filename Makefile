@@ -43,6 +43,7 @@ ABLATION_QUICK_FRACS ?= 0.01 0.1 1.0#  `make ablation-quick`: these fractions, s
 ABLATION_QUICK_LRS ?=#     `make ablation-quick`'s lr for both systems; empty: 2e-3 at SCALE=demo (its grid's ASR choice for each: quick cells are the full study's), else [] = the file's train.lr / single_lr
 TB_BIND_ALL  ?=#           1: `make tensorboard` listens on every interface (no authentication: anyone who can reach the port reads every run)
 BENCH_ARGS   ?=#           `make bench` flags: --quick, --sizes demo,s, --threads N, --compile
+TEST_JOBS    ?= 2#          pytest-xdist processes of `make test` / `test-fast` (one per core here: the suite alone keeps 1.1 cores busy); 1 = one process
 
 fwd = $(if $(strip $($(1))),$(2)=$(strip $($(1))))
 COMMON = runs=$(strip $(RUNS)) $(call fwd,SEED,seed) $(call fwd,DATA,data.corpus) \
@@ -126,11 +127,13 @@ lock: ## regenerate requirements.lock from pyproject.toml (exact versions + hash
 
 setup: $(STAMP) ## create .venv and install the project (once)
 
+# a test file's tests stay on one worker (--dist loadfile), so a module's fixtures are built once
+XDIST = $(if $(filter-out 0 1,$(strip $(TEST_JOBS))),-n $(strip $(TEST_JOBS)) --dist loadfile)
 test: $(STAMP) ## run the test suite (CPU, tiny configs, ~10.5 min on 2 cores)
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
 
 test-fast: $(STAMP) ## the edit loop: every test not marked slow (no stages, processes or make; ~1 min)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest $(XDIST) -m "not slow"
 
 lint: $(STAMP) ## ruff check + format check
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

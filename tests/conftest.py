@@ -14,7 +14,13 @@ from zipper_pl.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PYTHONHASHSEED", "0")
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: each worker, and the stages and makes its tests
+    # start, on one torch thread, so two workers never fight over a core's OpenMP threads
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
 # what a running make passes its children: under `make test` a make a test starts would be a

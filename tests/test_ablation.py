@@ -543,9 +543,12 @@ def test_interrupting_a_sharded_study_stops_every_shard(tmp_path):
         "time.sleep(120)"
     )
     script = ROOT / "scripts" / "study_shards.sh"
+    # SIGINT at its default, as in a terminal: pytest-xdist's workers ignore it, and a signal
+    # ignored when bash starts cannot be trapped
     proc = subprocess.Popen(
         [str(script), "2", sys.executable, "-c", child],
         start_new_session=True, stdout=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     for _ in range(400):
         if len([p for p in tmp_path.iterdir() if p.stat().st_size]) == 2:
