@@ -129,7 +129,7 @@ setup: $(STAMP) ## create .venv and install the project (once)
 
 # a test file's tests stay on one worker (--dist loadfile), so a module's fixtures are built once
 XDIST = $(if $(filter-out 0 1,$(strip $(TEST_JOBS))),-n $(strip $(TEST_JOBS)) --dist loadfile)
-test: $(STAMP) ## run the test suite (CPU, tiny configs, ~10.5 min on 2 cores)
+test: $(STAMP) ## run the test suite (CPU, tiny configs, ~6 min on 2 cores; TEST_JOBS workers)
 	$(PY) -m pytest $(XDIST)
 
 test-fast: $(STAMP) ## the edit loop: every test not marked slow (no stages, processes or make; ~1 min)
