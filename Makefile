@@ -66,7 +66,7 @@ ZPL   := $(PY) -m zipper_pl
 ifneq ($(wildcard $(STAMP)),)
 ifneq ($(MAKELEVEL),0)
 PATHS := $(shell $(ZPL) paths $(EXP) --zip-task=$(strip $(TASK)) --zip-towers=$(strip $(TOWERS)) \
-  $(COMMON) -- $(ZIPVARS) 2>/dev/null)
+  $(COMMON) $(call fwd,VOCODER,inputs.vocoder) -- $(ZIPVARS) 2>/dev/null)
 path_of = $(patsubst $(1)=%,%,$(filter $(1)=%,$(PATHS)))
 comma := ,
 # one tower per modality with a pretrain_<modality>.yaml in EXP: DIR_<m> (folder), DONE_<m>
@@ -143,7 +143,7 @@ format: $(STAMP) ## ruff format + autofix
 
 # Each public target re-enters make once the venv exists, so stage paths can be computed.
 _check-paths:
-	@test -n "$(TEXT_DIR)" || { $(ZPL) paths $(EXP) $(COMMON) -- $(ZIPVARS); exit 2; }
+	@test -n "$(TEXT_DIR)" || { $(ZPL) paths $(EXP) $(COMMON) $(call fwd,VOCODER,inputs.vocoder) -- $(ZIPVARS); exit 2; }
 
 data: $(STAMP) ## prepare corpus, tokenizers and token caches (DATA, DATA_ROOT, CODEC)
 	$(ZPL) data $(EXP)/pretrain_speech.yaml $(COMMON) $(if $(strip $(SHARD)),--shard $(strip $(SHARD)))

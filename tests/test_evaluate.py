@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import re
@@ -273,3 +274,17 @@ def test_a_real_full_disk_at_the_evaluation_outputs_is_one_line_and_a_rerun_comp
         assert zipper_cli.main(args) == 0 and (out / "results.json").is_file()
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_an_evaluation_never_overwrites_the_folder_of_another(evaluated):
+    """`make evaluate VOCODER=<another>` once wrote its results into the folder named after the
+    chain's own vocoder (out= passed by make, the stage never checked it): the folder's name then
+    said one vocoder and its tables another's."""
+    cfg, out = evaluated
+    stamp = (out / "results.json").stat().st_mtime_ns
+    other = dataclasses.replace(
+        cfg, out=str(out), eval=dataclasses.replace(cfg.eval, temperature=0.5)
+    )
+    with pytest.raises(UserError, match=r"holds another experiment.*leave out= unset"):
+        evaluate_stage(other)
+    assert (out / "results.json").stat().st_mtime_ns == stamp

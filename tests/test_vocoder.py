@@ -14,7 +14,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import zipper_pl
-from tests.conftest import tiny_config
+from tests.conftest import ROOT, tiny_config
 from tests.test_ssl_units import save_tiny_hubert
 from zipper_pl.__main__ import main
 from zipper_pl.config import VocoderConfig
@@ -216,3 +216,17 @@ def test_with_discriminators_their_optimizer_travels_in_last_ckpt(data_root, tmp
 def test_a_tts_stage_beside_a_vocoder_puts_spoken_validation_samples_in_tensorboard(chain):
     acc = EventAccumulator(str(chain["stage"] / "tb"), size_guidance={"audio": 0}).Reload()
     assert any(t.startswith("val/tts_") for t in acc.Tags()["audio"]), acc.Tags()["audio"]
+
+
+def test_make_evaluate_with_another_vocoder_gets_its_own_evaluation_folder(chain):
+    """VOCODER=<folder> reaches the stage-path computation: the evaluation it names is that
+    vocoder's, not the chain's own vocoder's (whose folder the results once overwrote)."""
+    from zipper_pl.__main__ import _chain_paths
+
+    base = [str(ROOT / "experiments" / "tiny"), f"runs={chain['root']}"]
+    own, voiced = _chain_paths(base), _chain_paths([*base, f"inputs.vocoder={chain['vocoder']}"])
+    assert voiced["VOCODER_DIR"] == chain["vocoder"] != own["VOCODER_DIR"]
+    assert voiced["EVAL_DIR"] != own["EVAL_DIR"]
+    assert {k: v for k, v in voiced.items() if "EVAL" not in k and "VOCODER" not in k} == {
+        k: v for k, v in own.items() if "EVAL" not in k and "VOCODER" not in k
+    }

@@ -107,7 +107,7 @@ def is_finished(out: Path) -> bool:
 LOCK_FILE = ".stage.lock"
 
 
-def _check_identity(out: Path, identity: dict, name: str) -> None:
+def check_identity(out: Path, identity: dict, name: str) -> None:
     """A folder that holds (or was interrupted while computing) another experiment is never
     reused or resumed: the identity recorded in it must be this run's."""
     rec = read_identity(out)
@@ -134,7 +134,7 @@ def claim_stage(out: Path, name: str, identity: dict) -> Iterator[bool]:
     once). The identity record is written before training starts, so an interrupted stage
     resumes only under the same identity.
     """
-    _check_identity(out, identity, name)
+    check_identity(out, identity, name)
     if is_finished(out):
         print(f"[{name}] already finished: {out}")
         yield False
@@ -327,9 +327,14 @@ def chain_paths(
         "judge": stage_identity(judge_cfg, "judge", judge_inputs)["fingerprint"],
         "text": fps["text"],
     }
+    chosen = cfgs["evaluate"].inputs.vocoder  # VOCODER=<finished folder>: its evaluation's own
     if needs_vocoder(cfgs["evaluate"]):
-        out["VOCODER_DIR"] = stage_dir(vocoder_cfg, "vocoder")
-        eval_inputs["vocoder"] = stage_identity(vocoder_cfg, "vocoder")["fingerprint"]
+        out["VOCODER_DIR"] = Path(chosen) if chosen else stage_dir(vocoder_cfg, "vocoder")
+        eval_inputs["vocoder"] = (
+            tower_fingerprint(Path(chosen))
+            if chosen
+            else stage_identity(vocoder_cfg, "vocoder")["fingerprint"]
+        )
     for arch in ARCHS:
         for task in ("asr", "tts"):
             zcfg = _with_task(cfgs[f"zip_{task}"], arch, task)

@@ -64,6 +64,7 @@ from zipper_pl.runs.finetuned import load_finetuned
 from zipper_pl.runs.identity import IDENTITY_FILE
 from zipper_pl.runs.layout import (
     CONFIG,
+    check_identity,
     eval_identity,
     input_fingerprints,
     is_finished,
@@ -203,6 +204,7 @@ def evaluate_stage(cfg: Config) -> Path:
     vocoder_dir = _vocoder_folder(cfg)
     identity = eval_identity(cfg, folders, judge_dir, vocoder_dir)
     out = stage_dir(cfg, "eval", identity["inputs"])
+    check_identity(out, identity, "evaluate")  # out= of another evaluation is never overwritten
     judge, judge_tok = load_judge(judge_dir)
     utts, skipped = _test_set(cfg, systems, judge_tok)
     if not utts:
