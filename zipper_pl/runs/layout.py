@@ -327,14 +327,13 @@ def chain_paths(
         "judge": stage_identity(judge_cfg, "judge", judge_inputs)["fingerprint"],
         "text": fps["text"],
     }
-    chosen = cfgs["evaluate"].inputs.vocoder  # VOCODER=<finished folder>: its evaluation's own
-    if needs_vocoder(cfgs["evaluate"]):
-        out["VOCODER_DIR"] = Path(chosen) if chosen else stage_dir(vocoder_cfg, "vocoder")
-        eval_inputs["vocoder"] = (
-            tower_fingerprint(Path(chosen))
-            if chosen
-            else stage_identity(vocoder_cfg, "vocoder")["fingerprint"]
-        )
+    chosen = cfgs["evaluate"].inputs.vocoder  # VOCODER=<finished folder>: as the stage reads it
+    if needs_vocoder(cfgs["evaluate"]) and chosen:
+        out["VOCODER_DIR"] = Path(chosen)
+        eval_inputs |= input_fingerprints(vocoder=Path(chosen))
+    elif needs_vocoder(cfgs["evaluate"]):
+        out["VOCODER_DIR"] = stage_dir(vocoder_cfg, "vocoder")
+        eval_inputs["vocoder"] = stage_identity(vocoder_cfg, "vocoder")["fingerprint"]
     for arch in ARCHS:
         for task in ("asr", "tts"):
             zcfg = _with_task(cfgs[f"zip_{task}"], arch, task)
