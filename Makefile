@@ -206,8 +206,11 @@ ifeq ($(strip $(VOCODER))$(if $(VOCODER_DIR),,none),)
 $(VOCODER_DIR)/$(W):
 	$(ZPL) vocoder $(EXP)/vocoder.yaml $(LANE) $(COMMON) out=$(VOCODER_DIR)
 endif
-$(EVAL_DIR)/results.json: $(ZIPPER_ASR_DIR)/$(W) $(ZIPPER_TTS_DIR)/$(W) $(SINGLE_ASR_DIR)/$(W) \
-  $(SINGLE_TTS_DIR)/$(W) $(JUDGE_DIR)/$(W) $(VOCODER_DONE)
+# the vocoder first: `make -j2` (the demo's lanes) starts what is listed first, and the vocoder
+# needs no tower but is the longest stage and the TTS stages wait for it, so it trains on one lane
+# while the other runs the towers, the ASR stages and the judge
+$(EVAL_DIR)/results.json: $(VOCODER_DONE) $(ZIPPER_ASR_DIR)/$(W) $(SINGLE_ASR_DIR)/$(W) \
+  $(JUDGE_DIR)/$(W) $(ZIPPER_TTS_DIR)/$(W) $(SINGLE_TTS_DIR)/$(W)
 	$(ZPL) evaluate $(EXP)/evaluate.yaml $(COMMON) $(ZIPVARS) out=$(EVAL_DIR) \
 	  inputs.text=$(TEXT_DIR) inputs.speech=$(SPEECH_DIR) inputs.judge=$(JUDGE_DIR) \
 	  $(if $(VOCODER_DIR),inputs.vocoder=$(VOCODER_DIR))

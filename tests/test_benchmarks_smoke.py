@@ -120,3 +120,15 @@ def test_synthetic_models_build_with_each_scales_zip_config(size):
     with torch.device("meta"):  # shapes only: SCALE=s weights need not be allocated
         model = syn.zipper(size, "text")
     assert set(model.towers) == {"text", "speech"}
+
+
+def test_cpu_bf16_times_every_training_case_in_both_precisions(one_thread):
+    from benchmarks import bench_cpu_bf16
+
+    res = bench_cpu_bf16.run(["tiny"], reps=1, with_s=False)
+    cases = [r["case"] for r in res["rows"]]
+    assert len(cases) == 7 and "zipper ASR, text frozen" in cases
+    assert all(r["fp32_step_s"] > 0 and r["bf16_step_s"] > 0 for r in res["rows"])
+    assert set(res["matmul"]) == {512, 2048}
+    md = bench_cpu_bf16.markdown(res)
+    assert md.count("| tiny |") == 7 and "bf16 kernels" in md

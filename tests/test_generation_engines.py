@@ -132,7 +132,9 @@ def test_static_engine_under_bf16_autocast(arch):
         m = sharpen(model(gate_init=0.7, seed=3, **PRIOR))
         xs = samples(["speech"], [(5,), (2,), (7,)], seed=1)
     else:
-        m, xs = single_model(), SINGLE_CASES[2][0]
+        # sharpened, as the Zipper: at the 0.3 init the argmax has near-ties that bf16 kernels
+        # blocked for other shapes (AMX: the whole cache vs its fill level) flip
+        m, xs = sharpen(single_model()), SINGLE_CASES[2][0]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = m.generate(xs, ["text", "speech"], 8)
         ref = m.generate(xs, ["text", "speech"], 8, engine="dynamic")

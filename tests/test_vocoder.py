@@ -14,14 +14,14 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import zipper_pl
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import ROOT, run_make, tiny_config
 from tests.test_ssl_units import save_tiny_hubert
 from zipper_pl.__main__ import main
 from zipper_pl.config import VocoderConfig
 from zipper_pl.data.modalities import load_units_tokenizer
 from zipper_pl.errors import UserError
 from zipper_pl.fitting.vocoding import load_vocoder
-from zipper_pl.lit.vocoder import VocoderModule
+from zipper_pl.lit.vocoder import CropDataset, VocoderModule, clip_of, collate_crops
 from zipper_pl.models.vocoder import UnitVocoder, duration_loss, runs_of
 from zipper_pl.stages.chain import pretrain, vocoder_stage, zip_stage
 
@@ -36,6 +36,20 @@ def test_shapes_and_runs():
     assert units.tolist() == [3, 7, 1] and frames.tolist() == [3, 1, 2]
     assert net.durations(torch.tensor([3, 7, 1])).shape == (3,)
     assert net.synthesize(np.array([3, 7, 1]), expand=True).dtype == np.float32
+
+
+def test_crops_carry_the_runs_of_dur_clips_utterances_spread_over_the_pool():
+    clips = [clip_of(f"u{c}", np.repeat(np.arange(3 + c), 2), np.zeros(1), 320) for c in range(6)]
+    one, three = CropDataset(clips, 4, 320), CropDataset(clips, 4, 320, dur_clips=3)
+    assert len(one) == len(three) and one[0]["units"].tolist() == three[0]["units"].tolist()
+    batch = collate_crops([three[i] for i in range(4)])
+    assert batch["units"].shape == (4, 4) and batch["wave"].shape == (4, 4 * 320)
+    assert batch["run_units"].shape[0] == 12  # 4 crops x 3 utterances' runs
+    c = three.items[3][0]  # the clip of crop 3: its own runs, then those 2 and 4 clips on
+    lengths = (batch["run_frames"][9:12] > 0).sum(1).tolist()
+    assert lengths == [3 + c, 3 + (c + 2) % 6, 3 + (c + 4) % 6]
+    assert (batch["run_frames"][9, : 3 + c] == 2).all()  # runs of 2 frames each
+    assert collate_crops([one[0]])["run_units"].shape[0] == 1
 
 
 def test_a_few_steps_lower_the_mel_loss():
@@ -230,3 +244,13 @@ def test_make_evaluate_with_another_vocoder_gets_its_own_evaluation_folder(chain
     assert {k: v for k, v in voiced.items() if "EVAL" not in k and "VOCODER" not in k} == {
         k: v for k, v in own.items() if "EVAL" not in k and "VOCODER" not in k
     }
+
+
+def test_make_starts_the_vocoder_before_the_towers(tmp_path):
+    """The demo's lanes (`make -j2`) start prerequisites in the order listed: the vocoder, the
+    longest stage, which needs no tower and which the TTS stages wait for, comes first."""
+    r = run_make("-n", "evaluate", "SCALE=tiny", f"RUNS={tmp_path}", timeout=120)
+    assert r.returncode == 0, r.stderr
+    stages = [s for s in re.findall(r"-m zipper_pl (\w+) ", r.stdout) if s != "paths"]
+    assert stages[0] == "vocoder" and "pretrain" in stages, stages
+    assert stages[-1] == "evaluate", stages

@@ -187,6 +187,13 @@ class VocoderConfig:
         "cross-entropy and take the most likely (longer runs count as K)",
         ge=0,
     )
+    dur_clips: int = F(
+        1,
+        "utterances whose unit runs train the duration predictor per crop of a batch (the "
+        "crop's own, then others): it is cheap beside the crops' audio, so a smaller "
+        "vocoder.batch_size need not starve it",
+        ge=1,
+    )
     segment_frames: int = F(64, "training crop in token frames (50/s units: 64 = 1.28 s)", ge=4)
     max_steps: int = F(20000, "generator optimizer steps", ge=1)
     lr: float = F(5e-4, "AdamW lr of generator and discriminators (Vocos: 5e-4)", gt=0.0)

@@ -197,6 +197,7 @@ def _train_judge_stage(cfg: Config, out: Path) -> None:
         "targets": cfg.judge.targets,
         "labels": len(vocab),
         "fit_wall_s": fit_s,
+        "precision": "32-true",  # its own loop, no autocast: the yardstick stays fp32
         "audio_fingerprint": audio_tok.fingerprint(),
     }
     copy_artefact(speech / AUDIO_TOKENIZER_DIR, out)

@@ -178,6 +178,7 @@ def _pretrain(cfg: Config, out: Path) -> None:
             "train_loss": final.get("train/loss"),
             "tokens_per_s": final.get("train/tokens_per_s"),
             "fit_wall_s": run["wall_s"],
+            "precision": run["trainer"].precision,  # what train.precision=auto chose
             **data.info,
         }
         for a in data.artefacts:
@@ -259,6 +260,7 @@ def _train_finetune(
         "val_token_acc": final.get("val/token_acc"),
         **run["selected"],  # selected_on / _step / _score: the exported weights' validation score
         "fit_wall_s": run["wall_s"],
+        "precision": run["trainer"].precision,
         **dm.info,
     }
     metrics.update(held_out_metrics(ft, module, dm))

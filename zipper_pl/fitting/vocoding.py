@@ -97,7 +97,8 @@ def _train_vocoder(cfg: Config, out: Path) -> None:
     save_config(cfg, out / CONFIG)
     torch.manual_seed(cfg.seed)
     hop = hop_of(tok)
-    train = CropDataset(speech_clips(cfg, tok, "speech", v.max_utterances), v.segment_frames, hop)
+    clips = speech_clips(cfg, tok, "speech", v.max_utterances)
+    train = CropDataset(clips, v.segment_frames, hop, v.dur_clips if tok.collapses_runs else 1)
     short = len(train.clips) - len({c for c, _ in train.items})
     print(f"[vocoder] {len(train)} crops of {v.segment_frames} frames; {short} utterances "
           "shorter than vocoder.segment_frames skipped")  # fmt: skip
@@ -137,6 +138,7 @@ def _train_vocoder(cfg: Config, out: Path) -> None:
         "params": sum(p.numel() for p in module.net.parameters()),
         "gan": module.gan,
         "fit_wall_s": fit_s,
+        "precision": trainer.precision,
     }
     copy_artefact(tok_folder, out)
     atomic_write_json(

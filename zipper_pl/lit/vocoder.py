@@ -55,9 +55,11 @@ def clip_of(uid: str, units: np.ndarray, wave: np.ndarray, hop: int) -> Clip:
 
 
 class CropDataset(Dataset):
-    """Every whole ``frames``-long window of every clip, with that clip's unit runs."""
+    """Every whole ``frames``-long window of every clip, with the unit runs of ``dur_clips``
+    whole clips: the crop's own and, beyond one, clips spread evenly over the pool (fixed per
+    crop, so a resumed run sees the same batches)."""
 
-    def __init__(self, clips: list[Clip], frames: int, hop: int) -> None:
+    def __init__(self, clips: list[Clip], frames: int, hop: int, dur_clips: int = 1) -> None:
         self.clips, self.frames, self.hop = clips, frames, hop
         self.items = [
             (c, lo)
@@ -65,34 +67,36 @@ class CropDataset(Dataset):
             for lo in range(0, len(clip.units) - frames + 1, frames)
         ]
         self.runs = [runs_of(clip.units) for clip in clips]
+        self.dur_offsets = [j * len(clips) // dur_clips for j in range(dur_clips)]  # 0: its own
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
         c, lo = self.items[i]
-        clip, (run_units, run_frames) = self.clips[c], self.runs[c]
+        clip, n = self.clips[c], len(self.clips)
+        runs = [self.runs[(c + offset) % n] for offset in self.dur_offsets]
         return {
             "units": torch.from_numpy(clip.units[lo : lo + self.frames]),
             "wave": torch.from_numpy(clip.wave[lo * self.hop : (lo + self.frames) * self.hop]),
-            "run_units": torch.from_numpy(run_units),
-            "run_frames": torch.from_numpy(run_frames),
+            "runs": [(torch.from_numpy(u), torch.from_numpy(f)) for u, f in runs],
         }
 
 
 def collate_crops(items: list[dict]) -> dict:
     """Stack the crops; right-pad the runs (padding has 0 frames: masked out of the loss)."""
-    longest = max(len(it["run_units"]) for it in items)
-    run_units = torch.zeros(len(items), longest, dtype=torch.long)
-    run_frames = torch.zeros(len(items), longest, dtype=torch.long)
-    for b, it in enumerate(items):
-        run_units[b, : len(it["run_units"])] = it["run_units"]
-        run_frames[b, : len(it["run_frames"])] = it["run_frames"]
+    runs = [r for it in items for r in it["runs"]]
+    longest = max(len(u) for u, _ in runs)
+    run_units = torch.zeros(len(runs), longest, dtype=torch.long)
+    run_frames = torch.zeros(len(runs), longest, dtype=torch.long)
+    for b, (units, frames) in enumerate(runs):
+        run_units[b, : len(units)] = units
+        run_frames[b, : len(frames)] = frames
     return {
         "units": torch.stack([it["units"] for it in items]),  # [B, F]
         "wave": torch.stack([it["wave"] for it in items]),  # [B, F * hop]
-        "run_units": run_units,  # [B, N]
-        "run_frames": run_frames,  # [B, N]
+        "run_units": run_units,  # [B * dur_clips, N]
+        "run_frames": run_frames,  # [B * dur_clips, N]
     }
 
 

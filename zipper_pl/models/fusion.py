@@ -8,6 +8,7 @@ import torch.nn.functional as F_
 from torch import Tensor
 
 from zipper_pl.errors import UserError
+from zipper_pl.models.attention_kernel import attend
 
 # Names of the zero-initialised tanh-gate scalars below (cross-attention alpha, feed-forward beta,
 # input-projection gamma): the optimizer gives them their own learning rate (train.gate_lr_mult).
@@ -105,7 +106,7 @@ class GatedCrossAttention(nn.Module):
             if distance is not None and hasattr(self, "prior_slopes"):
                 bias = -self.prior_slopes.view(1, -1, 1, 1).to(q.dtype) * distance.to(q.dtype)
                 allowed = bias.masked_fill(~allowed, float("-inf"))  # [B,H,Tq,Tk]
-            y = F_.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+            y = attend(q, k, v, attn_mask=allowed)
             y = y * has_key  # [B,H,Tq,hd]
             attn = self.proj(y.transpose(1, 2).reshape(B, Tq, D))
         x = x + torch.tanh(self.alpha) * self.drop(attn)

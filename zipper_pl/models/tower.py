@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from zipper_pl.config.schema import F
 from zipper_pl.errors import UserError
+from zipper_pl.models.attention_kernel import attend
 from zipper_pl.models.kv_cache import KVCache
 
 
@@ -139,7 +140,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.append(self.layer, k, v)  # [B,H,L+T,hd]
-        y = F_.scaled_dot_product_attention(
+        y = attend(
             q,
             k,
             v,

@@ -93,7 +93,7 @@ DATA_SOURCE_KEYS = frozenset(
 _ALL = KINDS
 _VOCODER_KEYS = (
     "dim intermediate_dim n_layers n_fft_hops dur_hidden dur_layers dur_kernel dur_dropout "
-    "dur_classes segment_frames max_steps lr batch_size "
+    "dur_classes dur_clips segment_frames max_steps lr batch_size "
     "gan_from mel_weight mel_scales mrd_weight val_every max_utterances"
 )
 _EVAL_ALL = ("eval", "ablation")
@@ -191,6 +191,7 @@ LATE_KEYS: dict[str, Any] = {
     "vocoder.dur_kernel": 3,
     "vocoder.dur_dropout": 0.5,
     "vocoder.dur_classes": 0,
+    "vocoder.dur_clips": 1,  # the duration predictor's utterances per crop (2026-12-05)
     "ablation.variants": {},  # studies of designs (2026-12-05)
     "zip.xattn_ffw": "per_modality",  # shared or no cross-attention MLPs (2026-12-05)
     "zip.choose_output": False,  # the model names the next modality (2026-12-05)
