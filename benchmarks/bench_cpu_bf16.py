@@ -21,7 +21,7 @@ import torch
 from benchmarks import bench_train
 from benchmarks import synthetic as syn
 from benchmarks.common import Env, detect, matmul_reference, time_fn, write_atomic
-from zipper_pl.runs.provenance import BF16_FLAGS, cpu_isa_flags
+from zipper_pl.runs.provenance import cpu_bf16_flags
 
 S_BATCH = (2, 256)  # rows x tokens of the `s` tower step: seconds, not minutes, on 2 cores
 
@@ -57,7 +57,7 @@ def _row(size: str, case: str, fp32_s: float, bf16_s: float) -> dict:
 
 def run(sizes: list[str], reps: int = 3, with_s: bool = True) -> dict:
     fp32, bf16 = environments()
-    flags = sorted(f for f in cpu_isa_flags() if f in BF16_FLAGS)
+    flags = cpu_bf16_flags()
     mm = {
         n: {d: matmul_reference(e, n)["flops_per_s"] for d, e in (("fp32", fp32), ("bf16", bf16))}
         for n in (512, 2048)

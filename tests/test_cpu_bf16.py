@@ -14,7 +14,7 @@ from tests.test_zipper import SPECS, model, samples
 from zipper_pl.config import load_config
 from zipper_pl.models.attention_kernel import attend
 from zipper_pl.models.sequences import collate_segments, token_loss
-from zipper_pl.runs import trainer
+from zipper_pl.runs import provenance, trainer
 from zipper_pl.stages.chain import pretrain
 
 
@@ -51,19 +51,27 @@ def test_a_float_mask_follows_the_fp32_path():
     assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
 
 
-def test_bf16_cpu_autocast_training_lowers_the_zipper_loss():
-    torch.manual_seed(0)
-    m = model(gate_init=0.1, freeze="none").train()
+def bf16_zipper_losses(device: torch.device, steps: int = 20) -> list[float]:
+    """A small unfrozen Zipper trained ``steps`` Adam steps under bf16 autocast on ``device``
+    (also tests/test_cuda.py's): its losses."""
+    m = model(gate_init=0.1, freeze="none").to(device).train()
     opt = torch.optim.Adam(m.trainable_parameters(), lr=3e-3)
     batch = collate_segments(samples(["speech", "text"], [(4, 3), (2, 5)]), SPECS, loss_on="all")
+    batch = {t: {k: v.to(device) for k, v in s.items()} for t, s in batch.items()}
     losses = []
-    for _ in range(20):
+    for _ in range(steps):
         opt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = token_loss(m(batch), batch)[0]
         loss.backward()
         opt.step()
         losses.append(loss.item())
+    return losses
+
+
+def test_bf16_cpu_autocast_training_lowers_the_zipper_loss():
+    torch.manual_seed(0)
+    losses = bf16_zipper_losses(torch.device("cpu"))
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < 0.8 * losses[0]
 
 
@@ -86,7 +94,7 @@ def test_bf16_mixed_pretraining_on_the_cpu_lowers_the_loss(data_root, tmp_path):
      (["avx2", "avx512f"], "32-true"), ([], "32-true")],
 )  # fmt: skip
 def test_auto_precision_follows_the_cpus_bf16_flags(monkeypatch, flags, expected):
-    monkeypatch.setattr(trainer, "cpu_isa_flags", lambda: set(flags))
+    monkeypatch.setattr(provenance, "cpu_isa_flags", lambda: set(flags))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = load_config(None, ["train.precision=auto"])
     assert trainer.resolve_precision(cfg) == expected

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny_config
+from tests.test_cpu_bf16 import bf16_zipper_losses
 from tests.test_hf_towers import LLAMA3_ROPE, logits_match, save_model
 from tests.test_single import CASES as SINGLE_CASES
 from tests.test_single import _model as single_model
@@ -17,7 +18,7 @@ from tests.test_ssl_units import pool, save_tiny_hubert
 from tests.test_zipper import PRIOR, SPECS, model, samples, sharpen
 from zipper_pl.data.tokenizers.ssl_units import SSLUnitsTokenizer
 from zipper_pl.models import static_decoding
-from zipper_pl.models.sequences import collate_segments, token_loss
+from zipper_pl.models.sequences import collate_segments
 from zipper_pl.runs.identity import read_identity
 from zipper_pl.stages.chain import pretrain
 
@@ -85,20 +86,7 @@ def test_cuda_static_engine_replays_graphs_and_equals_the_others(
 
 
 def test_bf16_autocast_training_lowers_the_loss():
-    m = model(gate_init=0.1, freeze="none").to(CUDA).train()
-    opt = torch.optim.Adam(m.trainable_parameters(), lr=3e-3)
-    batch = to_device(
-        collate_segments(samples(["speech", "text"], [(4, 3), (2, 5)]), SPECS, loss_on="all"),
-        CUDA,
-    )
-    losses = []
-    for _ in range(20):
-        opt.zero_grad()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = token_loss(m(batch), batch)[0]
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = bf16_zipper_losses(CUDA)
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < 0.8 * losses[0]
 
 

@@ -1,8 +1,8 @@
 """Scaled dot-product attention, with one CPU exception measured on an AMX / AVX-512 BF16 CPU.
 
 PyTorch's CPU flash-attention *backward* in bf16 is slower than in fp32 at small head widths: on
-a 2-core Intel Xeon (family 6 model 167, AMX-BF16; torch 2.11; ``/tmp/sdpa.py`` in the 2026-12-05
-notes of docs/performance.md), causal [32, 4, 128, 32] forward + backward took 25.1 ms in bf16
+a 2-core Intel Xeon (family 6 model 167, AMX-BF16; torch 2.11; docs/performance.md, "The demo on
+a CPU with AMX"), causal [32, 4, 128, 32] forward + backward took 25.1 ms in bf16
 against 7.7 ms in fp32, while at head width 64 ([16, 12, 512, 64], the ``s`` size) bf16 won
 (170 vs 256 ms). So under CPU autocast with gradients on, heads narrower than 64 attend in fp32
 (the demo's 32-wide heads: its whole bf16 training step ran no faster than fp32 before this);

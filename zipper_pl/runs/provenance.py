@@ -45,12 +45,18 @@ def cpu_isa_flags() -> set[str]:
     return set(cpu_info().get("flags", "").split())
 
 
+def cpu_bf16_flags() -> list[str]:
+    """Which of ``BF16_FLAGS`` this CPU has (empty: no bf16 matrix kernels)."""
+    flags = cpu_isa_flags()
+    return [f for f in BF16_FLAGS if f in flags]
+
+
 def _cpu() -> dict[str, Any]:
     """The CPU as /proc/cpuinfo names it: "AMD EPYC" covers several generations with other
     kernels (bf16 matmul at ~2x fp32 only where AVX-512 BF16 exists), so family, model and the
     ISA flags that pick kernels are recorded with every figure."""
     info = cpu_info()
-    flags = set(info.get("flags", "").split())
+    flags = set(info.get("flags", "").split())  # from the same read as the fields above
     return {
         "cpu": info.get("model name") or platform.processor() or platform.machine(),
         "cpu_vendor": info.get("vendor_id"),

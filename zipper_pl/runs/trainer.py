@@ -20,7 +20,7 @@ from zipper_pl.config import Config
 from zipper_pl.config.components import MIX, TASKS
 from zipper_pl.errors import Terminated, UserError
 from zipper_pl.io import disk_errors_name
-from zipper_pl.runs.provenance import BF16_FLAGS, cpu_isa_flags
+from zipper_pl.runs.provenance import cpu_bf16_flags
 
 LAST_CKPT = "last.ckpt"
 BEST_CKPT = "best.ckpt"
@@ -62,14 +62,13 @@ def resolve_devices(devices: str) -> int | str | list[int]:
 
 
 def resolve_precision(cfg: Config) -> str:
-    """bf16-mixed on GPUs and on CPUs with bf16 matrix kernels (``BF16_FLAGS``: the demo's
-    stages ran 1.2-1.4x faster there, its table within the seed spread: docs/performance.md);
+    """bf16-mixed on GPUs and on CPUs with bf16 matrix kernels (``provenance.BF16_FLAGS``: the
+    demo's stages ran 1.2-1.5x faster there, its table within the seed spread: docs/results.md);
     full fp32 on other CPUs, where autocast to bf16 only adds casts."""
     if cfg.train.precision != "auto":
         return cfg.train.precision
     gpu = cfg.train.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    cpu_bf16 = any(f in cpu_isa_flags() for f in BF16_FLAGS)
-    return "bf16-mixed" if gpu or cpu_bf16 else "32-true"
+    return "bf16-mixed" if gpu or cpu_bf16_flags() else "32-true"
 
 
 # train.select_on -> the logged validation metric best.ckpt minimises
