@@ -516,6 +516,33 @@ def test_make_ablation_runs_the_study_file_named():
     assert " ablation /tmp/mine.yaml " in study_call("STUDY=/tmp/mine.yaml")
 
 
+def test_two_shards_pretrain_a_seeds_two_towers_side_by_side(monkeypatch):
+    """Sharded by seed, both shards of `make ablation-quick STUDY_JOBS=2` (seeds 0 and 1, seed 0's
+    towers given) went for seed 1's text tower first: one trained it while the other waited on
+    its lock, then the same for the speech tower, one lane idle for both towers."""
+    cfg = load_config(
+        ROOT / "experiments/tiny/zip_asr.yaml",
+        ["ablation.seeds=0,1", "ablation.tower_seeds=true"],
+    )
+    monkeypatch.setattr(
+        "zipper_pl.fitting.ablation_cells.tower_input", lambda cfg, m: Path(f"/{m[0]}")
+    )
+    firsts = []
+    for shard in ((0, 2), (1, 2)):
+        trained: list[tuple[int, str]] = []
+
+        def reseeded(cfg, folder, modality, seed, trained=trained):
+            if seed != 0:  # seed 0's are the given towers: nothing to train
+                trained.append((seed, modality))
+            return Path(f"{folder}-s{seed}")
+
+        monkeypatch.setattr("zipper_pl.fitting.ablation_cells._reseeded", reseeded)
+        towers = seed_towers(cfg, shard=shard)
+        assert towers[1] == {"text": Path("/t-s1"), "speech": Path("/s-s1")}
+        firsts.append(trained[0])
+    assert firsts[0] != firsts[1]
+
+
 def test_shards_take_different_shared_stages_until_their_shares_run_out(tmp_path):
     """Shards once started at their i-th shared stage and went on in order: shard 1 then met
     shard 0 at the next stage and waited for it, so two shards trained the lr grid one at a time."""

@@ -144,13 +144,16 @@ def seed_towers(cfg: Config, shard: tuple[int, int] = (0, 1)) -> dict[int, dict[
     """{seed: {modality: tower folder}}: with ``ablation.tower_seeds`` each seed's towers are the
     given towers pretrained again with that seed (their own saved configs, seed replaced: the
     same stage `make pretrain-<modality> SEED=<seed>` names, reused once finished). Shards
-    pretrain their own seeds' towers first (``shard_order``)."""
+    pretrain their own share of the (seed, modality) towers first (``shard_order``): by tower,
+    not by seed, so that two shards train a seed's two towers side by side, also where the first
+    seed's towers are the given ones (sharded by seed, both shards queued on seed 1's text tower
+    and trained its towers one after the other, the other lane idle)."""
     given = {m: tower_input(cfg, m) for m in cfg.zip.towers}
     if not cfg.ablation.tower_seeds:
         return dict.fromkeys(cfg.ablation.seeds, given)
-    seeds = shard_order(cfg.ablation.seeds, shard)
-    towers = {s: {m: _reseeded(cfg, f, m, s) for m, f in given.items()} for s in seeds}
-    return {s: towers[s] for s in cfg.ablation.seeds}
+    pairs = [(s, m) for s in cfg.ablation.seeds for m in given]
+    trained = {(s, m): _reseeded(cfg, given[m], m, s) for s, m in shard_order(pairs, shard)}
+    return {s: {m: trained[(s, m)] for m in given} for s in cfg.ablation.seeds}
 
 
 def _reseeded(cfg: Config, folder: Path, modality: str, seed: int) -> Path:
