@@ -132,3 +132,20 @@ def test_cpu_bf16_times_every_training_case_in_both_precisions(one_thread):
     assert set(res["matmul"]) == {512, 2048}
     md = bench_cpu_bf16.markdown(res)
     assert md.count("| tiny |") == 7 and "bf16 kernels" in md
+
+
+def test_demo_lanes_simulates_make_j2(tmp_path):
+    """The lane simulation starts stages as `make -j2` does: the first ready one in the listed
+    order, a target's prerequisites first, a TTS stage only after the vocoder."""
+    from benchmarks import demo_lanes
+
+    walls = dict.fromkeys(demo_lanes.NEEDS, 100.0) | {"vocoder": 300.0}
+    # lane 1: vocoder 0-300; lane 2: text 0-100, speech 100-200, zipper ASR 200-300 (the TTS
+    # stages wait for the vocoder); then zipper TTS | single ASR 300-400, judge | single TTS -500
+    assert demo_lanes.makespan(demo_lanes.MAKEFILE_ORDER, walls) == 500.0
+    assert demo_lanes.makespan(demo_lanes.MAKEFILE_ORDER, walls, lanes=1) == 1000.0
+    for stage in demo_lanes.NEEDS:
+        folder = tmp_path / f"{stage}-units-s0-abc"
+        folder.mkdir()
+        (folder / "metrics.json").write_text(json.dumps({"fit_wall_s": walls[stage]}))
+    assert demo_lanes.stage_walls(tmp_path, startup=5.0)["judge"] == 105.0

@@ -9,6 +9,7 @@ SLURM's, then TorchElastic's environment, as on a cluster, with nothing set for 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -269,3 +270,33 @@ def test_a_stage_process_ends_its_process_group(tmp_path, monkeypatch):
     _close_process_group()
     assert not dist.is_initialized()
     _close_process_group()  # nothing to close: a no-op
+
+
+def test_a_stage_runs_on_train_threads_from_its_start(monkeypatch):
+    """`train.threads` holds before a stage reads anything: applied only when the Trainer was
+    built, the demo's vocoder (one thread per lane) loaded and tokenized its utterances on every
+    core beside the other lane's stage, 3.5x slower than alone."""
+    import torch
+
+    from zipper_pl import __main__ as cli
+
+    before = torch.get_num_threads()
+    wanted = before + 1  # not what torch runs on by default here
+    monkeypatch.setitem(cli.STAGES, "vocoder", "tests.test_launchers:_record_threads")
+    seen = importlib.import_module("tests.test_launchers")._SEEN  # the module the CLI imports
+    seen.clear()
+    try:
+        rc = cli.main(["vocoder", str(ROOT / "experiments/tiny/vocoder.yaml"),
+                       f"train.threads={wanted}"])  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+    assert rc == 0 and seen == [wanted]
+
+
+_SEEN: list[int] = []
+
+
+def _record_threads(cfg) -> None:
+    import torch
+
+    _SEEN.append(torch.get_num_threads())

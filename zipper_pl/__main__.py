@@ -71,6 +71,7 @@ STAGES = {
 LOAD_CONFIG = "zipper_pl.config:load_config"
 DESCRIBE_SCHEMA = "zipper_pl.config:describe_schema"
 CHECK_MACHINE = "zipper_pl.runs.machine:check_machine"
+USE_THREADS = "zipper_pl.runs.machine:use_threads"
 PATH_OF = "zipper_pl.runs.layout:path_of"
 CHAIN_PATHS = "zipper_pl.runs.layout:chain_paths"
 CHAIN_FILES = "zipper_pl.runs.layout:CHAIN_FILES"
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             print(_entry(PATH_OF)(cfg, kind))
             return 0
         options = {"shard": shard} if stage == "data" else {}
-        _stage(stage)(_entry(CHECK_MACHINE)(cfg), **options)
+        _stage(stage)(_entry(USE_THREADS)(_entry(CHECK_MACHINE)(cfg)), **options)
         _close_process_group()
         return 0
     except UserError as e:
