@@ -5,8 +5,9 @@ prerequisites in and for every other order of the stages after the vocoder.
 make starts the first ready prerequisite (a target's own prerequisites first) whenever a lane
 is free; the TTS stages wait for the vocoder (order-only), the judge for the speech tower.
 
-``python -m benchmarks.demo_lanes RUNS/demo-embedded`` (a folder holding one demo's stages; each
-stage's ``fit_wall_s`` plus ``--startup`` seconds is its time on a lane).
+``python -m benchmarks.demo_lanes RUNS/demo-embedded/eval-...`` (a finished demo's evaluation
+folder, which names the stages it read; each stage's ``fit_wall_s`` plus ``--startup`` seconds is
+its time on a lane).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import argparse
 import itertools
 import json
 from pathlib import Path
+
+import yaml
 
 NEEDS = {  # stage -> the stages it waits for (the Makefile's rules)
     "vocoder": [],
@@ -54,17 +57,25 @@ def makespan(order: list[str], walls: dict[str, float], lanes: int = 2) -> float
     return t
 
 
-def stage_walls(folder: Path, startup: float) -> dict[str, float]:
-    walls = {}
-    for stage in NEEDS:
-        (metrics,) = folder.glob(f"{stage}-*/metrics.json")
-        walls[stage] = json.loads(metrics.read_text())["fit_wall_s"] + startup
-    return walls
+def stage_walls(eval_folder: Path, startup: float) -> dict[str, float]:
+    """Each stage's ``fit_wall_s`` plus ``startup``, for the stages an evaluation folder read."""
+    inputs = yaml.safe_load((eval_folder / "config.yaml").read_text())["inputs"]
+    results = json.loads((eval_folder / "results.json").read_text())
+    folders = {"pretrain-text": inputs["text"], "pretrain-speech": inputs["speech"],
+               "judge": inputs["judge"], "vocoder": inputs["vocoder"]}  # fmt: skip
+    for system in results["systems"]:
+        for task, folder in system["folders"].items():
+            folders[f"{system['name']}-{task}"] = folder
+    return {
+        stage: json.loads((Path(folders[stage]) / "metrics.json").read_text())["fit_wall_s"]
+        + startup
+        for stage in NEEDS
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("folder", type=Path, help="a finished demo's stage folders")
+    ap.add_argument("folder", type=Path, help="a finished demo's evaluation folder")
     ap.add_argument("--startup", type=float, default=10.0, help="seconds per stage beyond its fit")
     args = ap.parse_args()
     walls = stage_walls(args.folder, args.startup)

@@ -144,8 +144,20 @@ def test_demo_lanes_simulates_make_j2(tmp_path):
     # stages wait for the vocoder); then zipper TTS | single ASR 300-400, judge | single TTS -500
     assert demo_lanes.makespan(demo_lanes.MAKEFILE_ORDER, walls) == 500.0
     assert demo_lanes.makespan(demo_lanes.MAKEFILE_ORDER, walls, lanes=1) == 1000.0
+    folders = {}
     for stage in demo_lanes.NEEDS:
-        folder = tmp_path / f"{stage}-units-s0-abc"
-        folder.mkdir()
-        (folder / "metrics.json").write_text(json.dumps({"fit_wall_s": walls[stage]}))
-    assert demo_lanes.stage_walls(tmp_path, startup=5.0)["judge"] == 105.0
+        folders[stage] = tmp_path / f"{stage}-units-s0-abc"
+        folders[stage].mkdir()
+        (folders[stage] / "metrics.json").write_text(json.dumps({"fit_wall_s": walls[stage]}))
+    evaluation = tmp_path / "eval-units-s0-abc"
+    evaluation.mkdir()
+    inputs = {m: str(folders[f"pretrain-{m}"]) for m in ("text", "speech")}
+    inputs |= {k: str(folders[k]) for k in ("judge", "vocoder")}
+    (evaluation / "config.yaml").write_text(json.dumps({"inputs": inputs}))  # JSON is YAML
+    systems = [
+        {"name": a, "folders": {t: str(folders[f"{a}-{t}"]) for t in ("asr", "tts")}}
+        for a in ("zipper", "single")
+    ]
+    (evaluation / "results.json").write_text(json.dumps({"systems": systems}))
+    got = demo_lanes.stage_walls(evaluation, startup=5.0)
+    assert got == {stage: wall + 5.0 for stage, wall in walls.items()}
