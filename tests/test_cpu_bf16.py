@@ -100,3 +100,22 @@ def test_auto_precision_follows_the_cpus_bf16_flags(monkeypatch, flags, expected
     assert trainer.resolve_precision(cfg) == expected
     cfg = load_config(None, ["train.precision=32-true"])
     assert trainer.resolve_precision(cfg) == "32-true"
+
+
+def test_the_fusion_layers_compute_in_fp32_under_bf16_autocast():
+    """In bf16 the gated cross-attention slowed the Zipper's learning (validation loss 1.96
+    against 1.88 in fp32 at step 200 of a demo cell; 1.84 with only these layers in fp32): under
+    autocast they now compute in fp32, the towers around them in bf16."""
+    from zipper_pl.models.fusion import GatedCrossAttention
+
+    torch.manual_seed(0)
+    layer = GatedCrossAttention(64, 48, 2, d_ff=128, gate_init=0.5, align_prior=True)
+    x, src = torch.randn(2, 5, 64), torch.randn(2, 7, 48)
+    k, v = layer.project_kv(src)
+    mask = torch.ones(2, 1, 5, 7, dtype=torch.bool)
+    distance = torch.rand(2, 1, 5, 7) * 8
+    expected = layer(x, k, v, mask, distance)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x, k, v, mask, distance)
+    assert got.dtype == x.dtype
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
