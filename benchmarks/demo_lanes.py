@@ -6,7 +6,7 @@ before, and every other order of the stages after the vocoder.
 A list-scheduling model of make is not enough: a target whose order-only prerequisite (the TTS
 stages' vocoder) was still running when make first visited it is started later than its place
 in the list (an order that model ranked best, the Zipper TTS right after the Zipper ASR, made
-make start it last, alone: the demo took 14 min 33 s instead of ~12.5).
+make start it last, alone on one lane: that demo took 14 min 33 s).
 
 ``python -m benchmarks.demo_lanes RUNS/demo-embedded/eval-... [--scale 200] [--all]`` (a
 finished demo's evaluation folder, which names the stages it read; each stage's ``fit_wall_s``

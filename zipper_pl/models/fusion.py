@@ -99,7 +99,7 @@ class GatedCrossAttention(nn.Module):
         device = x.device.type
         if torch.is_autocast_enabled(device):
             # in bf16 these layers slowed the Zipper's learning (validation loss 1.96 against
-            # 1.88 in fp32 at step 200; 1.84 with only them in fp32: docs/performance.md), so
+            # 1.88 in fp32 at step 200; 1.84 with only them in fp32: docs/results.md), so
             # they run in fp32, as autocast runs norms and softmax; the towers stay in bf16
             with torch.autocast(device, enabled=False):
                 y = self._attend_and_gate(x.float(), k.float(), v.float(), mask, distance)
