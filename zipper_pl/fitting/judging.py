@@ -59,6 +59,7 @@ from zipper_pl.runs.layout import (
     stage_identity,
     tower_input,
 )
+from zipper_pl.runs.machine import use_threads
 
 JUDGE_JSON = "judge.json"
 JUDGE_VOCAB_JSON = "judge_vocab.json"
@@ -145,8 +146,7 @@ def _train_judge_stage(cfg: Config, out: Path) -> None:
     audio_tok = load_units_tokenizer(speech)
     # the vocabulary always follows the tokenizer; the saved config says what was used
     cfg = dataclasses.replace(cfg, judge=dataclasses.replace(cfg.judge, vocab=audio_tok.vocab_size))
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    use_threads(cfg)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / CONFIG)
     pools = {p: gold_utterances(cfg, audio_tok, p) for p in ("aligned_train", "valid", "test")}

@@ -20,6 +20,7 @@ from zipper_pl.config import Config
 from zipper_pl.config.components import MIX, TASKS
 from zipper_pl.errors import Terminated, UserError
 from zipper_pl.io import disk_errors_name
+from zipper_pl.runs.machine import use_threads
 from zipper_pl.runs.provenance import cpu_bf16_flags
 
 LAST_CKPT = "last.ckpt"
@@ -162,9 +163,7 @@ def make_trainer(
     fusion layer, the vocoder's discriminators before ``vocoder.gan_from``), so DDP must search
     for them at every step, a walk of the autograd graph that the towers' pretraining, which
     uses every parameter, is spared."""
-    t = cfg.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
+    t = use_threads(cfg).train
     checkpoint = ModelCheckpoint(
         dirpath=out,
         filename="step{step}",

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from zipper_pl.config import Config, load_config, save_config, to_dict
@@ -72,7 +71,7 @@ from zipper_pl.runs.layout import (
     stage_dir,
     tower_input,
 )
-from zipper_pl.runs.machine import check_machine
+from zipper_pl.runs.machine import check_machine, use_threads
 from zipper_pl.runs.provenance import PROVENANCE_FILE, provenance
 
 __all__ = ["evaluate_stage", "resolve_systems"]
@@ -194,8 +193,7 @@ def evaluate_stage(cfg: Config) -> Path:
     """Evaluate this config's Zipper and Single Decoder (or ``eval.stages``); see module doc."""
     check_machine(cfg)
     t_start = time.perf_counter()
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    use_threads(cfg)
     if cfg.eval.tts_asr != "none":
         check_spec(cfg.eval.tts_asr)  # a typo fails now, not after training the systems
     systems = resolve_systems(cfg)
