@@ -61,14 +61,15 @@ def _measure(name, model, loss_fn, tokens, flops, env, reps, extra=None) -> list
     model.to(env.device).train()
     rows = [_time_steps(name, make_step(model, loss_fn, env), tokens, flops, env, reps, extra)]
     if env.compile:
-        compile_forward(model)
+        regions = compile_forward(model)
         step = make_step(model, loss_fn, env)
         t0 = time.perf_counter()
         step()  # compiles forward and backward graphs; not part of the timing or peak memory
         sync(env)
         compile_s = time.perf_counter() - t0
         row = _time_steps(name, step, tokens, flops, env, reps, extra)
-        row.update(compiled=True, compile_s=compile_s, vs_eager=row["step_s"] / rows[0]["step_s"])
+        row.update(compiled=True, compile_s=compile_s, compiled_regions=regions,
+                   vs_eager=row["step_s"] / rows[0]["step_s"])  # fmt: skip
         rows.append(row)
     return rows
 

@@ -8,9 +8,10 @@ stages' vocoder) was still running when make first visited it is started later t
 in the list (an order that model ranked best, the Zipper TTS right after the Zipper ASR, made
 make start it last, alone on one lane: that demo took 14 min 33 s).
 
-``python -m benchmarks.demo_lanes RUNS/demo-embedded/eval-... [--scale 200] [--all]`` (a
-finished demo's evaluation folder, which names the stages it read; each stage's ``fit_wall_s``
-plus ``--startup`` seconds is its time on a lane).
+``python -m benchmarks.demo_lanes RUNS/demo-embedded/eval-... [--scale 200] [--all]
+[--set pretrain-text=120 ...]`` (a finished demo's evaluation folder, which names the stages it
+read; each stage's ``fit_wall_s`` plus ``--startup`` seconds is its time on a lane; ``--set``
+replaces a stage's fit by a figure to ask what a faster stage would buy).
 """
 
 from __future__ import annotations
@@ -71,14 +72,33 @@ def stage_walls(eval_folder: Path, startup: float) -> dict[str, float]:
     }
 
 
+def with_fits(walls: dict[str, float], fits: list[str], startup: float) -> dict[str, float]:
+    """``walls`` with the lane time of each ``STAGE=SECONDS`` in ``fits`` replaced by that fit
+    plus ``startup``: what a faster (or slower) stage would do to the demo's wall time."""
+    out = dict(walls)
+    for item in fits:
+        stage, _, seconds = item.partition("=")
+        if stage not in out or not seconds.replace(".", "", 1).isdigit():
+            raise SystemExit(f"--set {item!r}: give STAGE=SECONDS, STAGE one of {sorted(out)}")
+        out[stage] = float(seconds) + startup
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folder", type=Path, help="a finished demo's evaluation folder")
     ap.add_argument("--startup", type=float, default=10.0, help="seconds per stage beyond its fit")
     ap.add_argument("--scale", type=float, default=200.0, help="lane seconds per slept second")
     ap.add_argument("--all", action="store_true", help="also every order after the vocoder")
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="STAGE=SECONDS",
+        help="what if: a stage's fit took SECONDS instead (e.g. pretrain-text=120)",
+    )
     args = ap.parse_args()
-    walls = stage_walls(args.folder, args.startup)
+    walls = with_fits(stage_walls(args.folder, args.startup), args.set, args.startup)
     print("lane time per stage:", {k: round(v) for k, v in walls.items()})
     for name, order in (("Makefile order", MAKEFILE_ORDER), ("order before 2026-12-06", BEFORE)):
         print(f"{name} {order}: {makespan(order, walls, scale=args.scale):.0f} s")

@@ -100,8 +100,10 @@ def test_compile_flag_times_every_case_compiled_too(one_thread, traced_compile):
     eager = [r["case"] for r in rows if not r["compiled"]]
     compiled = [r for r in rows if r["compiled"]]
     assert [r["case"] for r in compiled] == eager and len(eager) == 7
-    assert len(traced_compile) == len(eager)  # one compiled forward per case
+    # every block and cross-attention layer of each case's model (train.compile's regions)
+    assert len(traced_compile) == sum(r["compiled_regions"] for r in compiled)
     for r in compiled:
+        assert r["compiled_regions"] >= 2, r["case"]
         assert r["compile_s"] > 0 and r["vs_eager"] > 0 and math.isfinite(r["utilisation"])
     assert all("vs_towers" in r for r in rows if r["case"].startswith("zipper"))
     res = {"train": rows, "device": "cpu", "sizes": ["tiny"], "generate": [], "tokenize": {}}
@@ -161,3 +163,16 @@ def test_demo_lanes_runs_make_j2_on_the_demos_dependencies(tmp_path):
     (evaluation / "results.json").write_text(json.dumps({"systems": systems}))
     got = demo_lanes.stage_walls(evaluation, startup=5.0)
     assert got == {stage: wall + 5.0 for stage, wall in walls.items()}
+
+
+def test_demo_lanes_asks_what_a_faster_stage_would_buy():
+    """``--set STAGE=SECONDS`` replaces one stage's fit (plus start-up) and names a typo."""
+    from benchmarks import demo_lanes
+
+    walls = dict.fromkeys(demo_lanes.NEEDS, 100.0)
+    got = demo_lanes.with_fits(walls, ["pretrain-text=40", "judge=7.5"], startup=5.0)
+    assert got == walls | {"pretrain-text": 45.0, "judge": 12.5}
+    assert walls["pretrain-text"] == 100.0  # the measured walls stay as they were
+    for bad in ("pretrain-txt=40", "judge", "judge=fast"):
+        with pytest.raises(SystemExit, match="STAGE=SECONDS"):
+            demo_lanes.with_fits(walls, [bad], startup=5.0)

@@ -78,7 +78,7 @@ def test_a_modalitys_keys_name_only_its_own_towers():
 @pytest.mark.parametrize(
     "override",
     ["train.max_steps=40", "model.n_layers=3", "train.lr=0.05", "seed=1", "data.seq_len=32",
-     "text_tokenizer.vocab_size=200", "train.precision=bf16-mixed"],
+     "text_tokenizer.vocab_size=200", "train.precision=bf16-mixed", "train.compile=true"],
 )  # fmt: skip
 def test_pretrain_identity_follows_what_changes_its_result(override):
     base = load_config(TINY / "pretrain_text.yaml")
@@ -122,6 +122,8 @@ def test_zip_folder_follows_config_and_towers(override):
 def _another(value) -> str:
     """A valid ``key=value`` override other than a LATE_KEYS value (a number, a list of numbers
     a mapping or a choice; a share in (0, 1), as a dropout, is halved)."""
+    if isinstance(value, bool):  # a switch: the other way
+        return str(not value).lower()
     if isinstance(value, list):
         return "[" + ",".join(str(v) for v in [*value, 2048]) + "]"
     if isinstance(value, dict):  # a mapping of lists (ablation.variants): one entry more
@@ -160,6 +162,19 @@ def test_a_key_added_later_keeps_existing_stages_at_its_old_behaviour():
     patient = load_config(TINY / "zip_asr.yaml", ["train.patience=2"])
     assert result_config(patient, "zip")["train.patience"] == 2
     assert stage_dir(patient, "zip", towers) != stage_dir(base, "zip", towers)
+
+
+def test_a_compiled_stage_is_not_an_eager_ones():
+    """``train.compile`` was inert, so a compiled run reused an eager stage's folder (and the
+    other way round) though compiled steps round differently (docs/performance.md). Eager, the
+    default, keeps every existing stage's identity."""
+    towers = {"text": "a", "speech": "b"}
+    for name, kind in (("pretrain_text", "pretrain"), ("zip_asr", "zip")):
+        eager = load_config(TINY / f"{name}.yaml")
+        compiled = load_config(TINY / f"{name}.yaml", ["train.compile=true"])
+        assert "train.compile" not in result_config(eager, kind)
+        assert result_config(compiled, kind)["train.compile"] is True
+    assert stage_dir(compiled, "zip", towers) != stage_dir(eager, "zip", towers)
 
 
 def test_saved_config_names_the_same_stage(tmp_path):

@@ -359,12 +359,41 @@ def test_zipper_forward_compiles_and_matches_eager(traced_compile):
         loss.backward()
         grads = {k: p.grad for k, p in m.named_parameters() if p.grad is not None}
         results.append((loss.detach(), grads))
-    assert [type(f.__self__).__name__ for f in traced_compile] == ["ZipperModel"]
+    # each tower block and gated cross-attention layer, compiled for the passes with gradients
+    regions = {type(f.__self__).__name__ for f in traced_compile}
+    assert regions == {"Block", "GatedCrossAttention"}
     (loss_e, grads_e), (loss_c, grads_c) = results
     torch.testing.assert_close(loss_c, loss_e)
     assert grads_c.keys() == grads_e.keys() and grads_e
     for k in grads_e:
         torch.testing.assert_close(grads_c[k], grads_e[k], atol=1e-6, rtol=1e-5, msg=k)
+
+
+def test_compile_forward_compiles_each_block_for_training_passes_only(monkeypatch):
+    """``train.compile`` compiles regions, not the whole forward, and only passes that record
+    gradients run them: validation and generation (no grad, growing KV caches) stay eager,
+    and the state_dict keys stay the eager tower's."""
+    calls = []
+
+    def fake_compile(fn, **kw):
+        assert kw == {"dynamic": True}
+
+        def run(*args, **kwargs):
+            calls.append(type(fn.__self__).__name__)
+            return fn(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    tower = Tower(tower_config("tiny", vocab_size=50))
+    keys = list(tower.state_dict())
+    assert compile_forward(tower) == tower.cfg.n_layers == 2
+    x = torch.randint(0, 50, (2, 5))
+    with torch.no_grad():
+        eager = tower(x)
+    assert calls == []
+    assert torch.equal(tower(x), eager) and calls == ["Block", "Block"]
+    assert list(tower.state_dict()) == keys
 
 
 def test_gates_get_their_own_learning_rate_and_no_decay():

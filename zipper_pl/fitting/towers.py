@@ -85,7 +85,7 @@ def _fit(
     ``train.select_on``), and ``selected`` says which step that was."""
     _seed(cfg)  # again: the data order does not depend on how much the model's init drew
     if cfg.train.compile:
-        compile_forward(getattr(module, "tower", None) or module.model)
+        compile_forward(module)
     # a zipped model's parameters past its input tower's last fusion layer miss the loss
     unused = isinstance(module, FinetuneModule)
     trainer = make_trainer(cfg, out, select_best=select_best, unused_parameters=unused)

@@ -44,6 +44,8 @@ class GatedCrossAttention(nn.Module):
     and cache it.
     """
 
+    compile_region = True  # train.compile compiles each layer (runs/trainer.compile_forward)
+
     def __init__(
         self,
         d_query: int,

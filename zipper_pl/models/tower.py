@@ -164,6 +164,8 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
+    compile_region = True  # train.compile compiles each block (runs/trainer.compile_forward)
+
     def __init__(self, cfg: TowerConfig, layer: int) -> None:
         super().__init__()
         self.norm_attn = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)

@@ -56,7 +56,6 @@ INERT_KEYS = frozenset(
         "train.log_every",
         "train.threads",
         "train.progress_bar",  # what the console shows
-        "train.compile",  # the same model traced; same weights and keys
         "ablation.shard",  # which cells this process runs, not what any cell computes
         "judge.vocab",  # always replaced by the speech tower's tokenizer size (an input stage)
     ]
@@ -139,6 +138,8 @@ RESULT_KEYS: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(
         _keys("gate_lr_mult single_lr select_best select_on patience", "train."), FINETUNING
     ),
+    # compiled kernels fuse and reorder float operations: the same model, not the same bits
+    "train.compile": ("pretrain", *FINETUNING),
     **dict.fromkeys(
         _keys(
             "towers intervals layers directions proj_layers proj_hidden gate_init xattn_heads "
@@ -196,6 +197,7 @@ LATE_KEYS: dict[str, Any] = {
     "zip.xattn_ffw": "per_modality",  # shared or no cross-attention MLPs (2026-12-05)
     "zip.choose_output": False,  # the model names the next modality (2026-12-05)
     "eval.test_words": [],  # a generated test pool by length (2026-12-05)
+    "train.compile": False,  # was inert until 2026-12-06: compiled steps differ in the last bits
 }
 
 
