@@ -396,6 +396,13 @@ def test_compile_forward_compiles_each_block_for_training_passes_only(monkeypatc
     assert list(tower.state_dict()) == keys
 
 
+def test_compile_without_a_cpp_compiler_is_one_line_naming_the_fix(monkeypatch):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(UserError, match="C\\+\\+ compiler.*train.compile=false"):
+        compile_forward(Tower(tower_config("tiny", vocab_size=50)))
+
+
 def test_gates_get_their_own_learning_rate_and_no_decay():
     from zipper_pl.config import TrainConfig
     from zipper_pl.lit.common import adamw

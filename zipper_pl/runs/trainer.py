@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 import warnings
 import zipfile
@@ -56,6 +58,11 @@ def compile_forward(net: torch.nn.Module) -> int:
     gradients run compiled: validation and generation (no grad, KV caches whose length grows
     every token) stay eager. Modules, ``state_dict`` keys and checkpoints stay the eager
     model's; the numbers do not (fused kernels round differently: ``runs/identity.py``)."""
+    if not (os.environ.get("CXX") or any(map(shutil.which, ("g++", "c++", "clang++")))):
+        raise UserError(
+            "train.compile=true needs a C++ compiler for torch.compile's kernels: install g++ "
+            "(Debian: apt install g++) or set train.compile=false"
+        )
     regions = [m for m in net.modules() if getattr(type(m), "compile_region", False)]
     for module in regions:
         module.forward = _compiled_when_training(module.forward)
