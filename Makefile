@@ -233,7 +233,7 @@ ablation: $(STAMP) ## a study (STUDY; default the paper's Fig. 3, EXP/ablation.y
 	@$(MAKE) --no-print-directory _check-paths _ablation
 
 # straight to _ablation: each make level computes the stage paths again (~11 s on 2 cores)
-ablation-quick: $(STAMP) ## the study cut to ABLATION_QUICK_FRACS x seeds 0 1, ASR only, at ABLATION_QUICK_LRS (32 min with STUDY_JOBS=2 on a 2-core AMX Xeon)
+ablation-quick: $(STAMP) ## the study cut to ABLATION_QUICK_FRACS x seeds 0 1, ASR only, at ABLATION_QUICK_LRS (23 min with STUDY_JOBS=2 on a 2-core AMX Xeon)
 	@$(MAKE) --no-print-directory _check-paths _ablation ABLATION_FRACS="$(ABLATION_QUICK_FRACS)" ABLATION_SEEDS="0 1" ABLATION_TTS=false \
 	  ABLATION_LRS="$(QUICK_LRS)"
 
