@@ -206,8 +206,8 @@ def test_compile_switch_trains_through_the_compiled_forward(
     data_root, tiny_towers, tmp_path, monkeypatch
 ):
     """``train.compile=true`` routes the fine-tuning stage's steps through ``torch.compile``'s
-    result for the Zipper model (that Dynamo traces it is tests/test_zipper.py's business: the
-    whole stage traced takes minutes on a small CPU)."""
+    result for each of the Zipper's blocks and cross-attention layers (that Dynamo traces them
+    is tests/test_zipper.py's business: the whole stage traced takes minutes on a small CPU)."""
     compiled, calls = [], []
 
     def record(fn, **kw):
@@ -219,8 +219,10 @@ def test_compile_switch_trains_through_the_compiled_forward(
         data_root, tiny_towers, tmp_path / "c", "train.max_steps=2", "train.compile=true"
     )
     out = zip_stage(cfg)
-    assert [type(f.__self__).__name__ for f in compiled] == ["ZipperModel"]
-    assert len(calls) >= 2  # every training step (and validation) went through it
+    assert {type(f.__self__).__name__ for f in compiled} == {"Block", "GatedCrossAttention"}
+    # both steps ran the regions compiled, but the frozen text blocks before the first zipped
+    # layer (no gradient: eager) and the direction no loss reads
+    assert len(calls) >= len(compiled)
     eager = zip_stage(zip_config(data_root, tiny_towers, tmp_path / "e", "train.max_steps=2"))
     got, want = (load_file(str(o / "model.safetensors")) for o in (out, eager))
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

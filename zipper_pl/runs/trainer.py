@@ -60,8 +60,8 @@ def compile_forward(net: torch.nn.Module) -> int:
     model's; the numbers do not (fused kernels round differently: ``runs/identity.py``)."""
     if not (os.environ.get("CXX") or any(map(shutil.which, ("g++", "c++", "clang++")))):
         raise UserError(
-            "train.compile=true needs a C++ compiler for torch.compile's kernels: install g++ "
-            "(Debian: apt install g++) or set train.compile=false"
+            "train.compile=true needs a C++ compiler for torch.compile: install g++ (Debian: apt "
+            'install g++) or set train.compile=false (make: ARGS="train.compile=false")'
         )
     regions = [m for m in net.modules() if getattr(type(m), "compile_region", False)]
     for module in regions:
