@@ -72,6 +72,26 @@ def test_a_few_steps_lower_the_mel_loss():
     assert losses[-1] < 0.7 * losses[0], losses[::10]
 
 
+def test_the_delta_term_sees_changes_the_mel_l1_is_blind_to_and_costs_no_mel_pass():
+    vocos = VocoderModule(TINY, vocab_size=8, hop=320, sample_rate=16000, durations=False)
+    cfg = dataclasses.replace(TINY, delta_weight=45.0)
+    ours = VocoderModule(cfg, vocab_size=8, hop=320, sample_rate=16000, durations=False)
+    torch.manual_seed(0)
+    noise = torch.randn(1, 16 * 320)
+    # on for 8 frames, off for 8: the same frames as off for 8, on for 8, in the other order
+    gate = torch.cat([torch.ones(8 * 320), torch.full((8 * 320,), 1e-3)])
+    y, y_hat = noise * gate, noise * gate.flip(0)
+    mel, delta = ours.spectral_losses(y_hat, y)
+    same = sum(loss(y_hat, y) for loss in vocos.mel_losses) / len(vocos.mel_losses)
+    assert torch.allclose(mel, same) and torch.allclose(vocos.mel_loss(y_hat, y), same)
+    assert float(delta) > 0 and float(vocos.spectral_losses(y_hat, y)[1]) == 0  # off: not computed
+    assert float(ours.spectral_losses(y, y)[1]) == 0
+    # a smoothed copy (the mean of the two) is nearer in mel L1 per frame than its changes say
+    smooth = noise * (gate + gate.flip(0)) / 2
+    mel_s, delta_s = ours.spectral_losses(smooth, y)
+    assert float(delta_s) > 0.05 * float(mel_s)
+
+
 def test_the_mel_loss_averages_its_scales_and_refuses_bad_ones():
     """Four scales (the demo's) are the mean of four one-scale losses; a scale too short to
     hold a mel band, or none, is a one-line error."""

@@ -211,6 +211,12 @@ class VocoderConfig:
         "several, which see the phase errors of short windows that one long window averages out)",
         factory=lambda: [1024],
     )
+    delta_weight: float = F(
+        0.0,
+        "weight (beside mel_weight) of the L1 between the frame-to-frame changes of the log-mels "
+        "at every mel scale: transitions the mel L1 alone smooths over (0 = off, as Vocos)",
+        ge=0,
+    )
     mrd_weight: float = F(0.1, "weight of the multi-resolution discriminator (Vocos: 0.1)", ge=0)
     val_every: int = F(500, "steps between validations (loss, audio samples in TensorBoard)", ge=1)
     max_utterances: int = F(0, "speech-pool utterances trained on; 0 = all", ge=0)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import lightning as L
 import numpy as np
 import torch
+import torch.nn.functional as Fn
 from torch.utils.data import DataLoader, Dataset
 from vocos.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
 from vocos.loss import (
@@ -28,6 +29,7 @@ from vocos.loss import (
     GeneratorLoss,
     MelSpecReconstructionLoss,
 )
+from vocos.modules import safe_log
 
 from zipper_pl.config import Config, VocoderConfig
 from zipper_pl.data.batches.sampling import train_loader
@@ -204,8 +206,8 @@ class VocoderModule(L.LightningModule):
         adversarial = self.gan and self.global_step >= self.cfg.gan_from
         if adversarial:
             self.log("train/disc", self._discriminator_step(y, y_hat), on_step=True)
-        mel = self.mel_loss(y_hat, y)
-        loss = self.cfg.mel_weight * mel
+        mel, delta = self.spectral_losses(y_hat, y)
+        loss = self.cfg.mel_weight * mel + self.cfg.delta_weight * delta
         if adversarial:
             loss = loss + self._adversarial(y, y_hat)
         if self.with_durations:
@@ -222,7 +224,20 @@ class VocoderModule(L.LightningModule):
 
     def mel_loss(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The mel L1 averaged over ``vocoder.mel_scales``."""
-        return sum(loss(y_hat, y) for loss in self.mel_losses) / len(self.mel_losses)
+        return self.spectral_losses(y_hat, y)[0]
+
+    def spectral_losses(
+        self, y_hat: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mel L1, L1 of the log-mels' frame-to-frame changes), each averaged over the scales:
+        Vocos' ``MelSpecReconstructionLoss`` computed once per scale for both terms."""
+        mel = delta = y.new_zeros(())
+        for scale in self.mel_losses:
+            fake, real = safe_log(scale.mel_spec(y_hat)), safe_log(scale.mel_spec(y))
+            mel = mel + Fn.l1_loss(fake, real)
+            if self.cfg.delta_weight:
+                delta = delta + Fn.l1_loss(fake.diff(dim=-1), real.diff(dim=-1))
+        return mel / len(self.mel_losses), delta / len(self.mel_losses)
 
     def on_validation_epoch_start(self) -> None:
         self._val = []
