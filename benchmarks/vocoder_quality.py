@@ -2,8 +2,8 @@
 of test utterances voiced from their gold frame-level units (true durations) and from their
 deduplicated units (predicted durations), beside the gold audio and the Griffin-Lim floor.
 
-``python -m benchmarks.vocoder_quality VOCODER_DIR JUDGE_DIR [--n 60]`` (both stage folders of
-the same codec; the data the vocoder's config names must be built).
+``python -m benchmarks.vocoder_quality VOCODER_DIR JUDGE_DIR [--n 60] [--pool valid]`` (both
+stage folders of the same codec; the data the vocoder's config names must be built).
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from zipper_pl.metrics import error_rows
 from zipper_pl.models.vocoder import runs_of
 
 
-def run(vocoder_dir: Path, judge_dir: Path, n: int = 60) -> dict[str, dict]:
+def run(vocoder_dir: Path, judge_dir: Path, n: int = 60, pool: str = "test") -> dict[str, dict]:
     cfg = load_config(vocoder_dir / "config.yaml")
     judge, tok = load_judge(judge_dir)
     voice = load_vocoder(vocoder_dir, tok)
-    clips: list[Clip] = speech_clips(cfg, tok, "test", n)
-    texts = {r.id: r.text for r in read_manifest(corpus_manifests(cfg)["test"])}
+    clips: list[Clip] = speech_clips(cfg, tok, pool, n)
+    texts = {r.id: r.text for r in read_manifest(corpus_manifests(cfg)[pool])}
     stats = feature_stats(tok, [c.wave for c in clips[: n // 2]])
 
     def score(waves: list[np.ndarray]) -> dict:
@@ -65,9 +65,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.vocoder_quality")
     ap.add_argument("vocoder", type=Path)
     ap.add_argument("judge", type=Path)
-    ap.add_argument("--n", type=int, default=60, help="test utterances")
+    ap.add_argument("--n", type=int, default=60, help="utterances of the pool")
+    ap.add_argument("--pool", default="test", help="held-out pool: test or valid")
     args = ap.parse_args()
-    run(args.vocoder, args.judge, args.n)
+    run(args.vocoder, args.judge, args.n, args.pool)
 
 
 if __name__ == "__main__":
