@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("vocoder", type=Path)
     ap.add_argument("judge", type=Path)
     ap.add_argument("--n", type=int, default=60, help="utterances of the pool")
-    ap.add_argument("--pool", default="test", help="held-out pool: test or valid")
+    ap.add_argument("--pool", default="test", choices=("test", "valid"), help="held-out pool")
     args = ap.parse_args()
     run(args.vocoder, args.judge, args.n, args.pool)
 
