@@ -1,8 +1,9 @@
 """The benchmark suite: ``python -m benchmarks [--quick] [--out DIR] [--sizes demo,s] [--compile]``.
 
 Measures, side by side in one process (shared machines drift; ratios hold): the dense matmul
-reference, training steps, generation, tokenization and data loading; writes ``bench.json`` and
-``bench.md`` (a markdown table) into ``--out`` (default: the repository root) and prints the table.
+reference, training steps, our tower against transformers' Llama, generation, tokenization and
+data loading; writes ``bench.json`` and ``bench.md`` (a markdown table) into ``--out`` (default:
+the repository root) and prints the table.
 CUDA when available (bf16 autocast), else CPU fp32; the report names the device.
 """
 
@@ -20,7 +21,14 @@ if __package__ in (None, ""):  # `python benchmarks/run.py`: make the repo root 
 
 import torch
 
-from benchmarks import bench_data, bench_generate, bench_tokenize, bench_train, bench_vocoder
+from benchmarks import (
+    bench_data,
+    bench_generate,
+    bench_hf_peer,
+    bench_tokenize,
+    bench_train,
+    bench_vocoder,
+)
 from benchmarks.common import detect, matmul_reference, write_atomic
 from benchmarks.report import markdown, targets
 
@@ -86,6 +94,7 @@ def run(
     gen_args = (p["sizes"][-1], g["lengths"], g["batches"], g["uncached_batches"], g["reps"])
     gen = phase("generation", bench_generate.run, env, *gen_args)  # first: the shorter phase
     train = phase("training", bench_train.run, env, p["sizes"], p["reps"], mm["flops_per_s"])
+    peer = phase("HF peer", bench_hf_peer.run, env, p["sizes"][-1], 2 if quick else 5, p["reps"])
     tok = phase("tokenization", bench_tokenize.run, *p["tokenize"])
     data = phase("data loading", bench_data.run, p["sizes"][0], p["data_batches"])
     vocode = phase("vocoding", bench_vocoder.run, env, 1.0 if quick else 10.0, p["reps"])
@@ -102,6 +111,7 @@ def run(
         "notes": p["notes"],
         "matmul": mm,
         "train": train,
+        "hf_peer": peer,
         "generate": gen,
         "tokenize": tok,
         "data": data,

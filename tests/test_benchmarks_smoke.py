@@ -53,6 +53,10 @@ def test_quick_suite_writes_complete_report(tmp_path, one_thread):
     assert len(res["data"]) == 4 and all(d["samples_per_s"] > 0 for d in res["data"].values())
     names = " ".join(t["target"] for t in res["targets"])
     assert "cached / uncached" in names and "data loading" in names
+    # the HF peer ran our tower's weights (same logits) and is a target row with a ratio
+    (peer,) = res["hf_peer"]
+    assert peer["max_logit_diff"] < 1e-3 and peer["peer_over_ours"] > 0
+    assert "LlamaForCausalLM step / our tower's" in names and "LlamaForCausalLM" in md
 
 
 def _matmul_flops(loss_fn) -> int:
