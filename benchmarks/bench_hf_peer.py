@@ -72,12 +72,13 @@ def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _same_function(tower: Tower, peer: torch.nn.Module, x: torch.Tensor, env: Env) -> float:
-    """Largest |logit difference| between ours and the peer on ``x`` (eval mode, no grad)."""
+    """Largest |logit difference| between ours and the peer on ``x`` (eval mode, no grad), in
+    float32 on every device: the check is of weights and layout, not of the timed precision."""
     tower.eval(), peer.eval()
-    with torch.no_grad(), env.autocast():
+    with torch.no_grad():
         diff = (tower(x).float() - peer(input_ids=x).logits.float()).abs().max().item()
     tower.train(), peer.train()
-    tol = 5e-2 if env.cuda else 1e-3  # bf16 autocast on CUDA, fp32 on the CPU
+    tol = 1e-2 if env.cuda else 1e-3  # CUDA may run float32 matmuls in TF32
     if diff > tol:
         raise AssertionError(f"the peer's logits differ from ours by {diff:.2e} (> {tol})")
     return diff
