@@ -18,13 +18,11 @@ import dataclasses
 import statistics
 
 import torch
-import torch.nn.functional as F_
 
 from benchmarks import bench_train
 from benchmarks import synthetic as syn
 from benchmarks.common import Env, detect, sync, time_fn
 from zipper_pl.models.hf_llama import state_dict_to_hf, tower_config_from_hf
-from zipper_pl.models.sequences import IGNORE
 from zipper_pl.models.tower import Tower, TowerConfig
 from zipper_pl.runs.trainer import compile_forward
 
@@ -67,29 +65,25 @@ def peer_of(tower: Tower) -> torch.nn.Module:
     return peer.train()
 
 
-def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F_.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
-
-
 def _same_function(tower: Tower, peer: torch.nn.Module, x: torch.Tensor, env: Env) -> float:
     """Largest |logit difference| between ours and the peer on ``x`` (eval mode, no grad), in
     float32 on every device: the check is of weights and layout, not of the timed precision."""
-    tower.eval(), peer.eval()
+    for model in (tower, peer):
+        model.eval()
     with torch.no_grad():
         diff = (tower(x).float() - peer(input_ids=x).logits.float()).abs().max().item()
-    tower.train(), peer.train()
+    for model in (tower, peer):
+        model.train()
     tol = 1e-2 if env.cuda else 1e-3  # CUDA may run float32 matmuls in TF32
     if diff > tol:
         raise AssertionError(f"the peer's logits differ from ours by {diff:.2e} (> {tol})")
     return diff
 
 
-def _compile_peer(peer: torch.nn.Module) -> int:
+def _compile_peer(peer: torch.nn.Module) -> None:
     """Each decoder layer compiled as ``compile_forward`` compiles our blocks."""
-    layers = list(peer.model.layers)
-    for layer in layers:
+    for layer in peer.model.layers:
         layer.forward = torch.compile(layer.forward, dynamic=True)
-    return len(layers)
 
 
 def _ratio_rows(ours_step, peer_step, env: Env, rounds: int, reps: int) -> dict:
@@ -115,12 +109,14 @@ def run(env: Env, size: str, rounds: int = 5, reps: int = 3) -> list[dict]:
     peer = peer_of(tower).to(env.device)
     x, y = (t.to(env.device) for t in syn.lm_batch(tower.cfg.vocab_size, w.lm_batch, w.text_seq, 1))
     diff = _same_function(tower, peer, x, env)
-    ours_step = bench_train.make_step(tower, lambda: _loss(tower(x), y), env)
-    peer_step = bench_train.make_step(peer, lambda: _loss(peer(input_ids=x).logits, y), env)
+    loss = bench_train.logits_loss  # the same loss on both sides
+    ours_step = bench_train.make_step(tower, lambda: loss(tower(x), y), env)
+    peer_step = bench_train.make_step(peer, lambda: loss(peer(input_ids=x).logits, y), env)
     base = {"size": size, "batch": f"{w.lm_batch}x{w.text_seq}", "max_logit_diff": diff}
     rows = [base | {"compiled": False} | _ratio_rows(ours_step, peer_step, env, rounds, reps)]
     if env.compile:
-        compile_forward(tower), _compile_peer(peer)
+        compile_forward(tower)
+        _compile_peer(peer)
         ours_step(), peer_step()  # compile both before any timing
         sync(env)
         compiled = _ratio_rows(ours_step, peer_step, env, rounds, reps)

@@ -50,9 +50,13 @@ def make_step(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], env: 
     return step
 
 
-def _lm_loss(tower: Tower, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    logits = tower(x)  # [B,T,V]
+def logits_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy of logits [B,T,V] against targets [B,T], in float32."""
     return F_.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+
+
+def _lm_loss(tower: Tower, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return logits_loss(tower(x), y)
 
 
 def _measure(name, model, loss_fn, tokens, flops, env, reps, extra=None) -> list[dict]:
