@@ -1,8 +1,10 @@
 """Generation throughput: new tokens/s of the Zipper for ASR (text out) and TTS (speech out) and
 of the single decoder (TTS), batch 1 and 16, greedy, for each engine of models/generation.py:
-``static`` (the default: fixed-shape steps, CUDA graphs on CUDA), ``dynamic`` (the KV-cached
-engine it replaced: the peer every speed-up is measured against, in the same run) and, where
-``uncached_batches`` asks, ``uncached`` (the whole prefix recomputed every step).
+``static`` (the default: fixed-shape steps, CUDA graphs on CUDA), ``compiled`` (the same step
+through torch.compile, timed after its compilation; not in ``--quick``: minutes of compiling),
+``dynamic`` (the KV-cached engine it replaced: the peer every speed-up is measured against, in the
+same run) and, where ``uncached_batches`` asks, ``uncached`` (the whole prefix recomputed every
+step).
 
 The length is forced: random weights with every eos embedding row zeroed (``never_eos``: the
 eos logit is exactly 0 while the largest other logit is positive), so each sample runs to its
@@ -58,9 +60,11 @@ def run(
     uncached_batches: list[int],
     reps: int,
 ) -> list[dict]:
-    """One row per (case, batch, new tokens); the dynamic engine is timed once per row (it is
-    the slow peer), uncached only for ``uncached_batches``."""
+    """One row per (case, batch, new tokens); the dynamic engine is timed once per row on CUDA
+    (there it is the slow peer), as often as the others on a CPU; uncached only for
+    ``uncached_batches``."""
     models, rows = _models(env, size), []
+    d_reps = 1 if env.cuda else reps
     for case, (arch, task, out) in CASES.items():
         model = models[arch]
         for b in batches:
@@ -74,7 +78,12 @@ def run(
                 gen(engine, 4)
             for n in lengths:
                 t_s, static = _timed(partial(gen, "static", n), env, reps)
-                t_d, dynamic = _timed(partial(gen, "dynamic", n), env, 1)
+                t_d, dynamic = _timed(partial(gen, "dynamic", n), env, d_reps)
+                if not env.quick:  # compiled for this shape first, then timed
+                    t0 = time.perf_counter()
+                    gen("compiled", n)
+                    compile_s = time.perf_counter() - t0
+                    t_c, comp = _timed(partial(gen, "compiled", n), env, reps)
                 new = sum(len(r[0].tokens) for r in static)
                 row = {
                     "task": case,
@@ -88,6 +97,11 @@ def run(
                     "vs_dynamic": t_d / t_s,
                     "identical_dynamic": _same(static, dynamic),
                 }
+                if not env.quick:
+                    row["compiled_tok_s"] = new / t_c
+                    row["compiled_vs_dynamic"] = t_d / t_c
+                    row["identical_compiled"] = _same(comp, dynamic)
+                    row["compile_s"] = compile_s  # the first call of this shape, compiling
                 if b in uncached_batches:
                     t_u, ref = _timed(partial(gen, "uncached", n), env, 1)
                     row["uncached_tok_s"] = new / t_u

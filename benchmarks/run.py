@@ -57,7 +57,9 @@ def plan(env, sizes: list[str] | None) -> dict:
         sizes = sizes or ["demo"]
         if "s" not in sizes:
             notes.append("CPU: SCALE=s training skipped (minutes per step); pass --sizes demo,s")
-        gen = {"lengths": [256, 512], "batches": [1, 16], "uncached_batches": [1], "reps": 1}
+        # medians of 3 for every engine: single runs of the engines differed by 10-25% on a
+        # 2-core CPU, as much as the speed-ups measured
+        gen = {"lengths": [512], "batches": [1, 16], "uncached_batches": [1], "reps": 3}
         notes.append(
             "CPU: uncached generation timed at batch 1 only (batch 16 costs 16x; run on GPU)"
         )

@@ -22,7 +22,7 @@ from zipper_pl.config import load_config
 from zipper_pl.errors import UserError
 from zipper_pl.fitting.judging import Utterance, load_judge
 from zipper_pl.results.report import render_markdown
-from zipper_pl.results.scoring import generate_tts, significance
+from zipper_pl.results.scoring import generate_asr, generate_tts, significance
 from zipper_pl.runs.finetuned import load_finetuned
 from zipper_pl.runs.layout import is_finished
 from zipper_pl.stages.chain import judge_stage
@@ -212,6 +212,28 @@ def test_tts_budget_is_clipped_to_the_single_decoders_length(evaluated):
     tokens, clipped = generate_tts(ft, utts, cfg, 1.0, seed=0)
     assert clipped == 1 and len(tokens[0]) <= 10
     assert ft.model.budget_cap("speech", n_text) == 10
+
+
+def test_eval_engine_reaches_every_generation_of_the_scoring(evaluated, monkeypatch):
+    """``eval.engine`` picks the generation engine of ASR and TTS scoring (it was always the
+    default before the key existed); the tokens stay the default engine's."""
+    cfg, out = evaluated
+    res = json.loads((out / "results.json").read_text())
+    ft = load_finetuned(res["systems"][0]["folders"]["tts"])
+    utts = [Utterance("a", "word word", np.array([3, 4, 5], dtype=np.int64))]
+    seen, generate = [], ft.model.generate
+
+    def spy(*args, engine="static", **kwargs):
+        seen.append(engine)
+        return generate(*args, engine=engine, **kwargs)
+
+    monkeypatch.setattr(ft.model, "generate", spy)
+    ref = generate_tts(ft, utts, cfg, 0.0, seed=0)[0]
+    dyn = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, engine="dynamic"))
+    got = generate_tts(ft, utts, dyn, 0.0, seed=0)[0]
+    generate_asr(ft, utts, dyn)
+    assert seen == ["static", "dynamic", "dynamic"]
+    assert [t.tolist() for t in got] == [t.tolist() for t in ref]
 
 
 def test_significance_pairs_systems_on_shared_tasks():

@@ -7,10 +7,12 @@ is ``sequences.token_loss`` / ``stream_losses`` for all), ``generate`` output mo
 token budgets their sequence lengths allow. Generation is one loop and one sampler for every
 architecture: a model contributes a runner whose ``feed`` advances one token column.
 
-Three engines, all token-identical under greedy decoding (tests): ``static`` (the default:
+Four engines, all token-identical under greedy decoding (tests): ``static`` (the default:
 preallocated caches written at a device-side slot, so every decoding step has the same shapes
 and, on CUDA, replays as one captured CUDA graph; the loop asks the device whether any row is
-still live only every ``sync_every`` steps), ``dynamic`` (the KV-cached engine before it, kept
+still live only every ``sync_every`` steps), ``compiled`` (the static engine with its step through
+``torch.compile``: fused kernels for long runs, after a compilation of ~1 min on 2 CPU cores),
+``dynamic`` (the KV-cached engine before it, kept
 as the peer the benchmark compares against) and ``uncached`` (the whole prefix recomputed each
 step: the reference).
 """
@@ -29,7 +31,7 @@ from zipper_pl.models.choices import AUTO, DONE
 from zipper_pl.models.sequences import ModalitySpec, Segment
 from zipper_pl.models.tower import Tower
 
-ENGINES = ("static", "dynamic", "uncached")
+ENGINES = ("static", "compiled", "dynamic", "uncached")
 # which random draws a seed gives a sampled segment: stored with scores of sampled output (TTS best
 # of N), so a score drawn under another scheme is recomputed, not mixed in. 2 (2026-12-04): each
 # segment's uniforms are drawn up front, budget + 1 per row; 1: one draw per step while any row

@@ -65,6 +65,10 @@ class StaticKVCache(KVCache):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.slot: Tensor | None = None  # set by the runner once the prompt is in
+        # slots a step reads: None = the whole capacity (what a captured CUDA graph needs); on a
+        # CPU the runner sets the fill level it counts on the host (no sync), so a step does not
+        # attend over empty slots (0.8x the dynamic engine at batch 16 when it did)
+        self.bound: int | None = None
 
     def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         if self.slot is None or k.size(2) != 1:
@@ -72,4 +76,4 @@ class StaticKVCache(KVCache):
         # cast as KVCache's slice assignment does (autocast computes k, v in bf16)
         self.k[layer].index_copy_(2, self.slot.view(1), k.to(self.k[layer].dtype))  # [B,H,cap,hd]
         self.v[layer].index_copy_(2, self.slot.view(1), v.to(self.v[layer].dtype))
-        return self.k[layer], self.v[layer]
+        return self.k[layer][:, :, : self.bound], self.v[layer][:, :, : self.bound]

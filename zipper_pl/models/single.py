@@ -110,8 +110,9 @@ class SingleDecoder(FinetunedModel):
         return {STREAM: self.tower(batch[STREAM]["ids"])}
 
     def runner(self, engine, inputs, outputs, budgets, device) -> SingleRunner:
-        if engine == "static":
-            return StaticSingleRunner(self, inputs, outputs, budgets, device)
+        if engine in ("static", "compiled"):
+            compile_step = engine == "compiled"
+            return StaticSingleRunner(self, inputs, outputs, budgets, device, compile_step)
         return SingleRunner(self, engine == "dynamic", inputs, outputs, budgets, device)
 
     def check_lengths(
@@ -235,17 +236,22 @@ class SingleRunner:
 
 
 class StaticSingleRunner(SingleRunner):
-    """The ``static`` engine: the prompt and first token as SingleRunner feeds them, then
-    fixed-shape one-token steps over the whole preallocated cache, written at ``slot`` (a device
-    tensor advanced in place), replayed as a CUDA graph on CUDA (models/static_decoding.py)."""
+    """The ``static`` engine (``compiled``: its step through torch.compile): the prompt and first
+    token as SingleRunner feeds them, then fixed-shape one-token steps over the whole
+    preallocated cache, written at ``slot`` (a device tensor advanced in place), replayed as a
+    CUDA graph on CUDA (models/static_decoding.py)."""
 
-    def __init__(self, model: SingleDecoder, inputs, outputs, budgets, device):
+    def __init__(self, model: SingleDecoder, inputs, outputs, budgets, device, compile_step=False):
         super().__init__(model, True, inputs, outputs, budgets, device)
         B, capacity = self.cache.k[0].size(0), self.cache.max_len
         self.valid_all = torch.zeros(B, capacity, dtype=torch.bool, device=device)
         self.slot = torch.zeros((), dtype=torch.long, device=device)
         capture, self.sync_every = graphs_on(device), sync_every(device)
-        self.steps = {m: GraphedStep(functools.partial(self.step, m), capture) for m in outputs}
+        self.steps = {
+            m: GraphedStep(functools.partial(self.step, m), capture, compile_step=compile_step)
+            for m in outputs
+        }
+        self.filled: int | None = None if capture else 0  # host count of written slots (CPU)
 
     def new_cache(self, batch_size: int, capacity: int) -> KVCache:
         return self.model.tower.new_cache(batch_size, capacity, cache_cls=StaticKVCache)
@@ -258,18 +264,21 @@ class StaticSingleRunner(SingleRunner):
         self.valid_all[:, :n] = self.valid
         self.slot.fill_(n)
         self.cache.slot = self.slot
+        self.filled = None if self.filled is None else n
         return logits
 
     def step(self, m: str, tok: Tensor, valid: Tensor) -> Tensor:
         """One token [B] of modality m -> its logits [B,V_m]; preallocated buffers only."""
         off, size = self.model.offsets[m], self.model.specs[m].vocab_size
         self.valid_all.index_copy_(1, self.slot.view(1), valid[:, None])
+        bound = self.cache.bound = None if self.filled is None else self.filled + 1
         logits = self.model.tower(
             (tok + off)[:, None],
             positions=self.next_pos[:, None],
             cache=self.cache,
-            attn_mask=step_mask(self.valid_all, self.slot),
+            attn_mask=step_mask(self.valid_all[:, :bound], self.slot),
         )[:, -1, off : off + size]
+        self.filled = bound
         self.next_pos.add_(valid.long())
         self.slot.add_(1)
         return logits

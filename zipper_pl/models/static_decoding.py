@@ -7,10 +7,18 @@ loop models; what we need from the idea (a fixed-shape step whose position is a 
 be captured once and replayed) is the ~100 lines below. The captured step is what gpt-fast and
 vLLM do by hand with ``torch.cuda.CUDAGraph``; ``torch.compile(mode="reduce-overhead")`` skips
 its CUDA graphs for steps that mutate their inputs, which every decoding step does (the caches).
+
+The ``compiled`` engine passes the same step through ``torch.compile`` (inductor) first: on a CPU,
+where there are no launches to save, a step is bound by per-op dispatch (each RMSNorm, RoPE and
+mask is several ops) and fused kernels are what make it faster (docs/performance.md: 1.8x the
+dynamic engine at batch 16 on the demo Zipper, 2-core Xeon). It costs a compilation (~50 s for the
+demo Zipper on 2 cores, then ~10-20 s once more when a shape first changes: torch's automatic
+dynamic shapes then serve every batch and length), so it pays off on long generation runs only.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 
@@ -19,6 +27,8 @@ from torch import Tensor
 
 # set by the first capture that fails: later steps run eagerly instead of failing again
 _capture_failure: str | None = None
+# step function -> its torch.compile wrapper (one per process, said once: compiling takes a while)
+_compiled: dict[Callable, Callable] = {}
 
 # steps between the host's "is any row still live?" checks when a step costs microseconds (CUDA):
 # each check waits for the queued steps; up to this many steps of finished rows are wasted
@@ -44,7 +54,8 @@ def step_mask(valid: Tensor, slot: Tensor) -> Tensor:
 
 
 class GraphedStep:
-    """``step(tok, valid) -> logits``, eager, or on CUDA replayed as one captured CUDA graph.
+    """``step(tok, valid) -> logits``, eager, or on CUDA replayed as one captured CUDA graph;
+    with ``compile_step`` the step goes through ``torch.compile`` first (captured after compiling).
 
     The first ``warmup`` calls run eagerly on a side stream (real steps: they also initialise
     cuBLAS and the allocator, as capture requires); the next call is captured and replayed, and
@@ -54,8 +65,15 @@ class GraphedStep:
     then runs eagerly.
     """
 
-    def __init__(self, step: Callable[[Tensor, Tensor], Tensor], capture: bool, warmup: int = 2):
+    def __init__(
+        self,
+        step: Callable[[Tensor, Tensor], Tensor],
+        capture: bool,
+        warmup: int = 2,
+        compile_step: bool = False,
+    ):
         capture = capture and _capture_failure is None
+        step = compiled(step) if compile_step else step
         self.step, self.capture, self.warmup, self.calls = step, capture, warmup, 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.inputs: tuple[Tensor, Tensor] | None = None
@@ -85,6 +103,25 @@ class GraphedStep:
             self.inputs[1].copy_(valid)
         self.graph.replay()
         return self.out
+
+
+def compiled(step: functools.partial) -> Callable[[Tensor, Tensor], Tensor]:
+    """``step`` (``partial(runner.step, m)``) through ``torch.compile``, compiled as the method's
+    own function: dynamo caches compiled code per code object, at most ``recompile_limit``
+    entries each, and a compiled ``partial`` would share one wrapper's code object with every
+    other step (the Zipper's, the single decoder's), whose shapes and modalities would then use
+    up that limit together and fall back to eager."""
+    method = step.func
+    function = method.__func__
+    if function not in _compiled:
+        name = function.__qualname__
+        print(
+            f"[generate] compiling the decoding step {name} (torch.compile; the first call of "
+            "a new shape takes ~10-60 s, later steps are faster)",
+            file=sys.stderr,
+        )
+        _compiled[function] = torch.compile(function)
+    return functools.partial(_compiled[function], method.__self__, *step.args)
 
 
 def _capture_failed(err: RuntimeError) -> None:

@@ -31,7 +31,12 @@ from zipper_pl.models.sequences import (
 from zipper_pl.models.tower import Tower
 from zipper_pl.models.zipper_runners import CachedRunner, StaticRunner, UncachedRunner
 
-RUNNERS = {"static": StaticRunner, "dynamic": CachedRunner, "uncached": UncachedRunner}
+RUNNERS = {
+    "static": StaticRunner,
+    "compiled": functools.partial(StaticRunner, compile_step=True),
+    "dynamic": CachedRunner,
+    "uncached": UncachedRunner,
+}
 
 
 class ZipperModel(FinetunedModel):

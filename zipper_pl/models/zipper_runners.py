@@ -3,7 +3,8 @@
 ``CachedRunner`` (the ``dynamic`` engine) keeps per-tower KV caches and each zipped layer's
 projected cross-attention keys/values, sliced to their fill level each step; ``StaticRunner`` (the
 ``static`` engine) runs the same step over the whole preallocated buffers, written at device-side
-slots, so its shapes never change and CUDA replays it as a graph; ``UncachedRunner`` rebuilds the
+slots, so its shapes never change and CUDA replays it as a graph (the ``compiled`` engine: the
+same step through torch.compile); ``UncachedRunner`` rebuilds the
 interleaved batch and runs the full model (the reference both must equal). All implement ``feed``
 for the shared decoding loop in ``models/generation.py``.
 """
@@ -147,13 +148,24 @@ class StaticRunner(CachedRunner):
     (unwritten slots are invalid keys, hidden by the masks) and written at ``slot[t]``, a device
     tensor advanced in place, so nothing in a step depends on a host-side count."""
 
-    def __init__(self, model: nn.Module, inputs, outputs, budgets, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: list[list[Segment]],
+        outputs: list[str],
+        budgets: dict[str, int],
+        device: torch.device,
+        compile_step: bool = False,  # the ``compiled`` engine: the step through torch.compile
+    ) -> None:
         super().__init__(model, inputs, outputs, budgets, device)
         self.slot = {t: torch.tensor(self.used[t], device=device) for t in model.names}
         for t in model.names:
             self.cache[t].slot = self.slot[t]
         capture, self.sync_every = graphs_on(device), sync_every(device)
-        self.steps = {m: GraphedStep(functools.partial(self.step, m), capture) for m in outputs}
+        self.steps = {
+            m: GraphedStep(functools.partial(self.step, m), capture, compile_step=compile_step)
+            for m in outputs
+        }
 
     def new_cache(self, t: str, batch_size: int, capacity: int):
         return self.model.towers[t].new_cache(batch_size, capacity, cache_cls=StaticKVCache)

@@ -47,9 +47,9 @@ def generate_asr(ft: Finetuned, utts: list[Utterance], cfg: Config) -> tuple[lis
     for idx in _chunks([len(u.tokens) for u in utts], cfg.eval.batch_size):
         cap = ft.model.budget_cap("text", max(len(utts[i].tokens) for i in idx))
         clipped += cap < cfg.eval.max_new_text
-        out = ft.transcribe(
-            [utts[i].tokens for i in idx], len(idx), min(cfg.eval.max_new_text, cap)
-        )
+        budget = min(cfg.eval.max_new_text, cap)
+        tokens = [utts[i].tokens for i in idx]
+        out = ft.transcribe(tokens, len(idx), budget, engine=cfg.eval.engine)
         for i, h in zip(idx, out, strict=True):
             hyps[i] = h
     return hyps, clipped
@@ -74,6 +74,7 @@ def generate_tts(
             temperature=temperature,
             top_k=cfg.eval.top_k or None,
             seed=None if seed is None else seed * 100_003 + k,
+            engine=cfg.eval.engine,
         )
         for i, g in zip(idx, gen, strict=True):
             out[i] = g

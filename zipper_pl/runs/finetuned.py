@@ -63,6 +63,7 @@ class Finetuned:
         batch_size: int = 32,
         max_new: int = 96,
         task: str | None = None,
+        engine: str = "static",
     ) -> list[str]:
         """Greedy ASR of speech-token arrays (batched, KV-cached): the transcript that ``task``
         (default: the stage's own, ``asr``, or ``asr_phonemes``: phonemes first, then text)
@@ -76,7 +77,8 @@ class Finetuned:
                 for s in speech[lo : lo + batch_size]
             ]
             t = TASKS[task]
-            gen = self.model.generate(inputs, list(t.outputs), max_new_tokens=t.budgets(max_new))
+            budgets = t.budgets(max_new)
+            gen = self.model.generate(inputs, list(t.outputs), budgets, engine=engine)
             out += [self.text_tok.decode(g[-1].tokens.tolist()) for g in gen]
         return out
 
@@ -89,6 +91,7 @@ class Finetuned:
         temperature: float = 0.0,
         top_k: int | None = None,
         seed: int | None = None,
+        engine: str = "static",
     ) -> list[np.ndarray]:
         """TTS: speech-token arrays generated from transcripts (batched, KV-cached)."""
         out: list[np.ndarray] = []
@@ -107,6 +110,7 @@ class Finetuned:
                 temperature=temperature,
                 top_k=top_k,
                 seed=None if seed is None else seed + lo,
+                engine=engine,
             )
             out += [g[-1].tokens.cpu().numpy() for g in gen]
         return out

@@ -55,6 +55,7 @@ INERT_KEYS = frozenset(
         "train.ckpt_every",  # resuming from last.ckpt is bit-identical
         "train.log_every",
         "train.threads",
+        "eval.engine",  # every engine gives the same greedy tokens (tests)
         "train.progress_bar",  # what the console shows
         "ablation.shard",  # which cells this process runs, not what any cell computes
         "judge.vocab",  # always replaced by the speech tower's tokenizer size (an input stage)
