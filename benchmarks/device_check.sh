@@ -15,7 +15,8 @@
 # On a machine without CUDA it runs the same steps on the CPU in fp32, with the tiny chain and a
 # --quick bench instead of SCALE=s (minutes per step on a CPU), and says so: it is never run blind.
 # BENCH_ARGS is appended to the bench step's arguments (e.g. BENCH_ARGS=--compile also times every
-# training case torch.compile'd: about 70 s of compilation per Zipper case on an H100).
+# training case torch.compile'd, about 70 s of compilation per Zipper case on an H100, and the
+# `compiled` generation engine: the static step compiled, then captured as a CUDA graph).
 # Each step's log and exit status land under OUT; the script's exit status is the number of
 # failed steps.
 set -uo pipefail

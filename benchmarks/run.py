@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--compile",
         action="store_true",
-        help="also time every training case with torch.compile (train.compile=true)",
+        help="also time every training case with torch.compile (train.compile=true), and on CUDA "
+        "the compiled generation engine (a CPU run times it always)",
     )
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch default")
     args = ap.parse_args(argv)

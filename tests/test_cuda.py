@@ -85,6 +85,29 @@ def test_cuda_static_engine_replays_graphs_and_equals_the_others(
             assert [s.tokens.tolist() for s in a] == [s.tokens.tolist() for s in b], e
 
 
+@pytest.mark.parametrize("arch", ["zipper", "single"])
+def test_cuda_compiled_engine_captures_its_compiled_step_and_equals_the_dynamic_one(
+    monkeypatch, capsys, arch
+):
+    """The compiled engine compiles the step, then captures it as the static engine does (no
+    fallback), with the dynamic engine's greedy tokens (fp32: inductor's kernels may round
+    differently from eager ones in bf16)."""
+    captures = []
+    real = static_decoding._capture
+    monkeypatch.setattr(static_decoding, "_capture", lambda *a: captures.append(1) or real(*a))
+    if arch == "zipper":
+        m = sharpen(model(gate_init=0.7, seed=3, **PRIOR)).to(CUDA)
+        xs, out = samples(["speech"], [(5,), (2,), (7,)], seed=1), ["text", "speech"]
+    else:
+        m, out = single_model().to(CUDA), ["text", "speech"]
+        xs = SINGLE_CASES[2][0]
+    got = m.generate(xs, out, 30, engine="compiled")
+    ref = m.generate(xs, out, 30, engine="dynamic")
+    assert len(captures) == len(out) and "capture failed" not in capsys.readouterr().err
+    for a, b in zip(got, ref, strict=True):
+        assert [s.tokens.tolist() for s in a] == [s.tokens.tolist() for s in b]
+
+
 def test_bf16_autocast_training_lowers_the_loss():
     losses = bf16_zipper_losses(CUDA)
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < 0.8 * losses[0]
