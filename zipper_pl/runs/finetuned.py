@@ -78,7 +78,9 @@ class Finetuned:
             ]
             t = TASKS[task]
             budgets = t.budgets(max_new)
-            gen = self.model.generate(inputs, list(t.outputs), budgets, engine=engine)
+            gen = self.model.generate(
+                inputs, list(t.outputs), max_new_tokens=budgets, engine=engine
+            )
             out += [self.text_tok.decode(g[-1].tokens.tolist()) for g in gen]
         return out
 
