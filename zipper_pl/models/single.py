@@ -237,9 +237,9 @@ class SingleRunner:
 
 class StaticSingleRunner(SingleRunner):
     """The ``static`` engine (``compiled``: its step through torch.compile): the prompt and first
-    token as SingleRunner feeds them, then fixed-shape one-token steps over the whole
-    preallocated cache, written at ``slot`` (a device tensor advanced in place), replayed as a
-    CUDA graph on CUDA (models/static_decoding.py)."""
+    token as SingleRunner feeds them, then one-token steps over the preallocated cache, written
+    at ``slot`` (a device tensor advanced in place): on CUDA over the whole capacity (fixed
+    shapes, replayed as a CUDA graph: models/static_decoding.py), on a CPU up to ``filled``."""
 
     def __init__(self, model: SingleDecoder, inputs, outputs, budgets, device, compile_step=False):
         super().__init__(model, True, inputs, outputs, budgets, device)

@@ -144,9 +144,10 @@ class CachedRunner:
 
 
 class StaticRunner(CachedRunner):
-    """CachedRunner's prompt pass, then fixed-shape one-token steps: every buffer is read whole
-    (unwritten slots are invalid keys, hidden by the masks) and written at ``slot[t]``, a device
-    tensor advanced in place, so nothing in a step depends on a host-side count."""
+    """CachedRunner's prompt pass, then one-token steps written at ``slot[t]``, a device tensor
+    advanced in place. On CUDA every buffer is read whole (unwritten slots are invalid keys,
+    hidden by the masks): fixed shapes, nothing depends on a host-side count, so the step is
+    captured once. On a CPU (nothing captured) a step reads only up to ``filled``, host-counted."""
 
     def __init__(
         self,
