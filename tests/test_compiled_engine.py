@@ -6,6 +6,8 @@ distinct step compiles once (~10-30 s on 2 cores), and inductor is what is under
 from __future__ import annotations
 
 import pytest
+import torch
+import torch._dynamo
 
 from tests.test_generation_engines import GREEDY, SAMPLED, same
 from tests.test_single import CASES as SINGLE_CASES
@@ -16,6 +18,14 @@ from tests.test_zipper import CASES, PRIOR, model, samples, sharpen, vary_stops
 from zipper_pl.models import static_decoding
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def no_silent_eager_fallback():
+    """Past dynamo's recompile limit a step would run eagerly and still give the right tokens:
+    make that an error here, so these tests check compiled steps."""
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        yield
 
 
 @pytest.mark.parametrize("prior", [False, True], ids=["content", "align_prior"])

@@ -141,6 +141,15 @@ def test_static_engine_under_bf16_autocast(arch):
     assert same(got, ref)
 
 
+def test_eval_engine_choices_are_the_models_engines():
+    """The config layer imports nothing heavy, so it lists the engines itself: the same ones."""
+    from zipper_pl.config.sections import EvalConfig
+    from zipper_pl.models.generation import ENGINES
+
+    field = EvalConfig.__dataclass_fields__["engine"]
+    assert tuple(field.metadata["choices"]) == ENGINES
+
+
 def test_an_unknown_engine_is_refused():
     m = model()
     with pytest.raises(UserError, match="engine"):

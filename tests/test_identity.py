@@ -128,8 +128,8 @@ def _another(value) -> str:
         return "[" + ",".join(str(v) for v in [*value, 2048]) + "]"
     if isinstance(value, dict):  # a mapping of lists (ablation.variants): one entry more
         return "{another: [seed=1]}"
-    if isinstance(value, str):  # a choice (zip.xattn_ffw): another one
-        return {"per_modality": "shared"}[value]
+    if isinstance(value, str):  # a choice (zip.xattn_ffw, eval.engine): another one
+        return {"per_modality": "shared", "static": "compiled"}[value]
     return value / 2 if isinstance(value, float) and 0 < value < 1 else value + 1
 
 

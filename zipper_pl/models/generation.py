@@ -7,14 +7,14 @@ is ``sequences.token_loss`` / ``stream_losses`` for all), ``generate`` output mo
 token budgets their sequence lengths allow. Generation is one loop and one sampler for every
 architecture: a model contributes a runner whose ``feed`` advances one token column.
 
-Four engines, all token-identical under greedy decoding (tests): ``static`` (the default:
-preallocated caches written at a device-side slot, so every decoding step has the same shapes
-and, on CUDA, replays as one captured CUDA graph; the loop asks the device whether any row is
-still live only every ``sync_every`` steps), ``compiled`` (the static engine with its step through
-``torch.compile``: fused kernels for long runs, after a compilation of ~1 min on 2 CPU cores),
-``dynamic`` (the KV-cached engine before it, kept
-as the peer the benchmark compares against) and ``uncached`` (the whole prefix recomputed each
-step: the reference).
+Four engines, all token-identical under greedy decoding in fp32 (tests): ``static`` (the
+default: preallocated caches written at a device-side slot; on CUDA every decoding step has the
+same shapes and replays as one captured CUDA graph, on a CPU it reads only the written slots; the
+loop asks the device whether any row is still live only every ``sync_every`` steps),
+``compiled`` (the static engine with its step through ``torch.compile``: fused kernels for long
+runs, after a compilation of ~1 min on 2 CPU cores), ``dynamic`` (the KV-cached engine before it,
+kept as the peer the benchmark compares against) and ``uncached`` (the whole prefix recomputed
+each step: the reference).
 """
 
 from __future__ import annotations

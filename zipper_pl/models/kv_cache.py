@@ -1,8 +1,9 @@
 """Key/value caches of the towers' self-attention for incremental decoding.
 
 ``KVCache`` slices its buffers to their fill level (python ints) each step; ``StaticKVCache``
-writes one-token steps at a device-side slot and hands back the whole buffers, so a step's shapes
-never change (the ``static`` generation engine, models/static_decoding.py).
+writes one-token steps at a device-side slot and hands back the whole buffers on CUDA, so a step's
+shapes never change (the ``static`` generation engine, models/static_decoding.py), and on a CPU
+the buffers up to the fill level the runner counts (``bound``).
 """
 
 from __future__ import annotations
@@ -58,9 +59,10 @@ class KVCache:
 
 class StaticKVCache(KVCache):
     """A KVCache whose single-token appends land at ``slot``, a 0-dim device tensor the runner
-    advances in place: the step's shapes never change (attention reads the whole capacity, the
-    mask hides unwritten slots), so a step can be captured once and replayed. Longer appends
-    (the prompt) use the python fill levels as before, then ``slot`` takes over."""
+    advances in place. On CUDA the step's shapes never change (attention reads the whole
+    capacity, the mask hides unwritten slots), so a step can be captured once and replayed; on
+    a CPU it reads up to ``bound``. Longer appends (the prompt) use the python fill levels as
+    before, then ``slot`` takes over."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -241,7 +241,15 @@ class StaticSingleRunner(SingleRunner):
     at ``slot`` (a device tensor advanced in place): on CUDA over the whole capacity (fixed
     shapes, replayed as a CUDA graph: models/static_decoding.py), on a CPU up to ``filled``."""
 
-    def __init__(self, model: SingleDecoder, inputs, outputs, budgets, device, compile_step=False):
+    def __init__(
+        self,
+        model: SingleDecoder,
+        inputs: list[list[Segment]],
+        outputs: list[str],
+        budgets: dict[str, int],
+        device: torch.device,
+        compile_step: bool = False,  # the ``compiled`` engine: the step through torch.compile
+    ) -> None:
         super().__init__(model, True, inputs, outputs, budgets, device)
         B, capacity = self.cache.k[0].size(0), self.cache.max_len
         self.valid_all = torch.zeros(B, capacity, dtype=torch.bool, device=device)

@@ -13,7 +13,9 @@ where there are no launches to save, a step is bound by per-op dispatch (each RM
 mask is several ops) and fused kernels are what make it faster (docs/performance.md: 1.8x the
 dynamic engine at batch 16 on the demo Zipper, 2-core Xeon). It costs a compilation (~50 s for the
 demo Zipper on 2 cores, then ~10-20 s once more when a shape first changes: torch's automatic
-dynamic shapes then serve every batch and length), so it pays off on long generation runs only.
+dynamic shapes then serve later batch sizes and lengths, with one more compile each for an output
+modality, a batch of one and another model), so it pays off on long generation runs only. Past
+``STEP_RECOMPILE_LIMIT`` versions of a step method it runs eagerly, with dynamo's warning.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import Tensor
 
 # set by the first capture that fails: later steps run eagerly instead of failing again
 _capture_failure: str | None = None
+STEP_RECOMPILE_LIMIT = 64  # compiled versions of one decoding step method (dynamo's default: 8)
 # step function -> its torch.compile wrapper (one per process, said once: compiling takes a while)
 _compiled: dict[Callable, Callable] = {}
 
@@ -71,7 +74,7 @@ class GraphedStep:
         capture: bool,
         warmup: int = 2,
         compile_step: bool = False,
-    ):
+    ) -> None:
         capture = capture and _capture_failure is None
         step = compiled(step) if compile_step else step
         self.step, self.capture, self.warmup, self.calls = step, capture, warmup, 0
@@ -86,7 +89,7 @@ class GraphedStep:
         if self.calls <= self.warmup:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            with torch.cuda.stream(side), _capture_autocast():  # as captured: no recompile there
                 out = self.step(tok, valid)
             torch.cuda.current_stream().wait_stream(side)
             return out
@@ -120,8 +123,23 @@ def compiled(step: functools.partial) -> Callable[[Tensor, Tensor], Tensor]:
             "a new shape takes ~10-60 s, later steps are faster)",
             file=sys.stderr,
         )
-        _compiled[function] = torch.compile(function)
+        _compiled[function] = _with_recompile_limit(torch.compile(function))
     return functools.partial(_compiled[function], method.__self__, *step.args)
+
+
+def _with_recompile_limit(fn: Callable) -> Callable:
+    """``fn`` called with dynamo's recompile limit at ``STEP_RECOMPILE_LIMIT``: a decoding step
+    specialises on its output modality, on batches of one, on towers still empty (0 and 1 are
+    never symbolic) and on each model, so the default 8 ran out within one test session; past
+    the limit dynamo runs a step eagerly. Patched per call, not for the process: other
+    compiled code keeps its limit (a captured CUDA graph replays without calling this)."""
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        with torch._dynamo.config.patch(recompile_limit=STEP_RECOMPILE_LIMIT):
+            return fn(*args, **kwargs)
+
+    return call
 
 
 def _capture_failed(err: RuntimeError) -> None:
@@ -139,11 +157,14 @@ def _capture(step, tok: Tensor, valid: Tensor) -> tuple[torch.cuda.CUDAGraph, Te
     """Record one step into a CUDA graph (nothing runs until ``replay``). Autocast's cast cache
     is off inside: cached casts are freed when the caller's autocast exits, under the graph."""
     graph = torch.cuda.CUDAGraph()
-    autocast = torch.is_autocast_enabled("cuda")
-    dtype = torch.get_autocast_dtype("cuda")
-    with (
-        torch.cuda.graph(graph),
-        torch.autocast("cuda", dtype=dtype, enabled=autocast, cache_enabled=False),
-    ):
+    with torch.cuda.graph(graph), _capture_autocast():
         out = step(tok, valid)
     return graph, out
+
+
+def _capture_autocast() -> torch.autocast:
+    """The caller's CUDA autocast with its cast cache off: for the capture, and for the warm-up
+    calls before it, so a compiled step's guards (they include the autocast state) see the
+    same state in both and the capture never recompiles."""
+    enabled, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+    return torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False)

@@ -277,7 +277,7 @@ class Tower(nn.Module):
         key_valid: real (non-pad) keys [B, cache+T] over the whole key axis (ragged batches).
         cache: appended to by each block it runs (see KVCache: per-layer fill levels).
         attn_mask: the self-attention mask [B,1,T,keys] itself, instead of one built from
-        key_valid (a static-cache step attends over the whole capacity: static_decoding.py).
+        key_valid (a static-cache step: the whole capacity on CUDA, static_decoding.py).
         """
         if start >= stop:
             return x

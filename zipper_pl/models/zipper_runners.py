@@ -2,11 +2,11 @@
 
 ``CachedRunner`` (the ``dynamic`` engine) keeps per-tower KV caches and each zipped layer's
 projected cross-attention keys/values, sliced to their fill level each step; ``StaticRunner`` (the
-``static`` engine) runs the same step over the whole preallocated buffers, written at device-side
-slots, so its shapes never change and CUDA replays it as a graph (the ``compiled`` engine: the
-same step through torch.compile); ``UncachedRunner`` rebuilds the
-interleaved batch and runs the full model (the reference both must equal). All implement ``feed``
-for the shared decoding loop in ``models/generation.py``.
+``static`` engine) runs the same step over preallocated buffers written at device-side slots,
+read whole on CUDA, so its shapes never change and CUDA replays it as a graph, and on a CPU up to
+the written slots (the ``compiled`` engine: the same step through torch.compile);
+``UncachedRunner`` rebuilds the interleaved batch and runs the full model (the reference both
+must equal). All implement ``feed`` for the shared decoding loop in ``models/generation.py``.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ class Finetuned:
     ) -> list[str]:
         """Greedy ASR of speech-token arrays (batched, KV-cached): the transcript that ``task``
         (default: the stage's own, ``asr``, or ``asr_phonemes``: phonemes first, then text)
-        writes last."""
+        writes last. ``engine``: the generation engine (``models.generation.ENGINES``)."""
         task = task or transcribing_task(self.cfg.data.task)
         out: list[str] = []
         device = next(self.model.parameters()).device
@@ -95,7 +95,8 @@ class Finetuned:
         seed: int | None = None,
         engine: str = "static",
     ) -> list[np.ndarray]:
-        """TTS: speech-token arrays generated from transcripts (batched, KV-cached)."""
+        """TTS: speech-token arrays generated from transcripts (batched, KV-cached; ``engine``:
+        the generation engine, ``models.generation.ENGINES``)."""
         out: list[np.ndarray] = []
         device = next(self.model.parameters()).device
         ids = self.text_tok.encode(texts)
