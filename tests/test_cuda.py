@@ -61,6 +61,22 @@ def test_cuda_cached_generation_equals_uncached(outputs):
         assert torch.equal(c[0].tokens.cpu(), r[0].tokens.cpu())
 
 
+def counting_captures(monkeypatch) -> list:
+    """One entry per CUDA graph the static decoding steps capture."""
+    captures = []
+    real = static_decoding._capture
+    monkeypatch.setattr(static_decoding, "_capture", lambda *a: captures.append(1) or real(*a))
+    return captures
+
+
+def engine_case(arch: str) -> tuple:
+    """(model on the GPU, inputs, outputs) of the engine tests: text then speech out."""
+    if arch == "zipper":
+        m = sharpen(model(gate_init=0.7, seed=3, **PRIOR)).to(CUDA)
+        return m, samples(["speech"], [(5,), (2,), (7,)], seed=1), ["text", "speech"]
+    return single_model().to(CUDA), SINGLE_CASES[2][0], ["text", "speech"]
+
+
 @pytest.mark.parametrize("arch", ["zipper", "single"])
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
 def test_cuda_static_engine_replays_graphs_and_equals_the_others(
@@ -68,15 +84,8 @@ def test_cuda_static_engine_replays_graphs_and_equals_the_others(
 ):
     """The static engine captures each decoding step once and replays it (no fallback), and its
     greedy tokens equal the dynamic engine's and the reference's on the device."""
-    captures = []
-    real = static_decoding._capture
-    monkeypatch.setattr(static_decoding, "_capture", lambda *a: captures.append(1) or real(*a))
-    if arch == "zipper":
-        m = sharpen(model(gate_init=0.7, seed=3, **PRIOR)).to(CUDA)
-        xs, out = samples(["speech"], [(5,), (2,), (7,)], seed=1), ["text", "speech"]
-    else:
-        m, out = single_model().to(CUDA), ["text", "speech"]
-        xs = SINGLE_CASES[2][0]
+    captures = counting_captures(monkeypatch)
+    m, xs, out = engine_case(arch)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         got = {e: m.generate(xs, out, 30, engine=e) for e in ("static", "dynamic", "uncached")}
     assert len(captures) == len(out) and "capture failed" not in capsys.readouterr().err
@@ -92,15 +101,8 @@ def test_cuda_compiled_engine_captures_its_compiled_step_and_equals_the_dynamic_
     """The compiled engine compiles the step, then captures it as the static engine does (no
     fallback), with the dynamic engine's greedy tokens (fp32: inductor's kernels may round
     differently from eager ones in bf16)."""
-    captures = []
-    real = static_decoding._capture
-    monkeypatch.setattr(static_decoding, "_capture", lambda *a: captures.append(1) or real(*a))
-    if arch == "zipper":
-        m = sharpen(model(gate_init=0.7, seed=3, **PRIOR)).to(CUDA)
-        xs, out = samples(["speech"], [(5,), (2,), (7,)], seed=1), ["text", "speech"]
-    else:
-        m, out = single_model().to(CUDA), ["text", "speech"]
-        xs = SINGLE_CASES[2][0]
+    captures = counting_captures(monkeypatch)
+    m, xs, out = engine_case(arch)
     got = m.generate(xs, out, 30, engine="compiled")
     ref = m.generate(xs, out, 30, engine="dynamic")
     assert len(captures) == len(out) and "capture failed" not in capsys.readouterr().err

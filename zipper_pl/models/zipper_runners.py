@@ -187,9 +187,8 @@ class StaticRunner(CachedRunner):
         self.valid[m].index_copy_(1, idx, valid[:, None])
         self.opos[m].index_copy_(1, idx, orig[:, None])
         self.spos[m].index_copy_(1, idx, self.next_seg[:, None])
-        bound = dict.fromkeys(model.names) if self.filled is None else dict(self.filled)
-        if self.filled is not None:
-            bound[m] += 1  # this step's slot
+        full = self.filled is None  # CUDA: whole buffers; CPU: the written slots and this one
+        bound = dict.fromkeys(model.names) if full else {**self.filled, m: self.filled[m] + 1}
         self.cache[m].bound = bound[m]
         keys = {
             t: {
