@@ -19,7 +19,9 @@ from tests.conftest import ROOT, run_make, tiny_config
 from tests.test_ssl_units import save_tiny_hubert
 from zipper_pl.__main__ import main
 from zipper_pl.config import VocoderConfig
+from zipper_pl.config.components import AudioTokenizerConfig
 from zipper_pl.data.modalities import load_units_tokenizer
+from zipper_pl.data.tokenizers.audio_tokenizers import UnitsTokenizer
 from zipper_pl.errors import UserError
 from zipper_pl.fitting.vocoding import load_vocoder
 from zipper_pl.lit.vocoder import CropDataset, VocoderModule, clip_of, collate_crops
@@ -90,6 +92,32 @@ def test_the_delta_term_sees_changes_the_mel_l1_is_blind_to_and_costs_no_mel_pas
     smooth = noise * (gate + gate.flip(0)) / 2
     mel_s, delta_s = ours.spectral_losses(smooth, y)
     assert float(delta_s) > 0.05 * float(mel_s)
+
+
+def test_the_feature_loss_compares_the_codecs_own_features_and_needs_a_codec_that_has_them():
+    """``vocoder.feature_weight``: the L1 between the units codec's normalised MFCC + deltas of
+    the output and of the gold audio (the tokenizer's own transform); off, nothing is held; on
+    for a codec without such a transform, a one-line error."""
+    tok = UnitsTokenizer(AudioTokenizerConfig(codec="units"))
+    on = dataclasses.replace(TINY, feature_weight=45.0)
+    module = VocoderModule(on, vocab_size=8, hop=320, sample_rate=16000, durations=False,
+                           unit_features=tok.feature_module())  # fmt: skip
+    torch.manual_seed(0)
+    y = 0.1 * torch.randn(2, 16 * 320)
+    real = module.unit_features(y)  # [B, D, T]: exactly the frames the tokenizer normalises
+    mean, std = real.mean(-1, keepdim=True), real.std(-1, keepdim=True, unbiased=False) + 1e-5
+    assert torch.allclose(((real - mean) / std)[1].T, tok.features(y[1].numpy()), atol=1e-5)
+    assert float(module.feature_loss(y, y)) == 0
+    late = torch.roll(y, 80, dims=-1)  # 5 ms later: where the features change moves
+    y_hat = late.clone().requires_grad_()
+    loss = module.feature_loss(y_hat, y)
+    loss.backward()
+    assert float(loss.detach()) > 0.1 and float(y_hat.grad.abs().sum()) > 0
+    off = VocoderModule(TINY, vocab_size=8, hop=320, sample_rate=16000, durations=False,
+                        unit_features=tok.feature_module())  # fmt: skip
+    assert off.unit_features is None and not any("unit_features" in k for k in off.state_dict())
+    with pytest.raises(UserError, match=r"vocoder.feature_weight=45.0 needs .*=0$"):
+        VocoderModule(on, vocab_size=8, hop=320, sample_rate=16000, durations=False)
 
 
 def test_the_mel_loss_averages_its_scales_and_refuses_bad_ones():

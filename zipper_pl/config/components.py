@@ -217,6 +217,13 @@ class VocoderConfig:
         "at every mel scale: transitions the mel L1 alone smooths over (0 = off, as Vocos)",
         ge=0,
     )
+    feature_weight: float = F(
+        0.0,
+        "weight (beside mel_weight) of the L1 between the codec's own unit features (units: MFCC "
+        "with deltas) of the output and of the gold audio: the vocoder learns to give its units "
+        "back (0 = off; codecs whose features torch computes here: units)",
+        ge=0,
+    )
     mrd_weight: float = F(0.1, "weight of the multi-resolution discriminator (Vocos: 0.1)", ge=0)
     val_every: int = F(500, "steps between validations (loss, audio samples in TensorBoard)", ge=1)
     max_utterances: int = F(0, "speech-pool utterances trained on; 0 = all", ge=0)

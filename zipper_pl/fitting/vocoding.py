@@ -107,7 +107,7 @@ def _train_vocoder(cfg: Config, out: Path) -> None:
     valid = speech_clips(cfg, tok, "valid", VALID_CLIPS)
     module = VocoderModule(
         v, vocab_size=tok.vocab_size, hop=hop, sample_rate=tok.sample_rate,
-        durations=tok.collapses_runs,
+        durations=tok.collapses_runs, unit_features=tok.feature_module(),
     )  # fmt: skip
     # the Trainer reads train.* and data.batch_size: the vocoder's own values, no clipping
     # (Vocos clips nothing), one validation of whole utterances every vocoder.val_every steps

@@ -2,7 +2,9 @@
 
 Generator loss (as Vocos trains): 45 x mel L1 + (once ``vocoder.gan_from`` is reached) the
 multi-period and multi-resolution discriminators' adversarial and feature-matching losses; plus
-the duration predictor's MSE for de-duplicated codecs. The discriminators step first on every
+the duration predictor's loss for de-duplicated codecs; plus, where set, the L1 of the log-mels'
+frame-to-frame changes (``delta_weight``) and of the codec's own unit features
+(``feature_weight``). The discriminators step first on every
 batch once they are on. Their optimizer is kept out of Lightning's list on purpose: Lightning
 counts every listed optimizer's step as a global step, and ``max_steps`` here counts generator
 steps; its state still travels in ``last.ckpt`` (``on_save_checkpoint``).
@@ -132,8 +134,17 @@ def _mel_loss(n_fft_16k: int, sample_rate: int) -> MelSpecReconstructionLoss:
 
 class VocoderModule(L.LightningModule):
     def __init__(
-        self, cfg: VocoderConfig, *, vocab_size: int, hop: int, sample_rate: int, durations: bool
+        self,
+        cfg: VocoderConfig,
+        *,
+        vocab_size: int,
+        hop: int,
+        sample_rate: int,
+        durations: bool,
+        unit_features: torch.nn.Module | None = None,
     ) -> None:
+        """``unit_features``: the codec's differentiable feature transform (audio [B, S] ->
+        [B, D, T]; ``AudioTokenizer.feature_module``), needed when ``cfg.feature_weight`` > 0."""
         super().__init__()
         self.cfg, self.sample_rate, self.with_durations = cfg, sample_rate, durations
         self.automatic_optimization = False
@@ -145,6 +156,12 @@ class VocoderModule(L.LightningModule):
             raise UserError(
                 f"vocoder.mel_scales={cfg.mel_scales}: give FFT sizes of at least 64, e.g. [1024]"
             )
+        if cfg.feature_weight and unit_features is None:
+            raise UserError(
+                f"vocoder.feature_weight={cfg.feature_weight} needs a codec whose unit features "
+                "torch computes here (audio.codec=units): set vocoder.feature_weight=0"
+            )
+        self.unit_features = unit_features if cfg.feature_weight else None
         self.mel_losses = torch.nn.ModuleList(_mel_loss(n, sample_rate) for n in cfg.mel_scales)
         self.gen_loss, self.disc_loss = GeneratorLoss(), DiscriminatorLoss()
         self.fm_loss = FeatureMatchingLoss()
@@ -210,6 +227,10 @@ class VocoderModule(L.LightningModule):
         loss = self.cfg.mel_weight * mel + self.cfg.delta_weight * delta
         if adversarial:
             loss = loss + self._adversarial(y, y_hat)
+        if self.unit_features is not None:
+            feature = self.feature_loss(y_hat, y)
+            loss = loss + self.cfg.feature_weight * feature
+            self.log("train/feature", feature.detach(), on_step=True)
         if self.with_durations:
             dur = duration_loss(self.net, batch["run_units"], batch["run_frames"])
             loss = loss + dur
@@ -238,6 +259,16 @@ class VocoderModule(L.LightningModule):
             if self.cfg.delta_weight:
                 delta = delta + Fn.l1_loss(fake.diff(dim=-1), real.diff(dim=-1))
         return mel / len(self.mel_losses), delta / len(self.mel_losses)
+
+    def feature_loss(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """L1 between the codec's unit features of ``y_hat`` and ``y`` [B, S], both normalised
+        by the gold crop's mean and deviation per feature (the units normalise per utterance;
+        the crop stands in for it). Its units are k-means cells of exactly these features, so a
+        vocoder that gives them back gives its units back (docs/audio.md)."""
+        real, fake = self.unit_features(y.float()), self.unit_features(y_hat.float())  # [B, D, T]
+        mean = real.mean(-1, keepdim=True)
+        std = real.std(-1, keepdim=True, unbiased=False) + 1e-5
+        return Fn.l1_loss((fake - mean) / std, (real - mean) / std)
 
     def on_validation_epoch_start(self) -> None:
         self._val = []

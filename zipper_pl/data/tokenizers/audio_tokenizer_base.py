@@ -61,6 +61,11 @@ class AudioTokenizer:
         lost their durations, which a vocoder must then predict."""
         return "units_dedup" in self.identity_fields and self.cfg.units_dedup
 
+    def feature_module(self) -> torch.nn.Module | None:
+        """A copy of the differentiable transform whose frames the tokens quantise (audio
+        [B, S] -> features [B, D, T]), or None where torch does not compute them here."""
+        return None
+
     def encode_frames(self, waves: list[np.ndarray]) -> list[np.ndarray]:
         """One token per frame, runs kept: what a unit vocoder learns to voice."""
         if not self.collapses_runs:

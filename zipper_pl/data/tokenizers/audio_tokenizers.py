@@ -11,6 +11,7 @@ This module is the registry: it imports every codec (the interface is ``audio_to
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 from pathlib import Path
@@ -37,6 +38,25 @@ from zipper_pl.errors import UserError
 from zipper_pl.io import atomic_write_bytes
 
 
+class UnitFeatures(torch.nn.Module):
+    """audio [..., S] -> the frames [..., D, T] that ``units`` quantises, before its per-utterance
+    normalisation: MFCC (or log-mel) with their deltas. Differentiable: a vocoder can learn to
+    give its units' own features back (``vocoder.feature_weight``)."""
+
+    def __init__(self, transform: torch.nn.Module, *, log: bool, deltas: bool) -> None:
+        super().__init__()
+        self.transform, self.log, self.deltas = transform, log, deltas
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        x = self.transform(wave)  # [..., C, T]
+        if self.log:
+            x = torch.log(x + 1e-6)
+        if self.deltas:
+            d1 = TAF.compute_deltas(x)
+            x = torch.cat([x, d1, TAF.compute_deltas(d1)], dim=-2)  # [..., 3C, T]
+        return x
+
+
 class UnitsTokenizer(AudioTokenizer):
     name = "units"
     sample_rate = 16000
@@ -54,6 +74,8 @@ class UnitsTokenizer(AudioTokenizer):
             self._feat = T.MFCC(self.sample_rate, n_mfcc=13, melkwargs={**mel, "n_mels": 40})
         else:
             self._feat = T.MelSpectrogram(self.sample_rate, n_mels=80, **mel)
+        logmel = cfg.units_features == "logmel"
+        self._unit_features = UnitFeatures(self._feat, log=logmel, deltas=cfg.units_deltas)
         self.centroids: torch.Tensor | None = None  # [K, D]
         if centroids is not None:
             self._set_centroids(centroids)
@@ -72,15 +94,14 @@ class UnitsTokenizer(AudioTokenizer):
         x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
         if len(x) <= 256:  # centre padding reflects n_fft/2 samples: very short clips need zeros
             x = torch.nn.functional.pad(x, (0, 257 - len(x)))
-        x = self._feat(x)[:, :n_frames]  # [C, T]
-        if self.cfg.units_features == "logmel":
-            x = torch.log(x + 1e-6)
-        if self.cfg.units_deltas:
-            d1 = TAF.compute_deltas(x)
-            x = torch.cat([x, d1, TAF.compute_deltas(d1)], dim=0)  # [3C, T]
+        # centred frames of hop 320 and window 512: the transform gives exactly n_frames
+        x = self._unit_features(x)[:, :n_frames]  # [D, T]
         # per-utterance mean/variance normalisation removes channel and loudness differences
         x = (x - x.mean(dim=1, keepdim=True)) / (x.std(dim=1, keepdim=True, unbiased=False) + 1e-5)
         return x.T.contiguous()
+
+    def feature_module(self) -> torch.nn.Module:
+        return copy.deepcopy(self._unit_features)
 
     def fit(self, waves: list[np.ndarray]) -> None:
         feats = torch.cat([self.features(w) for w in waves]).numpy()  # [N, D]
