@@ -1,9 +1,12 @@
 """How much a vocoder loses, apart from the duration predictor: judge WER and frame-unit recovery
 of test utterances voiced from their gold frame-level units (true durations) and from their
-deduplicated units (predicted durations), beside the gold audio and the Griffin-Lim floor.
+deduplicated units (predicted durations), beside the gold audio and the Griffin-Lim floor; and,
+for the voicings of true durations, spectral fidelity measures that do not read the codec (the
+log-mel L1 at four scales, the log-magnitude L1 of a 1024-point STFT; 0 for the gold audio).
 
-``python -m benchmarks.vocoder_quality VOCODER_DIR JUDGE_DIR [--n 60] [--pool valid]`` (both
-stage folders of the same codec; the data the vocoder's config names must be built).
+``python -m benchmarks.vocoder_quality VOCODER_DIR JUDGE_DIR [--n 60] [--pool test valid]``
+(both stage folders of the same codec; the data the vocoder's config names must be built; ``--n``
+utterances of each pool).
 """
 
 from __future__ import annotations
@@ -12,43 +15,71 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from zipper_pl.config import load_config
+from zipper_pl.config import VocoderConfig, load_config
 from zipper_pl.data.corpora.manifest import read_manifest
 from zipper_pl.data.prepare import corpus_manifests
 from zipper_pl.data.tokenizers.units_inversion import feature_stats, griffin_lim_units
 from zipper_pl.fitting.judging import load_judge
 from zipper_pl.fitting.vocoding import load_vocoder, speech_clips
-from zipper_pl.lit.vocoder import Clip
+from zipper_pl.lit.vocoder import Clip, VocoderModule
 from zipper_pl.metrics import error_rows
 from zipper_pl.models.vocoder import runs_of
 
+FIDELITY_SCALES = [256, 512, 1024, 2048]  # the demo vocoder's mel scales
 
-def run(vocoder_dir: Path, judge_dir: Path, n: int = 60, pool: str = "test") -> dict[str, dict]:
+
+@torch.no_grad()
+def fidelity(waves: list[np.ndarray], clips: list[Clip], sample_rate: int) -> dict[str, float]:
+    """Mean over utterances of the log-mel L1 (four scales) and the log-magnitude L1 (1024-point
+    STFT) against the gold audio, for voicings of the true durations (cut to the shorter of the
+    two: the Griffin-Lim floor's last frame may differ by a few samples)."""
+    cfg = VocoderConfig(mel_scales=FIDELITY_SCALES)
+    mels = VocoderModule(cfg, vocab_size=1, hop=320, sample_rate=sample_rate, durations=False)
+    window = torch.hann_window(1024)
+
+    def log_magnitude(x: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(x, 1024, 256, window=window, return_complex=True).abs()
+        return torch.log(spec + 1e-5)
+
+    mel, mag = [], []
+    for wave, clip in zip(waves, clips, strict=True):
+        n = min(len(wave), len(clip.wave))
+        y_hat, y = torch.from_numpy(wave[:n])[None], torch.from_numpy(clip.wave[:n])[None]
+        mel.append(float(mels.mel_loss(y_hat, y)))
+        mag.append(float((log_magnitude(y_hat) - log_magnitude(y)).abs().mean()))
+    return {"log_mel_l1": float(np.mean(mel)), "log_magnitude_l1": float(np.mean(mag))}
+
+
+def run(
+    vocoder_dir: Path, judge_dir: Path, n: int = 60, pools: tuple[str, ...] = ("test",)
+) -> dict[str, dict]:
     cfg = load_config(vocoder_dir / "config.yaml")
     judge, tok = load_judge(judge_dir)
     voice = load_vocoder(vocoder_dir, tok)
-    clips: list[Clip] = speech_clips(cfg, tok, pool, n)
-    texts = {r.id: r.text for r in read_manifest(corpus_manifests(cfg)[pool])}
+    clips: list[Clip] = [c for pool in pools for c in speech_clips(cfg, tok, pool, n)]
+    texts = {r.id: r.text for pool in pools for r in read_manifest(corpus_manifests(cfg)[pool])}
     stats = feature_stats(tok, [c.wave for c in clips[: n // 2]])
 
-    def score(waves: list[np.ndarray]) -> dict:
+    def score(waves: list[np.ndarray], same_length: bool = False) -> dict:
         hyps = judge.transcribe([t.astype(np.int64) for t in tok.encode(waves)], batch_size=50)
         rows = error_rows([texts[c.id] for c in clips], hyps)
         frames = tok.encode_frames(waves)
         pairs = zip(frames, clips, strict=True)
         same = [np.mean(f[: len(c.units)] == c.units[: len(f)]) for f, c in pairs]
         wer = sum(r["errors"] for r in rows) / sum(r["ref_units"] for r in rows)
-        return {"wer": wer, "units_recovered": float(np.mean(same))}
+        out = {"wer": wer, "units_recovered": float(np.mean(same))}
+        return {**out, **fidelity(waves, clips, tok.sample_rate)} if same_length else out
 
     dedup = [runs_of(c.units)[0] for c in clips]
     out = {
         "gold audio": score([c.wave for c in clips]),
         "vocoder, true durations": score(
-            [voice.vocoder.synthesize(c.units, expand=False) for c in clips]
+            [voice.vocoder.synthesize(c.units, expand=False) for c in clips], same_length=True
         ),
         "griffin-lim, true durations": score(
-            [griffin_lim_units(tok, c.units, stats) for c in clips]
+            [griffin_lim_units(tok, c.units, stats) for c in clips], same_length=True
         ),
     }
     if tok.collapses_runs:
@@ -57,7 +88,11 @@ def run(vocoder_dir: Path, judge_dir: Path, n: int = 60, pool: str = "test") -> 
             [griffin_lim_units(tok, voice.frames(d), stats) for d in dedup]
         )
     for name, r in out.items():
-        print(f"{name:34s} WER {100 * r['wer']:5.1f}  units recovered {r['units_recovered']:.3f}")
+        line = f"{name:34s} WER {100 * r['wer']:5.2f}  units recovered {r['units_recovered']:.3f}"
+        if "log_mel_l1" in r:
+            line += f"  log-mel L1 {r['log_mel_l1']:.4f}"
+            line += f"  log-magnitude L1 {r['log_magnitude_l1']:.4f}"
+        print(line)
     return out
 
 
@@ -65,10 +100,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.vocoder_quality")
     ap.add_argument("vocoder", type=Path)
     ap.add_argument("judge", type=Path)
-    ap.add_argument("--n", type=int, default=60, help="utterances of the pool")
-    ap.add_argument("--pool", default="test", choices=("test", "valid"), help="held-out pool")
+    ap.add_argument("--n", type=int, default=60, help="utterances of each pool")
+    ap.add_argument(
+        "--pool", nargs="+", default=["test"], choices=("test", "valid"), help="held-out pools"
+    )
     args = ap.parse_args()
-    run(args.vocoder, args.judge, args.n, args.pool)
+    run(args.vocoder, args.judge, args.n, tuple(args.pool))
 
 
 if __name__ == "__main__":

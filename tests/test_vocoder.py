@@ -14,7 +14,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import zipper_pl
-from benchmarks import demo_lanes
+from benchmarks import demo_lanes, vocoder_quality
 from tests.conftest import ROOT, run_make, tiny_config
 from tests.test_ssl_units import save_tiny_hubert
 from zipper_pl.__main__ import main
@@ -118,6 +118,22 @@ def test_the_feature_loss_compares_the_codecs_own_features_and_needs_a_codec_tha
     assert off.unit_features is None and not any("unit_features" in k for k in off.state_dict())
     with pytest.raises(UserError, match=r"vocoder.feature_weight=45.0 needs .*=0$"):
         VocoderModule(on, vocab_size=8, hop=320, sample_rate=16000, durations=False)
+
+
+def test_the_fidelity_measures_are_zero_for_the_gold_audio_and_grow_with_noise():
+    """benchmarks.vocoder_quality's codec-free measures: 0 for the gold itself, more for more
+    noise, and a voicing a few samples shorter than the gold is compared on their overlap."""
+    rng = np.random.default_rng(0)
+    gold = (0.1 * rng.standard_normal(8000)).astype(np.float32)
+    clips = [clip_of("u", np.zeros(25, dtype=np.int64), gold, 320)]
+    noise = rng.standard_normal(8000).astype(np.float32)
+    same, near, far = (
+        vocoder_quality.fidelity([gold[: 8000 - cut] + scale * noise[: 8000 - cut]], clips, 16000)
+        for cut, scale in ((0, 0.0), (5, 0.01), (0, 0.1))
+    )
+    assert same == {"log_mel_l1": 0.0, "log_magnitude_l1": 0.0}
+    for key in same:
+        assert 0 < near[key] < far[key], key
 
 
 def test_the_mel_loss_averages_its_scales_and_refuses_bad_ones():
