@@ -14,14 +14,12 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import zipper_pl
-from benchmarks import demo_lanes, vocoder_quality
+from benchmarks import demo_lanes
 from tests.conftest import ROOT, run_make, tiny_config
 from tests.test_ssl_units import save_tiny_hubert
 from zipper_pl.__main__ import main
 from zipper_pl.config import VocoderConfig
-from zipper_pl.config.components import AudioTokenizerConfig
 from zipper_pl.data.modalities import load_units_tokenizer
-from zipper_pl.data.tokenizers.audio_tokenizers import UnitsTokenizer
 from zipper_pl.errors import UserError
 from zipper_pl.fitting.vocoding import load_vocoder
 from zipper_pl.lit.vocoder import CropDataset, VocoderModule, clip_of, collate_crops
@@ -92,48 +90,6 @@ def test_the_delta_term_sees_changes_the_mel_l1_is_blind_to_and_costs_no_mel_pas
     smooth = noise * (gate + gate.flip(0)) / 2
     mel_s, delta_s = ours.spectral_losses(smooth, y)
     assert float(delta_s) > 0.05 * float(mel_s)
-
-
-def test_the_feature_loss_compares_the_codecs_own_features_and_needs_a_codec_that_has_them():
-    """``vocoder.feature_weight``: the L1 between the units codec's normalised MFCC + deltas of
-    the output and of the gold audio (the tokenizer's own transform); off, nothing is held; on
-    for a codec without such a transform, a one-line error."""
-    tok = UnitsTokenizer(AudioTokenizerConfig(codec="units"))
-    on = dataclasses.replace(TINY, feature_weight=45.0)
-    module = VocoderModule(on, vocab_size=8, hop=320, sample_rate=16000, durations=False,
-                           unit_features=tok.feature_module())  # fmt: skip
-    torch.manual_seed(0)
-    y = 0.1 * torch.randn(2, 16 * 320)
-    real = module.unit_features(y)  # [B, D, T]: exactly the frames the tokenizer normalises
-    mean, std = real.mean(-1, keepdim=True), real.std(-1, keepdim=True, unbiased=False) + 1e-5
-    assert torch.allclose(((real - mean) / std)[1].T, tok.features(y[1].numpy()), atol=1e-5)
-    assert float(module.feature_loss(y, y)) == 0
-    late = torch.roll(y, 80, dims=-1)  # 5 ms later: where the features change moves
-    y_hat = late.clone().requires_grad_()
-    loss = module.feature_loss(y_hat, y)
-    loss.backward()
-    assert float(loss.detach()) > 0.1 and float(y_hat.grad.abs().sum()) > 0
-    off = VocoderModule(TINY, vocab_size=8, hop=320, sample_rate=16000, durations=False,
-                        unit_features=tok.feature_module())  # fmt: skip
-    assert off.unit_features is None and not any("unit_features" in k for k in off.state_dict())
-    with pytest.raises(UserError, match=r"vocoder.feature_weight=45.0 needs .*=0$"):
-        VocoderModule(on, vocab_size=8, hop=320, sample_rate=16000, durations=False)
-
-
-def test_the_fidelity_measures_are_zero_for_the_gold_audio_and_grow_with_noise():
-    """benchmarks.vocoder_quality's codec-free measures: 0 for the gold itself, more for more
-    noise, and a voicing a few samples shorter than the gold is compared on their overlap."""
-    rng = np.random.default_rng(0)
-    gold = (0.1 * rng.standard_normal(8000)).astype(np.float32)
-    clips = [clip_of("u", np.zeros(25, dtype=np.int64), gold, 320)]
-    noise = rng.standard_normal(8000).astype(np.float32)
-    same, near, far = (
-        vocoder_quality.fidelity([gold[: 8000 - cut] + scale * noise[: 8000 - cut]], clips, 16000)
-        for cut, scale in ((0, 0.0), (5, 0.01), (0, 0.1))
-    )
-    assert same == {"log_mel_l1": 0.0, "log_magnitude_l1": 0.0}
-    for key in same:
-        assert 0 < near[key] < far[key], key
 
 
 def test_the_mel_loss_averages_its_scales_and_refuses_bad_ones():

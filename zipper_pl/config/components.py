@@ -201,7 +201,7 @@ class VocoderConfig:
     gan_from: int = F(
         0,
         "step at which the discriminators (multi-period + multi-resolution) join; at or past "
-        "max_steps: mel loss only, much cheaper (Vocos: 0)",
+        "max_steps: the spectral losses only, much cheaper (Vocos: 0)",
         ge=0,
     )
     mel_weight: float = F(45.0, "weight of the mel-spectrogram L1 loss (Vocos, HiFi-GAN: 45)", ge=0)

@@ -123,7 +123,7 @@ def _cosine(step: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / max(1, total))))
 
 
-def _mel_loss(n_fft_16k: int, sample_rate: int) -> MelSpecReconstructionLoss:
+def mel_loss_at(n_fft_16k: int, sample_rate: int) -> MelSpecReconstructionLoss:
     """Vocos' log-mel L1 at one scale; FFT sizes are given at 16 kHz and scale with the rate.
     Short windows get fewer mel bands (n_fft / 8, at most 80) so that no band is empty."""
     n_fft = max(64, round(n_fft_16k * sample_rate / 16000))
@@ -162,7 +162,7 @@ class VocoderModule(L.LightningModule):
                 "torch computes here (audio.codec=units): set vocoder.feature_weight=0"
             )
         self.unit_features = unit_features if cfg.feature_weight else None
-        self.mel_losses = torch.nn.ModuleList(_mel_loss(n, sample_rate) for n in cfg.mel_scales)
+        self.mel_losses = torch.nn.ModuleList(mel_loss_at(n, sample_rate) for n in cfg.mel_scales)
         self.gen_loss, self.disc_loss = GeneratorLoss(), DiscriminatorLoss()
         self.fm_loss = FeatureMatchingLoss()
         self._disc_opt: torch.optim.Optimizer | None = None
@@ -264,11 +264,17 @@ class VocoderModule(L.LightningModule):
         """L1 between the codec's unit features of ``y_hat`` and ``y`` [B, S], both normalised
         by the gold crop's mean and deviation per feature (the units normalise per utterance;
         the crop stands in for it). Its units are k-means cells of exactly these features, so a
-        vocoder that gives them back gives its units back (docs/audio.md)."""
-        real, fake = self.unit_features(y.float()), self.unit_features(y_hat.float())  # [B, D, T]
-        mean = real.mean(-1, keepdim=True)
-        std = real.std(-1, keepdim=True, unbiased=False) + 1e-5
-        return Fn.l1_loss((fake - mean) / std, (real - mean) / std)
+        vocoder that gives them back gives its units back (docs/audio.md). In fp32 even under
+        bf16 autocast: the deltas are differences of cepstra that bf16 rounds in steps of ~1.
+        Each crop gets its own MFCC dB floor ([B, 1, S]: torchaudio floors a 3-D batch as one);
+        a feature constant over a gold crop (digital silence) is left out, not divided by ~0."""
+        with torch.autocast(y.device.type, enabled=False):
+            real = self.unit_features(y.float()[:, None]).squeeze(1)  # [B, D, T]
+            fake = self.unit_features(y_hat.float()[:, None]).squeeze(1)
+            std = real.std(-1, keepdim=True, unbiased=False)
+            varies = (std > 1e-3).float()  # [B, D, 1]
+            error = (fake - real).abs() / (std + 1e-5) * varies
+            return error.sum() / (varies.sum() * real.size(-1)).clamp(min=1.0)
 
     def on_validation_epoch_start(self) -> None:
         self._val = []

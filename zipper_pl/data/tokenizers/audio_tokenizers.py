@@ -101,6 +101,8 @@ class UnitsTokenizer(AudioTokenizer):
         return x.T.contiguous()
 
     def feature_module(self) -> torch.nn.Module:
+        """A copy of ``features``' transform before normalisation (the vocoder's feature loss
+        moves it to its device; the tokenizer's own stays where it is)."""
         return copy.deepcopy(self._unit_features)
 
     def fit(self, waves: list[np.ndarray]) -> None:
