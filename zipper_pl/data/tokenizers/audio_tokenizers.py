@@ -88,14 +88,20 @@ class UnitsTokenizer(AudioTokenizer):
         self.centroids = torch.from_numpy(np.ascontiguousarray(c, dtype=np.float32))
 
     @torch.no_grad()
-    def features(self, wave: np.ndarray) -> torch.Tensor:
-        """[T, D] normalised frames, T = len(wave) // 320 + 1."""
+    def raw_features(self, wave: np.ndarray) -> torch.Tensor:
+        """[D, T] frames before the per-utterance normalisation (statics first, then deltas),
+        T = len(wave) // 320 + 1."""
         n_frames = len(wave) // self.hop + 1
         x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
         if len(x) <= 256:  # centre padding reflects n_fft/2 samples: very short clips need zeros
             x = torch.nn.functional.pad(x, (0, 257 - len(x)))
         # centred frames of hop 320 and window 512: the transform gives exactly n_frames
-        x = self._unit_features(x)[:, :n_frames]  # [D, T]
+        return self._unit_features(x)[:, :n_frames]
+
+    @torch.no_grad()
+    def features(self, wave: np.ndarray) -> torch.Tensor:
+        """[T, D] normalised frames, T = len(wave) // 320 + 1."""
+        x = self.raw_features(wave)  # [D, T]
         # per-utterance mean/variance normalisation removes channel and loudness differences
         x = (x - x.mean(dim=1, keepdim=True)) / (x.std(dim=1, keepdim=True, unbiased=False) + 1e-5)
         return x.T.contiguous()

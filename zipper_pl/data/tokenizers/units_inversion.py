@@ -37,13 +37,9 @@ def _mel(tok: UnitsTokenizer) -> T.MelSpectrogram:
 
 
 def _static(tok: UnitsTokenizer, wave: np.ndarray) -> torch.Tensor:
-    """[C, T] un-normalised static features: ``UnitsTokenizer.features`` before deltas/norm."""
-    n_frames = len(wave) // tok.hop + 1
-    x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
-    if len(x) <= 256:  # as the tokenizer: very short clips are zero-padded for the centre padding
-        x = torch.nn.functional.pad(x, (0, 257 - len(x)))
-    x = tok._feat(x)[:, :n_frames]
-    return torch.log(x + 1e-6) if tok.cfg.units_features == "logmel" else x
+    """[C, T] un-normalised static features: the first rows of ``UnitsTokenizer.raw_features``."""
+    mfcc = isinstance(tok._feat, T.MFCC)
+    return tok.raw_features(wave)[: tok._feat.n_mfcc if mfcc else tok._feat.n_mels]
 
 
 @torch.no_grad()
