@@ -1,6 +1,8 @@
 """How much a vocoder loses, apart from the duration predictor: judge WER and frame-unit recovery
 of test utterances voiced from their gold frame-level units (true durations) and from their
-deduplicated units (predicted durations), beside the gold audio and the Griffin-Lim floor; and,
+deduplicated units (predicted durations), beside the gold audio and the Griffin-Lim floor; the
+unit error rate of the deduplicated units the codec reads back (what a recogniser of a
+deduplicating codec reads, so comparable across true and predicted durations); and,
 for the voicings of true durations, spectral fidelity measures that do not read the codec (the
 log-mel L1 at four scales, the log-magnitude L1 of a 1024-point STFT; 0 for the gold audio).
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import jiwer
 import numpy as np
 import torch
 
@@ -51,6 +54,31 @@ def fidelity(waves: list[np.ndarray], clips: list[Clip], sample_rate: int) -> di
     return {"log_mel_l1": float(np.mean(mel)), "log_magnitude_l1": float(np.mean(mag))}
 
 
+def unit_measures(
+    got: list[np.ndarray], voiced: list[np.ndarray], gold: list[np.ndarray]
+) -> dict[str, float]:
+    """The codec's reading of voiced audio, frame by frame and deduplicated.
+
+    got[i]: frame units the codec reads from utterance i's audio; voiced[i]: the frame units it
+    was voiced from (for predicted durations their expansion, not the gold frames: those lie
+    elsewhere in time, and a frame-by-frame match against them reads ~0.5 for a perfect voicing);
+    gold[i]: its gold frame units. Returns the share of frames read back as voiced
+    (``units_recovered``) and the edit distance between the deduplicated units read back and the
+    gold's, per gold unit (``unit_error_rate``, with its insertion and deletion shares).
+    """
+    pairs = zip(got, voiced, strict=True)
+    same = [np.mean(g[: len(v)] == v[: len(g)]) if len(g) * len(v) else 0.0 for g, v in pairs]
+    words = [" ".join(map(str, runs_of(np.asarray(u))[0])) for u in (*gold, *got)]
+    m = jiwer.process_words(words[: len(gold)], words[len(gold) :])
+    n = sum(len(w.split()) for w in words[: len(gold)])
+    return {
+        "units_recovered": float(np.mean(same)),
+        "unit_error_rate": (m.substitutions + m.deletions + m.insertions) / n,
+        "unit_insertions": m.insertions / n,
+        "unit_deletions": m.deletions / n,
+    }
+
+
 def run(
     vocoder_dir: Path, judge_dir: Path, n: int = 60, pools: tuple[str, ...] = ("test",)
 ) -> dict[str, dict]:
@@ -61,33 +89,35 @@ def run(
     texts = {r.id: r.text for pool in pools for r in read_manifest(corpus_manifests(cfg)[pool])}
     stats = feature_stats(tok, [c.wave for c in clips[: n // 2]])
 
-    def score(waves: list[np.ndarray], same_length: bool = False) -> dict:
+    gold = [c.units for c in clips]
+
+    def score(waves: list[np.ndarray], voiced: list[np.ndarray], same_length: bool = False) -> dict:
         hyps = judge.transcribe([t.astype(np.int64) for t in tok.encode(waves)], batch_size=50)
         rows = error_rows([texts[c.id] for c in clips], hyps)
-        frames = tok.encode_frames(waves)
-        pairs = zip(frames, clips, strict=True)
-        same = [np.mean(f[: len(c.units)] == c.units[: len(f)]) for f, c in pairs]
         wer = sum(r["errors"] for r in rows) / sum(r["ref_units"] for r in rows)
-        out = {"wer": wer, "units_recovered": float(np.mean(same))}
+        out = {"wer": wer, **unit_measures(tok.encode_frames(waves), voiced, gold)}
         return {**out, **fidelity(waves, clips, tok.sample_rate)} if same_length else out
 
-    dedup = [runs_of(c.units)[0] for c in clips]
     out = {
-        "gold audio": score([c.wave for c in clips]),
+        "gold audio": score([c.wave for c in clips], gold),
         "vocoder, true durations": score(
-            [voice.vocoder.synthesize(c.units, expand=False) for c in clips], same_length=True
+            [voice.vocoder.synthesize(u, expand=False) for u in gold], gold, same_length=True
         ),
         "griffin-lim, true durations": score(
-            [griffin_lim_units(tok, c.units, stats) for c in clips], same_length=True
+            [griffin_lim_units(tok, u, stats) for u in gold], gold, same_length=True
         ),
     }
     if tok.collapses_runs:
-        out["vocoder, predicted durations"] = score([voice(d) for d in dedup])
+        predicted = [voice.frames(runs_of(u)[0]) for u in gold]  # the predictor's expansions
+        out["vocoder, predicted durations"] = score(
+            [voice.vocoder.synthesize(f, expand=False) for f in predicted], predicted
+        )
         out["griffin-lim, predicted durations"] = score(
-            [griffin_lim_units(tok, voice.frames(d), stats) for d in dedup]
+            [griffin_lim_units(tok, f, stats) for f in predicted], predicted
         )
     for name, r in out.items():
         line = f"{name:34s} WER {100 * r['wer']:5.2f}  units recovered {r['units_recovered']:.3f}"
+        line += f"  unit error rate {r['unit_error_rate']:.3f}"
         if "log_mel_l1" in r:
             line += f"  log-mel L1 {r['log_mel_l1']:.4f}"
             line += f"  log-magnitude L1 {r['log_magnitude_l1']:.4f}"
