@@ -187,6 +187,12 @@ class VocoderConfig:
         "cross-entropy and take the most likely (longer runs count as K)",
         ge=0,
     )
+    dur_context: int = F(
+        0,
+        "previous runs whose durations the duration predictor reads (needs dur_classes): "
+        "teacher-forced in training, decoded run by run (0: none, as fairseq)",
+        ge=0,
+    )
     dur_clips: int = F(
         1,
         "utterances whose unit runs train the duration predictor per crop of a batch (the "

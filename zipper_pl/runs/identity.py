@@ -92,7 +92,7 @@ DATA_SOURCE_KEYS = frozenset(
 _ALL = KINDS
 _VOCODER_KEYS = (
     "dim intermediate_dim n_layers n_fft_hops dur_hidden dur_layers dur_kernel dur_dropout "
-    "dur_classes dur_clips segment_frames max_steps lr batch_size "
+    "dur_classes dur_context dur_clips segment_frames max_steps lr batch_size "
     "gan_from mel_weight mel_scales mrd_weight val_every max_utterances delta_weight feature_weight"
 )
 _EVAL_ALL = ("eval", "ablation")
@@ -198,6 +198,7 @@ LATE_KEYS: dict[str, Any] = {
     "vocoder.dur_clips": 1,  # the duration predictor's utterances per crop (2026-12-05)
     "vocoder.delta_weight": 0.0,  # the log-mels' changes in the loss (2026-12-06)
     "vocoder.feature_weight": 0.0,  # the codec's unit features in the loss (2026-12-06)
+    "vocoder.dur_context": 0,  # previous runs' durations read (2026-12-06)
     "ablation.variants": {},  # studies of designs (2026-12-05)
     "zip.xattn_ffw": "per_modality",  # shared or no cross-attention MLPs (2026-12-05)
     "zip.choose_output": False,  # the model names the next modality (2026-12-05)
