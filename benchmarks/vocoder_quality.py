@@ -62,20 +62,23 @@ def unit_measures(
     got[i]: frame units the codec reads from utterance i's audio; voiced[i]: the frame units it
     was voiced from (for predicted durations their expansion, not the gold frames: those lie
     elsewhere in time, and a frame-by-frame match against them reads ~0.5 for a perfect voicing);
-    gold[i]: its gold frame units. Returns the share of frames read back as voiced
-    (``units_recovered``) and the edit distance between the deduplicated units read back and the
-    gold's, per gold unit (``unit_error_rate``, with its insertion and deletion shares).
+    gold[i]: its gold frame units. Returns the mean over utterances of the share of frames read
+    back as voiced, over the length both have (``units_recovered``), and the edit distance
+    between the deduplicated units read back and the gold's, per gold unit
+    (``unit_error_rate``, with its insertion and deletion shares).
     """
-    pairs = zip(got, voiced, strict=True)
-    same = [np.mean(g[: len(v)] == v[: len(g)]) if len(g) * len(v) else 0.0 for g, v in pairs]
-    words = [" ".join(map(str, runs_of(np.asarray(u))[0])) for u in (*gold, *got)]
-    m = jiwer.process_words(words[: len(gold)], words[len(gold) :])
-    n = sum(len(w.split()) for w in words[: len(gold)])
+    rows = list(zip(got, voiced, gold, strict=True))
+    same = [np.mean(g[: len(v)] == v[: len(g)]) if len(g) * len(v) else 0.0 for g, v, _ in rows]
+    rows = [r for r in rows if len(r[2])]  # jiwer refuses an empty reference (none in practice)
+    words = [[" ".join(map(str, runs_of(np.asarray(u))[0])) for u in r] for r in rows]
+    m = jiwer.process_words([w[2] for w in words], [w[0] for w in words]) if rows else None
+    n = max(1, sum(len(w[2].split()) for w in words))
+    errors = (m.substitutions + m.deletions + m.insertions) if m else 0
     return {
         "units_recovered": float(np.mean(same)),
-        "unit_error_rate": (m.substitutions + m.deletions + m.insertions) / n,
-        "unit_insertions": m.insertions / n,
-        "unit_deletions": m.deletions / n,
+        "unit_error_rate": errors / n,
+        "unit_insertions": (m.insertions if m else 0) / n,
+        "unit_deletions": (m.deletions if m else 0) / n,
     }
 
 

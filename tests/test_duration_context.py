@@ -53,6 +53,8 @@ def test_teacher_forcing_reads_only_earlier_runs_and_decoding_agrees_with_it():
     with torch.no_grad():
         # run i reads runs i-1 and i-2: logits up to run 6 cannot see a change from run 6 on
         assert torch.equal(net(units, frames)[:, :7], net(units, later)[:, :7])
+        with pytest.raises(ValueError, match="frames"):
+            net(units)  # teacher forcing without the frames to force
         decoded = net.frames(units)  # run by run, each reading the ones decoded before it
         assert torch.equal(net(units, decoded).argmax(-1) + 1, decoded)
         assert decoded.min() >= 1 and decoded.max() <= 4

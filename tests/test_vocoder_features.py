@@ -108,7 +108,7 @@ def test_unit_measures_read_predicted_durations_against_what_was_voiced():
         "unit_deletions": 0.0,
     }  # fmt: skip
     misread = vocoder_quality.unit_measures([predicted], [gold], [gold])
-    assert misread["units_recovered"] == pytest.approx(5 / 7)  # what the benchmark printed
+    assert misread["units_recovered"] == pytest.approx(5 / 7)  # how the benchmark compared
     dropped = vocoder_quality.unit_measures([np.array([3, 3, 7, 7, 2])], [gold[:5]], [gold])
     assert dropped["unit_error_rate"] == dropped["unit_deletions"] == pytest.approx(1 / 4)
     inserted = vocoder_quality.unit_measures([np.array([3, 3, 5, 1, 7, 7, 2])], [gold], [gold])

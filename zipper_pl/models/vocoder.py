@@ -78,6 +78,9 @@ class DurationPredictor(nn.Module):
     def forward(self, units: Tensor, frames: Tensor | None = None) -> Tensor:
         """units [B, N] -> log(1 + frames) [B, N], or logits of 1..K frames [B, N, K]; with
         ``context``, teacher-forced by the true ``frames`` [B, N]."""
+        if self.context and frames is None:
+            raise ValueError("a duration predictor with context is teacher-forced by the true "
+                             "frames; decode with .frames(units)")  # fmt: skip
         return self.head(self.unit_states(units), self._previous(frames) if self.context else None)
 
     def _previous(self, frames: Tensor) -> Tensor:
@@ -96,10 +99,12 @@ class DurationPredictor(nn.Module):
         return torch.clamp(torch.round(torch.exp(y) - 1), min=1).long()
 
     def _decode_runs(self, units: Tensor) -> Tensor:
+        """Greedy, run by run: run i reads the classes decoded for runs i-1 .. i-C."""
         x = self.unit_states(units)  # [B, N, H]: computed once; only the head runs per run
         out = units.new_zeros(units.shape)
+        none = torch.zeros_like(out[:, 0])  # class 0: no run before the first
         for i in range(units.size(1)):
-            previous = [out[:, i - 1 - j] if i > j else out[:, 0] * 0 for j in range(self.context)]
+            previous = [out[:, i - 1 - j] if i > j else none for j in range(self.context)]
             out[:, i] = self.head(x[:, i], torch.stack(previous, -1)).argmax(-1) + 1
         return out
 
