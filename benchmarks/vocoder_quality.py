@@ -67,18 +67,18 @@ def unit_measures(
     between the deduplicated units read back and the gold's, per gold unit
     (``unit_error_rate``, with its insertion and deletion shares).
     """
-    rows = list(zip(got, voiced, gold, strict=True))
-    same = [np.mean(g[: len(v)] == v[: len(g)]) if len(g) * len(v) else 0.0 for g, v, _ in rows]
-    rows = [r for r in rows if len(r[2])]  # jiwer refuses an empty reference (none in practice)
-    words = [[" ".join(map(str, runs_of(np.asarray(u))[0])) for u in r] for r in rows]
-    m = jiwer.process_words([w[2] for w in words], [w[0] for w in words]) if rows else None
-    n = max(1, sum(len(w[2].split()) for w in words))
-    errors = (m.substitutions + m.deletions + m.insertions) if m else 0
+    pairs = zip(got, voiced, strict=True)
+    same = [np.mean(g[: len(v)] == v[: len(g)]) if len(g) * len(v) else 0.0 for g, v in pairs]
+    # gold clips always have frames (a clip is len(wave) // hop + 1 of them): jiwer, which
+    # refuses an empty reference, never sees one
+    refs, hyps = ([" ".join(map(str, runs_of(np.asarray(u))[0])) for u in x] for x in (gold, got))
+    m = jiwer.process_words(refs, hyps)
+    n = sum(len(r.split()) for r in refs)
     return {
         "units_recovered": float(np.mean(same)),
-        "unit_error_rate": errors / n,
-        "unit_insertions": (m.insertions if m else 0) / n,
-        "unit_deletions": (m.deletions if m else 0) / n,
+        "unit_error_rate": (m.substitutions + m.deletions + m.insertions) / n,
+        "unit_insertions": m.insertions / n,
+        "unit_deletions": m.deletions / n,
     }
 
 
